@@ -1,0 +1,28 @@
+//! slidesync: a sliding sync proxy for Matrix homeservers that only speak `/sync` v2.
+//!
+//! # Layout
+//!
+//! Data moves one way, and each folder is one stage of it:
+//!
+//! - [`upstream`]: the only code that talks to the homeserver (`/sync`, `/whoami`, `/versions`).
+//! - [`ingest`]: one poller per (user, device); turns v2 responses into ordered deltas.
+//! - [`store`]: the hot in-memory state (rooms as rkyv snapshots, users, tokens) and its
+//!   write-behind persistence to Postgres.
+//! - [`rooms`]: per-user sort indexes and room naming over the store.
+//! - [`conn`]: one sliding sync connection: sticky request, windows, ops, long-poll.
+//! - [`api`]: the HTTP surface: authentication and the wire dialects over [`conn`].
+//! - [`ops`]: listeners, TLS, logging.
+//!
+//! [`config`] composes the settings, [`app`] wires the stages together.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+pub mod rooms;
+pub mod store;
+pub mod types;
+pub mod upstream;

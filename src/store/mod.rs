@@ -1,0 +1,2 @@
+//! The hot state and its persistence.
+pub mod persist;

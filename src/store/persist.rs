@@ -1,0 +1,180 @@
+//! The store seam: what the hot state asks of durable storage.
+//!
+//! One narrow trait so Postgres (production) and an embedded store can sit behind it and
+//! tests can count or stall writes. The hot state never reads from it after startup: it
+//! writes behind (see [`super::writer`]) and reads everything back once, in
+//! [`Persist::load`], to rebuild itself.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::types::{DeviceKey, Position, RoomId, UserId};
+
+/// Why a storage call failed. Storage errors never reach a client as such: callers retry
+/// (writes) or stop startup with a message naming `SYNCV3_DB` (connect, migrate, load).
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The database could not be reached or refused the connection.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// Applying the migrations in `schema/` failed.
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(String),
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(String),
+    /// Stored bytes did not validate (a corrupt or foreign snapshot).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How a user relates to a room, as persisted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MembershipKind {
+    Join,
+    Invite,
+    Leave,
+}
+
+impl MembershipKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MembershipKind::Join => "join",
+            MembershipKind::Invite => "invite",
+            MembershipKind::Leave => "leave",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "join" => Some(MembershipKind::Join),
+            "invite" => Some(MembershipKind::Invite),
+            "leave" => Some(MembershipKind::Leave),
+            _ => None,
+        }
+    }
+}
+
+/// One event as stored: its position and its JSON exactly as it will be served.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub room_id: RoomId,
+    pub position: Position,
+    pub event_id: Box<str>,
+    /// Whether the event came in a timeline (and may be served in one) or only in a v2
+    /// `state` block.
+    pub in_timeline: bool,
+    /// Whether it is a state event (has a `state_key`).
+    pub is_state: bool,
+    pub json: Bytes,
+}
+
+/// One durable change. A batch of these is committed in one transaction, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// A new event (timeline or state block). Duplicate event IDs are ignored.
+    Event(StoredEvent),
+    /// A room's current state folded into an rkyv archive, valid as of `position`: state
+    /// events at or below it need not be replayed at startup.
+    Snapshot {
+        room_id: RoomId,
+        position: Position,
+        bytes: Bytes,
+    },
+    /// The user's membership of a room changed.
+    Membership {
+        user_id: UserId,
+        room_id: RoomId,
+        kind: MembershipKind,
+        position: Position,
+        /// Stripped state of an invite, as a JSON array; `None` for other kinds.
+        invite_state: Option<Bytes>,
+    },
+    /// v2 `unread_notifications` of a room for a user.
+    Unread {
+        user_id: UserId,
+        room_id: RoomId,
+        notification_count: u64,
+        highlight_count: u64,
+    },
+    /// The device's v2 `since` token. Queued after the data that response delivered, so it
+    /// is committed in the same transaction or a later one, never before.
+    DeviceSince { device: DeviceKey, since: String },
+}
+
+/// A room as it is read back at startup.
+#[derive(Debug, Default)]
+pub struct LoadedRoom {
+    /// The newest snapshot (position, rkyv bytes), if one was written.
+    pub snapshot: Option<(Position, Bytes)>,
+    /// State events after the snapshot (or all, without one), in position order.
+    pub state_after_snapshot: Vec<StoredEvent>,
+    /// The newest timeline events, oldest first, at most the `timeline_per_room` asked for.
+    pub timeline: Vec<StoredEvent>,
+}
+
+/// A membership row read back at startup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedMembership {
+    pub user_id: UserId,
+    pub room_id: RoomId,
+    pub kind: MembershipKind,
+    pub position: Position,
+    pub invite_state: Option<Bytes>,
+}
+
+/// An unread-count row read back at startup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedUnread {
+    pub user_id: UserId,
+    pub room_id: RoomId,
+    pub notification_count: u64,
+    pub highlight_count: u64,
+}
+
+/// A device the proxy polls for, with its newest token (still encrypted) and `since`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredDevice {
+    pub device: DeviceKey,
+    pub token_encrypted: String,
+    pub since: Option<String>,
+}
+
+/// A token row, looked up by the SHA-256 hash of the plaintext token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredToken {
+    pub device: DeviceKey,
+    pub token_encrypted: String,
+}
+
+#[async_trait]
+pub trait Persist: Send + Sync + 'static {
+    /// Commits a batch in one transaction, in order.
+    async fn write(&self, batch: &[Write]) -> Result<(), PersistError>;
+
+    /// Every room with its snapshot, later state and newest timeline events.
+    /// `progress` is called with the number of rooms read so far, now and then.
+    async fn load_rooms(
+        &self,
+        timeline_per_room: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError>;
+    async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError>;
+    async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError>;
+    /// The highest event position ever stored (0 when empty).
+    async fn max_position(&self) -> Result<Position, PersistError>;
+
+    /// Tokens: written synchronously (not behind) because a poller must find its token
+    /// after a restart the moment the client has been answered.
+    async fn token(&self, token_hash: &str) -> Result<Option<StoredToken>, PersistError>;
+    async fn insert_token(
+        &self,
+        token_hash: &str,
+        token_encrypted: &str,
+        device: &DeviceKey,
+    ) -> Result<(), PersistError>;
+    /// Forgets a token the homeserver rejected.
+    async fn delete_token(&self, token_hash: &str) -> Result<(), PersistError>;
+    /// Every device with a token, for resuming pollers.
+    async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError>;
+}
