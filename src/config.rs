@@ -1,1 +1,4 @@
 //! Settings.
+
+/// Placeholder until the settings table lands.
+pub struct Config;
