@@ -1,1 +1,5 @@
-//! TODO
+//! Views over the store that answer "which rooms, in what order, called what": per-user
+//! sort indexes (maintained by the store's write path) and room naming. No I/O.
+
+pub mod name;
+pub mod sort;

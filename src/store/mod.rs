@@ -1,2 +1,421 @@
-//! The hot state and its persistence.
+//! The hot state, and the only owner of it.
+//!
+//! - [`room`]: each room is an `Arc<RoomSnapshot>` in a sharded map; readers clone the
+//!   `Arc` and read in place, writers build the next version and swap it.
+//! - [`users`]: memberships, unread counts and the recency index per user, plus the
+//!   wake-up connections park on.
+//! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
+//!   [`persist::Persist`] (Postgres in production), and is read back once at startup.
+
+pub mod event;
 pub mod persist;
+pub mod pg;
+pub mod room;
+pub mod state;
+pub mod tokens;
+pub mod users;
+pub mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use self::event::{Event, Membership};
+use self::persist::{MembershipKind, Persist, PersistError, Write};
+use self::room::{RoomSlot, RoomSnapshot, TIMELINE_RING};
+use self::state::{RoomState, StateBase};
+use self::users::{UserMembership, UserRoom, UserState};
+use self::writer::WriteQueue;
+use crate::types::{Position, RoomId, UserId};
+use crate::upstream::wire;
+
+pub struct Store {
+    /// `DashMap`: sharded locks, so pollers writing different rooms rarely contend and
+    /// readers only hold a shard for an `Arc` clone. Ordering is per room (the shard lock
+    /// serializes writers of one room); there is no global writer.
+    rooms: DashMap<RoomId, RoomSlot>,
+    users: DashMap<UserId, Arc<UserState>>,
+    next_position: AtomicU64,
+    queue: WriteQueue,
+}
+
+/// One room's new events from one v2 response.
+pub struct RoomDelta {
+    pub room_id: RoomId,
+    /// The v2 `state` block: state before the timeline.
+    pub state: Vec<Event>,
+    pub timeline: Vec<Event>,
+}
+
+impl Store {
+    pub fn new(queue: WriteQueue, next_position: Position) -> Self {
+        Self {
+            rooms: DashMap::new(),
+            users: DashMap::new(),
+            next_position: AtomicU64::new(next_position.max(1)),
+            queue,
+        }
+    }
+
+    pub fn queue(&self) -> &WriteQueue {
+        &self.queue
+    }
+
+    pub fn room(&self, id: &str) -> Option<Arc<RoomSnapshot>> {
+        self.rooms.get(id).map(|slot| Arc::clone(&slot.snapshot))
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn user(&self, id: &str) -> Option<Arc<UserState>> {
+        self.users.get(id).map(|u| Arc::clone(&u))
+    }
+
+    pub fn user_or_insert(&self, id: &UserId) -> Arc<UserState> {
+        Arc::clone(
+            &self
+                .users
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(UserState::new(id.clone()))),
+        )
+    }
+
+    fn position(&self) -> Position {
+        self.next_position.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies one room's new events: drops the ones already seen (many pollers deliver
+    /// the same room), gives the rest positions, updates state and timeline, then updates
+    /// the memberships of this proxy's users and wakes those in the room.
+    pub fn apply_room(&self, delta: RoomDelta) -> Vec<Write> {
+        let room_id = delta.room_id;
+        let mut writes = Vec::new();
+        let mut members = Vec::new();
+        let (locals, latest_ts) = {
+            let mut slot = self
+                .rooms
+                .entry(room_id.clone())
+                .or_insert_with(|| RoomSlot::new(room_id.clone()));
+            let slot = &mut *slot;
+            let mut next = (*slot.snapshot).clone();
+            let mut new_timeline = false;
+            for ev in delta.state {
+                let current = ev
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| next.state.get(&ev.kind, k).map(|s| s.event_id() == &*ev.event_id));
+                if current == Some(true) || !slot.seen.insert(&ev.event_id) || !ev.is_state() {
+                    continue;
+                }
+                let ev = self.accept(&room_id, ev, false, &mut writes);
+                if ev.membership.is_some() {
+                    members.push(Arc::clone(&ev));
+                }
+                next.set_state(ev);
+            }
+            // Of a chunk, only events after the last one we know are new: older unknown
+            // ones are history backfilled into the homeserver, not live events.
+            let start = if delta.timeline.len() > 1 {
+                delta
+                    .timeline
+                    .iter()
+                    .rposition(|e| slot.seen.contains(&e.event_id))
+                    .map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            for ev in delta.timeline.into_iter().skip(start) {
+                if !slot.seen.insert(&ev.event_id) {
+                    continue;
+                }
+                let ev = self.accept(&room_id, ev, true, &mut writes);
+                if ev.is_state() {
+                    if ev.membership.is_some() {
+                        members.push(Arc::clone(&ev));
+                    }
+                    next.set_state(Arc::clone(&ev));
+                }
+                next.push_timeline(ev);
+                new_timeline = true;
+            }
+            if next.state.wants_fold() {
+                let position = self.next_position.load(Ordering::Relaxed);
+                next.state.fold(position);
+                writes.push(Write::Snapshot {
+                    room_id: room_id.clone(),
+                    position,
+                    bytes: next.state.base().bytes(),
+                });
+            }
+            let latest_ts = next.meta.latest_ts;
+            slot.snapshot = Arc::new(next);
+            let locals: Vec<UserId> = if new_timeline {
+                slot.locals.iter().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            (locals, latest_ts)
+        };
+        for ev in members {
+            let Some(user) = ev.state_key.as_deref().and_then(|u| self.user(u)) else {
+                continue;
+            };
+            self.on_member_event(&user, &room_id, &ev, &mut writes);
+        }
+        for user_id in locals {
+            if let Some(user) = self.user(&user_id) {
+                user.update(|d| {
+                    if let Some(UserRoom {
+                        membership: UserMembership::Join { .. },
+                        ..
+                    }) = d.rooms.get(&room_id)
+                    {
+                        d.index.upsert(&room_id, latest_ts);
+                        d.touch(&room_id);
+                    }
+                });
+            }
+        }
+        writes
+    }
+
+    fn accept(&self, room_id: &RoomId, mut ev: Event, in_timeline: bool, writes: &mut Vec<Write>) -> Arc<Event> {
+        ev.position = self.position();
+        writes.push(Write::Event(persist::StoredEvent {
+            room_id: room_id.clone(),
+            position: ev.position,
+            event_id: ev.event_id.clone(),
+            in_timeline,
+            is_state: ev.is_state(),
+            json: ev.json.clone(),
+        }));
+        Arc::new(ev)
+    }
+
+    /// A member event about one of our users, from whichever poller saw it first: the
+    /// room's event order decides membership, so a lagging poller cannot undo a leave.
+    fn on_member_event(&self, user: &UserState, room_id: &RoomId, ev: &Arc<Event>, writes: &mut Vec<Write>) {
+        match ev.membership {
+            Some(Membership::Join) => {
+                let joined = matches!(
+                    user.read().membership(room_id),
+                    Some(UserMembership::Join { .. })
+                );
+                if !joined {
+                    self.set_membership(user, room_id, UserMembership::Join { since: ev.position }, writes);
+                }
+            }
+            Some(Membership::Leave | Membership::Ban) => {
+                // Only a user who was in the room hears of leaving it: a ban of someone
+                // who never joined (pre-emptive) is not theirs to see.
+                let was_member = user.read().membership(room_id).is_some_and(UserMembership::is_member);
+                if was_member {
+                    let leave = UserMembership::Leave {
+                        position: ev.position,
+                        event: Some(Arc::clone(ev)),
+                    };
+                    self.set_membership(user, room_id, leave, writes);
+                }
+            }
+            // Invites come with their stripped state from the invitee's own poller.
+            _ => {}
+        }
+    }
+
+    /// The user's own poller lists the room under `join`: after its events were applied,
+    /// the room's state has the user's join event (or the room predates our knowledge).
+    pub fn confirm_join(&self, user: &UserState, room_id: &RoomId) -> Vec<Write> {
+        let mut writes = Vec::new();
+        if matches!(user.read().membership(room_id), Some(UserMembership::Join { .. })) {
+            return writes;
+        }
+        let since = match self.room(room_id) {
+            Some(room) => match room.state.get("m.room.member", &user.user_id) {
+                Some(m) if m.membership() == Some(Membership::Join) => m.position(),
+                Some(_) => return writes,
+                None => room.meta.latest_position,
+            },
+            None => return writes,
+        };
+        self.set_membership(user, room_id, UserMembership::Join { since }, &mut writes);
+        writes
+    }
+
+    /// The user's own poller lists the room under `invite`.
+    pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let joined = self
+            .room(room_id)
+            .and_then(|r| r.membership_of(&user.user_id))
+            == Some(Membership::Join);
+        let already = matches!(user.read().membership(room_id), Some(UserMembership::Invite { invite_state: s, .. }) if *s == invite_state);
+        if !joined && !already {
+            let position = self.position();
+            let invite = UserMembership::Invite {
+                position,
+                invite_state,
+                ts,
+            };
+            self.set_membership(user, room_id, invite, &mut writes);
+        }
+        writes
+    }
+
+    /// The user's own poller lists the room under `leave` (including rejected invites,
+    /// which have no room state here).
+    pub fn set_left(&self, user: &UserState, room_id: &RoomId, event: Option<Arc<Event>>) -> Vec<Write> {
+        let mut writes = Vec::new();
+        if user.read().membership(room_id).is_some_and(UserMembership::is_member) {
+            let position = event.as_ref().map_or_else(|| self.position(), |e| e.position);
+            self.set_membership(user, room_id, UserMembership::Leave { position, event }, &mut writes);
+        }
+        writes
+    }
+
+    pub fn set_unread(&self, user: &UserState, room_id: &RoomId, notification: u64, highlight: u64) -> Vec<Write> {
+        let changed = user.update(|d| match d.rooms.get_mut(room_id) {
+            Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
+                r.notification_count = notification;
+                r.highlight_count = highlight;
+                d.touch(room_id);
+                true
+            }
+            _ => false,
+        });
+        if !changed {
+            return Vec::new();
+        }
+        vec![Write::Unread {
+            user_id: user.user_id.clone(),
+            room_id: room_id.clone(),
+            notification_count: notification,
+            highlight_count: highlight,
+        }]
+    }
+
+    fn set_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership, writes: &mut Vec<Write>) {
+        let (kind, position, invite_state) = match &membership {
+            UserMembership::Join { since } => (MembershipKind::Join, *since, None),
+            UserMembership::Invite {
+                position,
+                invite_state,
+                ..
+            } => (MembershipKind::Invite, *position, Some(invite_state.clone())),
+            UserMembership::Leave { position, .. } => (MembershipKind::Leave, *position, None),
+        };
+        writes.push(Write::Membership {
+            user_id: user.user_id.clone(),
+            room_id: room_id.clone(),
+            kind,
+            position,
+            invite_state,
+        });
+        self.install_membership(user, room_id, membership);
+    }
+
+    /// Puts a membership into the user's data, index and the room's local-user set.
+    fn install_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership) {
+        let stamp = match &membership {
+            UserMembership::Join { .. } => Some(self.room(room_id).map_or(0, |r| r.meta.latest_ts)),
+            UserMembership::Invite { ts, .. } => Some(*ts),
+            UserMembership::Leave { .. } => None,
+        };
+        {
+            let mut slot = self
+                .rooms
+                .entry(room_id.clone())
+                .or_insert_with(|| RoomSlot::new(room_id.clone()));
+            if stamp.is_some() {
+                slot.locals.insert(user.user_id.clone());
+            } else {
+                slot.locals.remove(&user.user_id);
+            }
+        }
+        user.update(|d| {
+            match stamp {
+                Some(stamp) => d.index.upsert(room_id, stamp),
+                None => {
+                    d.index.remove(room_id);
+                }
+            }
+            let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
+                membership: membership.clone(),
+                notification_count: 0,
+                highlight_count: 0,
+            });
+            entry.membership = membership;
+            d.touch(room_id);
+        });
+    }
+
+    /// Rebuilds the hot state from storage. Snapshots load without parsing; only the
+    /// state events after a room's snapshot and its newest timeline events are parsed.
+    pub async fn load(persist: &dyn Persist, queue: WriteQueue) -> Result<Store, PersistError> {
+        let store = Store::new(queue, persist.max_position().await? + 1);
+        let rooms = persist
+            .load_rooms(TIMELINE_RING, &|n| tracing::info!(rooms = n, "rebuilding rooms"))
+            .await?;
+        let total = rooms.len();
+        for (room_id, loaded) in rooms {
+            let mut slot = RoomSlot::new(room_id.clone());
+            let mut snap = RoomSnapshot::new(room_id.clone());
+            if let Some((position, bytes)) = loaded.snapshot {
+                let base = StateBase::from_stored(&bytes)
+                    .map_err(|e| PersistError::Corrupt(format!("snapshot of {room_id}: {e}")))?;
+                snap.state = RoomState::from_base(base, position);
+            }
+            for stored in loaded.state_after_snapshot.iter().chain(&loaded.timeline) {
+                let Ok(mut ev) = wire::parse_event(&stored.json) else {
+                    tracing::warn!(room = %room_id, position = stored.position, "skipping unreadable stored event");
+                    continue;
+                };
+                ev.position = stored.position;
+                slot.seen.insert(&ev.event_id);
+                let ev = Arc::new(ev);
+                if stored.is_state && stored.position > snap.state.base_position() {
+                    snap.state.set(Arc::clone(&ev));
+                }
+                if stored.in_timeline && loaded.timeline.iter().any(|t| t.position == stored.position) {
+                    snap.push_timeline(ev);
+                }
+            }
+            snap.recompute_meta();
+            slot.snapshot = Arc::new(snap);
+            store.rooms.insert(room_id, slot);
+        }
+        let memberships = persist.load_memberships().await?;
+        let users = memberships.len();
+        for m in memberships {
+            let user = store.user_or_insert(&m.user_id);
+            let membership = match m.kind {
+                MembershipKind::Join => UserMembership::Join { since: m.position },
+                MembershipKind::Invite => {
+                    let invite_state = m.invite_state.unwrap_or_default();
+                    let ts = wire::invite_ts(&invite_state, &m.user_id).unwrap_or(0);
+                    UserMembership::Invite {
+                        position: m.position,
+                        invite_state,
+                        ts,
+                    }
+                }
+                MembershipKind::Leave => UserMembership::Leave {
+                    position: m.position,
+                    event: None,
+                },
+            };
+            store.install_membership(&user, &m.room_id, membership);
+            user.set_ready();
+        }
+        for u in persist.load_unread().await? {
+            if let Some(user) = store.user(&u.user_id) {
+                store.set_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
+            }
+        }
+        tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
+        Ok(store)
+    }
+}

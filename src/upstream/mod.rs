@@ -1,1 +1,62 @@
-//! TODO
+//! The homeserver: the only code that talks to it.
+//!
+//! [`Homeserver`] is one of the two trait seams (the other is the store): production uses
+//! [`http::HttpHomeserver`], tests script a fake.
+
+pub mod http;
+pub mod wire;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The homeserver rejected the access token (401 or 403): the token is dead.
+    #[error("the homeserver rejected the access token")]
+    Unauthorized,
+    /// The homeserver answered with another error status.
+    #[error("the homeserver answered {status}: {body}")]
+    Status { status: u16, body: String },
+    /// The request did not complete in time.
+    #[error("the homeserver did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or talking to the homeserver failed.
+    #[error("cannot reach the homeserver: {0}")]
+    Transport(String),
+    /// The homeserver's answer was not what the spec says.
+    #[error("the homeserver sent an invalid response: {0}")]
+    Invalid(String),
+}
+
+/// Who a token belongs to, from `/whoami`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// One `/sync` v2 call.
+#[derive(Clone, Debug)]
+pub struct SyncCall<'a> {
+    pub token: &'a str,
+    pub since: Option<&'a str>,
+    /// The long-poll `timeout` query parameter in milliseconds.
+    pub timeout_ms: u64,
+    /// The `filter` query parameter (inline JSON).
+    pub filter: &'a str,
+    /// How long to wait for the whole answer.
+    pub deadline: Duration,
+}
+
+#[async_trait]
+pub trait Homeserver: Send + Sync + 'static {
+    /// `GET /_matrix/client/v3/account/whoami`.
+    async fn whoami(&self, token: &str) -> Result<WhoAmI, UpstreamError>;
+    /// `GET /_matrix/client/v3/sync`: the raw JSON body.
+    async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError>;
+    /// `GET /_matrix/client/versions`: the raw JSON body.
+    async fn versions(&self) -> Result<Bytes, UpstreamError>;
+}

@@ -1,0 +1,179 @@
+//! Per-user data: memberships, unread counts, the recency index, and the wake-up that
+//! parked long-polls wait on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{RwLock, RwLockReadGuard};
+use tokio::sync::watch;
+
+use super::event::Event;
+use crate::rooms::sort::SortIndex;
+use crate::types::{Position, RoomId, UserId};
+
+/// Room changes remembered per user. A connection further behind than this rebuilds its
+/// windows from the index instead of replaying the log.
+const CHANGE_LOG: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum UserMembership {
+    /// Joined; timeline events after `since` are visible.
+    Join { since: Position },
+    /// Invited; only the stripped `invite_state` may be shown.
+    Invite {
+        position: Position,
+        invite_state: Bytes,
+        ts: u64,
+    },
+    /// Left, kicked or banned; `event` is the leave event to end the stream with.
+    Leave {
+        position: Position,
+        event: Option<Arc<Event>>,
+    },
+}
+
+impl UserMembership {
+    pub fn is_member(&self) -> bool {
+        !matches!(self, UserMembership::Leave { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserRoom {
+    pub membership: UserMembership,
+    pub notification_count: u64,
+    pub highlight_count: u64,
+}
+
+#[derive(Default)]
+pub struct UserData {
+    pub rooms: HashMap<RoomId, UserRoom>,
+    /// Joined and invited rooms, newest first.
+    pub index: SortIndex,
+    version: u64,
+    changes: VecDeque<(u64, RoomId)>,
+}
+
+impl UserData {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Records that something about `room` changed for this user.
+    pub fn touch(&mut self, room: &RoomId) {
+        self.version += 1;
+        self.changes.push_back((self.version, room.clone()));
+        if self.changes.len() > CHANGE_LOG {
+            self.changes.pop_front();
+        }
+    }
+
+    /// Rooms changed after `version`, or `None` when the log no longer reaches back that
+    /// far (the caller then treats every room as changed).
+    pub fn changed_since(&self, version: u64) -> Option<Vec<RoomId>> {
+        if version >= self.version {
+            return Some(Vec::new());
+        }
+        match self.changes.front() {
+            Some((oldest, _)) if *oldest <= version + 1 => {}
+            _ => return None,
+        }
+        let mut rooms: Vec<RoomId> = self
+            .changes
+            .iter()
+            .filter(|(v, _)| *v > version)
+            .map(|(_, r)| r.clone())
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        Some(rooms)
+    }
+
+    pub fn membership(&self, room: &str) -> Option<&UserMembership> {
+        self.rooms.get(room).map(|r| &r.membership)
+    }
+}
+
+pub struct UserState {
+    pub user_id: UserId,
+    /// `parking_lot::RwLock`: many connections read (windows, memberships) while one
+    /// ingest writes; held for microseconds and never across `.await`.
+    data: RwLock<UserData>,
+    /// The data version, published after every change. A `watch` rather than a queue per
+    /// connection: a slow connection cannot overflow anything, it reads the newest state
+    /// when it wakes.
+    wake: watch::Sender<u64>,
+    /// Set once a device of this user has finished its first poll: from then on the
+    /// user's rooms are known and new devices need not wait for their own poller.
+    ready: watch::Sender<bool>,
+}
+
+impl UserState {
+    pub fn new(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            data: RwLock::new(UserData::default()),
+            wake: watch::channel(0).0,
+            ready: watch::channel(false).0,
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, UserData> {
+        self.data.read()
+    }
+
+    /// Applies a change and wakes the user's connections if the change touched a room.
+    pub fn update<R>(&self, f: impl FnOnce(&mut UserData) -> R) -> R {
+        let (out, before, after) = {
+            let mut data = self.data.write();
+            let before = data.version;
+            let out = f(&mut data);
+            (out, before, data.version)
+        };
+        if after != before {
+            self.wake.send_replace(after);
+        }
+        out
+    }
+
+    /// Subscribe before reading state: a change between the read and the wait is then
+    /// still seen as a version bump.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    pub fn ready_signal(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_log_reports_rooms_once_and_gives_up_when_truncated() {
+        let mut d = UserData::default();
+        let a: RoomId = "!a".into();
+        let b: RoomId = "!b".into();
+        d.touch(&a);
+        d.touch(&b);
+        d.touch(&a);
+        assert_eq!(d.changed_since(0), Some(vec![a.clone(), b.clone()]));
+        assert_eq!(d.changed_since(2), Some(vec![a.clone()]));
+        assert_eq!(d.changed_since(3), Some(vec![]));
+        for _ in 0..CHANGE_LOG + 1 {
+            d.touch(&a);
+        }
+        assert_eq!(d.changed_since(1), None);
+    }
+}

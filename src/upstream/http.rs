@@ -1,0 +1,216 @@
+//! [`Homeserver`] over HTTP: a keep-alive pooled hyper client, TCP with rustls for
+//! `https`, or a unix socket when `SYNCV3_SERVER` is a path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Homeserver, SyncCall, UpstreamError, WhoAmI};
+
+/// Sent on every upstream request so homeserver logs show where the polling comes from.
+const USER_AGENT: &str = concat!("slidesync/", env!("CARGO_PKG_VERSION"));
+
+/// The longest error body we keep for a log line.
+const ERROR_BODY_LIMIT: usize = 512;
+
+/// Where the homeserver listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// `http://` or `https://` base URL without a trailing slash.
+    Url(Uri),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+enum Transport {
+    Tcp(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Unix(Client<hyperlocal::UnixConnector, Full<Bytes>>, PathBuf),
+}
+
+pub struct HttpHomeserver {
+    transport: Transport,
+    base: String,
+    /// Timeout of calls other than `/sync` (whoami, versions).
+    timeout: Duration,
+}
+
+impl HttpHomeserver {
+    pub fn new(target: Target, timeout: Duration) -> Self {
+        let (transport, base) = match target {
+            Target::Url(uri) => {
+                let builder = hyper_rustls::HttpsConnectorBuilder::new();
+                // Native roots let operators trust a private CA; fall back to the bundled
+                // web PKI roots on machines without a CA store.
+                let connector = match builder.with_native_roots() {
+                    Ok(b) => b,
+                    Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+                }
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .build();
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(connector);
+                let base = uri.to_string().trim_end_matches('/').to_owned();
+                (Transport::Tcp(client), base)
+            }
+            Target::Unix(path) => {
+                let client = Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
+                (Transport::Unix(client, path), String::new())
+            }
+        };
+        Self {
+            transport,
+            base,
+            timeout,
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        match &self.transport {
+            Transport::Tcp(..) => format!("{}{}", self.base, path_and_query)
+                .parse()
+                .map_err(|e| UpstreamError::Invalid(format!("bad upstream URI: {e}"))),
+            Transport::Unix(_, path) => Ok(hyperlocal::Uri::new(path, path_and_query).into()),
+        }
+    }
+
+    /// Sends one request and returns the whole body, mapping statuses to errors.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&str>,
+        deadline: Duration,
+    ) -> Result<Bytes, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.uri(path_and_query)?)
+            .header(http::header::USER_AGENT, USER_AGENT);
+        if let Some(token) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let exchange = async {
+            let resp = match &self.transport {
+                Transport::Tcp(c) => c.request(req).await,
+                Transport::Unix(c, _) => c.request(req).await,
+            }
+            .map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok::<_, UpstreamError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(deadline))??;
+        match status {
+            StatusCode::OK => Ok(body),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(UpstreamError::Unauthorized),
+            other => Err(UpstreamError::Status {
+                status: other.as_u16(),
+                body: String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)])
+                    .into_owned(),
+            }),
+        }
+    }
+}
+
+/// hyper's errors hide the cause (connection refused, DNS) one level down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters pass).
+pub fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Homeserver for HttpHomeserver {
+    async fn whoami(&self, token: &str) -> Result<WhoAmI, UpstreamError> {
+        let body = self
+            .call(
+                Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                Some(token),
+                self.timeout,
+            )
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Body {
+            user_id: String,
+            device_id: Option<String>,
+        }
+        let parsed: Body =
+            sonic_rs::from_slice(&body).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        // Appservice and some admin tokens have no device; they cannot be polled per
+        // device, so they are refused like an unknown token.
+        let device_id = parsed.device_id.ok_or(UpstreamError::Unauthorized)?;
+        Ok(WhoAmI {
+            user_id: parsed.user_id,
+            device_id,
+        })
+    }
+
+    async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError> {
+        let mut path = format!(
+            "/_matrix/client/v3/sync?timeout={}&set_presence=offline&filter={}",
+            call.timeout_ms,
+            encode_query(call.filter)
+        );
+        if let Some(since) = call.since {
+            path.push_str("&since=");
+            path.push_str(&encode_query(since));
+        }
+        self.call(Method::GET, &path, Some(call.token), call.deadline)
+            .await
+    }
+
+    async fn versions(&self) -> Result<Bytes, UpstreamError> {
+        self.call(Method::GET, "/_matrix/client/versions", None, self.timeout)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode_query("{\"a\":1}"), "%7B%22a%22%3A1%7D");
+        assert_eq!(encode_query("s72_1~x.y"), "s72_1~x.y");
+    }
+}

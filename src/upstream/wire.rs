@@ -1,0 +1,229 @@
+//! The v2 `/sync` wire format: parsed once with sonic-rs, events kept as raw bytes and
+//! only the fields we index read out of them.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use sonic_rs::{JsonValueMutTrait, JsonValueTrait, LazyValue};
+
+use crate::store::event::{Event, Membership};
+
+/// Why an event was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Not a JSON object with `event_id`, `type` and `sender`.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+}
+
+#[derive(Deserialize)]
+pub struct SyncResponse<'a> {
+    pub next_batch: String,
+    #[serde(borrow, default)]
+    pub rooms: Option<Rooms<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Rooms<'a> {
+    #[serde(borrow, default)]
+    pub join: HashMap<String, JoinedRoom<'a>>,
+    #[serde(borrow, default)]
+    pub invite: HashMap<String, InvitedRoom<'a>>,
+    #[serde(borrow, default)]
+    pub leave: HashMap<String, LeftRoom<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Events<'a> {
+    #[serde(borrow, default)]
+    pub events: Vec<LazyValue<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Timeline<'a> {
+    #[serde(borrow, default)]
+    pub events: Vec<LazyValue<'a>>,
+    #[serde(default)]
+    pub limited: bool,
+    #[serde(default)]
+    pub prev_batch: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct UnreadNotifications {
+    #[serde(default)]
+    pub notification_count: Option<u64>,
+    #[serde(default)]
+    pub highlight_count: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct JoinedRoom<'a> {
+    #[serde(borrow, default)]
+    pub state: Events<'a>,
+    #[serde(borrow, default)]
+    pub timeline: Timeline<'a>,
+    #[serde(default)]
+    pub unread_notifications: Option<UnreadNotifications>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct InvitedRoom<'a> {
+    #[serde(borrow, default)]
+    pub invite_state: Events<'a>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct LeftRoom<'a> {
+    #[serde(borrow, default)]
+    pub state: Events<'a>,
+    #[serde(borrow, default)]
+    pub timeline: Timeline<'a>,
+}
+
+pub fn parse_sync(body: &[u8]) -> Result<SyncResponse<'_>, sonic_rs::Error> {
+    sonic_rs::from_slice(body)
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    state_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sender: Cow<'a, str>,
+    #[serde(default)]
+    origin_server_ts: u64,
+    #[serde(borrow, default)]
+    content: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    unsigned: Option<LazyValue<'a>>,
+}
+
+/// `unsigned` fields that belong to one user or device and must not be served to others
+/// from the shared copy: the sender's transaction ID and MSC4115 membership.
+const PRIVATE_UNSIGNED: [&str; 3] = [
+    "transaction_id",
+    "membership",
+    "io.element.msc4115.membership",
+];
+
+/// Reads the indexed fields of one event. The JSON is kept as is unless `unsigned`
+/// carries per-user fields, which are removed.
+pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
+    let f: Fields = sonic_rs::from_slice(raw).map_err(|e| EventError::Malformed(e.to_string()))?;
+    let event_id = match f.event_id.as_deref() {
+        Some(id) if !id.is_empty() => id,
+        _ => return Err(EventError::Malformed("no event_id".into())),
+    };
+    let field = |key: &str| -> Option<Box<str>> {
+        let content = f.content.as_ref()?;
+        let v = content.get(key)?;
+        v.as_str().map(Into::into)
+    };
+    let mut membership = None;
+    let text = match &*f.kind {
+        "m.room.member" => {
+            membership = Some(
+                field("membership")
+                    .as_deref()
+                    .and_then(Membership::parse)
+                    .ok_or_else(|| EventError::Malformed("member event without membership".into()))?,
+            );
+            field("displayname")
+        }
+        "m.room.name" => field("name"),
+        "m.room.canonical_alias" => field("alias"),
+        "m.room.avatar" => field("url"),
+        "m.room.create" => field("type"),
+        "m.room.tombstone" => field("replacement_room"),
+        _ => None,
+    };
+    let has_private = f.unsigned.as_ref().is_some_and(|u| {
+        PRIVATE_UNSIGNED.iter().any(|k| u.get(k).is_some())
+    });
+    let json = if has_private {
+        strip_unsigned(raw)?
+    } else {
+        Bytes::copy_from_slice(raw)
+    };
+    Ok(Event {
+        event_id: event_id.into(),
+        kind: f.kind.as_ref().into(),
+        state_key: f.state_key.map(|s| s.as_ref().into()),
+        sender: f.sender.as_ref().into(),
+        origin_server_ts: f.origin_server_ts,
+        membership,
+        text,
+        position: 0,
+        json,
+    })
+}
+
+fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
+    let mut v: sonic_rs::Value =
+        sonic_rs::from_slice(raw).map_err(|e| EventError::Malformed(e.to_string()))?;
+    if let Some(unsigned) = v.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
+        for k in PRIVATE_UNSIGNED {
+            unsigned.remove(&k);
+        }
+    }
+    sonic_rs::to_vec(&v)
+        .map(Bytes::from)
+        .map_err(|e| EventError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_event_fields_are_indexed() {
+        let raw = br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","origin_server_ts":5,"content":{"membership":"join","displayname":"Alice"}}"#;
+        let ev = parse_event(raw).unwrap();
+        assert_eq!(ev.membership, Some(Membership::Join));
+        assert_eq!(ev.text.as_deref(), Some("Alice"));
+        assert_eq!(ev.state_key.as_deref(), Some("@a:x"));
+        assert_eq!(&ev.json[..], &raw[..], "untouched events are kept byte for byte");
+    }
+
+    #[test]
+    fn transaction_id_is_stripped_from_the_shared_copy() {
+        let raw = br#"{"type":"m.room.message","event_id":"$1","sender":"@a:x","content":{"body":"hi"},"unsigned":{"transaction_id":"t1","age":3}}"#;
+        let ev = parse_event(raw).unwrap();
+        let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
+        assert!(v["unsigned"].get("transaction_id").is_none());
+        assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
+    }
+
+    #[test]
+    fn events_without_id_or_membership_are_rejected() {
+        assert!(parse_event(br#"{"type":"m.room.message","sender":"@a:x"}"#).is_err());
+        assert!(parse_event(br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","content":{}}"#).is_err());
+        assert!(parse_event(b"[1,2]").is_err());
+    }
+}
+
+/// `origin_server_ts` of the user's own member event in an invite's stripped state: the
+/// invite's place in the room list.
+pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Stripped<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        state_key: Option<Cow<'a, str>>,
+        #[serde(default)]
+        origin_server_ts: Option<u64>,
+    }
+    let events: Vec<Stripped> = sonic_rs::from_slice(invite_state).ok()?;
+    events
+        .iter()
+        .find(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user_id))
+        .and_then(|e| e.origin_server_ts)
+}
