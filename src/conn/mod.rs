@@ -1,1 +1,5 @@
-//! TODO
+//! Sliding sync connections: the protocol-neutral engine under both wire dialects.
+
+pub mod request;
+pub mod required_state;
+pub mod window;

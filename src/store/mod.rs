@@ -11,6 +11,7 @@ pub mod event;
 pub mod persist;
 pub mod pg;
 pub mod room;
+pub mod sessions;
 pub mod state;
 pub mod tokens;
 pub mod users;

@@ -1,0 +1,80 @@
+//! The protocol-neutral request and response both wire dialects translate to and from.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::types::RoomId;
+
+/// An inclusive range of list indexes, as clients send them.
+pub type Range = (usize, usize);
+
+/// One list as a request states it. `None` keeps the sticky value from earlier requests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListParams {
+    pub ranges: Option<Vec<Range>>,
+    pub sort: Option<Vec<SortBy>>,
+    pub timeline_limit: Option<usize>,
+    pub required_state: Option<Vec<(String, String)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Recency,
+}
+
+/// One request, after the dialect validated it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncRequest {
+    pub conn_id: Option<String>,
+    pub txn_id: Option<String>,
+    pub lists: BTreeMap<String, ListParams>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Sync { range: Range, room_ids: Vec<RoomId> },
+    Invalidate { range: Range },
+    Delete { index: usize },
+    Insert { index: usize, room_id: RoomId },
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListResult {
+    pub count: usize,
+    pub ops: Vec<Op>,
+}
+
+/// A room in a response: all of it (`initial`) or what changed since the last response.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoomResult {
+    pub initial: bool,
+    pub name: Option<String>,
+    pub required_state: Vec<Bytes>,
+    pub timeline: Vec<Bytes>,
+    /// Events in `timeline` that arrived live (not part of the initial window).
+    pub num_live: usize,
+    pub limited: bool,
+    pub prev_batch: Option<String>,
+    /// Stripped state for invites; nothing else of the room is sent to an invitee.
+    pub invite_state: Option<Bytes>,
+    pub joined_count: Option<u32>,
+    pub invited_count: Option<u32>,
+    pub notification_count: Option<u64>,
+    pub highlight_count: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncResponse {
+    pub pos: String,
+    pub txn_id: Option<String>,
+    pub lists: BTreeMap<String, ListResult>,
+    pub rooms: BTreeMap<RoomId, RoomResult>,
+}
+
+impl SyncResponse {
+    /// Whether there is anything for the client: without it a request long-polls.
+    pub fn has_data(&self) -> bool {
+        !self.rooms.is_empty() || self.lists.values().any(|l| !l.ops.is_empty())
+    }
+}

@@ -1,0 +1,277 @@
+//! The pollers: at most one per device, each a task that long-polls `/sync` with the
+//! device's token and feeds the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{watch, Semaphore};
+
+use super::v2;
+use crate::store::persist::{Persist, StoredDevice, Write};
+use crate::store::sessions::Sessions;
+use crate::store::tokens::{token_hash, TokenCipher};
+use crate::store::Store;
+use crate::types::DeviceKey;
+use crate::upstream::{Homeserver, SyncCall, UpstreamError};
+
+/// The first poll of a device without `since` asks for one event per room: the room list
+/// needs only the newest event, and a small initial sync is what keeps it fast.
+const FILTER_INITIAL: &str =
+    r#"{"room":{"timeline":{"limit":1}},"presence":{"not_types":["*"]}}"#;
+/// Later polls ask for the most Synapse allows, so gaps stay rare.
+const FILTER_LIVE: &str = r#"{"room":{"timeline":{"limit":50}},"presence":{"not_types":["*"]}}"#;
+/// Long-poll time of a caught-up poller.
+const LONG_POLL_MS: u64 = 30_000;
+/// First polls run at once when pollers resume after a restart: the homeserver should
+/// not see every device's initial sync in the same second.
+const RESUME_CONCURRENCY: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct PollerConfig {
+    /// Deadline of a long-poll request.
+    pub http_timeout: Duration,
+    /// Deadline of a device's first (`timeout=0`, possibly huge) request.
+    pub initial_timeout: Duration,
+    /// First retry delay; doubles per consecutive failure up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        Self {
+            http_timeout: Duration::from_secs(300),
+            initial_timeout: Duration::from_secs(1800),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Where a device's poller is, as a request waiting for it sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollState {
+    /// The first poll has not completed yet.
+    Starting,
+    /// At least one poll was applied to the store.
+    Running,
+    /// The homeserver rejected the token; the poller stopped.
+    Expired,
+}
+
+struct Handle {
+    /// Swapped when the device presents a new token (refresh), so the running poller
+    /// uses it from its next request on without restarting.
+    token: Arc<Mutex<String>>,
+    state: watch::Receiver<PollState>,
+}
+
+pub struct Pollers {
+    store: Arc<Store>,
+    upstream: Arc<dyn Homeserver>,
+    persist: Arc<dyn Persist>,
+    sessions: Arc<Sessions>,
+    config: PollerConfig,
+    running: DashMap<DeviceKey, Handle>,
+    /// Each device's newest `since`, so a device that logs in again resumes where its
+    /// previous token stopped instead of doing a full initial sync.
+    since: DashMap<DeviceKey, String>,
+    resume_permits: Arc<Semaphore>,
+}
+
+impl Pollers {
+    pub fn new(
+        store: Arc<Store>,
+        upstream: Arc<dyn Homeserver>,
+        persist: Arc<dyn Persist>,
+        sessions: Arc<Sessions>,
+        config: PollerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            upstream,
+            persist,
+            sessions,
+            config,
+            running: DashMap::new(),
+            since: DashMap::new(),
+            resume_permits: Arc::new(Semaphore::new(RESUME_CONCURRENCY)),
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Starts the device's poller unless one runs; a running one takes the token if it
+    /// changed. Returns where the poller is.
+    pub fn ensure(self: &Arc<Self>, device: &DeviceKey, token: &str) -> watch::Receiver<PollState> {
+        self.start(device, token, false)
+    }
+
+    fn start(self: &Arc<Self>, device: &DeviceKey, token: &str, resumed: bool) -> watch::Receiver<PollState> {
+        match self.running.entry(device.clone()) {
+            Entry::Occupied(e) => {
+                let handle = e.get();
+                let mut current = handle.token.lock();
+                if *current != token {
+                    *current = token.to_owned();
+                }
+                handle.state.clone()
+            }
+            Entry::Vacant(e) => {
+                let (tx, rx) = watch::channel(PollState::Starting);
+                let token = Arc::new(Mutex::new(token.to_owned()));
+                e.insert(Handle {
+                    token: Arc::clone(&token),
+                    state: rx.clone(),
+                });
+                let since = self.since.get(device).map(|s| s.clone());
+                let this = Arc::clone(self);
+                let device = device.clone();
+                tokio::spawn(async move {
+                    this.run(device, token, since, tx, resumed).await;
+                });
+                rx
+            }
+        }
+    }
+
+    /// Restarts the pollers of every stored device in the background. Tokens the secret
+    /// cannot decrypt are skipped and counted; returns (started, undecryptable).
+    pub fn resume(self: &Arc<Self>, devices: Vec<StoredDevice>, cipher: &TokenCipher) -> (usize, usize) {
+        let mut failed = 0;
+        let mut started = 0;
+        for d in devices {
+            let Ok(token) = cipher.decrypt(&d.token_encrypted) else {
+                failed += 1;
+                continue;
+            };
+            if let Some(since) = d.since.filter(|s| !s.is_empty()) {
+                self.since.insert(d.device.clone(), since);
+            }
+            self.start(&d.device, &token, true);
+            started += 1;
+        }
+        (started, failed)
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        device: DeviceKey,
+        token: Arc<Mutex<String>>,
+        mut since: Option<String>,
+        state: watch::Sender<PollState>,
+        resumed: bool,
+    ) {
+        let user = self.store.user_or_insert(&device.user_id);
+        let mut failures: u32 = 0;
+        let mut first = true;
+        tracing::info!(user = %device.user_id, device = %device.device_id, resumed, has_since = since.is_some(), "poller started");
+        loop {
+            let token_now = token.lock().clone();
+            let filter = if since.is_none() { FILTER_INITIAL } else { FILTER_LIVE };
+            let (timeout_ms, deadline) = if first {
+                (0, self.config.initial_timeout)
+            } else {
+                (LONG_POLL_MS, self.config.http_timeout)
+            };
+            let permit = if resumed && first {
+                self.resume_permits.clone().acquire_owned().await.ok()
+            } else {
+                None
+            };
+            let result = self
+                .upstream
+                .sync(SyncCall {
+                    token: &token_now,
+                    since: since.as_deref(),
+                    timeout_ms,
+                    filter,
+                    deadline,
+                })
+                .await;
+            drop(permit);
+            let outcome = match result {
+                Ok(body) => v2::process(&self.store, &user, &body).await.map_err(|e| e.to_string()),
+                Err(UpstreamError::Unauthorized) => {
+                    tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
+                    self.expire(&device, &token_now).await;
+                    state.send_replace(PollState::Expired);
+                    return;
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(next_batch) => {
+                    failures = 0;
+                    first = false;
+                    if since.as_deref() != Some(&next_batch) {
+                        self.since.insert(device.clone(), next_batch.clone());
+                        self.store
+                            .queue()
+                            .send(vec![Write::DeviceSince {
+                                device: device.clone(),
+                                since: next_batch.clone(),
+                            }])
+                            .await;
+                        since = Some(next_batch);
+                    }
+                    user.set_ready();
+                    if *state.borrow() != PollState::Running {
+                        state.send_replace(PollState::Running);
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(&self.config, failures);
+                    tracing::warn!(user = %device.user_id, device = %device.device_id, %error, failures, retry_in = ?delay, "poll failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn expire(&self, device: &DeviceKey, token: &str) {
+        let hash = token_hash(token);
+        self.sessions.forget(&hash);
+        self.running.remove(device);
+        if let Err(e) = self.persist.delete_token(&hash).await {
+            tracing::warn!(error = %e, "could not delete the expired token");
+        }
+    }
+}
+
+/// Exponential back-off with jitter: half the nominal delay plus a random part, so many
+/// pollers failing together (homeserver restart) do not retry in lock-step.
+pub fn backoff(config: &PollerConfig, failures: u32) -> Duration {
+    let nominal = config
+        .backoff
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(config.max_backoff);
+    let half = nominal / 2;
+    half + half.mul_f64(rand::thread_rng().gen::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = PollerConfig {
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            ..PollerConfig::default()
+        };
+        for (failures, nominal) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
+            let d = backoff(&c, failures);
+            let n = Duration::from_secs(nominal);
+            assert!(d >= n / 2 && d <= n, "failure {failures}: {d:?} not within [{:?}, {n:?}]", n / 2);
+        }
+    }
+}

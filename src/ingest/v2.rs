@@ -1,0 +1,103 @@
+//! One v2 `/sync` response into the store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::store::event::{Event, Membership};
+use crate::store::users::UserState;
+use crate::store::{RoomDelta, Store};
+use crate::types::RoomId;
+use crate::upstream::wire::{self, SyncResponse};
+
+/// A response we could not use at all (not the v2 shape).
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable /sync response: {0}")]
+pub struct ProcessError(String);
+
+fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
+    events
+        .iter()
+        .filter_map(|raw| match wire::parse_event(raw.as_raw_str().as_bytes()) {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                tracing::debug!(room, error = %e, "dropping malformed event");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
+/// Writes are queued before returning, so the caller's `since` write comes after them.
+pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<String, ProcessError> {
+    let resp: SyncResponse<'_> = wire::parse_sync(body).map_err(|e| ProcessError(e.to_string()))?;
+    let mut writes = Vec::new();
+    if let Some(rooms) = resp.rooms {
+        for (room_id, joined) in rooms.join {
+            let room_id: RoomId = room_id.into();
+            let delta = RoomDelta {
+                room_id: room_id.clone(),
+                state: parse_events(&joined.state.events, &room_id),
+                timeline: parse_events(&joined.timeline.events, &room_id),
+            };
+            writes.extend(store.apply_room(delta));
+            writes.extend(store.confirm_join(user, &room_id));
+            if let Some(unread) = joined.unread_notifications {
+                writes.extend(store.set_unread(
+                    user,
+                    &room_id,
+                    unread.notification_count.unwrap_or(0),
+                    unread.highlight_count.unwrap_or(0),
+                ));
+            }
+        }
+        for (room_id, invited) in rooms.invite {
+            let room_id: RoomId = room_id.into();
+            let mut state = Vec::with_capacity(2 + invited.invite_state.events.len() * 256);
+            state.push(b'[');
+            for (i, ev) in invited.invite_state.events.iter().enumerate() {
+                if i > 0 {
+                    state.push(b',');
+                }
+                state.extend_from_slice(ev.as_raw_str().as_bytes());
+            }
+            state.push(b']');
+            let ts = wire::invite_ts(&state, &user.user_id).unwrap_or_else(now_ms);
+            writes.extend(store.set_invite(user, &room_id, Bytes::from(state), ts));
+        }
+        for (room_id, left) in rooms.leave {
+            let room_id: RoomId = room_id.into();
+            let timeline = parse_events(&left.timeline.events, &room_id);
+            let leave_id = timeline
+                .iter()
+                .rev()
+                .find(|e| {
+                    e.state_key.as_deref() == Some(&*user.user_id)
+                        && matches!(e.membership, Some(Membership::Leave | Membership::Ban))
+                })
+                .map(|e| e.event_id.clone());
+            let delta = RoomDelta {
+                room_id: room_id.clone(),
+                state: parse_events(&left.state.events, &room_id),
+                timeline,
+            };
+            writes.extend(store.apply_room(delta));
+            let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
+            writes.extend(store.set_left(user, &room_id, leave_event));
+        }
+    }
+    store.queue().send(writes).await;
+    Ok(resp.next_batch)
+}
+
+fn find_timeline_event(store: &Store, room_id: &str, event_id: &str) -> Option<Arc<Event>> {
+    let room = store.room(room_id)?;
+    room.timeline.iter().rev().find(|e| &*e.event_id == event_id).cloned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
