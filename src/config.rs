@@ -1,4 +1,1030 @@
 //! Settings.
+//!
+//! Every setting is an environment variable with the Go proxy's `SYNCV3_*` name (so an
+//! operator can switch binaries without touching the deployment) and a command-line flag
+//! that overrides it. [`parse`] is a pure function of the arguments and a map of the
+//! environment: tests pass maps and never touch the process environment.
+//!
+//! Failing fast is the point: every problem is one [`ConfigError`] line that names the
+//! setting, shows the value it got (never `SYNCV3_SECRET`; database passwords redacted)
+//! and says what to do.
 
-/// Placeholder until the settings table lands.
-pub struct Config;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the homeserver's client API is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// Scheme `http` or `https`, no trailing slash, no query.
+    Http(http::Uri),
+    /// A unix socket; requests go over it as plain HTTP.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // `Uri`'s own Display adds a `/` path to a bare authority; callers append
+            // `/_matrix/...` to this, so print the base without it.
+            ServerAddr::Http(uri) => {
+                let scheme = uri.scheme_str().unwrap_or("https");
+                let authority = uri.authority().map_or("", |a| a.as_str());
+                write!(
+                    f,
+                    "{scheme}://{authority}{}",
+                    uri.path().trim_end_matches('/')
+                )
+            }
+            ServerAddr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Where the proxy listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    /// A unix socket path; a stale socket file there is replaced.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The certificate chain and private key for HTTPS, both PEM files that existed at startup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Clone)]
+pub struct Config {
+    pub server: ServerAddr,
+    /// A Postgres URL; may hold a password, so print it through [`redact_db_url`].
+    pub db: String,
+    /// Key material for token encryption; never printed.
+    pub secret: String,
+    pub bind: BindAddr,
+    pub tls: Option<TlsFiles>,
+    pub log_level: tracing::Level,
+    /// Largest database pool; 0 means the pool's default.
+    pub max_db_conn: u32,
+    /// Timeout of upstream requests other than a poller's first `/sync`.
+    pub http_timeout: Duration,
+    /// Timeout of a poller's first `/sync`, which can take minutes on a big account.
+    pub http_initial_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("db", &redact_db_url(&self.db))
+            .field("secret", &"***")
+            .field("bind", &self.bind)
+            .field("tls", &self.tls)
+            .field("log_level", &self.log_level)
+            .field("max_db_conn", &self.max_db_conn)
+            .field("http_timeout", &self.http_timeout)
+            .field("http_initial_timeout", &self.http_initial_timeout)
+            .finish()
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Config>),
+    /// `--help`: the text to print on stdout.
+    Help(String),
+    /// `--version`: the text to print on stdout.
+    Version(String),
+}
+
+/// One row of the settings table: what `--help` prints and what errors name.
+#[derive(Debug)]
+pub struct Setting {
+    pub env: &'static str,
+    /// Without the leading `--`.
+    pub flag: &'static str,
+    /// Placeholder for the value in `--help`.
+    pub value_name: &'static str,
+    pub default: Fallback,
+    pub meaning: &'static str,
+    /// What to do about a missing or bad value; ends every error about this setting.
+    pub fix: &'static str,
+}
+
+/// What applies when a setting is not given.
+#[derive(Debug)]
+pub enum Fallback {
+    Required,
+    Unset,
+    Value(&'static str),
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (--{})", self.env, self.flag)
+    }
+}
+
+static SERVER: Setting = Setting {
+    env: "SYNCV3_SERVER",
+    flag: "server",
+    value_name: "URL|PATH",
+    default: Fallback::Required,
+    meaning: "The homeserver's client API base URL (http:// or https://), or the path of its unix socket (starts with /).",
+    fix: "set it to the homeserver's client API base URL like https://matrix.example.org, or a unix socket path starting with /",
+};
+
+static DB: Setting = Setting {
+    env: "SYNCV3_DB",
+    flag: "db",
+    value_name: "URL",
+    default: Fallback::Required,
+    meaning: "Postgres connection URL (postgres:// or postgresql://).",
+    fix: "set it to a Postgres URL like postgresql://user:password@localhost/syncv3",
+};
+
+static SECRET: Setting = Setting {
+    env: "SYNCV3_SECRET",
+    flag: "secret",
+    value_name: "SECRET",
+    default: Fallback::Required,
+    meaning: "Key for encrypting stored access tokens; must never change for the life of the database.",
+    fix: "set it to a random string, e.g. the output of `openssl rand -hex 32`, and keep it for the life of the database",
+};
+
+static BINDADDR: Setting = Setting {
+    env: "SYNCV3_BINDADDR",
+    flag: "bindaddr",
+    value_name: "ADDR|PATH",
+    default: Fallback::Value("0.0.0.0:8008"),
+    meaning: "Where to listen: host:port, or a unix socket path starting with /.",
+    fix: "set it to host:port like 0.0.0.0:8008, or a unix socket path starting with /",
+};
+
+static TLS_CERT: Setting = Setting {
+    env: "SYNCV3_TLS_CERT",
+    flag: "tls-cert",
+    value_name: "FILE",
+    default: Fallback::Unset,
+    meaning: "PEM certificate chain; with SYNCV3_TLS_KEY, serve HTTPS instead of HTTP.",
+    fix: "set it to the path of a PEM certificate chain file, or unset both SYNCV3_TLS_CERT and SYNCV3_TLS_KEY to serve plain HTTP",
+};
+
+static TLS_KEY: Setting = Setting {
+    env: "SYNCV3_TLS_KEY",
+    flag: "tls-key",
+    value_name: "FILE",
+    default: Fallback::Unset,
+    meaning: "PEM private key of the certificate in SYNCV3_TLS_CERT.",
+    fix: "set it to the path of the PEM private key file, or unset both SYNCV3_TLS_CERT and SYNCV3_TLS_KEY to serve plain HTTP",
+};
+
+static LOG_LEVEL: Setting = Setting {
+    env: "SYNCV3_LOG_LEVEL",
+    flag: "log-level",
+    value_name: "LEVEL",
+    default: Fallback::Value("info"),
+    meaning: "Least severe log level shown: trace, debug, info, warn or error (RUST_LOG, when set, overrides it).",
+    fix: "set it to one of trace, debug, info, warn, error",
+};
+
+static MAX_DB_CONN: Setting = Setting {
+    env: "SYNCV3_MAX_DB_CONN",
+    flag: "max-db-conn",
+    value_name: "N",
+    default: Fallback::Value("0"),
+    meaning: "Most database connections to hold open; 0 means the pool's default.",
+    fix: "set it to a whole number of connections, or 0 for the pool's default",
+};
+
+static HTTP_TIMEOUT_SECS: Setting = Setting {
+    env: "SYNCV3_HTTP_TIMEOUT_SECS",
+    flag: "http-timeout-secs",
+    value_name: "SECS",
+    default: Fallback::Value("300"),
+    meaning: "Timeout in seconds of requests to the homeserver (long-polls, whoami, versions).",
+    fix: "set it to a whole number of seconds greater than 0, like 300",
+};
+
+static HTTP_INITIAL_TIMEOUT_SECS: Setting = Setting {
+    env: "SYNCV3_HTTP_INITIAL_TIMEOUT_SECS",
+    flag: "http-initial-timeout-secs",
+    value_name: "SECS",
+    default: Fallback::Value("1800"),
+    meaning:
+        "Timeout in seconds of a device's first /sync, which can take minutes on a big account.",
+    fix: "set it to a whole number of seconds greater than 0, like 1800",
+};
+
+/// Every setting, in the order `--help` lists them.
+pub static SETTINGS: [&Setting; 10] = [
+    &SERVER,
+    &DB,
+    &SECRET,
+    &BINDADDR,
+    &TLS_CERT,
+    &TLS_KEY,
+    &LOG_LEVEL,
+    &MAX_DB_CONN,
+    &HTTP_TIMEOUT_SECS,
+    &HTTP_INITIAL_TIMEOUT_SECS,
+];
+
+/// Why the settings cannot be used. Display is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting has no value (an empty value counts as none).
+    #[error("{setting} is not set: {}", .setting.fix)]
+    Missing { setting: &'static Setting },
+    /// A setting's value cannot be used; `shown` is safe to print.
+    #[error("{setting} is {shown:?}: {problem}; {}", .setting.fix)]
+    Invalid {
+        setting: &'static Setting,
+        shown: String,
+        problem: String,
+    },
+    /// Only one of the TLS pair is set.
+    #[error("{missing} is not set but {present} is: set both to serve HTTPS, or neither to serve plain HTTP")]
+    TlsHalf {
+        present: &'static Setting,
+        missing: &'static Setting,
+    },
+    /// A flag came last, or was followed by another flag, instead of by its value.
+    #[error("{setting} was given as a flag without a value: write --{} VALUE or --{}=VALUE", .setting.flag, .setting.flag)]
+    FlagWithoutValue { setting: &'static Setting },
+    /// A flag that is not in the settings table.
+    #[error("unknown flag {flag:?}: run slidesync --help to list the settings")]
+    UnknownFlag { flag: String },
+    /// A bare word where a flag was expected. Not echoed: it may be a misplaced secret.
+    #[error("unexpected argument at position {position}: give settings as --flag VALUE, --flag=VALUE or SYNCV3_* environment variables; run slidesync --help to list them")]
+    UnexpectedArgument { position: usize },
+}
+
+/// Reads the settings from `args` (without the program name) and `env`; a flag wins over
+/// its environment variable.
+pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Parsed, ConfigError> {
+    let mut flags: HashMap<&'static str, String> = HashMap::new();
+    let mut args = args.iter().enumerate();
+    while let Some((index, arg)) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help(help_text())),
+            "-V" | "--version" => return Ok(Parsed::Version(version_text())),
+            _ => {}
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            if arg.starts_with('-') {
+                return Err(ConfigError::UnknownFlag { flag: arg.clone() });
+            }
+            return Err(ConfigError::UnexpectedArgument {
+                position: index + 1,
+            });
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (body, None),
+        };
+        let Some(setting) = SETTINGS.iter().copied().find(|s| s.flag == name) else {
+            // Only the name: a misspelt `--secrt=...` must not echo the secret.
+            return Err(ConfigError::UnknownFlag {
+                flag: format!("--{name}"),
+            });
+        };
+        let value = match inline {
+            Some(value) => value.to_owned(),
+            None => match args.next() {
+                Some((_, value)) if !value.starts_with("--") => value.clone(),
+                _ => return Err(ConfigError::FlagWithoutValue { setting }),
+            },
+        };
+        flags.insert(setting.flag, value);
+    }
+    let values = Values { flags, env };
+    Ok(Parsed::Run(Box::new(values.config()?)))
+}
+
+/// The raw values: flags first, then the environment. Empty means unset, as in the Go
+/// proxy, so `-e SYNCV3_BINDADDR=` in a container falls back to the default.
+struct Values<'a> {
+    flags: HashMap<&'static str, String>,
+    env: &'a HashMap<String, String>,
+}
+
+impl Values<'_> {
+    fn get(&self, setting: &'static Setting) -> Option<&str> {
+        self.flags
+            .get(setting.flag)
+            .or_else(|| self.env.get(setting.env))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The value, or the setting's default, or a [`ConfigError::Missing`].
+    fn get_or_default(&self, setting: &'static Setting) -> Result<&str, ConfigError> {
+        match (self.get(setting), &setting.default) {
+            (Some(value), _) => Ok(value),
+            (None, Fallback::Value(default)) => Ok(default),
+            (None, Fallback::Required | Fallback::Unset) => Err(ConfigError::Missing { setting }),
+        }
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        let server = self.get_or_default(&SERVER)?;
+        let server = parse_server(server).map_err(|problem| invalid(&SERVER, server, problem))?;
+
+        let db = self.get_or_default(&DB)?;
+        check_db(db).map_err(|problem| ConfigError::Invalid {
+            setting: &DB,
+            shown: redact_db_url(db),
+            problem,
+        })?;
+
+        let secret = self.get_or_default(&SECRET)?.to_owned();
+
+        let bind = self.get_or_default(&BINDADDR)?;
+        let bind = parse_bind(bind).map_err(|problem| invalid(&BINDADDR, bind, problem))?;
+
+        let tls = match (self.get(&TLS_CERT), self.get(&TLS_KEY)) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::TlsHalf {
+                    present: &TLS_CERT,
+                    missing: &TLS_KEY,
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::TlsHalf {
+                    present: &TLS_KEY,
+                    missing: &TLS_CERT,
+                })
+            }
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: existing_file(&TLS_CERT, cert)?,
+                key: existing_file(&TLS_KEY, key)?,
+            }),
+        };
+
+        let level = self.get_or_default(&LOG_LEVEL)?;
+        let log_level =
+            parse_level(level).ok_or_else(|| invalid(&LOG_LEVEL, level, "unknown log level"))?;
+
+        let max = self.get_or_default(&MAX_DB_CONN)?;
+        let max_db_conn = max
+            .parse::<u32>()
+            .map_err(|_| invalid(&MAX_DB_CONN, max, "not a non-negative whole number"))?;
+
+        let http_timeout = self.seconds(&HTTP_TIMEOUT_SECS)?;
+        let http_initial_timeout = self.seconds(&HTTP_INITIAL_TIMEOUT_SECS)?;
+
+        Ok(Config {
+            server,
+            db: db.to_owned(),
+            secret,
+            bind,
+            tls,
+            log_level,
+            max_db_conn,
+            http_timeout,
+            http_initial_timeout,
+        })
+    }
+
+    fn seconds(&self, setting: &'static Setting) -> Result<Duration, ConfigError> {
+        let raw = self.get_or_default(setting)?;
+        match raw.parse::<u64>() {
+            Ok(0) => Err(invalid(
+                setting,
+                raw,
+                "a timeout of 0 would fail every request",
+            )),
+            Ok(secs) => Ok(Duration::from_secs(secs)),
+            Err(_) => Err(invalid(setting, raw, "not a whole number of seconds")),
+        }
+    }
+}
+
+fn invalid(setting: &'static Setting, value: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        shown: value.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn parse_server(raw: &str) -> Result<ServerAddr, String> {
+    if raw.starts_with('/') {
+        return Ok(ServerAddr::Unix(PathBuf::from(raw)));
+    }
+    let lower = raw.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(match raw.split_once("://") {
+            Some((scheme, _)) => format!("the scheme {scheme:?} is neither http nor https"),
+            None => "not a URL".to_owned(),
+        });
+    }
+    let uri: http::Uri = raw
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("not a valid URL ({e})"))?;
+    // `https://` trims to `https:`, which parses as a bare host: require the scheme back.
+    if uri.scheme().is_none() || uri.host().is_none_or(str::is_empty) {
+        return Err("the URL has no host".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err("a base URL has no query string".to_owned());
+    }
+    Ok(ServerAddr::Http(uri))
+}
+
+fn check_db(raw: &str) -> Result<(), String> {
+    let lower = raw.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        return Ok(());
+    }
+    Err(if raw.contains('=') && !raw.contains("://") {
+        "a libpq key=value string, not a URL".to_owned()
+    } else {
+        "not a Postgres URL".to_owned()
+    })
+}
+
+fn parse_bind(raw: &str) -> Result<BindAddr, String> {
+    if raw.starts_with('/') {
+        return Ok(BindAddr::Unix(PathBuf::from(raw)));
+    }
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(BindAddr::Tcp(addr));
+    }
+    // Go's `:8008` means every interface; Go proxy deployments use it.
+    if let Some(port) = raw.strip_prefix(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(BindAddr::Tcp(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                port,
+            ))));
+        }
+    }
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err("not host:port".to_owned());
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err("not host:port (the port is not a number from 0 to 65535)".to_owned());
+    };
+    if host.is_empty() {
+        return Err("not host:port".to_owned());
+    }
+    match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Ok(BindAddr::Tcp(addr)),
+        Ok(None) => Err(format!("the host {host:?} has no address")),
+        Err(e) => Err(format!("the host {host:?} does not resolve ({e})")),
+    }
+}
+
+fn existing_file(setting: &'static Setting, raw: &str) -> Result<PathBuf, ConfigError> {
+    let path = Path::new(raw);
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(path.to_owned()),
+        Ok(_) => Err(invalid(setting, raw, "not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(invalid(setting, raw, "no such file"))
+        }
+        Err(e) => Err(invalid(setting, raw, format!("cannot be read ({e})"))),
+    }
+}
+
+fn parse_level(raw: &str) -> Option<tracing::Level> {
+    Some(match raw.to_ascii_lowercase().as_str() {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        // `err` is the Go proxy's spelling.
+        "error" | "err" => tracing::Level::ERROR,
+        _ => return None,
+    })
+}
+
+/// A database URL with its password replaced by `***`, fit for messages and logs.
+///
+/// Handles the password in the userinfo (`postgres://user:pw@host/db`, where `pw` may
+/// contain unescaped `@` or `/`), in the query (`?password=pw`), and in libpq
+/// `key=value` strings (`password=pw`, `password='p w'`).
+pub fn redact_db_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_key_values(url);
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    // The last `@` ends the userinfo: hosts and database names do not contain one,
+    // passwords written by hand sometimes do.
+    match main.rfind('@') {
+        Some(at) => match main[..at].split_once(':') {
+            Some((user, _)) => {
+                out.push_str(user);
+                out.push_str(":***");
+                out.push_str(&main[at..]);
+            }
+            None => out.push_str(main),
+        },
+        None => out.push_str(main),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// libpq `key = value` pairs, values optionally single-quoted with `\` escapes.
+fn redact_key_values(conninfo: &str) -> String {
+    let mut out = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while !rest.is_empty() {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        rest = trimmed;
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        out.push_str(key);
+        rest = &rest[key_end..];
+        let after_eq = rest.trim_start();
+        let Some(value_part) = after_eq.strip_prefix('=') else {
+            continue;
+        };
+        out.push_str(&rest[..rest.len() - after_eq.len()]);
+        out.push('=');
+        let value_start = value_part.trim_start();
+        out.push_str(&value_part[..value_part.len() - value_start.len()]);
+        let value_len = value_length(value_start);
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str("***");
+        } else {
+            out.push_str(&value_start[..value_len]);
+        }
+        rest = &value_start[value_len..];
+    }
+    out
+}
+
+/// Bytes taken by one libpq value at the start of `s`.
+fn value_length(s: &str) -> usize {
+    if !s.starts_with('\'') {
+        return s.find(char::is_whitespace).unwrap_or(s.len());
+    }
+    let mut escaped = false;
+    for (i, c) in s.char_indices().skip(1) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '\'' => return i + 1,
+            _ => {}
+        }
+    }
+    s.len()
+}
+
+fn version_text() -> String {
+    format!("slidesync {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+fn help_text() -> String {
+    let mut out = format!(
+        "slidesync {}: {}\n\n\
+         Usage: slidesync [--FLAG VALUE | --FLAG=VALUE]...\n\n\
+         Each setting is an environment variable or a flag; the flag wins. An empty value\n\
+         counts as unset.\n\nSettings:\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_DESCRIPTION"),
+    );
+    for setting in SETTINGS {
+        let flag = format!("--{} <{}>", setting.flag, setting.value_name);
+        let default = match setting.default {
+            Fallback::Required => "required".to_owned(),
+            Fallback::Unset => "unset by default".to_owned(),
+            Fallback::Value(value) => format!("default {value}"),
+        };
+        out.push_str(&format!(
+            "  {flag:<36} {}, {default}\n      {}\n",
+            setting.env, setting.meaning
+        ));
+    }
+    out.push_str(
+        "\nOther flags:\n  -h, --help                           Print this help\n  \
+         -V, --version                        Print the version\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET_VALUE: &str = "hunter2-very-secret";
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> HashMap<String, String> {
+        env(&[
+            ("SYNCV3_SERVER", "https://matrix.example.org"),
+            ("SYNCV3_DB", "postgres://proxy:dbpass@localhost/syncv3"),
+            ("SYNCV3_SECRET", SECRET_VALUE),
+        ])
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn run(args: &[String], env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        match parse(args, env)? {
+            Parsed::Run(config) => Ok(*config),
+            other => panic!("expected a config, got {other:?}"),
+        }
+    }
+
+    fn error(args: &[String], env: &HashMap<String, String>) -> String {
+        let err = run(args, env).expect_err("expected a config error");
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "not one line: {line}");
+        assert!(!line.contains(SECRET_VALUE), "secret leaked: {line}");
+        line
+    }
+
+    fn with(mut base: HashMap<String, String>, key: &str, value: &str) -> HashMap<String, String> {
+        base.insert(key.to_owned(), value.to_owned());
+        base
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_required_three() {
+        let config = run(&[], &minimal()).unwrap();
+        assert_eq!(
+            config.server,
+            ServerAddr::Http("https://matrix.example.org".parse().unwrap())
+        );
+        assert_eq!(config.db, "postgres://proxy:dbpass@localhost/syncv3");
+        assert_eq!(config.secret, SECRET_VALUE);
+        assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8008".parse().unwrap()));
+        assert_eq!(config.tls, None);
+        assert_eq!(config.log_level, tracing::Level::INFO);
+        assert_eq!(config.max_db_conn, 0);
+        assert_eq!(config.http_timeout, Duration::from_secs(300));
+        assert_eq!(config.http_initial_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_override_env_in_both_spellings() {
+        let env = with(minimal(), "SYNCV3_BINDADDR", "127.0.0.1:1");
+        let env = with(env, "SYNCV3_LOG_LEVEL", "error");
+        let config = run(
+            &args(&[
+                "--bindaddr",
+                "127.0.0.1:2",
+                "--log-level=debug",
+                "--max-db-conn",
+                "7",
+                "--http-timeout-secs=5",
+                "--http-initial-timeout-secs",
+                "6",
+            ]),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.bind, BindAddr::Tcp("127.0.0.1:2".parse().unwrap()));
+        assert_eq!(config.log_level, tracing::Level::DEBUG);
+        assert_eq!(config.max_db_conn, 7);
+        assert_eq!(config.http_timeout, Duration::from_secs(5));
+        assert_eq!(config.http_initial_timeout, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn flags_alone_are_enough() {
+        let config = run(
+            &args(&[
+                "--server=http://hs:8008/",
+                "--db",
+                "postgresql://localhost/db",
+                "--secret",
+                "s",
+            ]),
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(config.server.to_string(), "http://hs:8008");
+        assert_eq!(config.secret, "s");
+    }
+
+    #[test]
+    fn server_loses_trailing_slashes_and_keeps_a_path_prefix() {
+        let config = run(
+            &[],
+            &with(minimal(), "SYNCV3_SERVER", "https://example.org/matrix//"),
+        )
+        .unwrap();
+        let ServerAddr::Http(uri) = &config.server else {
+            panic!("expected http")
+        };
+        assert_eq!(uri.path(), "/matrix");
+        assert_eq!(config.server.to_string(), "https://example.org/matrix");
+        let bare = run(
+            &[],
+            &with(minimal(), "SYNCV3_SERVER", "https://example.org/"),
+        )
+        .unwrap();
+        assert_eq!(bare.server.to_string(), "https://example.org");
+    }
+
+    #[test]
+    fn paths_starting_with_a_slash_are_unix_sockets() {
+        let env = with(minimal(), "SYNCV3_SERVER", "/run/synapse.sock");
+        let env = with(env, "SYNCV3_BINDADDR", "/run/slidesync.sock");
+        let config = run(&[], &env).unwrap();
+        assert_eq!(config.server, ServerAddr::Unix("/run/synapse.sock".into()));
+        assert_eq!(config.bind, BindAddr::Unix("/run/slidesync.sock".into()));
+    }
+
+    #[test]
+    fn go_style_port_only_bind_address_listens_everywhere() {
+        let config = run(&[], &with(minimal(), "SYNCV3_BINDADDR", ":8009")).unwrap();
+        assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8009".parse().unwrap()));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let config = run(&[], &with(minimal(), "SYNCV3_BINDADDR", "")).unwrap();
+        assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8008".parse().unwrap()));
+        let line = error(&[], &with(minimal(), "SYNCV3_SECRET", ""));
+        assert!(
+            line.starts_with("SYNCV3_SECRET (--secret) is not set: "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn each_missing_required_setting_is_named() {
+        for name in ["SYNCV3_SERVER", "SYNCV3_DB", "SYNCV3_SECRET"] {
+            let mut env = minimal();
+            env.remove(name);
+            let line = error(&[], &env);
+            assert!(line.starts_with(&format!("{name} (--")), "{line}");
+            assert!(line.contains("is not set: set it to"), "{line}");
+        }
+    }
+
+    #[test]
+    fn server_without_a_scheme_says_what_to_write() {
+        let line = error(&[], &with(minimal(), "SYNCV3_SERVER", "matrix.org"));
+        assert_eq!(
+            line,
+            "SYNCV3_SERVER (--server) is \"matrix.org\": not a URL; set it to the homeserver's \
+             client API base URL like https://matrix.example.org, or a unix socket path \
+             starting with /"
+        );
+    }
+
+    #[test]
+    fn server_with_another_scheme_or_no_host_is_rejected() {
+        let line = error(&[], &with(minimal(), "SYNCV3_SERVER", "ftp://matrix.org"));
+        assert!(line.contains("\"ftp\" is neither http nor https"), "{line}");
+        let line = error(&[], &with(minimal(), "SYNCV3_SERVER", "https://"));
+        assert!(
+            line.starts_with("SYNCV3_SERVER (--server) is \"https://\": "),
+            "{line}"
+        );
+        let line = error(&[], &with(minimal(), "SYNCV3_SERVER", "https://hs/?a=b"));
+        assert!(line.contains("query"), "{line}");
+    }
+
+    #[test]
+    fn db_must_be_a_postgres_url_and_its_password_is_redacted() {
+        let line = error(&[], &with(minimal(), "SYNCV3_DB", "mysql://u:pw123@h/db"));
+        assert_eq!(
+            line,
+            "SYNCV3_DB (--db) is \"mysql://u:***@h/db\": not a Postgres URL; set it to a \
+             Postgres URL like postgresql://user:password@localhost/syncv3"
+        );
+        let line = error(
+            &[],
+            &with(minimal(), "SYNCV3_DB", "user=me password=pw123 dbname=x"),
+        );
+        assert!(!line.contains("pw123"), "{line}");
+        assert!(line.contains("key=value"), "{line}");
+    }
+
+    #[test]
+    fn bad_bind_address_is_named() {
+        let line = error(&[], &with(minimal(), "SYNCV3_BINDADDR", "8008"));
+        assert!(
+            line.starts_with("SYNCV3_BINDADDR (--bindaddr) is \"8008\": not host:port; "),
+            "{line}"
+        );
+        let line = error(&[], &with(minimal(), "SYNCV3_BINDADDR", "0.0.0.0:99999"));
+        assert!(line.starts_with("SYNCV3_BINDADDR (--bindaddr)"), "{line}");
+    }
+
+    #[test]
+    fn log_levels_accept_the_go_spellings_and_reject_others() {
+        for (raw, level) in [
+            ("trace", tracing::Level::TRACE),
+            ("DEBUG", tracing::Level::DEBUG),
+            ("warn", tracing::Level::WARN),
+            ("err", tracing::Level::ERROR),
+            ("error", tracing::Level::ERROR),
+        ] {
+            let config = run(&[], &with(minimal(), "SYNCV3_LOG_LEVEL", raw)).unwrap();
+            assert_eq!(config.log_level, level, "{raw}");
+        }
+        let line = error(&[], &with(minimal(), "SYNCV3_LOG_LEVEL", "loud"));
+        assert_eq!(
+            line,
+            "SYNCV3_LOG_LEVEL (--log-level) is \"loud\": unknown log level; set it to one of \
+             trace, debug, info, warn, error"
+        );
+    }
+
+    #[test]
+    fn numbers_must_be_whole_and_timeouts_positive() {
+        let line = error(&[], &with(minimal(), "SYNCV3_MAX_DB_CONN", "-1"));
+        assert!(
+            line.starts_with("SYNCV3_MAX_DB_CONN (--max-db-conn) is \"-1\": "),
+            "{line}"
+        );
+        let line = error(&[], &with(minimal(), "SYNCV3_MAX_DB_CONN", "many"));
+        assert!(line.contains("not a non-negative whole number"), "{line}");
+        let line = error(&[], &with(minimal(), "SYNCV3_HTTP_TIMEOUT_SECS", "0"));
+        assert!(
+            line.starts_with("SYNCV3_HTTP_TIMEOUT_SECS (--http-timeout-secs) is \"0\": "),
+            "{line}"
+        );
+        let line = error(
+            &[],
+            &with(minimal(), "SYNCV3_HTTP_INITIAL_TIMEOUT_SECS", "1.5"),
+        );
+        assert!(line.contains("not a whole number of seconds"), "{line}");
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        let dir = std::env::temp_dir().join(format!("slidesync-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+        let line = error(&[], &with(minimal(), "SYNCV3_TLS_CERT", cert_s));
+        assert_eq!(
+            line,
+            "SYNCV3_TLS_KEY (--tls-key) is not set but SYNCV3_TLS_CERT (--tls-cert) is: set \
+             both to serve HTTPS, or neither to serve plain HTTP"
+        );
+        let line = error(&args(&["--tls-key", key_s]), &minimal());
+        assert!(
+            line.starts_with("SYNCV3_TLS_CERT (--tls-cert) is not set but"),
+            "{line}"
+        );
+
+        let missing = dir.join("missing.pem");
+        let line = error(
+            &args(&["--tls-cert", cert_s, "--tls-key", missing.to_str().unwrap()]),
+            &minimal(),
+        );
+        assert!(
+            line.starts_with("SYNCV3_TLS_KEY (--tls-key) is \""),
+            "{line}"
+        );
+        assert!(line.contains("no such file"), "{line}");
+
+        let config = run(
+            &args(&["--tls-cert", cert_s, "--tls-key", key_s]),
+            &minimal(),
+        )
+        .unwrap();
+        assert_eq!(config.tls, Some(TlsFiles { cert, key }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_default() {
+        let Parsed::Help(text) = parse(&args(&["--help"]), &HashMap::new()).unwrap() else {
+            panic!("expected help")
+        };
+        for setting in SETTINGS {
+            assert!(text.contains(setting.env), "{} missing", setting.env);
+            assert!(
+                text.contains(&format!("--{} ", setting.flag)),
+                "{}",
+                setting.flag
+            );
+            assert!(text.contains(setting.meaning), "{}", setting.env);
+        }
+        assert!(text.contains("default 0.0.0.0:8008"));
+        assert!(text.contains("default 1800"));
+        assert!(matches!(
+            parse(&args(&["-h"]), &HashMap::new()),
+            Ok(Parsed::Help(_))
+        ));
+    }
+
+    #[test]
+    fn version_flag_prints_the_package_version() {
+        for flag in ["--version", "-V"] {
+            let Parsed::Version(text) = parse(&args(&[flag]), &HashMap::new()).unwrap() else {
+                panic!("expected version")
+            };
+            assert!(text.contains(env!("CARGO_PKG_VERSION")));
+        }
+    }
+
+    #[test]
+    fn unknown_flags_and_stray_words_are_errors() {
+        let line = error(&args(&["--sever", "x"]), &minimal());
+        assert!(line.starts_with("unknown flag \"--sever\""), "{line}");
+        let line = error(&args(&["-x"]), &minimal());
+        assert!(line.starts_with("unknown flag \"-x\""), "{line}");
+        let line = error(&args(&["serve"]), &minimal());
+        assert!(
+            line.starts_with("unexpected argument at position 1"),
+            "{line}"
+        );
+        let line = error(&args(&["--server"]), &minimal());
+        assert!(line.starts_with("SYNCV3_SERVER (--server) was given as a flag without a value"));
+        let line = error(&args(&["--secret", "--db", "postgres://x"]), &minimal());
+        assert!(
+            line.starts_with("SYNCV3_SECRET (--secret) was given"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn secret_never_appears_in_errors_or_debug() {
+        let misspelt = format!("--secrt={SECRET_VALUE}");
+        let line = error(&args(&[&misspelt]), &minimal());
+        assert!(line.contains("--secrt"), "{line}");
+        let stray = error(&args(&["--secret", "a", SECRET_VALUE]), &minimal());
+        assert!(stray.contains("position 3"), "{stray}");
+
+        let config = run(&[], &minimal()).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(SECRET_VALUE), "{debug}");
+        assert!(!debug.contains("dbpass"), "{debug}");
+        assert!(debug.contains("secret: \"***\""), "{debug}");
+    }
+
+    #[test]
+    fn db_passwords_are_redacted_wherever_they_hide() {
+        assert_eq!(
+            redact_db_url("postgres://user:secret@host/db"),
+            "postgres://user:***@host/db"
+        );
+        assert_eq!(
+            redact_db_url("postgres://user:p@ss/w@host:5432/db?sslmode=disable"),
+            "postgres://user:***@host:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            redact_db_url("postgresql://host/db?user=u&password=pw&sslmode=require"),
+            "postgresql://host/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_db_url("postgres://user@host/db"),
+            "postgres://user@host/db"
+        );
+        assert_eq!(
+            redact_db_url("user=me password = 'p w\\'x' dbname=syncv3"),
+            "user=me password = *** dbname=syncv3"
+        );
+        assert_eq!(redact_db_url("password=pw"), "password=***");
+    }
+}
