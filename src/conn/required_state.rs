@@ -19,11 +19,11 @@ pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec
     };
     let mut seen: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
-    let mut push = |s: StateRef<'_>, out: &mut Vec<Bytes>, seen: &mut HashSet<&str>| {
+    fn push<'a>(s: StateRef<'a>, out: &mut Vec<Bytes>, seen: &mut HashSet<&'a str>) {
         if seen.insert(s.event_id()) {
             out.push(Bytes::copy_from_slice(s.json()));
         }
-    };
+    }
     let everything = entries.iter().any(|(t, k)| t == "*" && k == "*");
     if everything {
         let narrowed: Vec<(&str, String)> = entries

@@ -1,0 +1,318 @@
+//! One connection's state and the pure step that turns (sticky request, current store)
+//! into a response. No I/O and no locks: the caller hands in a read view of the user's
+//! data and a way to fetch room snapshots.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::request::{ListParams, ListResult, Op, Range, RoomResult, SortBy, SyncRequest, SyncResponse};
+use super::required_state;
+use super::window;
+use crate::rooms::name::display_name;
+use crate::store::room::{RoomSnapshot, TIMELINE_RING};
+use crate::store::users::{UserData, UserMembership};
+use crate::types::{Position, RoomId};
+
+/// What the user's data and the rooms look like right now.
+pub struct View<'a> {
+    pub user_id: &'a str,
+    pub data: &'a UserData,
+    pub room: &'a dyn Fn(&str) -> Option<Arc<RoomSnapshot>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct ListState {
+    ranges: Vec<Range>,
+    sort: Vec<SortBy>,
+    timeline_limit: usize,
+    required_state: Vec<(String, String)>,
+    /// Index → room, for every index the client holds.
+    have: BTreeMap<usize, RoomId>,
+}
+
+impl Default for ListState {
+    fn default() -> Self {
+        Self {
+            ranges: Vec::new(),
+            sort: vec![SortBy::Recency],
+            timeline_limit: 0,
+            required_state: Vec::new(),
+            have: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the client was last told about a room, to send only what changed.
+#[derive(Clone, Debug, PartialEq)]
+struct SentRoom {
+    /// Timeline events up to here were sent (or predate what the client may see).
+    position: Position,
+    invite: bool,
+    name: String,
+    joined: u32,
+    invited: u32,
+    unread: (u64, u64),
+}
+
+#[derive(Default)]
+pub struct Connection {
+    lists: BTreeMap<String, ListState>,
+    sent: HashMap<RoomId, SentRoom>,
+    /// The user data version this connection last looked at.
+    seen_version: Option<u64>,
+}
+
+/// Room parameters merged over every list showing the room: the union of
+/// `required_state`, the largest `timeline_limit`.
+#[derive(Default)]
+struct RoomParams {
+    timeline_limit: usize,
+    required_state: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// Applies the request's sticky parameters and computes what the client lacks.
+    /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
+    pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
+        let changed: Option<HashSet<RoomId>> = match self.seen_version {
+            Some(v) => view.data.changed_since(v).map(|rooms| rooms.into_iter().collect()),
+            None => Some(HashSet::new()),
+        };
+        self.seen_version = Some(view.data.version());
+        let mut resend: HashSet<RoomId> = HashSet::new();
+        let mut resp = SyncResponse::default();
+
+        let mut old_ranges: BTreeMap<String, Vec<Range>> = BTreeMap::new();
+        if let Some(req) = req {
+            for (name, params) in &req.lists {
+                let list = self.lists.entry(name.clone()).or_default();
+                old_ranges.insert(name.clone(), list.ranges.clone());
+                if merge(list, params) {
+                    resend.extend(list.have.values().cloned());
+                }
+            }
+        }
+
+        let index = &view.data.index;
+        for (name, list) in &mut self.lists {
+            let old = old_ranges.remove(name).unwrap_or_else(|| list.ranges.clone());
+            let mut ops = Vec::new();
+            // Ranges kept from before: move the client's rooms to where they are now.
+            for &(start, end) in &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old)) {
+                let len = end - start + 1;
+                let mut have: Vec<RoomId> = (start..=end).map_while(|i| list.have.get(&i).cloned()).collect();
+                let now: Vec<RoomId> = index.range(start, end).cloned().collect();
+                window::diff(start, len, &mut have, &now, &mut ops);
+                for i in start..=end {
+                    match have.get(i - start) {
+                        Some(r) => list.have.insert(i, r.clone()),
+                        None => list.have.remove(&i),
+                    };
+                }
+            }
+            for range in window::subtract(&old, &list.ranges) {
+                ops.push(Op::Invalidate { range });
+                for i in range.0..=range.1 {
+                    list.have.remove(&i);
+                }
+            }
+            for (start, end) in window::subtract(&list.ranges, &old) {
+                if start >= index.len() {
+                    continue;
+                }
+                let end = end.min(index.len() - 1);
+                let room_ids: Vec<RoomId> = index.range(start, end).cloned().collect();
+                for (i, r) in room_ids.iter().enumerate() {
+                    list.have.insert(start + i, r.clone());
+                }
+                ops.push(Op::Sync {
+                    range: (start, end),
+                    room_ids,
+                });
+            }
+            resp.lists.insert(
+                name.clone(),
+                ListResult {
+                    count: index.len(),
+                    ops,
+                },
+            );
+        }
+
+        let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
+        for list in self.lists.values() {
+            for room in list.have.values() {
+                let p = visible.entry(room.clone()).or_default();
+                p.timeline_limit = p.timeline_limit.max(list.timeline_limit);
+                for rs in &list.required_state {
+                    if !p.required_state.contains(rs) {
+                        p.required_state.push(rs.clone());
+                    }
+                }
+            }
+        }
+
+        for (room_id, params) in &visible {
+            let sent = self.sent.get(room_id);
+            let is_changed = changed.as_ref().is_none_or(|c| c.contains(room_id));
+            let result = match (view.data.membership(room_id), sent) {
+                (Some(UserMembership::Join { since }), Some(s)) if !s.invite && !resend.contains(room_id) => {
+                    if !is_changed {
+                        continue;
+                    }
+                    self.live_room(room_id, *since, view)
+                }
+                (Some(UserMembership::Join { since }), _) => self.full_room(room_id, *since, params, view),
+                (Some(UserMembership::Invite { invite_state, .. }), None) => {
+                    self.sent.insert(
+                        room_id.clone(),
+                        SentRoom {
+                            position: 0,
+                            invite: true,
+                            name: String::new(),
+                            joined: 0,
+                            invited: 0,
+                            unread: (0, 0),
+                        },
+                    );
+                    Some(RoomResult {
+                        initial: true,
+                        invite_state: Some(invite_state.clone()),
+                        ..RoomResult::default()
+                    })
+                }
+                _ => None,
+            };
+            if let Some(result) = result {
+                resp.rooms.insert(room_id.clone(), result);
+            }
+        }
+
+        // Rooms the client no longer sees: a room the user left gets its leave event, then
+        // nothing more; others are forgotten so they come back whole.
+        let gone: Vec<RoomId> = self.sent.keys().filter(|r| !visible.contains_key(*r)).cloned().collect();
+        for room_id in gone {
+            let Some(sent) = self.sent.remove(&room_id) else { continue };
+            if let Some(UserMembership::Leave { event: Some(ev), .. }) = view.data.membership(&room_id) {
+                if ev.position > sent.position && !sent.invite {
+                    resp.rooms.insert(
+                        room_id,
+                        RoomResult {
+                            timeline: vec![ev.json.clone()],
+                            num_live: 1,
+                            ..RoomResult::default()
+                        },
+                    );
+                }
+            }
+        }
+        resp
+    }
+
+    fn full_room(&mut self, room_id: &RoomId, since: Position, params: &RoomParams, view: &View<'_>) -> Option<RoomResult> {
+        let room = (view.room)(room_id)?;
+        let limit = params.timeline_limit.min(TIMELINE_RING);
+        let (timeline, skipped) = room.timeline_after(since.saturating_sub(1), limit);
+        let ring_full = room.timeline.len() == TIMELINE_RING;
+        let limited = skipped || (ring_full && timeline.first().map(|e| e.position) == room.timeline.front().map(|e| e.position));
+        let prev_batch = timeline.iter().find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+        let name = display_name(&room.meta, view.user_id);
+        let unread = unread(view.data, room_id);
+        self.sent.insert(
+            room_id.clone(),
+            SentRoom {
+                position: room.meta.latest_position,
+                invite: false,
+                name: name.clone(),
+                joined: room.meta.joined_count,
+                invited: room.meta.invited_count,
+                unread,
+            },
+        );
+        Some(RoomResult {
+            initial: true,
+            name: Some(name),
+            required_state: required_state::resolve(&params.required_state, &room.state, view.user_id),
+            timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            num_live: 0,
+            limited: limited && limit > 0,
+            prev_batch,
+            invite_state: None,
+            joined_count: Some(room.meta.joined_count),
+            invited_count: Some(room.meta.invited_count),
+            notification_count: Some(unread.0),
+            highlight_count: Some(unread.1),
+        })
+    }
+
+    fn live_room(&mut self, room_id: &RoomId, since: Position, view: &View<'_>) -> Option<RoomResult> {
+        let room = (view.room)(room_id)?;
+        let sent = self.sent.get_mut(room_id)?;
+        let after = sent.position.max(since.saturating_sub(1));
+        let (timeline, skipped) = room.timeline_after(after, TIMELINE_RING);
+        // Events newer than what we sent fell out of the ring before this response: the
+        // client has a gap.
+        let lost = timeline.first().is_some_and(|first| {
+            room.timeline.front().map(|f| f.position) == Some(first.position) && first.position > after + 1 && room.timeline.len() == TIMELINE_RING
+        });
+        let mut out = RoomResult {
+            num_live: timeline.len(),
+            limited: skipped || lost,
+            timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            ..RoomResult::default()
+        };
+        let name = display_name(&room.meta, view.user_id);
+        if name != sent.name {
+            out.name = Some(name.clone());
+            sent.name = name;
+        }
+        if room.meta.joined_count != sent.joined {
+            out.joined_count = Some(room.meta.joined_count);
+            sent.joined = room.meta.joined_count;
+        }
+        if room.meta.invited_count != sent.invited {
+            out.invited_count = Some(room.meta.invited_count);
+            sent.invited = room.meta.invited_count;
+        }
+        let unread = unread(view.data, room_id);
+        if unread != sent.unread {
+            out.notification_count = Some(unread.0);
+            out.highlight_count = Some(unread.1);
+            sent.unread = unread;
+        }
+        sent.position = sent.position.max(room.meta.latest_position);
+        let empty = out.timeline.is_empty()
+            && out.name.is_none()
+            && out.joined_count.is_none()
+            && out.invited_count.is_none()
+            && out.notification_count.is_none();
+        (!empty).then_some(out)
+    }
+}
+
+fn unread(data: &UserData, room_id: &str) -> (u64, u64) {
+    data.rooms
+        .get(room_id)
+        .map_or((0, 0), |r| (r.notification_count, r.highlight_count))
+}
+
+/// Merges sticky list parameters. Returns whether rooms already shown must be sent again
+/// whole (their timeline or state selection changed).
+fn merge(list: &mut ListState, params: &ListParams) -> bool {
+    let mut resend = false;
+    if let Some(ranges) = &params.ranges {
+        list.ranges = ranges.clone();
+    }
+    if let Some(sort) = &params.sort {
+        list.sort = sort.clone();
+    }
+    if let Some(limit) = params.timeline_limit {
+        resend |= limit != list.timeline_limit;
+        list.timeline_limit = limit;
+    }
+    if let Some(rs) = &params.required_state {
+        resend |= *rs != list.required_state;
+        list.required_state = rs.clone();
+    }
+    resend
+}
