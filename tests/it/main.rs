@@ -1,0 +1,4 @@
+//! The integration test binary: one binary so that linking happens once.
+
+mod support;
+mod synapse_smoke;
