@@ -1,6 +1,6 @@
-//! The one integration test binary: every file here is a module, so linking happens once.
-
-mod support;
+//! The one integration test binary: linked once, modules per area.
 
 mod cli;
 mod serve;
+mod support;
+mod synapse_smoke;

@@ -1,1 +1,4 @@
-//! Helpers shared by the integration tests.
+//! Shared test fixtures.
+
+pub mod http;
+pub mod synapse;
