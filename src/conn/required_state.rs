@@ -85,6 +85,7 @@ mod tests {
                 origin_server_ts: 0,
                 membership: (kind == "m.room.member").then_some(Membership::Join),
                 text: None,
+                prev_batch: None,
                 position: 1,
                 json: Bytes::from(format!("\"{kind}|{key}\"")),
             }));

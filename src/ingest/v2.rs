@@ -40,6 +40,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 room_id: room_id.clone(),
                 state: parse_events(&joined.state.events, &room_id),
                 timeline: parse_events(&joined.timeline.events, &room_id),
+                prev_batch: joined.timeline.prev_batch,
             };
             writes.extend(store.apply_room(delta));
             writes.extend(store.confirm_join(user, &room_id));
@@ -81,6 +82,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 room_id: room_id.clone(),
                 state: parse_events(&left.state.events, &room_id),
                 timeline,
+                prev_batch: left.timeline.prev_batch,
             };
             writes.extend(store.apply_room(delta));
             let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));

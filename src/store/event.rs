@@ -59,6 +59,8 @@ pub struct Event {
     /// `m.room.create` type, `m.room.tombstone` replacement room, `m.room.member`
     /// displayname.
     pub text: Option<Box<str>>,
+    /// The v2 `prev_batch` of the chunk this event starts, for back-pagination.
+    pub prev_batch: Option<Box<str>>,
     /// Given when the store accepts the event; 0 before.
     pub position: Position,
     pub json: Bytes,

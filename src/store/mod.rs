@@ -48,6 +48,8 @@ pub struct RoomDelta {
     /// The v2 `state` block: state before the timeline.
     pub state: Vec<Event>,
     pub timeline: Vec<Event>,
+    /// The timeline's `prev_batch` token.
+    pub prev_batch: Option<String>,
 }
 
 impl Store {
@@ -129,10 +131,12 @@ impl Store {
             } else {
                 0
             };
-            for ev in delta.timeline.into_iter().skip(start) {
+            let mut prev_batch = delta.prev_batch.map(String::into_boxed_str);
+            for mut ev in delta.timeline.into_iter().skip(start) {
                 if !slot.seen.insert(&ev.event_id) {
                     continue;
                 }
+                ev.prev_batch = prev_batch.take();
                 let ev = self.accept(&room_id, ev, true, &mut writes);
                 if ev.is_state() {
                     if ev.membership.is_some() {

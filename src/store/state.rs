@@ -309,6 +309,7 @@ mod tests {
             origin_server_ts: pos,
             membership: (kind == "m.room.member").then_some(Membership::Join),
             text: None,
+            prev_batch: None,
             position: pos,
             json: Bytes::from(format!("{{\"event_id\":\"{id}\"}}")),
         })

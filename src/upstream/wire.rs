@@ -160,6 +160,7 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         origin_server_ts: f.origin_server_ts,
         membership,
         text,
+        prev_batch: None,
         position: 0,
         json,
     })
