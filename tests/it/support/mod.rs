@@ -1,0 +1,2 @@
+//! Shared fixtures for the integration suites.
+pub mod db;
