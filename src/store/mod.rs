@@ -10,6 +10,7 @@
 pub mod event;
 pub mod persist;
 pub mod pg;
+<<<<<<< HEAD
 pub mod room;
 pub mod sessions;
 pub mod state;
@@ -424,3 +425,6 @@ impl Store {
         Ok(store)
     }
 }
+=======
+pub mod tokens;
+>>>>>>> wip-pg

@@ -1,0 +1,816 @@
+//! Postgres behind [`Persist`], with the migrations in `schema/`.
+//!
+//! Writes come from the write-behind queue in batches. A batch is one transaction with at
+//! most one statement per table: the rows of a kind travel as array parameters and are
+//! expanded by `UNNEST`, so a batch costs a handful of round trips whatever its size and
+//! never meets Postgres' limit of 65 535 bind parameters. Reads happen once, at startup;
+//! each load runs in one read-only repeatable-read transaction, so its pages and chunks
+//! see one moment of the database.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, Row, Transaction};
+
+use super::persist::{
+    LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
+    StoredDevice, StoredEvent, StoredToken, Write,
+};
+use crate::types::{DeviceKey, Position, RoomId};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema");
+
+/// Pool size when `SYNCV3_MAX_DB_CONN` is 0 (unset): the writer needs one or two, startup
+/// loading and token checks the rest.
+const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+/// How long startup waits for the database. Short, so a wrong `SYNCV3_DB` is reported at
+/// once instead of looking like a hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rooms loaded per round of queries at startup: bounds the rows one query returns and
+/// sets how often progress is reported.
+const ROOMS_PER_CHUNK: usize = 1000;
+/// Membership and unread rows fetched per page at startup, for the same reason.
+const ROWS_PER_PAGE: i64 = 10_000;
+
+/// The Postgres store. Cloning shares the pool.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, applies the migrations, and returns a store with a pool of
+    /// `max_connections` (0 means a default of 16). Error messages never contain the
+    /// password from `url`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, PersistError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| PersistError::Connect(redact(&e.to_string(), url)))?;
+
+        // One plain connection first, rather than the pool's own check: the pool retries a
+        // refused connection until its timeout and then reports only "timed out", losing
+        // the reason an operator needs.
+        let mut conn =
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(PersistError::Connect(redact(&e.to_string(), url))),
+                Err(_) => {
+                    return Err(PersistError::Connect(format!(
+                        "no answer within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                }
+            };
+        // Not under the timeout: a migration on a big database may rightly take minutes.
+        // The migrator takes an advisory lock, so two proxies starting together are safe.
+        MIGRATOR
+            .run(&mut conn)
+            .await
+            .map_err(|e| PersistError::Migrate(redact(&e.to_string(), url)))?;
+        // Failing to say goodbye on a connection that worked is not worth failing startup.
+        let _ = conn.close().await;
+
+        let max_connections = match max_connections {
+            0 => DEFAULT_MAX_CONNECTIONS,
+            n => n,
+        };
+        // Lazy: the probe above already proved the settings, and the pool opens
+        // connections as the writer and loaders ask for them.
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_lazy_with(options);
+        Ok(PgStore { pool })
+    }
+
+    async fn read_only(&self) -> Result<Transaction<'static, Postgres>, PersistError> {
+        let mut tx = self.pool.begin().await.map_err(query_error)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        Ok(tx)
+    }
+
+    /// Reads a table keyed by `(user_id, room_id)` page by page, so startup never holds
+    /// every raw row and every decoded value at once. `sql` takes the last key read as
+    /// `$1, $2` and the page size as `$3`, and returns `user_id` and `room_id` columns.
+    async fn read_by_user_and_room<T>(
+        &self,
+        sql: &'static str,
+        mut decode: impl FnMut(&PgRow) -> Result<T, PersistError>,
+    ) -> Result<Vec<T>, PersistError> {
+        let mut tx = self.read_only().await?;
+        let mut out = Vec::new();
+        // Starting after ("", "") skips nothing real: Matrix IDs are never empty.
+        let mut after = (String::new(), String::new());
+        loop {
+            let rows = sqlx::query(sql)
+                .bind(&after.0)
+                .bind(&after.1)
+                .bind(ROWS_PER_PAGE)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_error)?;
+            for row in &rows {
+                out.push(decode(row)?);
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == ROWS_PER_PAGE => {
+                    after = (
+                        last.try_get("user_id").map_err(query_error)?,
+                        last.try_get("room_id").map_err(query_error)?,
+                    );
+                }
+                _ => break,
+            }
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Persist for PgStore {
+    /// Rows of one kind go in one statement. Within a batch, a later membership, unread
+    /// count or `since` for the same key replaces an earlier one, and the snapshot with the
+    /// highest position wins, exactly as if the rows had been applied one by one.
+    async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = BatchRows::group(batch)?;
+        let mut tx = self.pool.begin().await.map_err(query_error)?;
+        rows.insert(&mut tx).await.map_err(query_error)?;
+        // Dropping `tx` on an error above rolls the whole batch back.
+        tx.commit().await.map_err(query_error)
+    }
+
+    /// Rooms come back sorted by room ID. A room is found through its snapshot, its state
+    /// events or its timeline events; an event that is neither state nor timeline is never
+    /// read back, so a room holding only such events is not listed.
+    async fn load_rooms(
+        &self,
+        timeline_per_room: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
+        let limit = i64::try_from(timeline_per_room).unwrap_or(i64::MAX);
+        let mut tx = self.read_only().await?;
+        let mut room_ids: Vec<String> = sqlx::query_scalar(ROOM_IDS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        room_ids.sort_unstable();
+
+        let mut rooms = Vec::with_capacity(room_ids.len());
+        for chunk in room_ids.chunks(ROOMS_PER_CHUNK) {
+            let start = rooms.len();
+            rooms.extend(
+                chunk
+                    .iter()
+                    .map(|id| (RoomId::from(id.as_str()), LoadedRoom::default())),
+            );
+            load_room_chunk(&mut tx, chunk, limit, &mut rooms[start..]).await?;
+            progress(rooms.len());
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(rooms)
+    }
+
+    async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
+        let mut ids = Interner::default();
+        self.read_by_user_and_room(
+            "SELECT user_id, room_id, kind, position, invite_state \
+             FROM slidesync_memberships \
+             WHERE (user_id, room_id) > ($1, $2) \
+             ORDER BY user_id, room_id LIMIT $3",
+            |row| {
+                let kind: &str = row.try_get("kind").map_err(query_error)?;
+                let kind = MembershipKind::parse(kind)
+                    .ok_or_else(|| PersistError::Corrupt(format!("membership kind {kind:?}")))?;
+                Ok(LoadedMembership {
+                    user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                    room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                    kind,
+                    position: position_from_db(row.try_get("position").map_err(query_error)?)?,
+                    invite_state: row
+                        .try_get::<Option<Vec<u8>>, _>("invite_state")
+                        .map_err(query_error)?
+                        .map(Bytes::from),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
+        let mut ids = Interner::default();
+        self.read_by_user_and_room(
+            "SELECT user_id, room_id, notification_count, highlight_count \
+             FROM slidesync_unread \
+             WHERE (user_id, room_id) > ($1, $2) \
+             ORDER BY user_id, room_id LIMIT $3",
+            |row| {
+                Ok(LoadedUnread {
+                    user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                    room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                    notification_count: count_from_db(
+                        row.try_get("notification_count").map_err(query_error)?,
+                    )?,
+                    highlight_count: count_from_db(
+                        row.try_get("highlight_count").map_err(query_error)?,
+                    )?,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn max_position(&self) -> Result<Position, PersistError> {
+        let max: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM slidesync_events")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error)?;
+        position_from_db(max)
+    }
+
+    async fn token(&self, token_hash: &str) -> Result<Option<StoredToken>, PersistError> {
+        let row = sqlx::query(
+            "SELECT user_id, device_id, token_encrypted FROM slidesync_tokens \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error)?;
+        row.map(|row| {
+            Ok(StoredToken {
+                device: device_key(&row)?,
+                token_encrypted: row.try_get("token_encrypted").map_err(query_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Seeing a token again makes it its device's newest. The device row keeps its `since`.
+    async fn insert_token(
+        &self,
+        token_hash: &str,
+        token_encrypted: &str,
+        device: &DeviceKey,
+    ) -> Result<(), PersistError> {
+        // One statement, so the token never exists without its device row.
+        sqlx::query(
+            "WITH token AS ( \
+                 INSERT INTO slidesync_tokens \
+                     (token_hash, token_encrypted, user_id, device_id, created_ms, last_seen_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $5) \
+                 ON CONFLICT (token_hash) DO UPDATE SET \
+                     token_encrypted = excluded.token_encrypted, \
+                     user_id = excluded.user_id, \
+                     device_id = excluded.device_id, \
+                     last_seen_ms = excluded.last_seen_ms, \
+                     seen_seq = nextval('slidesync_tokens_seen_seq') \
+             ) \
+             INSERT INTO slidesync_devices (user_id, device_id) VALUES ($3, $4) \
+             ON CONFLICT (user_id, device_id) DO NOTHING",
+        )
+        .bind(token_hash)
+        .bind(token_encrypted)
+        .bind(&*device.user_id)
+        .bind(&*device.device_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error)?;
+        Ok(())
+    }
+
+    /// The device row stays: a new token for the same device resumes from its `since`.
+    async fn delete_token(&self, token_hash: &str) -> Result<(), PersistError> {
+        sqlx::query("DELETE FROM slidesync_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (t.user_id, t.device_id) \
+                 t.user_id, t.device_id, t.token_encrypted, d.since \
+             FROM slidesync_tokens t \
+             LEFT JOIN slidesync_devices d USING (user_id, device_id) \
+             ORDER BY t.user_id, t.device_id, t.seen_seq DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredDevice {
+                    device: device_key(row)?,
+                    token_encrypted: row.try_get("token_encrypted").map_err(query_error)?,
+                    since: row.try_get("since").map_err(query_error)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Every room with a snapshot, a state event or a timeline event. The two recursive
+/// parts are loose index scans: they hop from one room ID to the next in the partial
+/// indexes instead of reading every event, which matters when events outnumber rooms a
+/// thousand to one (Postgres before 18 cannot skip-scan on its own).
+const ROOM_IDS_SQL: &str = "\
+WITH RECURSIVE
+timeline_rooms(room_id) AS (
+    (SELECT room_id FROM slidesync_events WHERE in_timeline ORDER BY room_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.room_id FROM slidesync_events e
+            WHERE e.in_timeline AND e.room_id > r.room_id ORDER BY e.room_id LIMIT 1)
+    FROM timeline_rooms r WHERE r.room_id IS NOT NULL
+),
+state_rooms(room_id) AS (
+    (SELECT room_id FROM slidesync_events WHERE is_state ORDER BY room_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.room_id FROM slidesync_events e
+            WHERE e.is_state AND e.room_id > r.room_id ORDER BY e.room_id LIMIT 1)
+    FROM state_rooms r WHERE r.room_id IS NOT NULL
+)
+SELECT room_id FROM timeline_rooms WHERE room_id IS NOT NULL
+UNION SELECT room_id FROM state_rooms WHERE room_id IS NOT NULL
+UNION SELECT room_id FROM slidesync_snapshots";
+
+// The chunk queries below number the rooms of `$1` with ORDINALITY and return that
+// number instead of the room ID: rows are placed by index, with no string per row.
+
+const CHUNK_SNAPSHOTS_SQL: &str = "\
+SELECT r.idx, s.position, s.bytes
+FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
+JOIN slidesync_snapshots s ON s.room_id = r.room_id";
+
+const CHUNK_STATE_SQL: &str = "\
+SELECT r.idx, e.position, e.event_id, e.in_timeline, e.json
+FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
+LEFT JOIN slidesync_snapshots s ON s.room_id = r.room_id
+CROSS JOIN LATERAL (
+    SELECT position, event_id, in_timeline, json FROM slidesync_events e
+    WHERE e.is_state AND e.room_id = r.room_id AND e.position > COALESCE(s.position, -1)
+) e
+ORDER BY r.idx, e.position";
+
+const CHUNK_TIMELINE_SQL: &str = "\
+SELECT r.idx, e.position, e.event_id, e.is_state, e.json
+FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
+CROSS JOIN LATERAL (
+    SELECT position, event_id, is_state, json FROM slidesync_events e
+    WHERE e.in_timeline AND e.room_id = r.room_id
+    ORDER BY e.position DESC LIMIT $2
+) e
+ORDER BY r.idx, e.position";
+
+/// Fills `rooms` (already holding the IDs of `room_ids`, in that order) with three
+/// queries for the whole chunk.
+async fn load_room_chunk(
+    tx: &mut Transaction<'static, Postgres>,
+    room_ids: &[String],
+    timeline_limit: i64,
+    rooms: &mut [(RoomId, LoadedRoom)],
+) -> Result<(), PersistError> {
+    for row in sqlx::query(CHUNK_SNAPSHOTS_SQL)
+        .bind(room_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (_, room) = room_at(rooms, &row)?;
+        let position = position_from_db(row.try_get("position").map_err(query_error)?)?;
+        let bytes: Vec<u8> = row.try_get("bytes").map_err(query_error)?;
+        room.snapshot = Some((position, Bytes::from(bytes)));
+    }
+
+    for row in sqlx::query(CHUNK_STATE_SQL)
+        .bind(room_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (room_id, room) = room_at(rooms, &row)?;
+        let in_timeline = row.try_get("in_timeline").map_err(query_error)?;
+        room.state_after_snapshot
+            .push(event_from_row(room_id, &row, in_timeline, true)?);
+    }
+
+    if timeline_limit == 0 {
+        return Ok(());
+    }
+    for row in sqlx::query(CHUNK_TIMELINE_SQL)
+        .bind(room_ids)
+        .bind(timeline_limit)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (room_id, room) = room_at(rooms, &row)?;
+        let is_state = row.try_get("is_state").map_err(query_error)?;
+        room.timeline
+            .push(event_from_row(room_id, &row, true, is_state)?);
+    }
+    Ok(())
+}
+
+/// The room a chunk row belongs to, by its 1-based ordinality.
+fn room_at<'r>(
+    rooms: &'r mut [(RoomId, LoadedRoom)],
+    row: &PgRow,
+) -> Result<(RoomId, &'r mut LoadedRoom), PersistError> {
+    let idx: i64 = row.try_get("idx").map_err(query_error)?;
+    let (room_id, room) = usize::try_from(idx - 1)
+        .ok()
+        .and_then(|i| rooms.get_mut(i))
+        .ok_or_else(|| PersistError::Corrupt(format!("room ordinality {idx} out of range")))?;
+    Ok((room_id.clone(), room))
+}
+
+fn event_from_row(
+    room_id: RoomId,
+    row: &PgRow,
+    in_timeline: bool,
+    is_state: bool,
+) -> Result<StoredEvent, PersistError> {
+    let event_id: String = row.try_get("event_id").map_err(query_error)?;
+    let json: Vec<u8> = row.try_get("json").map_err(query_error)?;
+    Ok(StoredEvent {
+        room_id,
+        position: position_from_db(row.try_get("position").map_err(query_error)?)?,
+        event_id: event_id.into_boxed_str(),
+        in_timeline,
+        is_state,
+        json: Bytes::from(json),
+    })
+}
+
+fn device_key(row: &PgRow) -> Result<DeviceKey, PersistError> {
+    Ok(DeviceKey::new(
+        row.try_get::<String, _>("user_id").map_err(query_error)?,
+        row.try_get::<String, _>("device_id").map_err(query_error)?,
+    ))
+}
+
+/// One batch split by table, ready to bind as arrays. The upserted rows sit in ordered
+/// maps so every transaction locks keys in the same order: two batches written at once
+/// then wait for each other instead of deadlocking.
+#[derive(Default)]
+struct BatchRows<'a> {
+    events: EventColumns<'a>,
+    /// room → (position, bytes); the highest position wins.
+    snapshots: BTreeMap<&'a str, (i64, &'a [u8])>,
+    /// The last membership per (user, room) wins.
+    memberships: BTreeMap<UserRoom<'a>, MembershipRow<'a>>,
+    /// (notifications, highlights); the last count per (user, room) wins.
+    unread: BTreeMap<UserRoom<'a>, (i64, i64)>,
+    /// (user, device) → since; the last one wins.
+    since: BTreeMap<(&'a str, &'a str), &'a str>,
+}
+
+type UserRoom<'a> = (&'a str, &'a str);
+
+struct MembershipRow<'a> {
+    kind: &'static str,
+    position: i64,
+    invite_state: Option<&'a [u8]>,
+}
+
+#[derive(Default)]
+struct EventColumns<'a> {
+    position: Vec<i64>,
+    room_id: Vec<&'a str>,
+    event_id: Vec<&'a str>,
+    in_timeline: Vec<bool>,
+    is_state: Vec<bool>,
+    json: Vec<&'a [u8]>,
+}
+
+impl<'a> BatchRows<'a> {
+    /// Keeps one row per key for the upserted tables: Postgres refuses an
+    /// `ON CONFLICT DO UPDATE` that touches the same row twice in one statement.
+    fn group(batch: &'a [Write]) -> Result<Self, PersistError> {
+        let mut rows = BatchRows::default();
+        for write in batch {
+            match write {
+                Write::Event(event) => {
+                    let e = &mut rows.events;
+                    e.position.push(position_to_db(event.position)?);
+                    e.room_id.push(&event.room_id);
+                    e.event_id.push(&event.event_id);
+                    e.in_timeline.push(event.in_timeline);
+                    e.is_state.push(event.is_state);
+                    e.json.push(&event.json);
+                }
+                Write::Snapshot {
+                    room_id,
+                    position,
+                    bytes,
+                } => {
+                    let position = position_to_db(*position)?;
+                    let bytes = &bytes[..];
+                    let slot = rows.snapshots.entry(room_id).or_insert((position, bytes));
+                    if position >= slot.0 {
+                        *slot = (position, bytes);
+                    }
+                }
+                Write::Membership {
+                    user_id,
+                    room_id,
+                    kind,
+                    position,
+                    invite_state,
+                } => {
+                    rows.memberships.insert(
+                        (&**user_id, &**room_id),
+                        MembershipRow {
+                            kind: kind.as_str(),
+                            position: position_to_db(*position)?,
+                            invite_state: invite_state.as_deref(),
+                        },
+                    );
+                }
+                Write::Unread {
+                    user_id,
+                    room_id,
+                    notification_count,
+                    highlight_count,
+                } => {
+                    rows.unread.insert(
+                        (&**user_id, &**room_id),
+                        (
+                            count_to_db(*notification_count),
+                            count_to_db(*highlight_count),
+                        ),
+                    );
+                }
+                Write::DeviceSince { device, since } => {
+                    rows.since
+                        .insert((&*device.user_id, &*device.device_id), since);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The `since` rows go last only for readability: the transaction is what keeps a
+    /// `since` from being visible without the data it acknowledges.
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let e = &self.events;
+        if !e.position.is_empty() {
+            sqlx::query(
+                "INSERT INTO slidesync_events \
+                     (position, room_id, event_id, in_timeline, is_state, json) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], \
+                                      $4::BOOLEAN[], $5::BOOLEAN[], $6::BYTEA[]) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&e.position)
+            .bind(&e.room_id)
+            .bind(&e.event_id)
+            .bind(&e.in_timeline)
+            .bind(&e.is_state)
+            .bind(&e.json)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        if !self.snapshots.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (&room_id, &(position, bytes)) in &self.snapshots {
+                cols.0.push(room_id);
+                cols.1.push(position);
+                cols.2.push(bytes);
+            }
+            // A snapshot older than the stored one is ignored: it would make startup
+            // replay state events that the newer one already folds in, or lose some.
+            sqlx::query(
+                "INSERT INTO slidesync_snapshots (room_id, position, bytes) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
+                 ON CONFLICT (room_id) DO UPDATE \
+                     SET position = excluded.position, bytes = excluded.bytes \
+                     WHERE slidesync_snapshots.position <= excluded.position",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        if !self.memberships.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, room_id), row) in &self.memberships {
+                cols.0.push(user_id);
+                cols.1.push(room_id);
+                cols.2.push(row.kind);
+                cols.3.push(row.position);
+                cols.4.push(row.invite_state);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_memberships \
+                     (user_id, room_id, kind, position, invite_state) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], \
+                                      $4::BIGINT[], $5::BYTEA[]) \
+                 ON CONFLICT (user_id, room_id) DO UPDATE SET \
+                     kind = excluded.kind, \
+                     position = excluded.position, \
+                     invite_state = excluded.invite_state",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .bind(cols.4)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        if !self.unread.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, room_id), &(notifications, highlights)) in &self.unread {
+                cols.0.push(user_id);
+                cols.1.push(room_id);
+                cols.2.push(notifications);
+                cols.3.push(highlights);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_unread \
+                     (user_id, room_id, notification_count, highlight_count) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) \
+                 ON CONFLICT (user_id, room_id) DO UPDATE SET \
+                     notification_count = excluded.notification_count, \
+                     highlight_count = excluded.highlight_count",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        if !self.since.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &since) in &self.since {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(since);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_devices (user_id, device_id, since) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET since = excluded.since",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Shares one allocation per distinct ID read back: a room ID appears once per member,
+/// and the hot state keeps every copy.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, id: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(id) {
+            return known.clone();
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.0.insert(id.clone());
+        id
+    }
+}
+
+fn query_error(e: sqlx::Error) -> PersistError {
+    PersistError::Query(e.to_string())
+}
+
+fn position_to_db(position: Position) -> Result<i64, PersistError> {
+    i64::try_from(position)
+        .map_err(|_| PersistError::Query(format!("position {position} does not fit a BIGINT")))
+}
+
+fn position_from_db(position: i64) -> Result<Position, PersistError> {
+    Position::try_from(position)
+        .map_err(|_| PersistError::Corrupt(format!("negative position {position}")))
+}
+
+/// Counts come from the homeserver; one past `i64::MAX` is nonsense, so it saturates
+/// rather than failing the batch it arrived in.
+fn count_to_db(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn count_from_db(count: i64) -> Result<u64, PersistError> {
+    u64::try_from(count).map_err(|_| PersistError::Corrupt(format!("negative count {count}")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `message` with every form of the password in `url` replaced by `***`. sqlx does not
+/// echo the URL today; this keeps a future error message from putting the password in
+/// the log.
+fn redact(message: &str, url: &str) -> String {
+    let mut out = message.to_owned();
+    for secret in passwords_in(url) {
+        let decoded = percent_decode(secret);
+        for form in [secret, decoded.as_str()] {
+            if !form.is_empty() {
+                out = out.replace(form, "***");
+            }
+        }
+    }
+    out
+}
+
+/// The password of `scheme://user:password@host` and of any `password=` parameter, in URL
+/// query or `key=value` form.
+fn passwords_in(url: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                found.push(password);
+            }
+        }
+    }
+    for (i, _) in url.match_indices("password=") {
+        let value = &url[i + "password=".len()..];
+        let end = value
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .unwrap_or(value.len());
+        found.push(&value[..end]);
+    }
+    found
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_of_a_url_is_redacted_in_every_form() {
+        let url = "postgres://proxy:p%40ss@db.example:5432/syncv3?password=other&sslmode=off";
+        let message = "failed for p%40ss, p@ss and other";
+        assert_eq!(redact(message, url), "failed for ***, *** and ***");
+    }
+
+    #[test]
+    fn a_url_without_a_password_leaves_the_message_alone() {
+        let url = "postgres://postgres@127.0.0.1/syncv3";
+        assert_eq!(redact("refused by postgres", url), "refused by postgres");
+    }
+
+    #[test]
+    fn a_key_value_password_is_redacted() {
+        let url = "user=proxy password=hunter2 dbname=syncv3";
+        assert_eq!(redact("bad hunter2", url), "bad ***");
+    }
+}

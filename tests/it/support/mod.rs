@@ -1,4 +1,5 @@
 //! Shared test fixtures.
 
+pub mod db;
 pub mod http;
 pub mod synapse;

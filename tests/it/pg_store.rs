@@ -1,0 +1,519 @@
+//! The Postgres store against a real server: what a batch writes is what startup reads.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slidesync::store::persist::{
+    LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
+    StoredDevice, StoredEvent, StoredToken, Write,
+};
+use slidesync::store::pg::PgStore;
+use slidesync::types::{DeviceKey, Position, RoomId};
+
+use crate::support::db::TestDb;
+
+async fn store(db: &TestDb) -> PgStore {
+    PgStore::connect(&db.url, 2).await.expect("connect")
+}
+
+fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
+    StoredEvent {
+        room_id: room.into(),
+        position,
+        event_id: format!("$e{position}").into(),
+        in_timeline,
+        is_state,
+        json: Bytes::from(format!(r#"{{"event_id":"$e{position}"}}"#)),
+    }
+}
+
+fn timeline(room: &str, position: Position) -> StoredEvent {
+    event(room, position, true, false)
+}
+
+fn state_block(room: &str, position: Position) -> StoredEvent {
+    event(room, position, false, true)
+}
+
+fn timeline_state(room: &str, position: Position) -> StoredEvent {
+    event(room, position, true, true)
+}
+
+fn writes(events: &[StoredEvent]) -> Vec<Write> {
+    events.iter().cloned().map(Write::Event).collect()
+}
+
+fn positions(events: &[StoredEvent]) -> Vec<Position> {
+    events.iter().map(|e| e.position).collect()
+}
+
+fn device(user: &str, device: &str) -> DeviceKey {
+    DeviceKey::new(user, device)
+}
+
+async fn rooms(store: &PgStore, timeline_per_room: usize) -> Vec<(RoomId, LoadedRoom)> {
+    store
+        .load_rooms(timeline_per_room, &|_| {})
+        .await
+        .expect("load rooms")
+}
+
+#[tokio::test]
+async fn a_batch_round_trips() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let a = "!a:example.org";
+    let b = "!b:example.org";
+    let all = vec![
+        state_block(a, 1),
+        state_block(a, 2),
+        timeline(a, 3),
+        timeline_state(a, 4),
+        timeline(b, 5),
+        timeline(a, 6),
+        timeline_state(b, 7),
+        timeline(a, 8),
+        state_block(a, 9),
+    ];
+    let mut batch = writes(&all);
+    batch.push(Write::Snapshot {
+        room_id: a.into(),
+        position: 3,
+        bytes: Bytes::from_static(b"archived state of a"),
+    });
+    batch.extend([
+        Write::Membership {
+            user_id: "@alice:example.org".into(),
+            room_id: a.into(),
+            kind: MembershipKind::Join,
+            position: 3,
+            invite_state: None,
+        },
+        Write::Membership {
+            user_id: "@bob:example.org".into(),
+            room_id: b.into(),
+            kind: MembershipKind::Invite,
+            position: 5,
+            invite_state: Some(Bytes::from_static(b"[]")),
+        },
+        Write::Unread {
+            user_id: "@alice:example.org".into(),
+            room_id: a.into(),
+            notification_count: 4,
+            highlight_count: 1,
+        },
+        Write::Unread {
+            user_id: "@alice:example.org".into(),
+            room_id: a.into(),
+            notification_count: 5,
+            highlight_count: 2,
+        },
+        Write::DeviceSince {
+            device: device("@alice:example.org", "PHONE"),
+            since: "s1".into(),
+        },
+    ]);
+    store.write(&batch).await.expect("first batch");
+    store
+        .write(&[
+            Write::Membership {
+                user_id: "@bob:example.org".into(),
+                room_id: b.into(),
+                kind: MembershipKind::Join,
+                position: 7,
+                invite_state: None,
+            },
+            Write::Unread {
+                user_id: "@alice:example.org".into(),
+                room_id: a.into(),
+                notification_count: 0,
+                highlight_count: 0,
+            },
+            Write::DeviceSince {
+                device: device("@alice:example.org", "PHONE"),
+                since: "s2".into(),
+            },
+        ])
+        .await
+        .expect("second batch");
+
+    let loaded = rooms(&store, 2).await;
+    let ids: Vec<&str> = loaded.iter().map(|(id, _)| &**id).collect();
+    assert_eq!(ids, [a, b]);
+    let room_a = &loaded[0].1;
+    assert_eq!(
+        room_a.snapshot,
+        Some((3, Bytes::from_static(b"archived state of a")))
+    );
+    assert_eq!(positions(&room_a.state_after_snapshot), [4, 9]);
+    assert_eq!(room_a.state_after_snapshot[0], all[3]);
+    assert_eq!(positions(&room_a.timeline), [6, 8]);
+    assert_eq!(room_a.timeline[1], all[7]);
+    let room_b = &loaded[1].1;
+    assert_eq!(room_b.snapshot, None);
+    assert_eq!(room_b.state_after_snapshot, [all[6].clone()]);
+    assert_eq!(positions(&room_b.timeline), [5, 7]);
+
+    let loaded = rooms(&store, 0).await;
+    assert!(loaded.iter().all(|(_, room)| room.timeline.is_empty()));
+    assert_eq!(positions(&loaded[0].1.state_after_snapshot), [4, 9]);
+
+    let mut memberships = store.load_memberships().await.unwrap();
+    memberships.sort_by(|x, y| x.user_id.cmp(&y.user_id));
+    assert_eq!(
+        memberships,
+        [
+            LoadedMembership {
+                user_id: "@alice:example.org".into(),
+                room_id: a.into(),
+                kind: MembershipKind::Join,
+                position: 3,
+                invite_state: None,
+            },
+            LoadedMembership {
+                user_id: "@bob:example.org".into(),
+                room_id: b.into(),
+                kind: MembershipKind::Join,
+                position: 7,
+                invite_state: None,
+            },
+        ]
+    );
+    assert_eq!(
+        store.load_unread().await.unwrap(),
+        [LoadedUnread {
+            user_id: "@alice:example.org".into(),
+            room_id: a.into(),
+            notification_count: 0,
+            highlight_count: 0,
+        }]
+    );
+    assert_eq!(store.max_position().await.unwrap(), 9);
+
+    store
+        .insert_token("hash", "encrypted", &device("@alice:example.org", "PHONE"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.devices().await.unwrap()[0].since.as_deref(),
+        Some("s2")
+    );
+}
+
+#[tokio::test]
+async fn an_invite_keeps_its_stripped_state() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let invite = LoadedMembership {
+        user_id: "@bob:example.org".into(),
+        room_id: "!a:example.org".into(),
+        kind: MembershipKind::Invite,
+        position: 12,
+        invite_state: Some(Bytes::from_static(br#"[{"type":"m.room.name"}]"#)),
+    };
+    store
+        .write(&[Write::Membership {
+            user_id: invite.user_id.clone(),
+            room_id: invite.room_id.clone(),
+            kind: invite.kind,
+            position: invite.position,
+            invite_state: invite.invite_state.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.load_memberships().await.unwrap(), [invite]);
+}
+
+#[tokio::test]
+async fn an_empty_database_loads_nothing() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    assert!(rooms(&store, 10).await.is_empty());
+    assert!(store.load_memberships().await.unwrap().is_empty());
+    assert!(store.load_unread().await.unwrap().is_empty());
+    assert_eq!(store.max_position().await.unwrap(), 0);
+    assert!(store.devices().await.unwrap().is_empty());
+    store.write(&[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_events_are_ignored() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let room = "!a:example.org";
+    let first = timeline(room, 1);
+    let mut again = first.clone();
+    again.position = 2;
+    again.json = Bytes::from_static(b"{}");
+    store
+        .write(&[Write::Event(first.clone()), Write::Event(again.clone())])
+        .await
+        .unwrap();
+    store.write(&[Write::Event(again)]).await.unwrap();
+
+    let loaded = rooms(&store, 10).await;
+    assert_eq!(loaded[0].1.timeline, [first]);
+    assert_eq!(store.max_position().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_older_snapshot_does_not_replace_a_newer_one() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let snapshot = |position: Position| Write::Snapshot {
+        room_id: "!a:example.org".into(),
+        position,
+        bytes: Bytes::from(format!("state at {position}")),
+    };
+    store
+        .write(&[snapshot(5), snapshot(7), snapshot(6)])
+        .await
+        .unwrap();
+    store.write(&[snapshot(4)]).await.unwrap();
+    let loaded = rooms(&store, 10).await;
+    assert_eq!(loaded[0].1.snapshot, Some((7, Bytes::from("state at 7"))));
+
+    store.write(&[snapshot(8)]).await.unwrap();
+    let loaded = rooms(&store, 10).await;
+    assert_eq!(loaded[0].1.snapshot, Some((8, Bytes::from("state at 8"))));
+}
+
+#[tokio::test]
+async fn many_rooms_load_in_chunks_with_progress() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let count = 2500;
+    let mut batch = Vec::new();
+    for i in 0..count {
+        let room = format!("!r{i:05}:example.org");
+        let base = 3 * i as Position + 1;
+        batch.push(Write::Event(state_block(&room, base)));
+        batch.push(Write::Event(timeline(&room, base + 1)));
+        batch.push(Write::Event(timeline(&room, base + 2)));
+    }
+    store.write(&batch).await.unwrap();
+
+    let reported = Mutex::new(Vec::new());
+    let loaded = store
+        .load_rooms(1, &|n| reported.lock().unwrap().push(n))
+        .await
+        .unwrap();
+    assert_eq!(*reported.lock().unwrap(), [1000, 2000, 2500]);
+    assert_eq!(loaded.len(), count);
+    for (i, (room_id, room)) in loaded.iter().enumerate() {
+        let base = 3 * i as Position + 1;
+        assert_eq!(&**room_id, format!("!r{i:05}:example.org"));
+        assert_eq!(positions(&room.state_after_snapshot), [base]);
+        assert_eq!(positions(&room.timeline), [base + 2]);
+        assert!(room.timeline.iter().all(|e| e.room_id == *room_id));
+    }
+}
+
+#[tokio::test]
+async fn connecting_to_an_unreachable_port_fails_fast_without_the_password() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://proxy:hunter2-secret@127.0.0.1:{port}/syncv3");
+    let started = Instant::now();
+    let err = PgStore::connect(&url, 0).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(6), "{err}");
+    match err {
+        PersistError::Connect(message) => {
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_inserted_found_and_deleted() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let phone = device("@alice:example.org", "PHONE");
+    assert_eq!(store.token("h1").await.unwrap(), None);
+
+    store.insert_token("h1", "enc1", &phone).await.unwrap();
+    assert_eq!(
+        store.token("h1").await.unwrap(),
+        Some(StoredToken {
+            device: phone.clone(),
+            token_encrypted: "enc1".into(),
+        })
+    );
+    // Re-encryption of the same token, e.g. under a new secret.
+    store
+        .insert_token("h1", "enc1-again", &phone)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.token("h1").await.unwrap().unwrap().token_encrypted,
+        "enc1-again"
+    );
+
+    store.delete_token("h1").await.unwrap();
+    assert_eq!(store.token("h1").await.unwrap(), None);
+    store.delete_token("h1").await.unwrap();
+    assert!(store.devices().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn devices_resume_with_their_newest_token_and_since() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let phone = device("@alice:example.org", "PHONE");
+    let laptop = device("@alice:example.org", "LAPTOP");
+    let tokenless = device("@bob:example.org", "GONE");
+
+    store.insert_token("h1", "enc1", &phone).await.unwrap();
+    store
+        .write(&[
+            Write::DeviceSince {
+                device: phone.clone(),
+                since: "s_phone".into(),
+            },
+            Write::DeviceSince {
+                device: tokenless.clone(),
+                since: "s_gone".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    // A second token for the phone (a refresh) must not reset its since.
+    store.insert_token("h2", "enc2", &phone).await.unwrap();
+    store.insert_token("h3", "enc3", &laptop).await.unwrap();
+
+    let mut devices = store.devices().await.unwrap();
+    devices.sort_by(|x, y| x.device.cmp(&y.device));
+    assert_eq!(
+        devices,
+        [
+            StoredDevice {
+                device: laptop.clone(),
+                token_encrypted: "enc3".into(),
+                since: None,
+            },
+            StoredDevice {
+                device: phone.clone(),
+                token_encrypted: "enc2".into(),
+                since: Some("s_phone".into()),
+            },
+        ]
+    );
+
+    // Seeing the older token again makes it the newest.
+    store.insert_token("h1", "enc1", &phone).await.unwrap();
+    let devices = store.devices().await.unwrap();
+    let phone_row = devices.iter().find(|d| d.device == phone).unwrap();
+    assert_eq!(phone_row.token_encrypted, "enc1");
+
+    store.delete_token("h1").await.unwrap();
+    let devices = store.devices().await.unwrap();
+    let phone_row = devices.iter().find(|d| d.device == phone).unwrap();
+    assert_eq!(phone_row.token_encrypted, "enc2");
+    assert_eq!(phone_row.since.as_deref(), Some("s_phone"));
+}
+
+#[tokio::test]
+async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let room = "!a:example.org";
+    let phone = device("@alice:example.org", "PHONE");
+    store.insert_token("h1", "enc1", &phone).await.unwrap();
+    store
+        .write(&[Write::Event(timeline(room, 1))])
+        .await
+        .unwrap();
+
+    let mut clash = timeline(room, 1);
+    clash.event_id = "$another".into();
+    let err = store
+        .write(&[
+            Write::Event(timeline(room, 2)),
+            Write::Snapshot {
+                room_id: room.into(),
+                position: 2,
+                bytes: Bytes::from_static(b"state"),
+            },
+            Write::Membership {
+                user_id: phone.user_id.clone(),
+                room_id: room.into(),
+                kind: MembershipKind::Join,
+                position: 2,
+                invite_state: None,
+            },
+            Write::Unread {
+                user_id: phone.user_id.clone(),
+                room_id: room.into(),
+                notification_count: 1,
+                highlight_count: 0,
+            },
+            // Same position, different event: a primary key violation.
+            Write::Event(clash),
+            Write::DeviceSince {
+                device: phone.clone(),
+                since: "s1".into(),
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PersistError::Query(_)), "{err:?}");
+
+    assert_eq!(store.max_position().await.unwrap(), 1);
+    let loaded = rooms(&store, 10).await;
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].1.snapshot, None);
+    assert_eq!(positions(&loaded[0].1.timeline), [1]);
+    assert!(store.load_memberships().await.unwrap().is_empty());
+    assert!(store.load_unread().await.unwrap().is_empty());
+    assert_eq!(store.devices().await.unwrap()[0].since, None);
+
+    // The store is still usable after the rollback.
+    store
+        .write(&[Write::Event(timeline(room, 2))])
+        .await
+        .unwrap();
+    assert_eq!(store.max_position().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn memberships_and_counts_load_across_pages() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let count = 10_050;
+    let mut batch = Vec::new();
+    for i in 0..count {
+        let user_id = format!("@u{:02}:example.org", i % 7);
+        let room_id = format!("!r{i:05}:example.org");
+        batch.push(Write::Membership {
+            user_id: user_id.as_str().into(),
+            room_id: room_id.as_str().into(),
+            kind: MembershipKind::Join,
+            position: i as Position,
+            invite_state: None,
+        });
+        batch.push(Write::Unread {
+            user_id: user_id.as_str().into(),
+            room_id: room_id.as_str().into(),
+            notification_count: i as u64,
+            highlight_count: 0,
+        });
+    }
+    store.write(&batch).await.unwrap();
+
+    let mut memberships = store.load_memberships().await.unwrap();
+    assert_eq!(memberships.len(), count);
+    memberships.sort_by_key(|m| m.position);
+    assert!(memberships
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.position == i as Position
+            && m.room_id.ends_with(&format!("{i:05}:example.org"))));
+    let unread = store.load_unread().await.unwrap();
+    assert_eq!(unread.len(), count);
+    let total: u64 = unread.iter().map(|u| u.notification_count).sum();
+    assert_eq!(total, (0..count as u64).sum::<u64>());
+}
