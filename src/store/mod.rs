@@ -10,7 +10,6 @@
 pub mod event;
 pub mod persist;
 pub mod pg;
-<<<<<<< HEAD
 pub mod room;
 pub mod sessions;
 pub mod state;
@@ -425,6 +424,3 @@ impl Store {
         Ok(store)
     }
 }
-=======
-pub mod tokens;
->>>>>>> wip-pg
