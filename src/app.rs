@@ -1,17 +1,219 @@
 //! Wiring: builds every stage from the configuration and runs them.
 
-use crate::config::Config;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use tokio::task::JoinHandle;
+
+use crate::api::Api;
+use crate::config::{redact_db_url, Config, ServerAddr};
+use crate::conn::Conns;
+use crate::ingest::pollers::{PollerConfig, Pollers};
+use crate::ops::listen::{self, ListenError, Listener};
+use crate::ops::tls::{self, TlsError};
+use crate::store::persist::{Persist, PersistError};
+use crate::store::pg::PgStore;
+use crate::store::sessions::Sessions;
+use crate::store::tokens::TokenCipher;
+use crate::store::writer::WriteQueue;
+use crate::store::Store;
+use crate::upstream::http::{HttpHomeserver, Target};
+use crate::upstream::Homeserver;
 
 /// Why the proxy could not start. Each message names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// Anything not yet classified.
-    #[error("{0}")]
-    Other(String),
+    /// Postgres could not be reached, migrated or read.
+    #[error("SYNCV3_DB (--db) is {url:?}: {error}; check the URL and that Postgres is running and reachable")]
+    Database { url: String, error: PersistError },
+    /// None of the stored tokens decrypts: the secret is not the one the database was
+    /// written with.
+    #[error("SYNCV3_SECRET (--secret) does not decrypt any of the {stored} stored access tokens: it is not the secret this database was created with; set the original secret, or point SYNCV3_DB at a new database")]
+    WrongSecret { stored: usize },
+    /// The listen address could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Tunables that are not operator settings (yet).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `SYNCV3_SERVER` as shown to clients in `/client/server.json`.
+    pub server: String,
+    pub poller: PollerConfig,
+    /// A connection unused for this long is dropped (its client gets `M_UNKNOWN_POS`).
+    pub conn_idle: Duration,
+    /// How long a token the homeserver accepted is trusted before asking again.
+    pub session_ttl: Duration,
+    /// How long a rejected token is refused without asking the homeserver.
+    pub rejected_ttl: Duration,
+    /// Durable writes waiting for Postgres before pollers are slowed down.
+    pub write_queue: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: String::new(),
+            poller: PollerConfig::default(),
+            conn_idle: Duration::from_secs(30 * 60),
+            session_ttl: Duration::from_secs(10 * 60),
+            rejected_ttl: Duration::from_secs(30),
+            write_queue: 16 * 1024,
+        }
+    }
+}
+
+/// A running proxy without its listener: tests serve it on their own socket.
+pub struct App {
+    pub api: Arc<Api>,
+    writer: JoinHandle<()>,
+    janitor: JoinHandle<()>,
+}
+
+impl App {
+    /// Rebuilds the hot state from storage, resumes the pollers in the background and
+    /// returns as soon as requests can be answered.
+    pub async fn start(
+        persist: Arc<dyn Persist>,
+        upstream: Arc<dyn Homeserver>,
+        cipher: TokenCipher,
+        settings: Settings,
+    ) -> Result<App, PersistOrSecret> {
+        let devices = persist.devices().await?;
+        let decryptable = devices.iter().filter(|d| cipher.decrypt(&d.token_encrypted).is_ok()).count();
+        if !devices.is_empty() && decryptable == 0 {
+            return Err(PersistOrSecret::WrongSecret { stored: devices.len() });
+        }
+        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), settings.write_queue);
+        let started = std::time::Instant::now();
+        let store = Arc::new(Store::load(&*persist, queue).await?);
+        tracing::info!(rooms = store.room_count(), elapsed_ms = started.elapsed().as_millis() as u64, "startup rebuild done");
+        let sessions = Arc::new(Sessions::new(settings.session_ttl, settings.rejected_ttl));
+        let pollers = Pollers::new(
+            Arc::clone(&store),
+            Arc::clone(&upstream),
+            Arc::clone(&persist),
+            Arc::clone(&sessions),
+            settings.poller.clone(),
+        );
+        let (resumed, undecryptable) = pollers.resume(devices, &cipher);
+        if undecryptable > 0 {
+            tracing::warn!(undecryptable, "some stored tokens do not decrypt with SYNCV3_SECRET; those devices must make a request to be polled again");
+        }
+        tracing::info!(resumed, "pollers resuming in the background");
+        let conns = Arc::new(Conns::new(settings.conn_idle));
+        let janitor = {
+            let conns = Arc::clone(&conns);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    conns.sweep();
+                }
+            })
+        };
+        let api = Arc::new(Api {
+            store,
+            conns,
+            sessions,
+            pollers,
+            upstream,
+            persist,
+            cipher,
+            server: settings.server,
+        });
+        Ok(App { api, writer, janitor })
+    }
+
+    /// The request handler to serve.
+    pub fn handler(&self) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<crate::api::Body>> + Send>> + Clone + Send + Sync + 'static {
+        let api = Arc::clone(&self.api);
+        move |req| Box::pin(Arc::clone(&api).handle(req))
+    }
+
+    /// Stops pollers and waits until every queued write is committed.
+    pub async fn shutdown(self) {
+        self.janitor.abort();
+        self.api.pollers.stop_all();
+        self.api.store.queue().flush().await;
+        let App { api, writer, .. } = self;
+        drop(api);
+        // The writer ends once the last queue handle (held by the store) is gone; other
+        // handles may still live in request tasks, so do not wait for it forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+}
+
+/// Startup failures of [`App::start`], before they are tied to a setting.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistOrSecret {
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error("the secret decrypts none of the {stored} stored tokens")]
+    WrongSecret { stored: usize },
 }
 
 /// Runs the proxy until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartupError> {
-    let _ = config;
-    Err(StartupError::Other("not wired yet".into()))
+    let db_error = |error| StartupError::Database {
+        url: redact_db_url(&config.db),
+        error,
+    };
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let persist: Arc<dyn Persist> = Arc::new(
+        PgStore::connect(&config.db, config.max_db_conn)
+            .await
+            .map_err(db_error)?,
+    );
+    let target = match &config.server {
+        ServerAddr::Http(uri) => Target::Url(uri.clone()),
+        ServerAddr::Unix(path) => Target::Unix(path.clone()),
+    };
+    let upstream: Arc<dyn Homeserver> = Arc::new(HttpHomeserver::new(target, config.http_timeout));
+    match upstream.versions().await {
+        Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),
+        Err(e) => tracing::warn!(server = %config.server, error = %e, "homeserver not reachable at startup (SYNCV3_SERVER); continuing, pollers will retry"),
+    }
+    let settings = Settings {
+        server: config.server.to_string(),
+        poller: PollerConfig {
+            http_timeout: config.http_timeout,
+            initial_timeout: config.http_initial_timeout,
+            ..PollerConfig::default()
+        },
+        ..Settings::default()
+    };
+    let app = App::start(persist, upstream, TokenCipher::new(&config.secret), settings)
+        .await
+        .map_err(|e| match e {
+            PersistOrSecret::Persist(e) => db_error(e),
+            PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
+        })?;
+    let listener: Listener = listen::bind(&config.bind).await?;
+    tracing::info!(addr = %listener.local_addr(), tls = tls.is_some(), "listening");
+    listen::serve(listener, tls, app.handler(), shutdown_signal()).await;
+    tracing::info!("shutting down: flushing writes");
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
 }

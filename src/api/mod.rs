@@ -1,1 +1,248 @@
-//! TODO
+//! The HTTP surface: routing, body limits, CORS, authentication, and the wire dialects
+//! over the one engine in `conn`.
+
+pub mod auth;
+pub mod json;
+pub mod msc3575;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use sonic_rs::JsonValueMutTrait;
+
+use crate::conn::{ConnKey, Conns, Wait};
+use crate::error::MatrixError;
+use crate::ingest::pollers::Pollers;
+use crate::store::persist::Persist;
+use crate::store::sessions::Sessions;
+use crate::store::tokens::TokenCipher;
+use crate::store::Store;
+use crate::upstream::Homeserver;
+
+pub const MSC3575_PATH: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
+/// Request bodies larger than this get 413: a sliding sync request is a few KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Long-poll time when the request gives none, and the most a request may ask for.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub type Body = Full<Bytes>;
+
+pub struct Api {
+    pub store: Arc<Store>,
+    pub conns: Arc<Conns>,
+    pub sessions: Arc<Sessions>,
+    pub pollers: Arc<Pollers>,
+    pub upstream: Arc<dyn Homeserver>,
+    pub persist: Arc<dyn Persist>,
+    pub cipher: TokenCipher,
+    /// `SYNCV3_SERVER` as shown in `/client/server.json`.
+    pub server: String,
+}
+
+impl Api {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let resp = match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => error_response(&e),
+        };
+        if method != Method::OPTIONS {
+            tracing::info!(%method, %path, status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");
+        }
+        with_cors(resp)
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, MatrixError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        if req.method() == Method::OPTIONS {
+            return Ok(Response::new(Body::default()));
+        }
+        match path {
+            MSC3575_PATH => {
+                if req.method() != Method::POST {
+                    return Err(MatrixError::method_not_allowed());
+                }
+                self.msc3575(req).await
+            }
+            "/_matrix/client/versions" => self.versions().await,
+            "/client/server.json" => {
+                let mut w = json::JsonWriter::default();
+                w.begin_object()
+                    .key("server")
+                    .str(&self.server)
+                    .key("version")
+                    .str(env!("CARGO_PKG_VERSION"))
+                    .end_object();
+                Ok(json_response(StatusCode::OK, w.finish()))
+            }
+            _ => Err(MatrixError::not_found()),
+        }
+    }
+
+    async fn msc3575<B>(&self, req: Request<B>) -> Result<Response<Body>, MatrixError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let query = parse_query(parts.uri.query());
+        let token = auth::token(&parts.headers, &query)?;
+        let body = read_body(body).await?;
+        let device = self.authenticate(token).await?;
+        let request = msc3575::parse(&body)?;
+        let pos = match query.get("pos") {
+            // A `pos` we cannot read is one we never gave out.
+            Some(p) => Some(p.parse::<u64>().map_err(|_| MatrixError::unknown_pos())?),
+            None => None,
+        };
+        let timeout = match query.get("timeout") {
+            Some(t) => Duration::from_millis(t.parse::<u64>().map_err(|_| {
+                MatrixError::invalid_param("timeout must be a whole number of milliseconds")
+            })?),
+            None => DEFAULT_TIMEOUT,
+        }
+        .min(MAX_TIMEOUT);
+        let user = self.ready_user(&device, token).await?;
+        let key = ConnKey {
+            device,
+            conn_id: request.conn_id.clone().unwrap_or_default(),
+        };
+        let resp = self
+            .conns
+            .sync(key, pos, request, Wait { timeout }, &user, &self.store)
+            .await?;
+        Ok(json_response(StatusCode::OK, msc3575::serialize(&resp)))
+    }
+
+    /// The homeserver's `/versions`, advertising sliding sync.
+    async fn versions(&self) -> Result<Response<Body>, MatrixError> {
+        let body = self
+            .upstream
+            .versions()
+            .await
+            .map_err(|e| MatrixError::upstream(format!("Cannot reach the homeserver: {e}")))?;
+        let mut value: sonic_rs::Value = sonic_rs::from_slice(&body)
+            .map_err(|_| MatrixError::upstream("The homeserver's /versions is not JSON"))?;
+        if let Some(obj) = value.as_object_mut() {
+            if obj.get(&"unstable_features").is_none() {
+                obj.insert("unstable_features", sonic_rs::Value::new_object());
+            }
+            if let Some(features) = obj.get_mut(&"unstable_features").and_then(|f| f.as_object_mut()) {
+                features.insert("org.matrix.msc3575", true);
+            }
+        }
+        let out = sonic_rs::to_vec(&value).map_err(|e| MatrixError::upstream(e.to_string()))?;
+        Ok(json_response(StatusCode::OK, out))
+    }
+}
+
+async fn read_body<B>(body: B) -> Result<Bytes, MatrixError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(MatrixError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(MatrixError::bad_json(format!("Cannot read the request body: {e}"))),
+    }
+}
+
+/// Query parameters, percent-decoded. Later duplicates win.
+pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn error_response(e: &MatrixError) -> Response<Body> {
+    json_response(e.status, e.body())
+}
+
+fn with_cors(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::HeaderValue::from_static("Origin, X-Requested-With, Content-Type, Accept, Authorization"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let q = parse_query(Some("pos=12&timeout=30000&access_token=a%2Bb%3D&bad=%zz&end=%4"));
+        assert_eq!(q["pos"], "12");
+        assert_eq!(q["access_token"], "a+b=");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+    }
+}

@@ -28,6 +28,8 @@ struct ListState {
     required_state: Vec<(String, String)>,
     /// Index → room, for every index the client holds.
     have: BTreeMap<usize, RoomId>,
+    /// The `count` last sent.
+    count: Option<usize>,
 }
 
 impl Default for ListState {
@@ -38,6 +40,7 @@ impl Default for ListState {
             timeline_limit: 0,
             required_state: Vec::new(),
             have: BTreeMap::new(),
+            count: None,
         }
     }
 }
@@ -130,6 +133,8 @@ impl Connection {
                     room_ids,
                 });
             }
+            resp.counts_changed |= list.count != Some(index.len());
+            list.count = Some(index.len());
             resp.lists.insert(
                 name.clone(),
                 ListResult {

@@ -1,6 +1,241 @@
 //! Sliding sync connections: the protocol-neutral engine under both wire dialects.
+//!
+//! - [`request`]: the neutral request and response.
+//! - [`connection`]: one connection's state and the pure step that computes a response.
+//! - [`window`], [`required_state`]: the pieces of that step.
+//! - this file: the registry of connections, `pos` bookkeeping and the long-poll.
 
 pub mod connection;
 pub mod request;
 pub mod required_state;
 pub mod window;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use self::connection::{Connection, View};
+use self::request::{SyncRequest, SyncResponse};
+use crate::error::MatrixError;
+use crate::store::users::UserState;
+use crate::store::Store;
+use crate::types::DeviceKey;
+
+/// Connections a device may hold; a new one beyond this replaces its oldest.
+const MAX_CONNS_PER_DEVICE: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub device: DeviceKey,
+    pub conn_id: String,
+}
+
+struct Slot {
+    conn: Connection,
+    /// The `pos` of the newest response, and of the one before (a client that did not
+    /// receive the newest retries with the older one and gets it again).
+    pos: u64,
+    prev_pos: u64,
+    last: Option<SyncResponse>,
+    /// Sticky changes of a retried request, applied at the next computed response.
+    pending: Vec<SyncRequest>,
+    responses: u64,
+}
+
+struct Entry {
+    /// A `tokio` mutex because it is held across the long-poll: one request per
+    /// connection at a time. A newer request first fires `cancel`, so the older one
+    /// returns at once instead of holding the connection.
+    slot: tokio::sync::Mutex<Slot>,
+    cancel: Notify,
+    last_used: Mutex<Instant>,
+}
+
+pub struct Conns {
+    map: DashMap<ConnKey, Arc<Entry>>,
+    per_device: DashMap<DeviceKey, VecDeque<String>>,
+    /// `pos` values are unique across connections, so a stale `pos` from a replaced
+    /// connection can never be mistaken for the new one's.
+    next_pos: AtomicU64,
+    idle: Duration,
+}
+
+/// What a request asks of the long-poll.
+pub struct Wait {
+    pub timeout: Duration,
+}
+
+impl Conns {
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            map: DashMap::new(),
+            per_device: DashMap::new(),
+            next_pos: AtomicU64::new(1),
+            idle,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Drops connections idle for longer than the configured time.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let idle = self.idle;
+        let mut removed = Vec::new();
+        self.map.retain(|key, entry| {
+            let keep = now.duration_since(*entry.last_used.lock()) < idle;
+            if !keep {
+                removed.push(key.clone());
+            }
+            keep
+        });
+        for key in removed {
+            if let Some(mut ids) = self.per_device.get_mut(&key.device) {
+                ids.retain(|id| *id != key.conn_id);
+            }
+        }
+        self.per_device.retain(|_, ids| !ids.is_empty());
+    }
+
+    fn open(&self, key: &ConnKey) -> Arc<Entry> {
+        let entry = Arc::new(Entry {
+            slot: tokio::sync::Mutex::new(Slot {
+                conn: Connection::default(),
+                pos: 0,
+                prev_pos: 0,
+                last: None,
+                pending: Vec::new(),
+                responses: 0,
+            }),
+            cancel: Notify::new(),
+            last_used: Mutex::new(Instant::now()),
+        });
+        if let Some(old) = self.map.insert(key.clone(), Arc::clone(&entry)) {
+            old.cancel.notify_waiters();
+        }
+        let mut ids = self.per_device.entry(key.device.clone()).or_default();
+        ids.retain(|id| *id != key.conn_id);
+        ids.push_back(key.conn_id.clone());
+        while ids.len() > MAX_CONNS_PER_DEVICE {
+            if let Some(oldest) = ids.pop_front() {
+                let old_key = ConnKey {
+                    device: key.device.clone(),
+                    conn_id: oldest,
+                };
+                if let Some((_, old)) = self.map.remove(&old_key) {
+                    old.cancel.notify_waiters();
+                }
+            }
+        }
+        entry
+    }
+
+    /// Serves one request: a new connection without `pos`, else the connection `pos`
+    /// belongs to. Long-polls until there is something to send, the timeout passes, or
+    /// a newer request on the same connection arrives.
+    pub async fn sync(
+        &self,
+        key: ConnKey,
+        pos: Option<u64>,
+        req: SyncRequest,
+        wait: Wait,
+        user: &UserState,
+        store: &Store,
+    ) -> Result<SyncResponse, MatrixError> {
+        let entry = match pos {
+            None => self.open(&key),
+            Some(_) => self
+                .map
+                .get(&key)
+                .map(|e| Arc::clone(&e))
+                .ok_or_else(MatrixError::unknown_pos)?,
+        };
+        *entry.last_used.lock() = Instant::now();
+        entry.cancel.notify_waiters();
+        let mut slot = entry.slot.lock().await;
+        if let Some(pos) = pos {
+            if pos == slot.prev_pos && pos != slot.pos {
+                if let Some(last) = &slot.last {
+                    let last = last.clone();
+                    slot.pending.push(req);
+                    return Ok(last);
+                }
+            }
+            if pos != slot.pos {
+                return Err(MatrixError::unknown_pos());
+            }
+        }
+        let txn_id = req.txn_id.clone();
+        let mut request = merge_pending(std::mem::take(&mut slot.pending), req);
+        let deadline = tokio::time::Instant::now() + wait.timeout;
+        // Subscribe before the first read: a change landing between the read and the
+        // wait bumps the version we wait on, so it is never missed.
+        let mut woken = user.subscribe();
+        let first = slot.responses == 0;
+        let mut resp = loop {
+            let resp = {
+                let data = user.read();
+                let room = |id: &str| store.room(id);
+                let view = View {
+                    user_id: &user.user_id,
+                    data: &data,
+                    room: &room,
+                };
+                slot.conn.step(request.take().as_ref(), &view)
+            };
+            if first || resp.has_data() {
+                break resp;
+            }
+            tokio::select! {
+                changed = woken.changed() => if changed.is_err() { break resp },
+                _ = tokio::time::sleep_until(deadline) => break resp,
+                _ = entry.cancel.notified() => break resp,
+            }
+        };
+        let new_pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
+        slot.prev_pos = slot.pos;
+        slot.pos = new_pos;
+        slot.responses += 1;
+        resp.pos = new_pos.to_string();
+        resp.txn_id = txn_id;
+        slot.last = Some(resp.clone());
+        *entry.last_used.lock() = Instant::now();
+        Ok(resp)
+    }
+}
+
+/// Requests retried at an old `pos` carried sticky changes; later ones win.
+fn merge_pending(pending: Vec<SyncRequest>, req: SyncRequest) -> Option<SyncRequest> {
+    let mut merged = SyncRequest::default();
+    for r in pending.into_iter().chain(std::iter::once(req)) {
+        merged.conn_id = r.conn_id;
+        merged.txn_id = r.txn_id;
+        for (name, params) in r.lists {
+            let slot = merged.lists.entry(name).or_default();
+            if params.ranges.is_some() {
+                slot.ranges = params.ranges;
+            }
+            if params.sort.is_some() {
+                slot.sort = params.sort;
+            }
+            if params.timeline_limit.is_some() {
+                slot.timeline_limit = params.timeline_limit;
+            }
+            if params.required_state.is_some() {
+                slot.required_state = params.required_state;
+            }
+        }
+    }
+    Some(merged)
+}

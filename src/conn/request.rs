@@ -70,11 +70,16 @@ pub struct SyncResponse {
     pub txn_id: Option<String>,
     pub lists: BTreeMap<String, ListResult>,
     pub rooms: BTreeMap<RoomId, RoomResult>,
+    /// A list's `count` differs from the last response (not serialized: every response
+    /// carries the counts).
+    pub counts_changed: bool,
 }
 
 impl SyncResponse {
     /// Whether there is anything for the client: without it a request long-polls.
     pub fn has_data(&self) -> bool {
-        !self.rooms.is_empty() || self.lists.values().any(|l| !l.ops.is_empty())
+        self.counts_changed
+            || !self.rooms.is_empty()
+            || self.lists.values().any(|l| !l.ops.is_empty())
     }
 }

@@ -68,6 +68,7 @@ struct Handle {
     /// uses it from its next request on without restarting.
     token: Arc<Mutex<String>>,
     state: watch::Receiver<PollState>,
+    task: tokio::task::AbortHandle,
 }
 
 pub struct Pollers {
@@ -126,19 +127,28 @@ impl Pollers {
             Entry::Vacant(e) => {
                 let (tx, rx) = watch::channel(PollState::Starting);
                 let token = Arc::new(Mutex::new(token.to_owned()));
-                e.insert(Handle {
-                    token: Arc::clone(&token),
-                    state: rx.clone(),
-                });
                 let since = self.since.get(device).map(|s| s.clone());
                 let this = Arc::clone(self);
-                let device = device.clone();
-                tokio::spawn(async move {
-                    this.run(device, token, since, tx, resumed).await;
+                let task = tokio::spawn(this.run(device.clone(), Arc::clone(&token), since, tx, resumed));
+                // The vacant entry holds the shard lock, so the task cannot remove its
+                // handle (on an expired token) before it is inserted.
+                e.insert(Handle {
+                    token,
+                    state: rx.clone(),
+                    task: task.abort_handle(),
                 });
                 rx
             }
         }
+    }
+
+    /// Stops every poller (shutdown). Data already applied is in the write queue; a
+    /// poll cut short is fetched again from the last committed `since`.
+    pub fn stop_all(&self) {
+        for handle in self.running.iter() {
+            handle.task.abort();
+        }
+        self.running.clear();
     }
 
     /// Restarts the pollers of every stored device in the background. Tokens the secret

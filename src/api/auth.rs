@@ -1,0 +1,111 @@
+//! Who is asking: the access token, checked with the homeserver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::Api;
+use crate::error::MatrixError;
+use crate::ingest::pollers::PollState;
+use crate::store::sessions::Lookup;
+use crate::store::tokens::token_hash;
+use crate::store::users::UserState;
+use crate::types::DeviceKey;
+use crate::upstream::UpstreamError;
+
+/// The token from `Authorization: Bearer` or, failing that, `?access_token=`.
+pub fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Result<&'a str, MatrixError> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| MatrixError::unknown_token())?;
+        return match value.strip_prefix("Bearer ") {
+            Some(t) if !t.trim().is_empty() => Ok(t.trim()),
+            _ => Err(MatrixError::missing_token()),
+        };
+    }
+    match query.get("access_token") {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(MatrixError::missing_token()),
+    }
+}
+
+impl Api {
+    /// Maps a token to its device: from the cache, else by asking `/whoami` once.
+    pub async fn authenticate(&self, token: &str) -> Result<DeviceKey, MatrixError> {
+        let hash = token_hash(token);
+        match self.sessions.lookup(&hash) {
+            Lookup::Known(device) => return Ok(device),
+            Lookup::Rejected => return Err(MatrixError::unknown_token()),
+            Lookup::Unknown => {}
+        }
+        match self.upstream.whoami(token).await {
+            Ok(who) => {
+                let device = DeviceKey::new(who.user_id, who.device_id);
+                self.persist
+                    .insert_token(&hash, &self.cipher.encrypt(token), &device)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot store an access token");
+                        MatrixError::new(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "M_UNKNOWN",
+                            "The proxy's database is unavailable; try again shortly",
+                        )
+                    })?;
+                self.sessions.accept(hash, device.clone());
+                Ok(device)
+            }
+            Err(UpstreamError::Unauthorized) => {
+                self.sessions.reject(hash);
+                Err(MatrixError::unknown_token())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check an access token");
+                Err(MatrixError::upstream(format!(
+                    "Cannot verify the access token with the homeserver: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Makes sure the device is polled and its user's rooms are known. A new device of a
+    /// user whose rooms are known is answered at once; the first device of a user waits
+    /// for its first poll.
+    pub async fn ready_user(&self, device: &DeviceKey, token: &str) -> Result<Arc<UserState>, MatrixError> {
+        let user = self.store.user_or_insert(&device.user_id);
+        let mut state = self.pollers.ensure(device, token);
+        if user.is_ready() {
+            return Ok(user);
+        }
+        loop {
+            match *state.borrow_and_update() {
+                PollState::Running => return Ok(user),
+                PollState::Expired => return Err(MatrixError::unknown_token()),
+                PollState::Starting => {}
+            }
+            if state.changed().await.is_err() {
+                return Err(MatrixError::unknown_token());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_wins_and_a_missing_token_is_reported() {
+        let mut headers = HeaderMap::new();
+        let mut query = HashMap::new();
+        assert_eq!(token(&headers, &query).unwrap_err().errcode, "M_MISSING_TOKEN");
+        query.insert("access_token".to_owned(), "q".to_owned());
+        assert_eq!(token(&headers, &query).unwrap(), "q");
+        headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
+        assert_eq!(token(&headers, &query).unwrap(), "h");
+        headers.insert(http::header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(token(&headers, &query).unwrap_err().errcode, "M_MISSING_TOKEN");
+    }
+}

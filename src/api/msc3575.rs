@@ -1,0 +1,358 @@
+//! `POST /_matrix/client/unstable/org.matrix.msc3575/sync`: MSC3575 as the Go proxy
+//! served it (spec: `msc3575-sliding-sync.md`, "Sliding sync API").
+//!
+//! Translates the wire request into a [`SyncRequest`] (with every limit checked here,
+//! so the engine only sees valid input) and a [`SyncResponse`] back into JSON.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use super::json::JsonWriter;
+use crate::conn::request::{ListParams, Op, RoomResult, SortBy, SyncRequest, SyncResponse};
+use crate::error::MatrixError;
+
+/// Limits on what one request may ask for; past them a request is refused with a message
+/// naming the field, so memory per connection stays bounded.
+pub const MAX_LISTS: usize = 100;
+pub const MAX_LIST_NAME: usize = 64;
+pub const MAX_RANGES: usize = 16;
+/// The highest list index a range may name.
+pub const MAX_INDEX: u64 = 100_000;
+pub const MAX_REQUIRED_STATE: usize = 100;
+/// Larger `timeline_limit`s are lowered to this, as the Go proxy did.
+pub const MAX_TIMELINE_LIMIT: u64 = 50;
+pub const MAX_CONN_ID: usize = 16;
+pub const MAX_TXN_ID: usize = 64;
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    conn_id: Option<String>,
+    #[serde(default)]
+    txn_id: Option<String>,
+    #[serde(default)]
+    lists: Option<HashMap<String, WireList>>,
+}
+
+#[derive(Deserialize)]
+struct WireList {
+    #[serde(default)]
+    ranges: Option<Vec<[u64; 2]>>,
+    #[serde(default)]
+    sort: Option<Vec<String>>,
+    #[serde(default)]
+    timeline_limit: Option<u64>,
+    #[serde(default)]
+    required_state: Option<Vec<Vec<String>>>,
+}
+
+/// Parses and validates a request body. An empty body is an empty request.
+pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(SyncRequest::default());
+    }
+    let mut de = sonic_rs::Deserializer::from_slice(body);
+    let wire: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            MatrixError::bad_json(format!("request body is not a valid sliding sync request: {inner}"))
+        } else {
+            MatrixError::bad_json(format!("field '{path}' is invalid: {inner}"))
+        }
+    })?;
+    let mut req = SyncRequest {
+        conn_id: wire.conn_id,
+        txn_id: wire.txn_id,
+        lists: BTreeMap::new(),
+    };
+    if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
+        return Err(MatrixError::invalid_param(format!("conn_id is longer than {MAX_CONN_ID} bytes")));
+    }
+    if req.txn_id.as_ref().is_some_and(|t| t.len() > MAX_TXN_ID) {
+        return Err(MatrixError::invalid_param(format!("txn_id is longer than {MAX_TXN_ID} bytes")));
+    }
+    let lists = wire.lists.unwrap_or_default();
+    if lists.len() > MAX_LISTS {
+        return Err(MatrixError::invalid_param(format!("lists: at most {MAX_LISTS} lists are allowed")));
+    }
+    for (name, list) in lists {
+        if name.len() > MAX_LIST_NAME {
+            return Err(MatrixError::invalid_param(format!(
+                "lists: list name is longer than {MAX_LIST_NAME} bytes"
+            )));
+        }
+        let params = list_params(&name, list)?;
+        req.lists.insert(name, params);
+    }
+    Ok(req)
+}
+
+fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
+    let bad = |field: &str, msg: String| MatrixError::invalid_param(format!("lists.{name}.{field}: {msg}"));
+    let ranges = match list.ranges {
+        None => None,
+        Some(ranges) => {
+            if ranges.len() > MAX_RANGES {
+                return Err(bad("ranges", format!("at most {MAX_RANGES} ranges are allowed")));
+            }
+            let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|r| (r[0], r[1])).collect();
+            for &(s, e) in &sorted {
+                if s > e {
+                    return Err(bad("ranges", format!("range [{s}, {e}] starts after it ends")));
+                }
+                if e > MAX_INDEX {
+                    return Err(bad("ranges", format!("range [{s}, {e}] goes past index {MAX_INDEX}")));
+                }
+            }
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
+                return Err(bad(
+                    "ranges",
+                    format!("ranges [{}, {}] and [{}, {}] overlap", w[0].0, w[0].1, w[1].0, w[1].1),
+                ));
+            }
+            Some(ranges.iter().map(|r| (r[0] as usize, r[1] as usize)).collect())
+        }
+    };
+    let sort = match list.sort {
+        None => None,
+        Some(names) => {
+            let mut out = Vec::new();
+            for n in &names {
+                match n.as_str() {
+                    "by_recency" => out.push(SortBy::Recency),
+                    // Accepted so existing clients keep working; ordered by recency until
+                    // these sorts are implemented.
+                    "by_notification_level" | "by_name" | "by_notification_count" | "by_highlight_count" => {}
+                    other => return Err(bad("sort", format!("unknown sort '{other}'"))),
+                }
+            }
+            Some(vec![SortBy::Recency])
+        }
+    };
+    let required_state = match list.required_state {
+        None => None,
+        Some(entries) => {
+            if entries.len() > MAX_REQUIRED_STATE {
+                return Err(bad(
+                    "required_state",
+                    format!("at most {MAX_REQUIRED_STATE} entries are allowed"),
+                ));
+            }
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match <[String; 2]>::try_from(entry) {
+                    Ok([t, k]) => out.push((t, k)),
+                    Err(_) => {
+                        return Err(bad(
+                            "required_state",
+                            "each entry must be [event_type, state_key]".into(),
+                        ))
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+    Ok(ListParams {
+        ranges,
+        sort,
+        timeline_limit: list.timeline_limit.map(|l| l.min(MAX_TIMELINE_LIMIT) as usize),
+        required_state,
+    })
+}
+
+/// Writes the response. Events and invite state are copied in as stored.
+pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
+    let mut w = JsonWriter::with_capacity(4096);
+    w.begin_object();
+    w.key("pos").str(&resp.pos);
+    if let Some(txn) = &resp.txn_id {
+        w.key("txn_id").str(txn);
+    }
+    w.key("lists").begin_object();
+    for (name, list) in &resp.lists {
+        w.key(name).begin_object();
+        w.key("count").u64(list.count as u64);
+        if !list.ops.is_empty() {
+            w.key("ops").begin_array();
+            for op in &list.ops {
+                write_op(&mut w, op);
+            }
+            w.end_array();
+        }
+        w.end_object();
+    }
+    w.end_object();
+    w.key("rooms").begin_object();
+    for (room_id, room) in &resp.rooms {
+        w.key(room_id);
+        write_room(&mut w, room);
+    }
+    w.end_object();
+    w.key("extensions").begin_object().end_object();
+    w.end_object();
+    w.finish()
+}
+
+fn write_range(w: &mut JsonWriter, (s, e): (usize, usize)) {
+    w.key("range").begin_array().u64(s as u64).u64(e as u64).end_array();
+}
+
+fn write_op(w: &mut JsonWriter, op: &Op) {
+    w.begin_object();
+    match op {
+        Op::Sync { range, room_ids } => {
+            w.key("op").str("SYNC");
+            write_range(w, *range);
+            w.key("room_ids").begin_array();
+            for r in room_ids {
+                w.str(r);
+            }
+            w.end_array();
+        }
+        Op::Invalidate { range } => {
+            w.key("op").str("INVALIDATE");
+            write_range(w, *range);
+        }
+        Op::Delete { index } => {
+            w.key("op").str("DELETE");
+            w.key("index").u64(*index as u64);
+        }
+        Op::Insert { index, room_id } => {
+            w.key("op").str("INSERT");
+            w.key("index").u64(*index as u64);
+            w.key("room_id").str(room_id);
+        }
+    }
+    w.end_object();
+}
+
+fn write_room(w: &mut JsonWriter, room: &RoomResult) {
+    w.begin_object();
+    if let Some(name) = &room.name {
+        w.key("name").str(name);
+    }
+    if room.initial {
+        w.key("initial").bool(true);
+    }
+    if let Some(invite_state) = &room.invite_state {
+        w.key("invite_state").raw(invite_state);
+    }
+    if !room.required_state.is_empty() {
+        w.key("required_state").begin_array();
+        for ev in &room.required_state {
+            w.raw(ev);
+        }
+        w.end_array();
+    }
+    if !room.timeline.is_empty() {
+        w.key("timeline").begin_array();
+        for ev in &room.timeline {
+            w.raw(ev);
+        }
+        w.end_array();
+    }
+    if room.limited {
+        w.key("limited").bool(true);
+    }
+    if let Some(prev_batch) = &room.prev_batch {
+        w.key("prev_batch").str(prev_batch);
+    }
+    if let Some(n) = room.joined_count {
+        w.key("joined_count").u64(n.into());
+    }
+    if let Some(n) = room.invited_count {
+        w.key("invited_count").u64(n.into());
+    }
+    if let Some(n) = room.notification_count {
+        w.key("notification_count").u64(n);
+    }
+    if let Some(n) = room.highlight_count {
+        w.key("highlight_count").u64(n);
+    }
+    if room.num_live > 0 {
+        w.key("num_live").u64(room.num_live as u64);
+    }
+    w.end_object();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_request_becomes_sticky_list_params() {
+        let req = parse(
+            br#"{"conn_id":"room-list","txn_id":"t1","lists":{"all":{"ranges":[[0,19]],"sort":["by_recency"],"timeline_limit":100,"required_state":[["m.room.name",""],["m.room.member","$ME"]]}},"extensions":{"e2ee":{"enabled":true}}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.conn_id.as_deref(), Some("room-list"));
+        let list = &req.lists["all"];
+        assert_eq!(list.ranges, Some(vec![(0, 19)]));
+        assert_eq!(list.timeline_limit, Some(50), "timeline_limit is capped");
+        assert_eq!(list.required_state.as_ref().unwrap()[1], ("m.room.member".into(), "$ME".into()));
+    }
+
+    #[test]
+    fn malformed_bodies_name_the_field() {
+        let err = parse(br#"{"lists":{"a":{"ranges":[[0,"x"]]}}}"#).unwrap_err();
+        assert_eq!(err.errcode, "M_BAD_JSON");
+        assert!(err.message.contains("lists.a.ranges"), "{}", err.message);
+        let err = parse(b"{not json").unwrap_err();
+        assert_eq!(err.errcode, "M_BAD_JSON");
+        let err = parse(br#"{"lists":[]}"#).unwrap_err();
+        assert!(err.message.contains("lists"), "{}", err.message);
+    }
+
+    #[test]
+    fn invalid_ranges_and_entries_are_invalid_params() {
+        for (body, needle) in [
+            (&br#"{"lists":{"a":{"ranges":[[5,1]]}}}"#[..], "starts after"),
+            (br#"{"lists":{"a":{"ranges":[[0,10],[5,20]]}}}"#, "overlap"),
+            (br#"{"lists":{"a":{"ranges":[[0,100000000]]}}}"#, "past index"),
+            (br#"{"lists":{"a":{"required_state":[["m.room.name"]]}}}"#, "[event_type, state_key]"),
+            (br#"{"lists":{"a":{"sort":["by_magic"]}}}"#, "unknown sort"),
+            (br#"{"conn_id":"aaaaaaaaaaaaaaaaaaaaaaaaa"}"#, "conn_id"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.errcode, "M_INVALID_PARAM", "{}", String::from_utf8_lossy(body));
+            assert!(err.message.contains(needle), "{} lacks {needle}", err.message);
+        }
+        let err = parse(br#"{"lists":{"a":{"ranges":[[-1,3]]}}}"#).unwrap_err();
+        assert_eq!(err.errcode, "M_BAD_JSON");
+    }
+
+    #[test]
+    fn responses_omit_empty_fields_and_keep_events_verbatim() {
+        let mut resp = SyncResponse {
+            pos: "7".into(),
+            ..SyncResponse::default()
+        };
+        resp.lists.insert(
+            "all".into(),
+            crate::conn::request::ListResult {
+                count: 2,
+                ops: vec![
+                    Op::Delete { index: 1 },
+                    Op::Insert { index: 0, room_id: "!b:x".into() },
+                ],
+            },
+        );
+        resp.rooms.insert(
+            "!b:x".into(),
+            RoomResult {
+                timeline: vec![bytes::Bytes::from_static(br#"{"event_id":"$e","type":"m.room.message"}"#)],
+                num_live: 1,
+                ..RoomResult::default()
+            },
+        );
+        let out = String::from_utf8(serialize(&resp)).unwrap();
+        assert_eq!(
+            out,
+            r#"{"pos":"7","lists":{"all":{"count":2,"ops":[{"op":"DELETE","index":1},{"op":"INSERT","index":0,"room_id":"!b:x"}]}},"rooms":{"!b:x":{"timeline":[{"event_id":"$e","type":"m.room.message"}],"num_live":1}},"extensions":{}}"#
+        );
+    }
+}
