@@ -2,6 +2,7 @@
 
 mod cli;
 mod pg_store;
+mod room_list;
 mod serve;
 mod support;
 mod synapse_smoke;

@@ -1,5 +1,8 @@
 //! Shared test fixtures.
 
 pub mod db;
+pub mod fake;
 pub mod http;
+pub mod proxy;
 pub mod synapse;
+pub mod v2;

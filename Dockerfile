@@ -1,0 +1,39 @@
+# slidesync: build with `docker build -t slidesync .`, run with
+#   docker run -p 8008:8008 -e SYNCV3_SERVER=... -e SYNCV3_DB=... -e SYNCV3_SECRET=... slidesync
+
+FROM rust:1-bookworm AS builder
+WORKDIR /build
+
+# Dependencies first, against placeholder sources, so this layer is reused until
+# Cargo.toml or Cargo.lock changes. Every target Cargo.toml declares must exist for the
+# manifest to load, hence the placeholder bench.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/room_list.rs \
+    && cargo build --release --locked \
+    && rm -rf src benches
+
+# schema/ before the real build: sqlx::migrate! embeds the migrations at compile time.
+COPY schema ./schema
+COPY benches ./benches
+COPY src ./src
+# COPY keeps the files' modification times, which can be older than the placeholder
+# build; touching the crate roots makes cargo rebuild slidesync itself.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked
+
+FROM debian:bookworm-slim
+# ca-certificates: the homeserver is reached over HTTPS with the system's roots.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 slidesync \
+    && useradd --uid 10001 --gid slidesync --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin slidesync
+COPY --from=builder /build/target/release/slidesync /usr/local/bin/slidesync
+USER 10001:10001
+ENV SYNCV3_BINDADDR=0.0.0.0:8008
+EXPOSE 8008
+ENTRYPOINT ["/usr/local/bin/slidesync"]

@@ -1,0 +1,168 @@
+//! The room list against a scripted homeserver: order, ops, live updates, names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
+
+use crate::support::db::TestDb;
+use crate::support::fake::FakeHomeserver;
+use crate::support::proxy::{ops, pos, synced_ids, Proxy};
+use crate::support::v2::*;
+
+const ALICE: &str = "@alice:test";
+
+fn list_request(end: u64, timeline_limit: u64) -> sonic_rs::Value {
+    json!({"lists": {"all": {
+        "ranges": [[0, end]],
+        "sort": ["by_recency"],
+        "timeline_limit": timeline_limit,
+        "required_state": [["m.room.name", ""], ["m.room.member", "$ME"]]
+    }}})
+}
+
+async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
+    let db = TestDb::new().await;
+    let hs = Arc::new(FakeHomeserver::default());
+    hs.add_device("alice_token", ALICE, "ALICEDEV");
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    (db, hs, proxy)
+}
+
+#[tokio::test]
+async fn rooms_are_listed_newest_first_with_room_id_breaking_ties() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!old:test", new_room(ALICE, Some("Old"), 1_000)),
+            ("!new:test", new_room(ALICE, Some("New"), 3_000)),
+            ("!tie_b:test", new_room(ALICE, None, 2_000)),
+            ("!tie_a:test", new_room(ALICE, None, 2_000)),
+        ]),
+    );
+    let resp = proxy.sync_ok("alice_token", None, 0, &list_request(9, 1)).await;
+    assert_eq!(resp["lists"]["all"]["count"].as_u64(), Some(4));
+    assert_eq!(
+        synced_ids(&resp, "all"),
+        ["!new:test", "!tie_a:test", "!tie_b:test", "!old:test"]
+    );
+    let new = &resp["rooms"]["!new:test"];
+    assert_eq!(new["name"].as_str(), Some("New"));
+    assert_eq!(new["initial"].as_bool(), Some(true));
+    assert_eq!(new["timeline"].as_array().unwrap().len(), 1);
+    assert_eq!(new["required_state"].as_array().unwrap().len(), 2);
+    assert_eq!(new["joined_count"].as_u64(), Some(1));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_message_wakes_the_long_poll_and_moves_the_room_to_the_top() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!a:test", new_room(ALICE, Some("A"), 3_000)),
+            ("!b:test", new_room(ALICE, Some("B"), 2_000)),
+            ("!c:test", new_room(ALICE, Some("C"), 1_000)),
+        ]),
+    );
+    let first = proxy.sync_ok("alice_token", None, 0, &list_request(9, 5)).await;
+    assert_eq!(synced_ids(&first, "all"), ["!a:test", "!b:test", "!c:test"]);
+    let p = pos(&first);
+
+    let parked = {
+        let proxy_url = proxy.url.clone();
+        let p = p.clone();
+        tokio::spawn(async move {
+            let client = crate::support::http::HttpClient::new();
+            let url = format!("{proxy_url}{}?timeout=20000&pos={p}", crate::support::proxy::MSC3575);
+            client
+                .request(http::Method::POST, &url, Some("alice_token"), Some(&json!({})))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!parked.is_finished(), "nothing happened yet: the request must wait");
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!c:test", joined(vec![], vec![message(ALICE, "wake up", 4_000)]))]),
+    );
+    let live = tokio::time::timeout(Duration::from_secs(5), parked)
+        .await
+        .expect("the parked request returns once the message arrives")
+        .unwrap();
+    assert_eq!(live.status, 200, "{}", live.text());
+    let live = live.json();
+    assert_eq!(ops(&live, "all"), ["DELETE 2", "INSERT 0 !c:test"]);
+    let c = &live["rooms"]["!c:test"];
+    assert_eq!(c["num_live"].as_u64(), Some(1));
+    assert_eq!(c["timeline"][0]["content"]["body"].as_str(), Some("wake up"));
+    assert!(c.get("initial").is_none(), "a live update is not initial");
+    assert!(c.get("name").is_none(), "the name did not change");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shrinking_a_range_invalidates_and_growing_it_syncs_only_the_new_part() {
+    let (_db, hs, proxy) = setup().await;
+    let rooms: Vec<(String, sonic_rs::Value)> = (0..6)
+        .map(|i| (format!("!r{i}:test"), new_room(ALICE, None, 10_000 - i * 100)))
+        .collect();
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(rooms.iter().map(|(id, r)| (id.as_str(), r.clone())).collect()),
+    );
+    let first = proxy.sync_ok("alice_token", None, 0, &list_request(3, 0)).await;
+    assert_eq!(ops(&first, "all"), ["SYNC 0-3"]);
+    let second = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 0, &list_request(1, 0))
+        .await;
+    assert_eq!(ops(&second, "all"), ["INVALIDATE 2-3"]);
+    let third = proxy
+        .sync_ok("alice_token", Some(&pos(&second)), 0, &list_request(9, 0))
+        .await;
+    assert_eq!(ops(&third, "all"), ["SYNC 2-5"], "the range is clamped to the list");
+    assert_eq!(synced_ids(&third, "all"), ["!r2:test", "!r3:test", "!r4:test", "!r5:test"]);
+    assert!(third["rooms"].get("!r0:test").is_none(), "rooms the client has are not resent");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_without_a_name_are_named_after_their_members() {
+    let (_db, hs, proxy) = setup().await;
+    let state = vec![
+        create(ALICE, 1),
+        member(ALICE, "join", 2),
+        member("@bob:test", "join", 3),
+        json!({"type": "m.room.member", "state_key": "@carol:test", "event_id": "$carol", "sender": "@carol:test",
+               "origin_server_ts": 4, "content": {"membership": "join", "displayname": "Carol"}}),
+    ];
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!dm:test", joined(state, vec![message("@bob:test", "hi", 10)]))]),
+    );
+    let resp = proxy.sync_ok("alice_token", None, 0, &list_request(0, 1)).await;
+    assert_eq!(resp["rooms"]["!dm:test"]["name"].as_str(), Some("@bob:test and Carol"));
+    assert_eq!(resp["rooms"]["!dm:test"]["joined_count"].as_u64(), Some(3));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn txn_id_is_echoed_and_unread_counts_are_sent() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!r:test",
+            joined_with_unread(vec![create(ALICE, 1), member(ALICE, "join", 2)], vec![message("@bob:test", "ping", 3)], 4, 1),
+        )]),
+    );
+    let mut body = list_request(0, 1);
+    body["txn_id"] = json!("t-1");
+    let resp = proxy.sync_ok("alice_token", None, 0, &body).await;
+    assert_eq!(resp["txn_id"].as_str(), Some("t-1"));
+    assert_eq!(resp["rooms"]["!r:test"]["notification_count"].as_u64(), Some(4));
+    assert_eq!(resp["rooms"]["!r:test"]["highlight_count"].as_u64(), Some(1));
+    proxy.stop().await;
+}

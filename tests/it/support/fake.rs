@@ -1,0 +1,147 @@
+//! An in-process homeserver that serves scripted `/sync` responses.
+//!
+//! Implements the proxy's `Homeserver` seam directly: no sockets, so tests are fast and
+//! deterministic. Each token has a queue of responses; a poll takes the next one, or
+//! waits (up to its long-poll timeout, capped short) for one to be pushed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use slidesync::upstream::{Homeserver, SyncCall, UpstreamError, WhoAmI};
+use tokio::sync::Notify;
+
+/// A poll with nothing scripted returns empty after at most this long, so pollers loop
+/// quickly in tests.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// What a scripted poll answers.
+pub enum Reply {
+    Body(String),
+    Status(u16),
+}
+
+/// One `/sync` call as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct SeenCall {
+    pub token: String,
+    pub since: Option<String>,
+    pub timeout_ms: u64,
+    pub filter: String,
+    pub at: tokio::time::Instant,
+}
+
+#[derive(Default)]
+pub struct FakeHomeserver {
+    devices: Mutex<HashMap<String, WhoAmI>>,
+    queues: Mutex<HashMap<String, VecDeque<Reply>>>,
+    pushed: Notify,
+    calls: Mutex<Vec<SeenCall>>,
+    whoami_calls: Mutex<usize>,
+    batch: Mutex<u64>,
+}
+
+impl FakeHomeserver {
+    /// Makes `token` valid for (user, device).
+    pub fn add_device(&self, token: &str, user_id: &str, device_id: &str) {
+        self.devices.lock().insert(
+            token.to_owned(),
+            WhoAmI {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+            },
+        );
+    }
+
+    /// Makes the homeserver forget the token (logout): whoami and sync answer 401.
+    pub fn revoke(&self, token: &str) {
+        self.devices.lock().remove(token);
+    }
+
+    /// Queues a `/sync` response for the token. `rooms` is the v2 `rooms` object.
+    pub fn push_rooms(&self, token: &str, rooms: sonic_rs::Value) {
+        let next = {
+            let mut b = self.batch.lock();
+            *b += 1;
+            format!("batch_{}", *b)
+        };
+        let body = sonic_rs::json!({"next_batch": next, "rooms": rooms});
+        self.push(token, Reply::Body(body.to_string()));
+    }
+
+    pub fn push(&self, token: &str, reply: Reply) {
+        self.queues.lock().entry(token.to_owned()).or_default().push_back(reply);
+        self.pushed.notify_waiters();
+    }
+
+    pub fn calls(&self) -> Vec<SeenCall> {
+        self.calls.lock().clone()
+    }
+
+    pub fn whoami_calls(&self) -> usize {
+        *self.whoami_calls.lock()
+    }
+
+    /// Waits until every queued response for the token was taken by a poller.
+    pub async fn drained(&self, token: &str) {
+        for _ in 0..500 {
+            if self.queues.lock().get(token).is_none_or(|q| q.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the poller for {token} never took its scripted responses");
+    }
+}
+
+#[async_trait]
+impl Homeserver for FakeHomeserver {
+    async fn whoami(&self, token: &str) -> Result<WhoAmI, UpstreamError> {
+        *self.whoami_calls.lock() += 1;
+        self.devices.lock().get(token).cloned().ok_or(UpstreamError::Unauthorized)
+    }
+
+    async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError> {
+        self.calls.lock().push(SeenCall {
+            token: call.token.to_owned(),
+            since: call.since.map(str::to_owned),
+            timeout_ms: call.timeout_ms,
+            filter: call.filter.to_owned(),
+            at: tokio::time::Instant::now(),
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(call.timeout_ms).min(IDLE_POLL);
+        loop {
+            let pushed = self.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+            if !self.devices.lock().contains_key(call.token) {
+                return Err(UpstreamError::Unauthorized);
+            }
+            let next = self.queues.lock().get_mut(call.token).and_then(VecDeque::pop_front);
+            match next {
+                Some(Reply::Body(body)) => return Ok(Bytes::from(body)),
+                Some(Reply::Status(401)) => return Err(UpstreamError::Unauthorized),
+                Some(Reply::Status(status)) => {
+                    return Err(UpstreamError::Status {
+                        status,
+                        body: "scripted failure".into(),
+                    })
+                }
+                None => {}
+            }
+            tokio::select! {
+                _ = pushed => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let since = call.since.unwrap_or("batch_0");
+                    return Ok(Bytes::from(format!(r#"{{"next_batch":"{since}"}}"#)));
+                }
+            }
+        }
+    }
+
+    async fn versions(&self) -> Result<Bytes, UpstreamError> {
+        Ok(Bytes::from_static(br#"{"versions":["v1.11"],"unstable_features":{}}"#))
+    }
+}

@@ -1,0 +1,145 @@
+//! slidesync in-process on a free port, over a test database and any homeserver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use slidesync::app::{App, Settings};
+use slidesync::config::BindAddr;
+use slidesync::ingest::pollers::PollerConfig;
+use slidesync::ops::listen;
+use slidesync::store::pg::PgStore;
+use slidesync::store::tokens::TokenCipher;
+use slidesync::upstream::Homeserver;
+use sonic_rs::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::http::{HttpClient, TestResponse};
+
+pub const SECRET: &str = "test-secret-for-slidesync";
+pub const MSC3575: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
+
+pub struct Proxy {
+    pub url: String,
+    pub client: HttpClient,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<App>>,
+}
+
+/// Test-friendly tunables: quick retries.
+pub fn settings() -> Settings {
+    Settings {
+        poller: PollerConfig {
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            ..PollerConfig::default()
+        },
+        ..Settings::default()
+    }
+}
+
+impl Proxy {
+    pub async fn start(db_url: &str, upstream: Arc<dyn Homeserver>) -> Proxy {
+        Self::start_with(db_url, upstream, settings()).await
+    }
+
+    pub async fn start_with(db_url: &str, upstream: Arc<dyn Homeserver>, settings: Settings) -> Proxy {
+        let persist = Arc::new(PgStore::connect(db_url, 4).await.expect("test database"));
+        let app = App::start(persist, upstream, TokenCipher::new(SECRET), settings)
+            .await
+            .expect("app starts");
+        let listener = listen::bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handler = app.handler();
+        let server = tokio::spawn(async move {
+            listen::serve(listener, None, handler, async {
+                let _ = stopped.await;
+            })
+            .await;
+            app
+        });
+        Proxy {
+            url,
+            client: HttpClient::new(),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops serving, stops pollers and waits for every write to be committed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let app = server.await.expect("server task");
+            app.shutdown().await;
+        }
+    }
+
+    /// One MSC3575 request.
+    pub async fn sync(&self, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> TestResponse {
+        let mut url = format!("{}{MSC3575}?timeout={timeout_ms}", self.url);
+        if let Some(pos) = pos {
+            url.push_str("&pos=");
+            url.push_str(pos);
+        }
+        self.client.request(Method::POST, &url, Some(token), Some(body)).await
+    }
+
+    /// One MSC3575 request that must succeed; returns its JSON.
+    pub async fn sync_ok(&self, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Value {
+        let resp = self.sync(token, pos, timeout_ms, body).await;
+        assert_eq!(resp.status, 200, "sync failed: {}", resp.text());
+        resp.json()
+    }
+}
+
+/// The `pos` of a response.
+pub fn pos(resp: &Value) -> String {
+    use sonic_rs::JsonValueTrait;
+    resp["pos"].as_str().expect("pos").to_owned()
+}
+
+/// Room IDs of a list's first SYNC op.
+pub fn synced_ids(resp: &Value, list: &str) -> Vec<String> {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    let ops = resp["lists"][list]["ops"].as_array().expect("ops");
+    let sync = ops
+        .iter()
+        .find(|op| op["op"].as_str() == Some("SYNC"))
+        .expect("a SYNC op");
+    sync["room_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A list's ops as compact strings: "DELETE 3", "INSERT 0 !room", "SYNC 0-19", ...
+pub fn ops(resp: &Value, list: &str) -> Vec<String> {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    let Some(ops) = resp["lists"][list]["ops"].as_array() else {
+        return Vec::new();
+    };
+    ops.iter()
+        .map(|op| match op["op"].as_str().unwrap() {
+            "DELETE" => format!("DELETE {}", op["index"].as_u64().unwrap()),
+            "INSERT" => format!(
+                "INSERT {} {}",
+                op["index"].as_u64().unwrap(),
+                op["room_id"].as_str().unwrap()
+            ),
+            other => format!(
+                "{other} {}-{}",
+                op["range"][0].as_u64().unwrap(),
+                op["range"][1].as_u64().unwrap()
+            ),
+        })
+        .collect()
+}

@@ -1,0 +1,75 @@
+//! Builders for v2 `/sync` room data, so tests read as what happens, not as JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sonic_rs::{json, Value};
+
+static EVENT: AtomicU64 = AtomicU64::new(1);
+
+fn event_id() -> String {
+    format!("$ev{}", EVENT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn create(creator: &str, ts: u64) -> Value {
+    json!({"type": "m.room.create", "state_key": "", "event_id": event_id(), "sender": creator,
+           "origin_server_ts": ts, "content": {"creator": creator, "room_version": "10"}})
+}
+
+pub fn member(user: &str, membership: &str, ts: u64) -> Value {
+    member_by(user, user, membership, ts)
+}
+
+pub fn member_by(sender: &str, user: &str, membership: &str, ts: u64) -> Value {
+    json!({"type": "m.room.member", "state_key": user, "event_id": event_id(), "sender": sender,
+           "origin_server_ts": ts, "content": {"membership": membership}})
+}
+
+pub fn name(sender: &str, name: &str, ts: u64) -> Value {
+    json!({"type": "m.room.name", "state_key": "", "event_id": event_id(), "sender": sender,
+           "origin_server_ts": ts, "content": {"name": name}})
+}
+
+pub fn message(sender: &str, body: &str, ts: u64) -> Value {
+    json!({"type": "m.room.message", "event_id": event_id(), "sender": sender,
+           "origin_server_ts": ts, "content": {"msgtype": "m.text", "body": body}})
+}
+
+/// A joined room: `state` before the timeline, then the timeline.
+pub fn joined(state: Vec<Value>, timeline: Vec<Value>) -> Value {
+    json!({"state": {"events": state}, "timeline": {"events": timeline, "limited": false, "prev_batch": "p0"}})
+}
+
+pub fn joined_with_unread(state: Vec<Value>, timeline: Vec<Value>, notifications: u64, highlights: u64) -> Value {
+    json!({"state": {"events": state}, "timeline": {"events": timeline, "limited": false},
+           "unread_notifications": {"notification_count": notifications, "highlight_count": highlights}})
+}
+
+/// A new room with the user joined: create, the user's join, an optional name, then
+/// one message at `ts`.
+pub fn new_room(user: &str, room_name: Option<&str>, ts: u64) -> Value {
+    let mut state = vec![create(user, ts - 3), member(user, "join", ts - 2)];
+    if let Some(n) = room_name {
+        state.push(name(user, n, ts - 1));
+    }
+    joined(state, vec![message(user, "hello", ts)])
+}
+
+pub fn rooms_join(rooms: Vec<(&str, Value)>) -> Value {
+    let mut join = json!({});
+    for (id, room) in rooms {
+        join[id] = room;
+    }
+    json!({"join": join})
+}
+
+pub fn rooms_invite(room_id: &str, stripped: Vec<Value>) -> Value {
+    let mut invite = json!({});
+    invite[room_id] = json!({"invite_state": {"events": stripped}});
+    json!({"invite": invite})
+}
+
+pub fn rooms_leave(room_id: &str, timeline: Vec<Value>) -> Value {
+    let mut leave = json!({});
+    leave[room_id] = json!({"timeline": {"events": timeline}});
+    json!({"leave": leave})
+}
