@@ -86,14 +86,23 @@ impl App {
         settings: Settings,
     ) -> Result<App, PersistOrSecret> {
         let devices = persist.devices().await?;
-        let decryptable = devices.iter().filter(|d| cipher.decrypt(&d.token_encrypted).is_ok()).count();
+        let decryptable = devices
+            .iter()
+            .filter(|d| cipher.decrypt(&d.token_encrypted).is_ok())
+            .count();
         if !devices.is_empty() && decryptable == 0 {
-            return Err(PersistOrSecret::WrongSecret { stored: devices.len() });
+            return Err(PersistOrSecret::WrongSecret {
+                stored: devices.len(),
+            });
         }
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), settings.write_queue);
         let started = std::time::Instant::now();
         let store = Arc::new(Store::load(&*persist, queue).await?);
-        tracing::info!(rooms = store.room_count(), elapsed_ms = started.elapsed().as_millis() as u64, "startup rebuild done");
+        tracing::info!(
+            rooms = store.room_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "startup rebuild done"
+        );
         let sessions = Arc::new(Sessions::new(settings.session_ttl, settings.rejected_ttl));
         let pollers = Pollers::new(
             Arc::clone(&store),
@@ -128,11 +137,24 @@ impl App {
             cipher,
             server: settings.server,
         });
-        Ok(App { api, writer, janitor })
+        Ok(App {
+            api,
+            writer,
+            janitor,
+        })
     }
 
     /// The request handler to serve.
-    pub fn handler(&self) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<crate::api::Body>> + Send>> + Clone + Send + Sync + 'static {
+    pub fn handler(
+        &self,
+    ) -> impl Fn(
+        Request<Incoming>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = http::Response<crate::api::Body>> + Send>,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
         let api = Arc::clone(&self.api);
         move |req| Box::pin(Arc::clone(&api).handle(req))
     }
@@ -178,7 +200,9 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let upstream: Arc<dyn Homeserver> = Arc::new(HttpHomeserver::new(target, config.http_timeout));
     match upstream.versions().await {
         Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),
-        Err(e) => tracing::warn!(server = %config.server, error = %e, "homeserver not reachable at startup (SYNCV3_SERVER); continuing, pollers will retry"),
+        Err(e) => {
+            tracing::warn!(server = %config.server, error = %e, "homeserver not reachable at startup (SYNCV3_SERVER); continuing, pollers will retry")
+        }
     }
     let settings = Settings {
         server: config.server.to_string(),
@@ -189,12 +213,17 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         },
         ..Settings::default()
     };
-    let app = App::start(persist, upstream, TokenCipher::new(&config.secret), settings)
-        .await
-        .map_err(|e| match e {
-            PersistOrSecret::Persist(e) => db_error(e),
-            PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
-        })?;
+    let app = App::start(
+        persist,
+        upstream,
+        TokenCipher::new(&config.secret),
+        settings,
+    )
+    .await
+    .map_err(|e| match e {
+        PersistOrSecret::Persist(e) => db_error(e),
+        PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
+    })?;
     let listener: Listener = listen::bind(&config.bind).await?;
     tracing::info!(addr = %listener.local_addr(), tls = tls.is_some(), "listening");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;

@@ -15,11 +15,12 @@ use crate::types::DeviceKey;
 use crate::upstream::UpstreamError;
 
 /// The token from `Authorization: Bearer` or, failing that, `?access_token=`.
-pub fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Result<&'a str, MatrixError> {
+pub fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Result<&'a str, MatrixError> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| MatrixError::unknown_token())?;
+        let value = value.to_str().map_err(|_| MatrixError::unknown_token())?;
         return match value.strip_prefix("Bearer ") {
             Some(t) if !t.trim().is_empty() => Ok(t.trim()),
             _ => Err(MatrixError::missing_token()),
@@ -73,7 +74,11 @@ impl Api {
     /// Makes sure the device is polled and its user's rooms are known. A new device of a
     /// user whose rooms are known is answered at once; the first device of a user waits
     /// for its first poll.
-    pub async fn ready_user(&self, device: &DeviceKey, token: &str) -> Result<Arc<UserState>, MatrixError> {
+    pub async fn ready_user(
+        &self,
+        device: &DeviceKey,
+        token: &str,
+    ) -> Result<Arc<UserState>, MatrixError> {
         let user = self.store.user_or_insert(&device.user_id);
         let mut state = self.pollers.ensure(device, token);
         if user.is_ready() {
@@ -100,12 +105,18 @@ mod tests {
     fn header_wins_and_a_missing_token_is_reported() {
         let mut headers = HeaderMap::new();
         let mut query = HashMap::new();
-        assert_eq!(token(&headers, &query).unwrap_err().errcode, "M_MISSING_TOKEN");
+        assert_eq!(
+            token(&headers, &query).unwrap_err().errcode,
+            "M_MISSING_TOKEN"
+        );
         query.insert("access_token".to_owned(), "q".to_owned());
         assert_eq!(token(&headers, &query).unwrap(), "q");
         headers.insert(http::header::AUTHORIZATION, "Bearer h".parse().unwrap());
         assert_eq!(token(&headers, &query).unwrap(), "h");
         headers.insert(http::header::AUTHORIZATION, "Basic xyz".parse().unwrap());
-        assert_eq!(token(&headers, &query).unwrap_err().errcode, "M_MISSING_TOKEN");
+        assert_eq!(
+            token(&headers, &query).unwrap_err().errcode,
+            "M_MISSING_TOKEN"
+        );
     }
 }

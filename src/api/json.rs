@@ -85,7 +85,8 @@ impl JsonWriter {
 
     pub fn bool(&mut self, b: bool) -> &mut Self {
         self.item();
-        self.out.extend_from_slice(if b { b"true" } else { b"false" });
+        self.out
+            .extend_from_slice(if b { b"true" } else { b"false" });
         self
     }
 
@@ -133,7 +134,11 @@ mod tests {
         let mut w = JsonWriter::default();
         w.begin_object();
         w.key("a").u64(1);
-        w.key("b").begin_array().str("x\"y\n").raw(b"{\"k\":true}").end_array();
+        w.key("b")
+            .begin_array()
+            .str("x\"y\n")
+            .raw(b"{\"k\":true}")
+            .end_array();
         w.key("c").begin_object().end_object();
         w.key("d").bool(false);
         w.end_object();

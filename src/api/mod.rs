@@ -142,7 +142,10 @@ impl Api {
             if obj.get(&"unstable_features").is_none() {
                 obj.insert("unstable_features", sonic_rs::Value::new_object());
             }
-            if let Some(features) = obj.get_mut(&"unstable_features").and_then(|f| f.as_object_mut()) {
+            if let Some(features) = obj
+                .get_mut(&"unstable_features")
+                .and_then(|f| f.as_object_mut())
+            {
                 features.insert("org.matrix.msc3575", true);
             }
         }
@@ -158,10 +161,15 @@ where
 {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(MatrixError::too_large(MAX_BODY))
         }
-        Err(e) => Err(MatrixError::bad_json(format!("Cannot read the request body: {e}"))),
+        Err(e) => Err(MatrixError::bad_json(format!(
+            "Cannot read the request body: {e}"
+        ))),
     }
 }
 
@@ -221,14 +229,19 @@ pub fn error_response(e: &MatrixError) -> Response<Body> {
 
 fn with_cors(mut resp: Response<Body>) -> Response<Body> {
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, header::HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         header::HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        header::HeaderValue::from_static("Origin, X-Requested-With, Content-Type, Accept, Authorization"),
+        header::HeaderValue::from_static(
+            "Origin, X-Requested-With, Content-Type, Accept, Authorization",
+        ),
     );
     resp
 }
@@ -239,7 +252,9 @@ mod tests {
 
     #[test]
     fn query_parameters_are_decoded() {
-        let q = parse_query(Some("pos=12&timeout=30000&access_token=a%2Bb%3D&bad=%zz&end=%4"));
+        let q = parse_query(Some(
+            "pos=12&timeout=30000&access_token=a%2Bb%3D&bad=%zz&end=%4",
+        ));
         assert_eq!(q["pos"], "12");
         assert_eq!(q["access_token"], "a+b=");
         assert_eq!(q["bad"], "%zz");

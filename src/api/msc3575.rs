@@ -57,7 +57,9 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || path.is_empty() {
-            MatrixError::bad_json(format!("request body is not a valid sliding sync request: {inner}"))
+            MatrixError::bad_json(format!(
+                "request body is not a valid sliding sync request: {inner}"
+            ))
         } else {
             MatrixError::bad_json(format!("field '{path}' is invalid: {inner}"))
         }
@@ -68,14 +70,20 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         lists: BTreeMap::new(),
     };
     if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
-        return Err(MatrixError::invalid_param(format!("conn_id is longer than {MAX_CONN_ID} bytes")));
+        return Err(MatrixError::invalid_param(format!(
+            "conn_id is longer than {MAX_CONN_ID} bytes"
+        )));
     }
     if req.txn_id.as_ref().is_some_and(|t| t.len() > MAX_TXN_ID) {
-        return Err(MatrixError::invalid_param(format!("txn_id is longer than {MAX_TXN_ID} bytes")));
+        return Err(MatrixError::invalid_param(format!(
+            "txn_id is longer than {MAX_TXN_ID} bytes"
+        )));
     }
     let lists = wire.lists.unwrap_or_default();
     if lists.len() > MAX_LISTS {
-        return Err(MatrixError::invalid_param(format!("lists: at most {MAX_LISTS} lists are allowed")));
+        return Err(MatrixError::invalid_param(format!(
+            "lists: at most {MAX_LISTS} lists are allowed"
+        )));
     }
     for (name, list) in lists {
         if name.len() > MAX_LIST_NAME {
@@ -90,30 +98,49 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
-    let bad = |field: &str, msg: String| MatrixError::invalid_param(format!("lists.{name}.{field}: {msg}"));
+    let bad = |field: &str, msg: String| {
+        MatrixError::invalid_param(format!("lists.{name}.{field}: {msg}"))
+    };
     let ranges = match list.ranges {
         None => None,
         Some(ranges) => {
             if ranges.len() > MAX_RANGES {
-                return Err(bad("ranges", format!("at most {MAX_RANGES} ranges are allowed")));
+                return Err(bad(
+                    "ranges",
+                    format!("at most {MAX_RANGES} ranges are allowed"),
+                ));
             }
             let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|r| (r[0], r[1])).collect();
             for &(s, e) in &sorted {
                 if s > e {
-                    return Err(bad("ranges", format!("range [{s}, {e}] starts after it ends")));
+                    return Err(bad(
+                        "ranges",
+                        format!("range [{s}, {e}] starts after it ends"),
+                    ));
                 }
                 if e > MAX_INDEX {
-                    return Err(bad("ranges", format!("range [{s}, {e}] goes past index {MAX_INDEX}")));
+                    return Err(bad(
+                        "ranges",
+                        format!("range [{s}, {e}] goes past index {MAX_INDEX}"),
+                    ));
                 }
             }
             sorted.sort_unstable();
             if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
                 return Err(bad(
                     "ranges",
-                    format!("ranges [{}, {}] and [{}, {}] overlap", w[0].0, w[0].1, w[1].0, w[1].1),
+                    format!(
+                        "ranges [{}, {}] and [{}, {}] overlap",
+                        w[0].0, w[0].1, w[1].0, w[1].1
+                    ),
                 ));
             }
-            Some(ranges.iter().map(|r| (r[0] as usize, r[1] as usize)).collect())
+            Some(
+                ranges
+                    .iter()
+                    .map(|r| (r[0] as usize, r[1] as usize))
+                    .collect(),
+            )
         }
     };
     let sort = match list.sort {
@@ -125,7 +152,10 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
                     "by_recency" => out.push(SortBy::Recency),
                     // Accepted so existing clients keep working; ordered by recency until
                     // these sorts are implemented.
-                    "by_notification_level" | "by_name" | "by_notification_count" | "by_highlight_count" => {}
+                    "by_notification_level"
+                    | "by_name"
+                    | "by_notification_count"
+                    | "by_highlight_count" => {}
                     other => return Err(bad("sort", format!("unknown sort '{other}'"))),
                 }
             }
@@ -159,7 +189,9 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
     Ok(ListParams {
         ranges,
         sort,
-        timeline_limit: list.timeline_limit.map(|l| l.min(MAX_TIMELINE_LIMIT) as usize),
+        timeline_limit: list
+            .timeline_limit
+            .map(|l| l.min(MAX_TIMELINE_LIMIT) as usize),
         required_state,
     })
 }
@@ -198,7 +230,11 @@ pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
 }
 
 fn write_range(w: &mut JsonWriter, (s, e): (usize, usize)) {
-    w.key("range").begin_array().u64(s as u64).u64(e as u64).end_array();
+    w.key("range")
+        .begin_array()
+        .u64(s as u64)
+        .u64(e as u64)
+        .end_array();
 }
 
 fn write_op(w: &mut JsonWriter, op: &Op) {
@@ -293,7 +329,10 @@ mod tests {
         let list = &req.lists["all"];
         assert_eq!(list.ranges, Some(vec![(0, 19)]));
         assert_eq!(list.timeline_limit, Some(50), "timeline_limit is capped");
-        assert_eq!(list.required_state.as_ref().unwrap()[1], ("m.room.member".into(), "$ME".into()));
+        assert_eq!(
+            list.required_state.as_ref().unwrap()[1],
+            ("m.room.member".into(), "$ME".into())
+        );
     }
 
     #[test]
@@ -310,16 +349,34 @@ mod tests {
     #[test]
     fn invalid_ranges_and_entries_are_invalid_params() {
         for (body, needle) in [
-            (&br#"{"lists":{"a":{"ranges":[[5,1]]}}}"#[..], "starts after"),
+            (
+                &br#"{"lists":{"a":{"ranges":[[5,1]]}}}"#[..],
+                "starts after",
+            ),
             (br#"{"lists":{"a":{"ranges":[[0,10],[5,20]]}}}"#, "overlap"),
-            (br#"{"lists":{"a":{"ranges":[[0,100000000]]}}}"#, "past index"),
-            (br#"{"lists":{"a":{"required_state":[["m.room.name"]]}}}"#, "[event_type, state_key]"),
+            (
+                br#"{"lists":{"a":{"ranges":[[0,100000000]]}}}"#,
+                "past index",
+            ),
+            (
+                br#"{"lists":{"a":{"required_state":[["m.room.name"]]}}}"#,
+                "[event_type, state_key]",
+            ),
             (br#"{"lists":{"a":{"sort":["by_magic"]}}}"#, "unknown sort"),
             (br#"{"conn_id":"aaaaaaaaaaaaaaaaaaaaaaaaa"}"#, "conn_id"),
         ] {
             let err = parse(body).unwrap_err();
-            assert_eq!(err.errcode, "M_INVALID_PARAM", "{}", String::from_utf8_lossy(body));
-            assert!(err.message.contains(needle), "{} lacks {needle}", err.message);
+            assert_eq!(
+                err.errcode,
+                "M_INVALID_PARAM",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(
+                err.message.contains(needle),
+                "{} lacks {needle}",
+                err.message
+            );
         }
         let err = parse(br#"{"lists":{"a":{"ranges":[[-1,3]]}}}"#).unwrap_err();
         assert_eq!(err.errcode, "M_BAD_JSON");
@@ -337,14 +394,19 @@ mod tests {
                 count: 2,
                 ops: vec![
                     Op::Delete { index: 1 },
-                    Op::Insert { index: 0, room_id: "!b:x".into() },
+                    Op::Insert {
+                        index: 0,
+                        room_id: "!b:x".into(),
+                    },
                 ],
             },
         );
         resp.rooms.insert(
             "!b:x".into(),
             RoomResult {
-                timeline: vec![bytes::Bytes::from_static(br#"{"event_id":"$e","type":"m.room.message"}"#)],
+                timeline: vec![bytes::Bytes::from_static(
+                    br#"{"event_id":"$e","type":"m.room.message"}"#,
+                )],
                 num_live: 1,
                 ..RoomResult::default()
             },

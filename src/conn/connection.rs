@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::request::{ListParams, ListResult, Op, Range, RoomResult, SortBy, SyncRequest, SyncResponse};
+use super::request::{
+    ListParams, ListResult, Op, Range, RoomResult, SortBy, SyncRequest, SyncResponse,
+};
 use super::required_state;
 use super::window;
 use crate::rooms::name::display_name;
@@ -78,7 +80,10 @@ impl Connection {
     /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
     pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
         let changed: Option<HashSet<RoomId>> = match self.seen_version {
-            Some(v) => view.data.changed_since(v).map(|rooms| rooms.into_iter().collect()),
+            Some(v) => view
+                .data
+                .changed_since(v)
+                .map(|rooms| rooms.into_iter().collect()),
             None => Some(HashSet::new()),
         };
         self.seen_version = Some(view.data.version());
@@ -98,12 +103,18 @@ impl Connection {
 
         let index = &view.data.index;
         for (name, list) in &mut self.lists {
-            let old = old_ranges.remove(name).unwrap_or_else(|| list.ranges.clone());
+            let old = old_ranges
+                .remove(name)
+                .unwrap_or_else(|| list.ranges.clone());
             let mut ops = Vec::new();
             // Ranges kept from before: move the client's rooms to where they are now.
-            for &(start, end) in &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old)) {
+            for &(start, end) in
+                &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old))
+            {
                 let len = end - start + 1;
-                let mut have: Vec<RoomId> = (start..=end).map_while(|i| list.have.get(&i).cloned()).collect();
+                let mut have: Vec<RoomId> = (start..=end)
+                    .map_while(|i| list.have.get(&i).cloned())
+                    .collect();
                 let now: Vec<RoomId> = index.range(start, end).cloned().collect();
                 window::diff(start, len, &mut have, &now, &mut ops);
                 for i in start..=end {
@@ -161,13 +172,17 @@ impl Connection {
             let sent = self.sent.get(room_id);
             let is_changed = changed.as_ref().is_none_or(|c| c.contains(room_id));
             let result = match (view.data.membership(room_id), sent) {
-                (Some(UserMembership::Join { since }), Some(s)) if !s.invite && !resend.contains(room_id) => {
+                (Some(UserMembership::Join { since }), Some(s))
+                    if !s.invite && !resend.contains(room_id) =>
+                {
                     if !is_changed {
                         continue;
                     }
                     self.live_room(room_id, *since, view)
                 }
-                (Some(UserMembership::Join { since }), _) => self.full_room(room_id, *since, params, view),
+                (Some(UserMembership::Join { since }), _) => {
+                    self.full_room(room_id, *since, params, view)
+                }
                 (Some(UserMembership::Invite { invite_state, .. }), None) => {
                     self.sent.insert(
                         room_id.clone(),
@@ -195,10 +210,20 @@ impl Connection {
 
         // Rooms the client no longer sees: a room the user left gets its leave event, then
         // nothing more; others are forgotten so they come back whole.
-        let gone: Vec<RoomId> = self.sent.keys().filter(|r| !visible.contains_key(*r)).cloned().collect();
+        let gone: Vec<RoomId> = self
+            .sent
+            .keys()
+            .filter(|r| !visible.contains_key(*r))
+            .cloned()
+            .collect();
         for room_id in gone {
-            let Some(sent) = self.sent.remove(&room_id) else { continue };
-            if let Some(UserMembership::Leave { event: Some(ev), .. }) = view.data.membership(&room_id) {
+            let Some(sent) = self.sent.remove(&room_id) else {
+                continue;
+            };
+            if let Some(UserMembership::Leave {
+                event: Some(ev), ..
+            }) = view.data.membership(&room_id)
+            {
                 if ev.position > sent.position && !sent.invite {
                     resp.rooms.insert(
                         room_id,
@@ -214,13 +239,24 @@ impl Connection {
         resp
     }
 
-    fn full_room(&mut self, room_id: &RoomId, since: Position, params: &RoomParams, view: &View<'_>) -> Option<RoomResult> {
+    fn full_room(
+        &mut self,
+        room_id: &RoomId,
+        since: Position,
+        params: &RoomParams,
+        view: &View<'_>,
+    ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
         let limit = params.timeline_limit.min(TIMELINE_RING);
         let (timeline, skipped) = room.timeline_after(since.saturating_sub(1), limit);
         let ring_full = room.timeline.len() == TIMELINE_RING;
-        let limited = skipped || (ring_full && timeline.first().map(|e| e.position) == room.timeline.front().map(|e| e.position));
-        let prev_batch = timeline.iter().find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+        let limited = skipped
+            || (ring_full
+                && timeline.first().map(|e| e.position)
+                    == room.timeline.front().map(|e| e.position));
+        let prev_batch = timeline
+            .iter()
+            .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
         let name = display_name(&room.meta, view.user_id);
         let unread = unread(view.data, room_id);
         self.sent.insert(
@@ -237,7 +273,11 @@ impl Connection {
         Some(RoomResult {
             initial: true,
             name: Some(name),
-            required_state: required_state::resolve(&params.required_state, &room.state, view.user_id),
+            required_state: required_state::resolve(
+                &params.required_state,
+                &room.state,
+                view.user_id,
+            ),
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
             num_live: 0,
             limited: limited && limit > 0,
@@ -250,7 +290,12 @@ impl Connection {
         })
     }
 
-    fn live_room(&mut self, room_id: &RoomId, since: Position, view: &View<'_>) -> Option<RoomResult> {
+    fn live_room(
+        &mut self,
+        room_id: &RoomId,
+        since: Position,
+        view: &View<'_>,
+    ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
@@ -258,7 +303,9 @@ impl Connection {
         // Events newer than what we sent fell out of the ring before this response: the
         // client has a gap.
         let lost = timeline.first().is_some_and(|first| {
-            room.timeline.front().map(|f| f.position) == Some(first.position) && first.position > after + 1 && room.timeline.len() == TIMELINE_RING
+            room.timeline.front().map(|f| f.position) == Some(first.position)
+                && first.position > after + 1
+                && room.timeline.len() == TIMELINE_RING
         });
         let mut out = RoomResult {
             num_live: timeline.len(),

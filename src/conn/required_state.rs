@@ -32,7 +32,8 @@ pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec
             .map(|(t, k)| (t.as_str(), key(k)))
             .collect();
         for s in state.all() {
-            let rules: Vec<&(&str, String)> = narrowed.iter().filter(|(t, _)| *t == s.kind()).collect();
+            let rules: Vec<&(&str, String)> =
+                narrowed.iter().filter(|(t, _)| *t == s.kind()).collect();
             if rules.is_empty() || rules.iter().any(|(_, k)| k == "*" || k == s.state_key()) {
                 push(s, &mut out, &mut seen);
             }
@@ -94,18 +95,28 @@ mod tests {
     }
 
     fn names(v: Vec<Bytes>) -> Vec<String> {
-        let mut v: Vec<String> = v.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let mut v: Vec<String> = v
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         v.sort();
         v
     }
 
     fn req(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
     }
 
     #[test]
     fn exact_entries_and_me_pick_single_events() {
-        let got = resolve(&req(&[("m.room.name", ""), ("m.room.member", "$ME")]), &state(), "@me:x");
+        let got = resolve(
+            &req(&[("m.room.name", ""), ("m.room.member", "$ME")]),
+            &state(),
+            "@me:x",
+        );
         assert_eq!(names(got), ["\"m.room.member|@me:x\"", "\"m.room.name|\""]);
     }
 
@@ -117,10 +128,18 @@ mod tests {
 
     #[test]
     fn all_state_narrowed_by_named_types() {
-        let got = resolve(&req(&[("*", "*"), ("m.room.member", "$ME")]), &state(), "@me:x");
+        let got = resolve(
+            &req(&[("*", "*"), ("m.room.member", "$ME")]),
+            &state(),
+            "@me:x",
+        );
         assert_eq!(
             names(got),
-            ["\"m.room.create|\"", "\"m.room.member|@me:x\"", "\"m.room.name|\""]
+            [
+                "\"m.room.create|\"",
+                "\"m.room.member|@me:x\"",
+                "\"m.room.name|\""
+            ]
         );
     }
 

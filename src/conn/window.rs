@@ -82,7 +82,9 @@ pub fn diff(start: usize, len: usize, old: &mut Vec<RoomId>, new: &[RoomId], ops
                     old.insert(down_to.min(old.len()), moved);
                 } else {
                     old.remove(from);
-                    ops.push(Op::Delete { index: start + from });
+                    ops.push(Op::Delete {
+                        index: start + from,
+                    });
                     ops.push(Op::Insert {
                         index: start + k,
                         room_id: target.clone(),
@@ -93,7 +95,9 @@ pub fn diff(start: usize, len: usize, old: &mut Vec<RoomId>, new: &[RoomId], ops
             None => {
                 // A room new to the window pushes the last one out (or fills a gap).
                 let from = old.len().min(len.saturating_sub(1));
-                ops.push(Op::Delete { index: start + from });
+                ops.push(Op::Delete {
+                    index: start + from,
+                });
                 if from < old.len() {
                     old.remove(from);
                 }
@@ -143,7 +147,10 @@ mod tests {
         let mut client = ids(before);
         apply(start, &mut client, &ops);
         client.truncate(len);
-        assert_eq!(client, new, "a client applying {ops:?} ends where the server is");
+        assert_eq!(
+            client, new,
+            "a client applying {ops:?} ends where the server is"
+        );
         ops
     }
 
@@ -152,7 +159,13 @@ mod tests {
         let ops = check(0, 5, "abcde", "dabce");
         assert_eq!(
             ops,
-            vec![Op::Delete { index: 3 }, Op::Insert { index: 0, room_id: "d".into() }]
+            vec![
+                Op::Delete { index: 3 },
+                Op::Insert {
+                    index: 0,
+                    room_id: "d".into()
+                }
+            ]
         );
     }
 
@@ -161,7 +174,13 @@ mod tests {
         let ops = check(0, 5, "abcde", "xabcd");
         assert_eq!(
             ops,
-            vec![Op::Delete { index: 4 }, Op::Insert { index: 0, room_id: "x".into() }]
+            vec![
+                Op::Delete { index: 4 },
+                Op::Insert {
+                    index: 0,
+                    room_id: "x".into()
+                }
+            ]
         );
     }
 
@@ -170,7 +189,13 @@ mod tests {
         let ops = check(10, 5, "abcde", "acdef");
         assert_eq!(
             ops,
-            vec![Op::Delete { index: 11 }, Op::Insert { index: 14, room_id: "f".into() }]
+            vec![
+                Op::Delete { index: 11 },
+                Op::Insert {
+                    index: 14,
+                    room_id: "f".into()
+                }
+            ]
         );
     }
 
@@ -179,14 +204,29 @@ mod tests {
         let ops = check(0, 5, "abcde", "acdbe");
         assert_eq!(
             ops,
-            vec![Op::Delete { index: 1 }, Op::Insert { index: 3, room_id: "b".into() }]
+            vec![
+                Op::Delete { index: 1 },
+                Op::Insert {
+                    index: 3,
+                    room_id: "b".into()
+                }
+            ]
         );
     }
 
     #[test]
     fn first_room_of_an_empty_list_is_delete_zero_insert_zero() {
         let ops = check(0, 5, "", "a");
-        assert_eq!(ops, vec![Op::Delete { index: 0 }, Op::Insert { index: 0, room_id: "a".into() }]);
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete { index: 0 },
+                Op::Insert {
+                    index: 0,
+                    room_id: "a".into()
+                }
+            ]
+        );
         let ops = check(0, 5, "a", "");
         assert_eq!(ops, vec![Op::Delete { index: 0 }]);
     }
@@ -204,6 +244,9 @@ mod tests {
         assert_eq!(subtract(&[(0, 29)], &[(0, 19)]), vec![(20, 29)]);
         assert_eq!(subtract(&[(0, 19)], &[(5, 9)]), vec![(0, 4), (10, 19)]);
         assert_eq!(subtract(&[(0, 9)], &[(0, 9)]), vec![]);
-        assert_eq!(subtract(&[(0, 9), (20, 29)], &[(25, 40)]), vec![(0, 9), (20, 24)]);
+        assert_eq!(
+            subtract(&[(0, 9), (20, 29)], &[(25, 40)]),
+            vec![(0, 9), (20, 24)]
+        );
     }
 }

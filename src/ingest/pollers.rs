@@ -20,8 +20,7 @@ use crate::upstream::{Homeserver, SyncCall, UpstreamError};
 
 /// The first poll of a device without `since` asks for one event per room: the room list
 /// needs only the newest event, and a small initial sync is what keeps it fast.
-const FILTER_INITIAL: &str =
-    r#"{"room":{"timeline":{"limit":1}},"presence":{"not_types":["*"]}}"#;
+const FILTER_INITIAL: &str = r#"{"room":{"timeline":{"limit":1}},"presence":{"not_types":["*"]}}"#;
 /// Later polls ask for the most Synapse allows, so gaps stay rare.
 const FILTER_LIVE: &str = r#"{"room":{"timeline":{"limit":50}},"presence":{"not_types":["*"]}}"#;
 /// Long-poll time of a caught-up poller.
@@ -114,7 +113,12 @@ impl Pollers {
         self.start(device, token, false)
     }
 
-    fn start(self: &Arc<Self>, device: &DeviceKey, token: &str, resumed: bool) -> watch::Receiver<PollState> {
+    fn start(
+        self: &Arc<Self>,
+        device: &DeviceKey,
+        token: &str,
+        resumed: bool,
+    ) -> watch::Receiver<PollState> {
         match self.running.entry(device.clone()) {
             Entry::Occupied(e) => {
                 let handle = e.get();
@@ -129,7 +133,8 @@ impl Pollers {
                 let token = Arc::new(Mutex::new(token.to_owned()));
                 let since = self.since.get(device).map(|s| s.clone());
                 let this = Arc::clone(self);
-                let task = tokio::spawn(this.run(device.clone(), Arc::clone(&token), since, tx, resumed));
+                let task =
+                    tokio::spawn(this.run(device.clone(), Arc::clone(&token), since, tx, resumed));
                 // The vacant entry holds the shard lock, so the task cannot remove its
                 // handle (on an expired token) before it is inserted.
                 e.insert(Handle {
@@ -153,7 +158,11 @@ impl Pollers {
 
     /// Restarts the pollers of every stored device in the background. Tokens the secret
     /// cannot decrypt are skipped and counted; returns (started, undecryptable).
-    pub fn resume(self: &Arc<Self>, devices: Vec<StoredDevice>, cipher: &TokenCipher) -> (usize, usize) {
+    pub fn resume(
+        self: &Arc<Self>,
+        devices: Vec<StoredDevice>,
+        cipher: &TokenCipher,
+    ) -> (usize, usize) {
         let mut failed = 0;
         let mut started = 0;
         for d in devices {
@@ -184,7 +193,11 @@ impl Pollers {
         tracing::info!(user = %device.user_id, device = %device.device_id, resumed, has_since = since.is_some(), "poller started");
         loop {
             let token_now = token.lock().clone();
-            let filter = if since.is_none() { FILTER_INITIAL } else { FILTER_LIVE };
+            let filter = if since.is_none() {
+                FILTER_INITIAL
+            } else {
+                FILTER_LIVE
+            };
             let (timeout_ms, deadline) = if first {
                 (0, self.config.initial_timeout)
             } else {
@@ -207,7 +220,9 @@ impl Pollers {
                 .await;
             drop(permit);
             let outcome = match result {
-                Ok(body) => v2::process(&self.store, &user, &body).await.map_err(|e| e.to_string()),
+                Ok(body) => v2::process(&self.store, &user, &body)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(UpstreamError::Unauthorized) => {
                     tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
                     self.expire(&device, &token_now).await;
@@ -281,7 +296,11 @@ mod tests {
         for (failures, nominal) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
             let d = backoff(&c, failures);
             let n = Duration::from_secs(nominal);
-            assert!(d >= n / 2 && d <= n, "failure {failures}: {d:?} not within [{:?}, {n:?}]", n / 2);
+            assert!(
+                d >= n / 2 && d <= n,
+                "failure {failures}: {d:?} not within [{:?}, {n:?}]",
+                n / 2
+            );
         }
     }
 }

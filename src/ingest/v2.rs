@@ -95,7 +95,11 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
 
 fn find_timeline_event(store: &Store, room_id: &str, event_id: &str) -> Option<Arc<Event>> {
     let room = store.room(room_id)?;
-    room.timeline.iter().rev().find(|e| &*e.event_id == event_id).cloned()
+    room.timeline
+        .iter()
+        .rev()
+        .find(|e| &*e.event_id == event_id)
+        .cloned()
 }
 
 fn now_ms() -> u64 {

@@ -18,12 +18,20 @@ pub fn display_name(meta: &RoomMeta, reader: &str) -> String {
         .heroes
         .iter()
         .filter(|h| &*h.user_id != reader)
-        .map(|h| h.displayname.as_deref().filter(|d| !d.is_empty()).unwrap_or(&h.user_id))
+        .map(|h| {
+            h.displayname
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .unwrap_or(&h.user_id)
+        })
         .take(NAMED)
         .collect();
     let members = (meta.joined_count + meta.invited_count) as usize;
-    let reader_is_member = meta.heroes.iter().any(|h| &*h.user_id == reader) || members > others.len();
-    let total_others = members.saturating_sub(usize::from(reader_is_member)).max(others.len());
+    let reader_is_member =
+        meta.heroes.iter().any(|h| &*h.user_id == reader) || members > others.len();
+    let total_others = members
+        .saturating_sub(usize::from(reader_is_member))
+        .max(others.len());
     match others.as_slice() {
         [] => "Empty Room".to_owned(),
         [a] => (*a).to_owned(),
@@ -32,7 +40,11 @@ pub fn display_name(meta: &RoomMeta, reader: &str) -> String {
             let (last, rest) = names.split_last().expect("non-empty");
             format!("{} and {last}", rest.join(", "))
         }
-        names => format!("{} and {} others", names.join(", "), total_others - names.len()),
+        names => format!(
+            "{} and {} others",
+            names.join(", "),
+            total_others - names.len()
+        ),
     }
 }
 
@@ -70,14 +82,24 @@ mod tests {
         assert_eq!(display_name(&m, "@a:x"), "Bob");
         let m = meta(&[("@a:x", None), ("@b:x", Some("Bob")), ("@c:x", None)], 3);
         assert_eq!(display_name(&m, "@a:x"), "Bob and @c:x");
-        let m = meta(&[("@a:x", None), ("@b:x", None), ("@c:x", None), ("@d:x", None)], 4);
+        let m = meta(
+            &[
+                ("@a:x", None),
+                ("@b:x", None),
+                ("@c:x", None),
+                ("@d:x", None),
+            ],
+            4,
+        );
         assert_eq!(display_name(&m, "@a:x"), "@b:x, @c:x and @d:x");
     }
 
     #[test]
     fn big_rooms_count_the_rest() {
-        let heroes: Vec<(String, Option<&str>)> = (0..7).map(|i| (format!("@u{i}:x"), None)).collect();
-        let refs: Vec<(&str, Option<&str>)> = heroes.iter().map(|(u, d)| (u.as_str(), *d)).collect();
+        let heroes: Vec<(String, Option<&str>)> =
+            (0..7).map(|i| (format!("@u{i}:x"), None)).collect();
+        let refs: Vec<(&str, Option<&str>)> =
+            heroes.iter().map(|(u, d)| (u.as_str(), *d)).collect();
         let m = meta(&refs, 20);
         assert_eq!(
             display_name(&m, "@u0:x"),
@@ -87,6 +109,9 @@ mod tests {
 
     #[test]
     fn alone_is_an_empty_room() {
-        assert_eq!(display_name(&meta(&[("@a:x", None)], 1), "@a:x"), "Empty Room");
+        assert_eq!(
+            display_name(&meta(&[("@a:x", None)], 1), "@a:x"),
+            "Empty Room"
+        );
     }
 }

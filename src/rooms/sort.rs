@@ -66,10 +66,7 @@ impl SortIndex {
         let key = (Reverse(*stamp), id.clone());
         let c = self.chunk_for(&key);
         let before: usize = self.chunks[..c].iter().map(Vec::len).sum();
-        self.chunks[c]
-            .binary_search(&key)
-            .ok()
-            .map(|i| before + i)
+        self.chunks[c].binary_search(&key).ok().map(|i| before + i)
     }
 
     /// The rooms at indexes `start..=end` (clamped to the list).
@@ -170,7 +167,9 @@ mod tests {
         let mut model: HashMap<String, u64> = HashMap::new();
         let mut seed = 7u64;
         for step in 0..5000u64 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let room = format!("!r{}", (seed >> 33) % 700);
             if (seed >> 20) % 7 == 0 {
                 idx.remove(&room);
@@ -180,7 +179,10 @@ mod tests {
                 model.insert(room, step % 300);
             }
         }
-        let mut expected: Vec<_> = model.iter().map(|(r, s)| (Reverse(*s), r.clone())).collect();
+        let mut expected: Vec<_> = model
+            .iter()
+            .map(|(r, s)| (Reverse(*s), r.clone()))
+            .collect();
         expected.sort();
         let got: Vec<_> = idx.iter().map(|r| r.to_string()).collect();
         let want: Vec<_> = expected.iter().map(|(_, r)| r.clone()).collect();

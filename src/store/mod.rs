@@ -107,10 +107,11 @@ impl Store {
             let mut next = (*slot.snapshot).clone();
             let mut new_timeline = false;
             for ev in delta.state {
-                let current = ev
-                    .state_key
-                    .as_deref()
-                    .and_then(|k| next.state.get(&ev.kind, k).map(|s| s.event_id() == &*ev.event_id));
+                let current = ev.state_key.as_deref().and_then(|k| {
+                    next.state
+                        .get(&ev.kind, k)
+                        .map(|s| s.event_id() == &*ev.event_id)
+                });
                 if current == Some(true) || !slot.seen.insert(&ev.event_id) || !ev.is_state() {
                     continue;
                 }
@@ -188,7 +189,13 @@ impl Store {
         writes
     }
 
-    fn accept(&self, room_id: &RoomId, mut ev: Event, in_timeline: bool, writes: &mut Vec<Write>) -> Arc<Event> {
+    fn accept(
+        &self,
+        room_id: &RoomId,
+        mut ev: Event,
+        in_timeline: bool,
+        writes: &mut Vec<Write>,
+    ) -> Arc<Event> {
         ev.position = self.position();
         writes.push(Write::Event(persist::StoredEvent {
             room_id: room_id.clone(),
@@ -203,7 +210,13 @@ impl Store {
 
     /// A member event about one of our users, from whichever poller saw it first: the
     /// room's event order decides membership, so a lagging poller cannot undo a leave.
-    fn on_member_event(&self, user: &UserState, room_id: &RoomId, ev: &Arc<Event>, writes: &mut Vec<Write>) {
+    fn on_member_event(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        ev: &Arc<Event>,
+        writes: &mut Vec<Write>,
+    ) {
         match ev.membership {
             Some(Membership::Join) => {
                 let joined = matches!(
@@ -211,13 +224,21 @@ impl Store {
                     Some(UserMembership::Join { .. })
                 );
                 if !joined {
-                    self.set_membership(user, room_id, UserMembership::Join { since: ev.position }, writes);
+                    self.set_membership(
+                        user,
+                        room_id,
+                        UserMembership::Join { since: ev.position },
+                        writes,
+                    );
                 }
             }
             Some(Membership::Leave | Membership::Ban) => {
                 // Only a user who was in the room hears of leaving it: a ban of someone
                 // who never joined (pre-emptive) is not theirs to see.
-                let was_member = user.read().membership(room_id).is_some_and(UserMembership::is_member);
+                let was_member = user
+                    .read()
+                    .membership(room_id)
+                    .is_some_and(UserMembership::is_member);
                 if was_member {
                     let leave = UserMembership::Leave {
                         position: ev.position,
@@ -235,7 +256,10 @@ impl Store {
     /// the room's state has the user's join event (or the room predates our knowledge).
     pub fn confirm_join(&self, user: &UserState, room_id: &RoomId) -> Vec<Write> {
         let mut writes = Vec::new();
-        if matches!(user.read().membership(room_id), Some(UserMembership::Join { .. })) {
+        if matches!(
+            user.read().membership(room_id),
+            Some(UserMembership::Join { .. })
+        ) {
             return writes;
         }
         let since = match self.room(room_id) {
@@ -251,7 +275,13 @@ impl Store {
     }
 
     /// The user's own poller lists the room under `invite`.
-    pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) -> Vec<Write> {
+    pub fn set_invite(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        invite_state: Bytes,
+        ts: u64,
+    ) -> Vec<Write> {
         let mut writes = Vec::new();
         let joined = self
             .room(room_id)
@@ -272,16 +302,38 @@ impl Store {
 
     /// The user's own poller lists the room under `leave` (including rejected invites,
     /// which have no room state here).
-    pub fn set_left(&self, user: &UserState, room_id: &RoomId, event: Option<Arc<Event>>) -> Vec<Write> {
+    pub fn set_left(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        event: Option<Arc<Event>>,
+    ) -> Vec<Write> {
         let mut writes = Vec::new();
-        if user.read().membership(room_id).is_some_and(UserMembership::is_member) {
-            let position = event.as_ref().map_or_else(|| self.position(), |e| e.position);
-            self.set_membership(user, room_id, UserMembership::Leave { position, event }, &mut writes);
+        if user
+            .read()
+            .membership(room_id)
+            .is_some_and(UserMembership::is_member)
+        {
+            let position = event
+                .as_ref()
+                .map_or_else(|| self.position(), |e| e.position);
+            self.set_membership(
+                user,
+                room_id,
+                UserMembership::Leave { position, event },
+                &mut writes,
+            );
         }
         writes
     }
 
-    pub fn set_unread(&self, user: &UserState, room_id: &RoomId, notification: u64, highlight: u64) -> Vec<Write> {
+    pub fn set_unread(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        notification: u64,
+        highlight: u64,
+    ) -> Vec<Write> {
         let changed = user.update(|d| match d.rooms.get_mut(room_id) {
             Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
                 r.notification_count = notification;
@@ -302,14 +354,24 @@ impl Store {
         }]
     }
 
-    fn set_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership, writes: &mut Vec<Write>) {
+    fn set_membership(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        membership: UserMembership,
+        writes: &mut Vec<Write>,
+    ) {
         let (kind, position, invite_state) = match &membership {
             UserMembership::Join { since } => (MembershipKind::Join, *since, None),
             UserMembership::Invite {
                 position,
                 invite_state,
                 ..
-            } => (MembershipKind::Invite, *position, Some(invite_state.clone())),
+            } => (
+                MembershipKind::Invite,
+                *position,
+                Some(invite_state.clone()),
+            ),
             UserMembership::Leave { position, .. } => (MembershipKind::Leave, *position, None),
         };
         writes.push(Write::Membership {
@@ -362,7 +424,9 @@ impl Store {
     pub async fn load(persist: &dyn Persist, queue: WriteQueue) -> Result<Store, PersistError> {
         let store = Store::new(queue, persist.max_position().await? + 1);
         let rooms = persist
-            .load_rooms(TIMELINE_RING, &|n| tracing::info!(rooms = n, "rebuilding rooms"))
+            .load_rooms(TIMELINE_RING, &|n| {
+                tracing::info!(rooms = n, "rebuilding rooms")
+            })
             .await?;
         let total = rooms.len();
         for (room_id, loaded) in rooms {
@@ -384,7 +448,12 @@ impl Store {
                 if stored.is_state && stored.position > snap.state.base_position() {
                     snap.state.set(Arc::clone(&ev));
                 }
-                if stored.in_timeline && loaded.timeline.iter().any(|t| t.position == stored.position) {
+                if stored.in_timeline
+                    && loaded
+                        .timeline
+                        .iter()
+                        .any(|t| t.position == stored.position)
+                {
                     snap.push_timeline(ev);
                 }
             }

@@ -65,7 +65,9 @@ impl RoomSnapshot {
     }
 
     pub fn membership_of(&self, user: &str) -> Option<Membership> {
-        self.state.get("m.room.member", user).and_then(|s| s.membership())
+        self.state
+            .get("m.room.member", user)
+            .and_then(|s| s.membership())
     }
 
     /// Timeline events after `position` that the reader may see, newest `limit` of them.
@@ -77,7 +79,10 @@ impl RoomSnapshot {
             .filter(|e| e.position > position)
             .collect();
         let skip = visible.len().saturating_sub(limit);
-        (visible[skip..].iter().map(|e| Arc::clone(e)).collect(), skip > 0)
+        (
+            visible[skip..].iter().map(|e| Arc::clone(e)).collect(),
+            skip > 0,
+        )
     }
 
     /// Sets a state event and keeps the summary in step with it.

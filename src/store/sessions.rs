@@ -55,7 +55,8 @@ impl Sessions {
 
     pub fn accept(&self, token_hash: String, device: DeviceKey) {
         self.rejected.remove(&token_hash);
-        self.known.insert(token_hash, (device, Instant::now() + self.ttl));
+        self.known
+            .insert(token_hash, (device, Instant::now() + self.ttl));
     }
 
     pub fn reject(&self, token_hash: String) {
@@ -64,7 +65,8 @@ impl Sessions {
             self.rejected.retain(|_, until| *until > now);
         }
         if self.rejected.len() < MAX_REJECTED {
-            self.rejected.insert(token_hash.clone(), now + self.rejected_ttl);
+            self.rejected
+                .insert(token_hash.clone(), now + self.rejected_ttl);
         }
         self.known.remove(&token_hash);
     }
@@ -85,7 +87,10 @@ mod tests {
         s.accept("h".into(), DeviceKey::new("@a:x", "D"));
         assert!(matches!(s.lookup("h"), Lookup::Known(d) if &*d.device_id == "D"));
         s.reject("h".into());
-        assert!(matches!(s.lookup("h"), Lookup::Unknown), "a zero TTL rejection is already over");
+        assert!(
+            matches!(s.lookup("h"), Lookup::Unknown),
+            "a zero TTL rejection is already over"
+        );
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(60));
         s.reject("h".into());
         assert!(matches!(s.lookup("h"), Lookup::Rejected));

@@ -327,7 +327,10 @@ mod tests {
         assert_eq!(s.all().len(), 2, "the replaced base entry is hidden");
         s.fold(3);
         assert_eq!(s.get("m.room.name", "").unwrap().event_id(), "$3");
-        assert_eq!(s.get("m.room.member", "@a:x").unwrap().membership(), Some(Membership::Join));
+        assert_eq!(
+            s.get("m.room.member", "@a:x").unwrap().membership(),
+            Some(Membership::Join)
+        );
     }
 
     #[test]
@@ -336,7 +339,10 @@ mod tests {
         s.set(ev("m.room.create", "", "$c", 1));
         s.fold(1);
         let loaded = StateBase::from_stored(&s.base().bytes()).unwrap();
-        assert_eq!(loaded.find("m.room.create", "").unwrap().event_id.as_str(), "$c");
+        assert_eq!(
+            loaded.find("m.room.create", "").unwrap().event_id.as_str(),
+            "$c"
+        );
         assert!(StateBase::from_stored(b"not an archive at all, clearly").is_err());
     }
 
@@ -344,7 +350,12 @@ mod tests {
     fn of_kind_merges_both_halves() {
         let mut s = RoomState::default();
         for i in 0..5 {
-            s.set(ev("m.room.member", &format!("@u{i}:x"), &format!("$m{i}"), i));
+            s.set(ev(
+                "m.room.member",
+                &format!("@u{i}:x"),
+                &format!("$m{i}"),
+                i,
+            ));
         }
         s.fold(5);
         s.set(ev("m.room.member", "@u1:x", "$new", 6));

@@ -133,7 +133,9 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
                 field("membership")
                     .as_deref()
                     .and_then(Membership::parse)
-                    .ok_or_else(|| EventError::Malformed("member event without membership".into()))?,
+                    .ok_or_else(|| {
+                        EventError::Malformed("member event without membership".into())
+                    })?,
             );
             field("displayname")
         }
@@ -144,9 +146,10 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         "m.room.tombstone" => field("replacement_room"),
         _ => None,
     };
-    let has_private = f.unsigned.as_ref().is_some_and(|u| {
-        PRIVATE_UNSIGNED.iter().any(|k| u.get(k).is_some())
-    });
+    let has_private = f
+        .unsigned
+        .as_ref()
+        .is_some_and(|u| PRIVATE_UNSIGNED.iter().any(|k| u.get(k).is_some()));
     let json = if has_private {
         strip_unsigned(raw)?
     } else {
@@ -179,37 +182,6 @@ fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
         .map_err(|e| EventError::Malformed(e.to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_event_fields_are_indexed() {
-        let raw = br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","origin_server_ts":5,"content":{"membership":"join","displayname":"Alice"}}"#;
-        let ev = parse_event(raw).unwrap();
-        assert_eq!(ev.membership, Some(Membership::Join));
-        assert_eq!(ev.text.as_deref(), Some("Alice"));
-        assert_eq!(ev.state_key.as_deref(), Some("@a:x"));
-        assert_eq!(&ev.json[..], &raw[..], "untouched events are kept byte for byte");
-    }
-
-    #[test]
-    fn transaction_id_is_stripped_from_the_shared_copy() {
-        let raw = br#"{"type":"m.room.message","event_id":"$1","sender":"@a:x","content":{"body":"hi"},"unsigned":{"transaction_id":"t1","age":3}}"#;
-        let ev = parse_event(raw).unwrap();
-        let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
-        assert!(v["unsigned"].get("transaction_id").is_none());
-        assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
-    }
-
-    #[test]
-    fn events_without_id_or_membership_are_rejected() {
-        assert!(parse_event(br#"{"type":"m.room.message","sender":"@a:x"}"#).is_err());
-        assert!(parse_event(br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","content":{}}"#).is_err());
-        assert!(parse_event(b"[1,2]").is_err());
-    }
-}
-
 /// `origin_server_ts` of the user's own member event in an invite's stripped state: the
 /// invite's place in the room list.
 pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
@@ -227,4 +199,39 @@ pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
         .iter()
         .find(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user_id))
         .and_then(|e| e.origin_server_ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_event_fields_are_indexed() {
+        let raw = br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","origin_server_ts":5,"content":{"membership":"join","displayname":"Alice"}}"#;
+        let ev = parse_event(raw).unwrap();
+        assert_eq!(ev.membership, Some(Membership::Join));
+        assert_eq!(ev.text.as_deref(), Some("Alice"));
+        assert_eq!(ev.state_key.as_deref(), Some("@a:x"));
+        assert_eq!(
+            &ev.json[..],
+            &raw[..],
+            "untouched events are kept byte for byte"
+        );
+    }
+
+    #[test]
+    fn transaction_id_is_stripped_from_the_shared_copy() {
+        let raw = br#"{"type":"m.room.message","event_id":"$1","sender":"@a:x","content":{"body":"hi"},"unsigned":{"transaction_id":"t1","age":3}}"#;
+        let ev = parse_event(raw).unwrap();
+        let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
+        assert!(v["unsigned"].get("transaction_id").is_none());
+        assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
+    }
+
+    #[test]
+    fn events_without_id_or_membership_are_rejected() {
+        assert!(parse_event(br#"{"type":"m.room.message","sender":"@a:x"}"#).is_err());
+        assert!(parse_event(br#"{"type":"m.room.member","state_key":"@a:x","event_id":"$1","sender":"@a:x","content":{}}"#).is_err());
+        assert!(parse_event(b"[1,2]").is_err());
+    }
 }

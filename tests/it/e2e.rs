@@ -31,15 +31,23 @@ fn room_list(end: u64) -> Value {
 }
 
 async fn room_with_message(hs: &Synapse, user: &TestUser, name: &str) -> String {
-    let room = hs.create_room(user, json!({"name": name, "preset": "private_chat"})).await;
-    hs.send_text(user, &room, &format!("first message in {name}")).await;
+    let room = hs
+        .create_room(user, json!({"name": name, "preset": "private_chat"}))
+        .await;
+    hs.send_text(user, &room, &format!("first message in {name}"))
+        .await;
     room
 }
 
 fn names(resp: &Value) -> Vec<String> {
     synced_ids(resp, "all")
         .iter()
-        .map(|id| resp["rooms"][id.as_str()]["name"].as_str().unwrap_or("?").to_owned())
+        .map(|id| {
+            resp["rooms"][id.as_str()]["name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
         .collect()
 }
 
@@ -58,20 +66,34 @@ async fn room_list_live_updates_and_restart_against_synapse() {
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
 
     // Newest activity first: Garden has bob's join, then Attic, then Kitchen.
-    let first = proxy.sync_ok(&alice.access_token, None, 0, &room_list(9)).await;
-    assert_eq!(first["lists"]["all"]["count"].as_u64(), Some(3), "{first:?}");
+    let first = proxy
+        .sync_ok(&alice.access_token, None, 0, &room_list(9))
+        .await;
+    assert_eq!(
+        first["lists"]["all"]["count"].as_u64(),
+        Some(3),
+        "{first:?}"
+    );
     assert_eq!(names(&first), ["Garden", "Attic", "Kitchen"]);
     let attic_room = &first["rooms"][attic.as_str()];
     assert_eq!(attic_room["initial"].as_bool(), Some(true));
     let timeline = attic_room["timeline"].as_array().expect("timeline");
     assert!(
-        timeline.iter().any(|e| e["content"]["body"].as_str() == Some("first message in Attic")),
+        timeline
+            .iter()
+            .any(|e| e["content"]["body"].as_str() == Some("first message in Attic")),
         "{attic_room:?}"
     );
-    let state = attic_room["required_state"].as_array().expect("required_state");
-    assert!(state.iter().any(|e| e["type"].as_str() == Some("m.room.create")));
-    assert!(state.iter().any(|e| e["type"].as_str() == Some("m.room.member")
-        && e["state_key"].as_str() == Some(alice.user_id.as_str())));
+    let state = attic_room["required_state"]
+        .as_array()
+        .expect("required_state");
+    assert!(state
+        .iter()
+        .any(|e| e["type"].as_str() == Some("m.room.create")));
+    assert!(state
+        .iter()
+        .any(|e| e["type"].as_str() == Some("m.room.member")
+            && e["state_key"].as_str() == Some(alice.user_id.as_str())));
 
     // A message in the last room, sent through the homeserver by someone else's client,
     // reaches a parked long-poll and moves that room to the top.
@@ -94,24 +116,36 @@ async fn room_list_live_updates_and_restart_against_synapse() {
         .unwrap();
     assert_eq!(live.status, 200, "{}", live.text());
     let live = live.json();
-    assert_eq!(ops(&live, "all"), ["DELETE 2".to_owned(), format!("INSERT 0 {kitchen}")]);
+    assert_eq!(
+        ops(&live, "all"),
+        ["DELETE 2".to_owned(), format!("INSERT 0 {kitchen}")]
+    );
     let kitchen_update = &live["rooms"][kitchen.as_str()];
-    assert_eq!(kitchen_update["timeline"][0]["content"]["body"].as_str(), Some("dinner is ready"));
+    assert_eq!(
+        kitchen_update["timeline"][0]["content"]["body"].as_str(),
+        Some("dinner is ready")
+    );
     assert_eq!(kitchen_update["num_live"].as_u64(), Some(1));
 
     // Restart: the new process answers from what it stored, before its pollers have
     // caught up, and the old connection is gone.
     proxy.stop().await;
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
-    let stale = proxy.sync(&alice.access_token, Some(&pos(&live)), 0, &json!({})).await;
+    let stale = proxy
+        .sync(&alice.access_token, Some(&pos(&live)), 0, &json!({}))
+        .await;
     assert_eq!(stale.status, 400);
     assert_eq!(stale.json()["errcode"].as_str(), Some("M_UNKNOWN_POS"));
-    let again = proxy.sync_ok(&alice.access_token, None, 0, &room_list(9)).await;
+    let again = proxy
+        .sync_ok(&alice.access_token, None, 0, &room_list(9))
+        .await;
     assert_eq!(names(&again), ["Kitchen", "Garden", "Attic"]);
 
     // Bob sees only the room he is in.
-    let bobs = proxy.sync_ok(&bob.access_token, None, 0, &room_list(9)).await;
-    assert_eq!(synced_ids(&bobs, "all"), [garden.clone()]);
+    let bobs = proxy
+        .sync_ok(&bob.access_token, None, 0, &room_list(9))
+        .await;
+    assert_eq!(synced_ids(&bobs, "all"), vec![garden.clone()]);
     proxy.stop().await;
 }
 
@@ -126,14 +160,18 @@ async fn leaving_a_room_removes_it_and_ends_its_stream() {
 
     let db = TestDb::new().await;
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
-    let first = proxy.sync_ok(&bob.access_token, None, 0, &room_list(9)).await;
-    assert_eq!(synced_ids(&first, "all"), [room.clone()]);
+    let first = proxy
+        .sync_ok(&bob.access_token, None, 0, &room_list(9))
+        .await;
+    assert_eq!(synced_ids(&first, "all"), vec![room.clone()]);
 
     hs.leave(&bob, &room).await;
     let mut p = pos(&first);
     let mut leave = None;
     for _ in 0..10 {
-        let resp = proxy.sync_ok(&bob.access_token, Some(&p), 10_000, &json!({})).await;
+        let resp = proxy
+            .sync_ok(&bob.access_token, Some(&p), 10_000, &json!({}))
+            .await;
         p = pos(&resp);
         if !ops(&resp, "all").is_empty() {
             leave = Some(resp);
@@ -144,13 +182,18 @@ async fn leaving_a_room_removes_it_and_ends_its_stream() {
     assert_eq!(ops(&leave, "all"), ["DELETE 0"]);
     assert_eq!(leave["lists"]["all"]["count"].as_u64(), Some(0));
     let last = &leave["rooms"][room.as_str()]["timeline"];
-    let last_event = last.as_array().and_then(|t| t.last()).expect("the leave event");
+    let last_event = last
+        .as_array()
+        .and_then(|t| t.last())
+        .expect("the leave event");
     assert_eq!(last_event["type"].as_str(), Some("m.room.member"));
     assert_eq!(last_event["content"]["membership"].as_str(), Some("leave"));
 
     // Alice keeps talking; bob hears nothing more of the room.
     hs.send_text(&alice, &room, "after bob left").await;
-    let after = proxy.sync_ok(&bob.access_token, Some(&p), 1_500, &json!({})).await;
+    let after = proxy
+        .sync_ok(&bob.access_token, Some(&p), 1_500, &json!({}))
+        .await;
     assert!(after["rooms"].get(room.as_str()).is_none(), "{after:?}");
     proxy.stop().await;
 }
@@ -160,7 +203,9 @@ async fn a_token_synapse_does_not_know_is_refused() {
     let hs = synapse().await;
     let db = TestDb::new().await;
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
-    let resp = proxy.sync("syt_not_a_real_token", None, 0, &room_list(9)).await;
+    let resp = proxy
+        .sync("syt_not_a_real_token", None, 0, &room_list(9))
+        .await;
     assert_eq!(resp.status, 401);
     assert_eq!(resp.json()["errcode"].as_str(), Some("M_UNKNOWN_TOKEN"));
     proxy.stop().await;

@@ -41,7 +41,9 @@ async fn rooms_are_listed_newest_first_with_room_id_breaking_ties() {
             ("!tie_a:test", new_room(ALICE, None, 2_000)),
         ]),
     );
-    let resp = proxy.sync_ok("alice_token", None, 0, &list_request(9, 1)).await;
+    let resp = proxy
+        .sync_ok("alice_token", None, 0, &list_request(9, 1))
+        .await;
     assert_eq!(resp["lists"]["all"]["count"].as_u64(), Some(4));
     assert_eq!(
         synced_ids(&resp, "all"),
@@ -67,7 +69,9 @@ async fn a_live_message_wakes_the_long_poll_and_moves_the_room_to_the_top() {
             ("!c:test", new_room(ALICE, Some("C"), 1_000)),
         ]),
     );
-    let first = proxy.sync_ok("alice_token", None, 0, &list_request(9, 5)).await;
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &list_request(9, 5))
+        .await;
     assert_eq!(synced_ids(&first, "all"), ["!a:test", "!b:test", "!c:test"]);
     let p = pos(&first);
 
@@ -76,17 +80,31 @@ async fn a_live_message_wakes_the_long_poll_and_moves_the_room_to_the_top() {
         let p = p.clone();
         tokio::spawn(async move {
             let client = crate::support::http::HttpClient::new();
-            let url = format!("{proxy_url}{}?timeout=20000&pos={p}", crate::support::proxy::MSC3575);
+            let url = format!(
+                "{proxy_url}{}?timeout=20000&pos={p}",
+                crate::support::proxy::MSC3575
+            );
             client
-                .request(http::Method::POST, &url, Some("alice_token"), Some(&json!({})))
+                .request(
+                    http::Method::POST,
+                    &url,
+                    Some("alice_token"),
+                    Some(&json!({})),
+                )
                 .await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!parked.is_finished(), "nothing happened yet: the request must wait");
+    assert!(
+        !parked.is_finished(),
+        "nothing happened yet: the request must wait"
+    );
     hs.push_rooms(
         "alice_token",
-        rooms_join(vec![("!c:test", joined(vec![], vec![message(ALICE, "wake up", 4_000)]))]),
+        rooms_join(vec![(
+            "!c:test",
+            joined(vec![], vec![message(ALICE, "wake up", 4_000)]),
+        )]),
     );
     let live = tokio::time::timeout(Duration::from_secs(5), parked)
         .await
@@ -97,7 +115,10 @@ async fn a_live_message_wakes_the_long_poll_and_moves_the_room_to_the_top() {
     assert_eq!(ops(&live, "all"), ["DELETE 2", "INSERT 0 !c:test"]);
     let c = &live["rooms"]["!c:test"];
     assert_eq!(c["num_live"].as_u64(), Some(1));
-    assert_eq!(c["timeline"][0]["content"]["body"].as_str(), Some("wake up"));
+    assert_eq!(
+        c["timeline"][0]["content"]["body"].as_str(),
+        Some("wake up")
+    );
     assert!(c.get("initial").is_none(), "a live update is not initial");
     assert!(c.get("name").is_none(), "the name did not change");
     proxy.stop().await;
@@ -107,13 +128,25 @@ async fn a_live_message_wakes_the_long_poll_and_moves_the_room_to_the_top() {
 async fn shrinking_a_range_invalidates_and_growing_it_syncs_only_the_new_part() {
     let (_db, hs, proxy) = setup().await;
     let rooms: Vec<(String, sonic_rs::Value)> = (0..6)
-        .map(|i| (format!("!r{i}:test"), new_room(ALICE, None, 10_000 - i * 100)))
+        .map(|i| {
+            (
+                format!("!r{i}:test"),
+                new_room(ALICE, None, 10_000 - i * 100),
+            )
+        })
         .collect();
     hs.push_rooms(
         "alice_token",
-        rooms_join(rooms.iter().map(|(id, r)| (id.as_str(), r.clone())).collect()),
+        rooms_join(
+            rooms
+                .iter()
+                .map(|(id, r)| (id.as_str(), r.clone()))
+                .collect(),
+        ),
     );
-    let first = proxy.sync_ok("alice_token", None, 0, &list_request(3, 0)).await;
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &list_request(3, 0))
+        .await;
     assert_eq!(ops(&first, "all"), ["SYNC 0-3"]);
     let second = proxy
         .sync_ok("alice_token", Some(&pos(&first)), 0, &list_request(1, 0))
@@ -122,9 +155,19 @@ async fn shrinking_a_range_invalidates_and_growing_it_syncs_only_the_new_part() 
     let third = proxy
         .sync_ok("alice_token", Some(&pos(&second)), 0, &list_request(9, 0))
         .await;
-    assert_eq!(ops(&third, "all"), ["SYNC 2-5"], "the range is clamped to the list");
-    assert_eq!(synced_ids(&third, "all"), ["!r2:test", "!r3:test", "!r4:test", "!r5:test"]);
-    assert!(third["rooms"].get("!r0:test").is_none(), "rooms the client has are not resent");
+    assert_eq!(
+        ops(&third, "all"),
+        ["SYNC 2-5"],
+        "the range is clamped to the list"
+    );
+    assert_eq!(
+        synced_ids(&third, "all"),
+        ["!r2:test", "!r3:test", "!r4:test", "!r5:test"]
+    );
+    assert!(
+        third["rooms"].get("!r0:test").is_none(),
+        "rooms the client has are not resent"
+    );
     proxy.stop().await;
 }
 
@@ -140,10 +183,18 @@ async fn rooms_without_a_name_are_named_after_their_members() {
     ];
     hs.push_rooms(
         "alice_token",
-        rooms_join(vec![("!dm:test", joined(state, vec![message("@bob:test", "hi", 10)]))]),
+        rooms_join(vec![(
+            "!dm:test",
+            joined(state, vec![message("@bob:test", "hi", 10)]),
+        )]),
     );
-    let resp = proxy.sync_ok("alice_token", None, 0, &list_request(0, 1)).await;
-    assert_eq!(resp["rooms"]["!dm:test"]["name"].as_str(), Some("@bob:test and Carol"));
+    let resp = proxy
+        .sync_ok("alice_token", None, 0, &list_request(0, 1))
+        .await;
+    assert_eq!(
+        resp["rooms"]["!dm:test"]["name"].as_str(),
+        Some("@bob:test and Carol")
+    );
     assert_eq!(resp["rooms"]["!dm:test"]["joined_count"].as_u64(), Some(3));
     proxy.stop().await;
 }
@@ -155,14 +206,25 @@ async fn txn_id_is_echoed_and_unread_counts_are_sent() {
         "alice_token",
         rooms_join(vec![(
             "!r:test",
-            joined_with_unread(vec![create(ALICE, 1), member(ALICE, "join", 2)], vec![message("@bob:test", "ping", 3)], 4, 1),
+            joined_with_unread(
+                vec![create(ALICE, 1), member(ALICE, "join", 2)],
+                vec![message("@bob:test", "ping", 3)],
+                4,
+                1,
+            ),
         )]),
     );
     let mut body = list_request(0, 1);
     body["txn_id"] = json!("t-1");
     let resp = proxy.sync_ok("alice_token", None, 0, &body).await;
     assert_eq!(resp["txn_id"].as_str(), Some("t-1"));
-    assert_eq!(resp["rooms"]["!r:test"]["notification_count"].as_u64(), Some(4));
-    assert_eq!(resp["rooms"]["!r:test"]["highlight_count"].as_u64(), Some(1));
+    assert_eq!(
+        resp["rooms"]["!r:test"]["notification_count"].as_u64(),
+        Some(4)
+    );
+    assert_eq!(
+        resp["rooms"]["!r:test"]["highlight_count"].as_u64(),
+        Some(1)
+    );
     proxy.stop().await;
 }

@@ -72,7 +72,11 @@ impl FakeHomeserver {
     }
 
     pub fn push(&self, token: &str, reply: Reply) {
-        self.queues.lock().entry(token.to_owned()).or_default().push_back(reply);
+        self.queues
+            .lock()
+            .entry(token.to_owned())
+            .or_default()
+            .push_back(reply);
         self.pushed.notify_waiters();
     }
 
@@ -100,7 +104,11 @@ impl FakeHomeserver {
 impl Homeserver for FakeHomeserver {
     async fn whoami(&self, token: &str) -> Result<WhoAmI, UpstreamError> {
         *self.whoami_calls.lock() += 1;
-        self.devices.lock().get(token).cloned().ok_or(UpstreamError::Unauthorized)
+        self.devices
+            .lock()
+            .get(token)
+            .cloned()
+            .ok_or(UpstreamError::Unauthorized)
     }
 
     async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError> {
@@ -111,7 +119,8 @@ impl Homeserver for FakeHomeserver {
             filter: call.filter.to_owned(),
             at: tokio::time::Instant::now(),
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(call.timeout_ms).min(IDLE_POLL);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(call.timeout_ms).min(IDLE_POLL);
         loop {
             let pushed = self.pushed.notified();
             tokio::pin!(pushed);
@@ -119,7 +128,11 @@ impl Homeserver for FakeHomeserver {
             if !self.devices.lock().contains_key(call.token) {
                 return Err(UpstreamError::Unauthorized);
             }
-            let next = self.queues.lock().get_mut(call.token).and_then(VecDeque::pop_front);
+            let next = self
+                .queues
+                .lock()
+                .get_mut(call.token)
+                .and_then(VecDeque::pop_front);
             match next {
                 Some(Reply::Body(body)) => return Ok(Bytes::from(body)),
                 Some(Reply::Status(401)) => return Err(UpstreamError::Unauthorized),
@@ -142,6 +155,8 @@ impl Homeserver for FakeHomeserver {
     }
 
     async fn versions(&self) -> Result<Bytes, UpstreamError> {
-        Ok(Bytes::from_static(br#"{"versions":["v1.11"],"unstable_features":{}}"#))
+        Ok(Bytes::from_static(
+            br#"{"versions":["v1.11"],"unstable_features":{}}"#,
+        ))
     }
 }

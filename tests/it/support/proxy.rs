@@ -44,7 +44,11 @@ impl Proxy {
         Self::start_with(db_url, upstream, settings()).await
     }
 
-    pub async fn start_with(db_url: &str, upstream: Arc<dyn Homeserver>, settings: Settings) -> Proxy {
+    pub async fn start_with(
+        db_url: &str,
+        upstream: Arc<dyn Homeserver>,
+        settings: Settings,
+    ) -> Proxy {
         let persist = Arc::new(PgStore::connect(db_url, 4).await.expect("test database"));
         let app = App::start(persist, upstream, TokenCipher::new(SECRET), settings)
             .await
@@ -82,17 +86,31 @@ impl Proxy {
     }
 
     /// One MSC3575 request.
-    pub async fn sync(&self, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> TestResponse {
+    pub async fn sync(
+        &self,
+        token: &str,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+    ) -> TestResponse {
         let mut url = format!("{}{MSC3575}?timeout={timeout_ms}", self.url);
         if let Some(pos) = pos {
             url.push_str("&pos=");
             url.push_str(pos);
         }
-        self.client.request(Method::POST, &url, Some(token), Some(body)).await
+        self.client
+            .request(Method::POST, &url, Some(token), Some(body))
+            .await
     }
 
     /// One MSC3575 request that must succeed; returns its JSON.
-    pub async fn sync_ok(&self, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Value {
+    pub async fn sync_ok(
+        &self,
+        token: &str,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+    ) -> Value {
         let resp = self.sync(token, pos, timeout_ms, body).await;
         assert_eq!(resp.status, 200, "sync failed: {}", resp.text());
         resp.json()

@@ -39,7 +39,12 @@ pub fn joined(state: Vec<Value>, timeline: Vec<Value>) -> Value {
     json!({"state": {"events": state}, "timeline": {"events": timeline, "limited": false, "prev_batch": "p0"}})
 }
 
-pub fn joined_with_unread(state: Vec<Value>, timeline: Vec<Value>, notifications: u64, highlights: u64) -> Value {
+pub fn joined_with_unread(
+    state: Vec<Value>,
+    timeline: Vec<Value>,
+    notifications: u64,
+    highlights: u64,
+) -> Value {
     json!({"state": {"events": state}, "timeline": {"events": timeline, "limited": false},
            "unread_notifications": {"notification_count": notifications, "highlight_count": highlights}})
 }
