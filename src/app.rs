@@ -198,12 +198,6 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         ServerAddr::Unix(path) => Target::Unix(path.clone()),
     };
     let upstream: Arc<dyn Homeserver> = Arc::new(HttpHomeserver::new(target, config.http_timeout));
-    match upstream.versions().await {
-        Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),
-        Err(e) => {
-            tracing::warn!(server = %config.server, error = %e, "homeserver not reachable at startup (SYNCV3_SERVER); continuing, pollers will retry")
-        }
-    }
     let settings = Settings {
         server: config.server.to_string(),
         poller: PollerConfig {
@@ -224,6 +218,13 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         PersistOrSecret::Persist(e) => db_error(e),
         PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
     })?;
+    // Only a warning, and only after every fatal check: a failed start prints one line.
+    match app.api.upstream.versions().await {
+        Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),
+        Err(e) => {
+            tracing::warn!(server = %config.server, error = %e, "homeserver not reachable at startup (SYNCV3_SERVER); continuing, pollers will retry")
+        }
+    }
     let listener: Listener = listen::bind(&config.bind).await?;
     tracing::info!(addr = %listener.local_addr(), tls = tls.is_some(), "listening");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;

@@ -6,6 +6,12 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// The configured level for our code; sqlx's per-statement and notice logs (a line for
+/// every `IF NOT EXISTS` at startup) only from `warn` up.
+fn default_filter(level: tracing::Level) -> EnvFilter {
+    EnvFilter::new(format!("{level},sqlx=warn"))
+}
+
 /// Installs the global subscriber. A second call (tests, embedding) keeps the first one.
 pub fn init(level: tracing::Level) {
     let filter = match std::env::var("RUST_LOG") {
@@ -14,9 +20,9 @@ pub fn init(level: tracing::Level) {
                 eprintln!(
                     "RUST_LOG is {directives:?}: {e}; using SYNCV3_LOG_LEVEL={level} instead"
                 );
-                EnvFilter::new(level.as_str())
+                default_filter(level)
             }),
-        _ => EnvFilter::new(level.as_str()),
+        _ => default_filter(level),
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -115,3 +115,45 @@ fn a_flag_overrides_a_bad_environment_value() {
     let line = fails_with_one_line(&output);
     assert!(line.contains("\"shouting\""), "{line}");
 }
+
+#[test]
+fn an_unreachable_database_stops_startup_with_one_line() {
+    let output = slidesync(
+        &[],
+        &[
+            ("SYNCV3_SERVER", "http://127.0.0.1:1"),
+            ("SYNCV3_DB", "postgres://proxy:dbpass@127.0.0.1:1/syncv3"),
+            SECRET,
+        ],
+    );
+    let line = fails_with_one_line(&output);
+    assert!(line.starts_with("SYNCV3_DB (--db)"), "{line}");
+    assert!(!line.contains("dbpass"), "the password is redacted: {line}");
+}
+
+#[tokio::test]
+async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
+    use slidesync::store::persist::Persist;
+    let db = crate::support::db::TestDb::new().await;
+    {
+        let store = slidesync::store::pg::PgStore::connect(&db.url, 1).await.unwrap();
+        let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
+        let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
+        store
+            .insert_token("hash", &cipher.encrypt("syt_token"), &device)
+            .await
+            .unwrap();
+    }
+    let url = db.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        slidesync(
+            &["--bindaddr", "127.0.0.1:0"],
+            &[("SYNCV3_SERVER", "http://127.0.0.1:1"), ("SYNCV3_DB", &url), SECRET],
+        )
+    })
+    .await
+    .unwrap();
+    let line = fails_with_one_line(&output);
+    assert!(line.starts_with("SYNCV3_SECRET (--secret)"), "{line}");
+    assert!(line.contains("1 stored access tokens"), "{line}");
+}
