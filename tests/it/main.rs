@@ -7,3 +7,4 @@ mod room_list;
 mod serve;
 mod support;
 mod synapse_smoke;
+mod upstream;
