@@ -422,7 +422,8 @@ impl Store {
     /// Rebuilds the hot state from storage. Snapshots load without parsing; only the
     /// state events after a room's snapshot and its newest timeline events are parsed.
     pub async fn load(persist: &dyn Persist, queue: WriteQueue) -> Result<Store, PersistError> {
-        let store = Store::new(queue, persist.max_position().await? + 1);
+        let mut next_position = persist.max_position().await? + 1;
+        let store = Store::new(queue, next_position);
         let rooms = persist
             .load_rooms(TIMELINE_RING, &|n| {
                 tracing::info!(rooms = n, "rebuilding rooms")
@@ -437,26 +438,29 @@ impl Store {
                     .map_err(|e| PersistError::Corrupt(format!("snapshot of {room_id}: {e}")))?;
                 snap.state = RoomState::from_base(base, position);
             }
-            for stored in loaded.state_after_snapshot.iter().chain(&loaded.timeline) {
-                let Ok(mut ev) = wire::parse_event(&stored.json) else {
-                    tracing::warn!(room = %room_id, position = stored.position, "skipping unreadable stored event");
-                    continue;
-                };
-                ev.position = stored.position;
-                slot.seen.insert(&ev.event_id);
-                let ev = Arc::new(ev);
-                if stored.is_state && stored.position > snap.state.base_position() {
-                    snap.state.set(Arc::clone(&ev));
+            let parse = |stored: &persist::StoredEvent| match wire::parse_event(&stored.json) {
+                Ok(mut ev) => {
+                    ev.position = stored.position;
+                    Some(Arc::new(ev))
                 }
-                if stored.in_timeline
-                    && loaded
-                        .timeline
-                        .iter()
-                        .any(|t| t.position == stored.position)
-                {
+                Err(e) => {
+                    tracing::warn!(room = %room_id, position = stored.position, error = %e, "skipping unreadable stored event");
+                    None
+                }
+            };
+            for stored in &loaded.state_after_snapshot {
+                if let Some(ev) = parse(stored) {
+                    slot.seen.insert(&ev.event_id);
+                    snap.state.set(ev);
+                }
+            }
+            for stored in &loaded.timeline {
+                if let Some(ev) = parse(stored) {
+                    slot.seen.insert(&ev.event_id);
                     snap.push_timeline(ev);
                 }
             }
+            next_position = next_position.max(snap.state.base_position() + 1);
             snap.recompute_meta();
             slot.snapshot = Arc::new(snap);
             store.rooms.insert(room_id, slot);
@@ -481,9 +485,12 @@ impl Store {
                     event: None,
                 },
             };
+            next_position = next_position.max(m.position + 1);
             store.install_membership(&user, &m.room_id, membership);
             user.set_ready();
         }
+        // Invites and snapshots take positions too; none may be handed out again.
+        store.next_position.fetch_max(next_position, Ordering::Relaxed);
         for u in persist.load_unread().await? {
             if let Some(user) = store.user(&u.user_id) {
                 store.set_unread(&user, &u.room_id, u.notification_count, u.highlight_count);

@@ -3,7 +3,7 @@
 //! One narrow trait so Postgres (production) and an embedded store can sit behind it and
 //! tests can count or stall writes. The hot state never reads from it after startup: it
 //! writes behind (see [`super::writer`]) and reads everything back once, in
-//! [`Persist::load`], to rebuild itself.
+//! the `load_*` calls, to rebuild itself.
 
 use async_trait::async_trait;
 use bytes::Bytes;
