@@ -237,13 +237,10 @@ impl Pollers {
                     first = false;
                     if since.as_deref() != Some(&next_batch) {
                         self.since.insert(device.clone(), next_batch.clone());
-                        self.store
-                            .queue()
-                            .send(vec![Write::DeviceSince {
-                                device: device.clone(),
-                                since: next_batch.clone(),
-                            }])
-                            .await;
+                        self.store.queue().push([Write::DeviceSince {
+                            device: device.clone(),
+                            since: next_batch.clone(),
+                        }]);
                         since = Some(next_batch);
                     }
                     user.set_ready();

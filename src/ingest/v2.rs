@@ -29,11 +29,26 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
 }
 
 /// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
-/// Writes are queued before returning, so the caller's `since` write comes after them.
+/// Its writes are queued before this returns, so the caller's `since` comes after them.
 pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<String, ProcessError> {
     let resp: SyncResponse<'_> = wire::parse_sync(body).map_err(|e| ProcessError(e.to_string()))?;
-    let mut writes = Vec::new();
-    if let Some(rooms) = resp.rooms {
+    let rooms = resp.rooms.unwrap_or_default();
+    // Room for every event plus a few rows per room (membership, unread, snapshot).
+    let estimate = rooms
+        .join
+        .values()
+        .map(|r| r.state.events.len() + r.timeline.events.len() + 3)
+        .chain(
+            rooms
+                .leave
+                .values()
+                .map(|r| r.state.events.len() + r.timeline.events.len() + 2),
+        )
+        .sum::<usize>()
+        + rooms.invite.len()
+        + 1;
+    let reservation = store.queue().reserve(estimate).await;
+    {
         for (room_id, joined) in rooms.join {
             let room_id: RoomId = room_id.into();
             let delta = RoomDelta {
@@ -42,15 +57,15 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 timeline: parse_events(&joined.timeline.events, &room_id),
                 prev_batch: joined.timeline.prev_batch,
             };
-            writes.extend(store.apply_room(delta));
-            writes.extend(store.confirm_join(user, &room_id));
+            store.apply_room(delta);
+            store.confirm_join(user, &room_id);
             if let Some(unread) = joined.unread_notifications {
-                writes.extend(store.set_unread(
+                store.set_unread(
                     user,
                     &room_id,
                     unread.notification_count.unwrap_or(0),
                     unread.highlight_count.unwrap_or(0),
-                ));
+                );
             }
         }
         for (room_id, invited) in rooms.invite {
@@ -65,7 +80,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
             }
             state.push(b']');
             let ts = wire::invite_ts(&state, &user.user_id).unwrap_or_else(now_ms);
-            writes.extend(store.set_invite(user, &room_id, Bytes::from(state), ts));
+            store.set_invite(user, &room_id, Bytes::from(state), ts);
         }
         for (room_id, left) in rooms.leave {
             let room_id: RoomId = room_id.into();
@@ -84,12 +99,12 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 timeline,
                 prev_batch: left.timeline.prev_batch,
             };
-            writes.extend(store.apply_room(delta));
+            store.apply_room(delta);
             let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
-            writes.extend(store.set_left(user, &room_id, leave_event));
+            store.set_left(user, &room_id, leave_event);
         }
     }
-    store.queue().send(writes).await;
+    store.queue().release(reservation);
     Ok(resp.next_batch)
 }
 

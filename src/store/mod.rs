@@ -94,7 +94,7 @@ impl Store {
     /// Applies one room's new events: drops the ones already seen (many pollers deliver
     /// the same room), gives the rest positions, updates state and timeline, then updates
     /// the memberships of this proxy's users and wakes those in the room.
-    pub fn apply_room(&self, delta: RoomDelta) -> Vec<Write> {
+    pub fn apply_room(&self, delta: RoomDelta) {
         let room_id = delta.room_id;
         let mut writes = Vec::new();
         let mut members = Vec::new();
@@ -159,6 +159,8 @@ impl Store {
             }
             let latest_ts = next.meta.latest_ts;
             slot.snapshot = Arc::new(next);
+            // Queued while the room is still locked: see `writer` on why order matters.
+            self.queue.push(writes.drain(..));
             let locals: Vec<UserId> = if new_timeline {
                 slot.locals.iter().cloned().collect()
             } else {
@@ -170,7 +172,7 @@ impl Store {
             let Some(user) = ev.state_key.as_deref().and_then(|u| self.user(u)) else {
                 continue;
             };
-            self.on_member_event(&user, &room_id, &ev, &mut writes);
+            self.on_member_event(&user, &room_id, &ev);
         }
         for user_id in locals {
             if let Some(user) = self.user(&user_id) {
@@ -186,7 +188,6 @@ impl Store {
                 });
             }
         }
-        writes
     }
 
     fn accept(
@@ -210,13 +211,7 @@ impl Store {
 
     /// A member event about one of our users, from whichever poller saw it first: the
     /// room's event order decides membership, so a lagging poller cannot undo a leave.
-    fn on_member_event(
-        &self,
-        user: &UserState,
-        room_id: &RoomId,
-        ev: &Arc<Event>,
-        writes: &mut Vec<Write>,
-    ) {
+    fn on_member_event(&self, user: &UserState, room_id: &RoomId, ev: &Arc<Event>) {
         match ev.membership {
             Some(Membership::Join) => {
                 let joined = matches!(
@@ -224,12 +219,7 @@ impl Store {
                     Some(UserMembership::Join { .. })
                 );
                 if !joined {
-                    self.set_membership(
-                        user,
-                        room_id,
-                        UserMembership::Join { since: ev.position },
-                        writes,
-                    );
+                    self.set_membership(user, room_id, UserMembership::Join { since: ev.position });
                 }
             }
             Some(Membership::Leave | Membership::Ban) => {
@@ -244,7 +234,7 @@ impl Store {
                         position: ev.position,
                         event: Some(Arc::clone(ev)),
                     };
-                    self.set_membership(user, room_id, leave, writes);
+                    self.set_membership(user, room_id, leave);
                 }
             }
             // Invites come with their stripped state from the invitee's own poller.
@@ -254,35 +244,26 @@ impl Store {
 
     /// The user's own poller lists the room under `join`: after its events were applied,
     /// the room's state has the user's join event (or the room predates our knowledge).
-    pub fn confirm_join(&self, user: &UserState, room_id: &RoomId) -> Vec<Write> {
-        let mut writes = Vec::new();
+    pub fn confirm_join(&self, user: &UserState, room_id: &RoomId) {
         if matches!(
             user.read().membership(room_id),
             Some(UserMembership::Join { .. })
         ) {
-            return writes;
+            return;
         }
         let since = match self.room(room_id) {
             Some(room) => match room.state.get("m.room.member", &user.user_id) {
                 Some(m) if m.membership() == Some(Membership::Join) => m.position(),
-                Some(_) => return writes,
+                Some(_) => return,
                 None => room.meta.latest_position,
             },
-            None => return writes,
+            None => return,
         };
-        self.set_membership(user, room_id, UserMembership::Join { since }, &mut writes);
-        writes
+        self.set_membership(user, room_id, UserMembership::Join { since });
     }
 
     /// The user's own poller lists the room under `invite`.
-    pub fn set_invite(
-        &self,
-        user: &UserState,
-        room_id: &RoomId,
-        invite_state: Bytes,
-        ts: u64,
-    ) -> Vec<Write> {
-        let mut writes = Vec::new();
+    pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) {
         let joined = self
             .room(room_id)
             .and_then(|r| r.membership_of(&user.user_id))
@@ -295,20 +276,13 @@ impl Store {
                 invite_state,
                 ts,
             };
-            self.set_membership(user, room_id, invite, &mut writes);
+            self.set_membership(user, room_id, invite);
         }
-        writes
     }
 
     /// The user's own poller lists the room under `leave` (including rejected invites,
     /// which have no room state here).
-    pub fn set_left(
-        &self,
-        user: &UserState,
-        room_id: &RoomId,
-        event: Option<Arc<Event>>,
-    ) -> Vec<Write> {
-        let mut writes = Vec::new();
+    pub fn set_left(&self, user: &UserState, room_id: &RoomId, event: Option<Arc<Event>>) {
         if user
             .read()
             .membership(room_id)
@@ -317,14 +291,8 @@ impl Store {
             let position = event
                 .as_ref()
                 .map_or_else(|| self.position(), |e| e.position);
-            self.set_membership(
-                user,
-                room_id,
-                UserMembership::Leave { position, event },
-                &mut writes,
-            );
+            self.set_membership(user, room_id, UserMembership::Leave { position, event });
         }
-        writes
     }
 
     pub fn set_unread(
@@ -333,7 +301,7 @@ impl Store {
         room_id: &RoomId,
         notification: u64,
         highlight: u64,
-    ) -> Vec<Write> {
+    ) {
         let changed = user.update(|d| match d.rooms.get_mut(room_id) {
             Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
                 r.notification_count = notification;
@@ -343,24 +311,17 @@ impl Store {
             }
             _ => false,
         });
-        if !changed {
-            return Vec::new();
+        if changed {
+            self.queue.push([Write::Unread {
+                user_id: user.user_id.clone(),
+                room_id: room_id.clone(),
+                notification_count: notification,
+                highlight_count: highlight,
+            }]);
         }
-        vec![Write::Unread {
-            user_id: user.user_id.clone(),
-            room_id: room_id.clone(),
-            notification_count: notification,
-            highlight_count: highlight,
-        }]
     }
 
-    fn set_membership(
-        &self,
-        user: &UserState,
-        room_id: &RoomId,
-        membership: UserMembership,
-        writes: &mut Vec<Write>,
-    ) {
+    fn set_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership) {
         let (kind, position, invite_state) = match &membership {
             UserMembership::Join { since } => (MembershipKind::Join, *since, None),
             UserMembership::Invite {
@@ -374,13 +335,13 @@ impl Store {
             ),
             UserMembership::Leave { position, .. } => (MembershipKind::Leave, *position, None),
         };
-        writes.push(Write::Membership {
+        self.queue.push([Write::Membership {
             user_id: user.user_id.clone(),
             room_id: room_id.clone(),
             kind,
             position,
             invite_state,
-        });
+        }]);
         self.install_membership(user, room_id, membership);
     }
 
@@ -490,7 +451,9 @@ impl Store {
             user.set_ready();
         }
         // Invites and snapshots take positions too; none may be handed out again.
-        store.next_position.fetch_max(next_position, Ordering::Relaxed);
+        store
+            .next_position
+            .fetch_max(next_position, Ordering::Relaxed);
         for u in persist.load_unread().await? {
             if let Some(user) = store.user(&u.user_id) {
                 store.set_unread(&user, &u.room_id, u.notification_count, u.highlight_count);

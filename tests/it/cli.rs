@@ -136,7 +136,9 @@ async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
     use slidesync::store::persist::Persist;
     let db = crate::support::db::TestDb::new().await;
     {
-        let store = slidesync::store::pg::PgStore::connect(&db.url, 1).await.unwrap();
+        let store = slidesync::store::pg::PgStore::connect(&db.url, 1)
+            .await
+            .unwrap();
         let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
         let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
         store
@@ -148,7 +150,11 @@ async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
     let output = tokio::task::spawn_blocking(move || {
         slidesync(
             &["--bindaddr", "127.0.0.1:0"],
-            &[("SYNCV3_SERVER", "http://127.0.0.1:1"), ("SYNCV3_DB", &url), SECRET],
+            &[
+                ("SYNCV3_SERVER", "http://127.0.0.1:1"),
+                ("SYNCV3_DB", &url),
+                SECRET,
+            ],
         )
     })
     .await

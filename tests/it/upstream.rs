@@ -14,7 +14,13 @@ use slidesync::upstream::{Homeserver, SyncCall, UpstreamError};
 
 /// A homeserver that records request URIs and Authorization headers: `good` is a
 /// valid token, anything else gets 401.
-async fn recording_homeserver(addr: BindAddr) -> (String, Arc<Mutex<Vec<(String, String)>>>, tokio::sync::oneshot::Sender<()>) {
+async fn recording_homeserver(
+    addr: BindAddr,
+) -> (
+    String,
+    Arc<Mutex<Vec<(String, String)>>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let listener = listen::bind(&addr).await.unwrap();
     let local = listener.local_addr();
@@ -31,8 +37,12 @@ async fn recording_homeserver(addr: BindAddr) -> (String, Arc<Mutex<Vec<(String,
             record.lock().push((req.uri().to_string(), auth.clone()));
             let (status, body): (StatusCode, &'static str) = match req.uri().path() {
                 "/_matrix/client/versions" => (StatusCode::OK, r#"{"versions":["v1.11"]}"#),
-                _ if auth != "Bearer good" => (StatusCode::UNAUTHORIZED, r#"{"errcode":"M_UNKNOWN_TOKEN"}"#),
-                "/_matrix/client/v3/account/whoami" => (StatusCode::OK, r#"{"user_id":"@a:test","device_id":"DEV"}"#),
+                _ if auth != "Bearer good" => {
+                    (StatusCode::UNAUTHORIZED, r#"{"errcode":"M_UNKNOWN_TOKEN"}"#)
+                }
+                "/_matrix/client/v3/account/whoami" => {
+                    (StatusCode::OK, r#"{"user_id":"@a:test","device_id":"DEV"}"#)
+                }
                 "/_matrix/client/v3/sync" => (StatusCode::OK, r#"{"next_batch":"s2"}"#),
                 _ => (StatusCode::NOT_FOUND, "{}"),
             };
@@ -51,8 +61,14 @@ async fn exercise(target: Target, seen: &Mutex<Vec<(String, String)>>) {
     let hs = HttpHomeserver::new(target, Duration::from_secs(5));
     assert!(hs.versions().await.unwrap().starts_with(b"{\"versions\""));
     let who = hs.whoami("good").await.unwrap();
-    assert_eq!((who.user_id.as_str(), who.device_id.as_str()), ("@a:test", "DEV"));
-    assert!(matches!(hs.whoami("bad").await, Err(UpstreamError::Unauthorized)));
+    assert_eq!(
+        (who.user_id.as_str(), who.device_id.as_str()),
+        ("@a:test", "DEV")
+    );
+    assert!(matches!(
+        hs.whoami("bad").await,
+        Err(UpstreamError::Unauthorized)
+    ));
     let body = hs
         .sync(SyncCall {
             token: "good",
@@ -74,13 +90,22 @@ async fn exercise(target: Target, seen: &Mutex<Vec<(String, String)>>) {
 
 #[tokio::test]
 async fn the_homeserver_is_reached_over_tcp() {
-    let (addr, seen, _stop) = recording_homeserver(BindAddr::Tcp("127.0.0.1:0".parse().unwrap())).await;
-    exercise(Target::Url(format!("http://{addr}").parse().unwrap()), &seen).await;
+    let (addr, seen, _stop) =
+        recording_homeserver(BindAddr::Tcp("127.0.0.1:0".parse().unwrap())).await;
+    exercise(
+        Target::Url(format!("http://{addr}").parse().unwrap()),
+        &seen,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn the_homeserver_is_reached_over_a_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("slidesync-upstream-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "slidesync-upstream-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("hs.sock");
     let (_, seen, _stop) = recording_homeserver(BindAddr::Unix(path.clone())).await;
@@ -90,6 +115,12 @@ async fn the_homeserver_is_reached_over_a_unix_socket() {
 
 #[tokio::test]
 async fn an_unreachable_homeserver_is_a_transport_error() {
-    let hs = HttpHomeserver::new(Target::Url("http://127.0.0.1:1".parse().unwrap()), Duration::from_secs(5));
-    assert!(matches!(hs.versions().await, Err(UpstreamError::Transport(_))));
+    let hs = HttpHomeserver::new(
+        Target::Url("http://127.0.0.1:1".parse().unwrap()),
+        Duration::from_secs(5),
+    );
+    assert!(matches!(
+        hs.versions().await,
+        Err(UpstreamError::Transport(_))
+    ));
 }
