@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use sonic_rs::JsonValueMutTrait;
@@ -53,9 +54,21 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let resp = match self.route(req).await {
-            Ok(resp) => resp,
-            Err(e) => error_response(&e),
+        // A bug must cost one request a 500, not the connection or the process.
+        let routed = std::panic::AssertUnwindSafe(self.route(req))
+            .catch_unwind()
+            .await;
+        let resp = match routed {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => error_response(&e),
+            Err(_) => {
+                tracing::error!(%method, %path, "request handler panicked");
+                error_response(&MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "Internal error; the proxy logged it",
+                ))
+            }
         };
         if method != Method::OPTIONS {
             tracing::info!(%method, %path, status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");

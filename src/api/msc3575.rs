@@ -297,6 +297,9 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if let Some(prev_batch) = &room.prev_batch {
         w.key("prev_batch").str(prev_batch);
     }
+    if let Some(ts) = room.timestamp {
+        w.key("timestamp").u64(ts);
+    }
     if let Some(n) = room.joined_count {
         w.key("joined_count").u64(n.into());
     }

@@ -283,6 +283,7 @@ impl Connection {
             limited: limited && limit > 0,
             prev_batch,
             invite_state: None,
+            timestamp: Some(room.meta.latest_ts).filter(|ts| *ts > 0),
             joined_count: Some(room.meta.joined_count),
             invited_count: Some(room.meta.invited_count),
             notification_count: Some(unread.0),
@@ -313,6 +314,9 @@ impl Connection {
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
             ..RoomResult::default()
         };
+        if !out.timeline.is_empty() {
+            out.timestamp = Some(room.meta.latest_ts);
+        }
         let name = display_name(&room.meta, view.user_id);
         if name != sent.name {
             out.name = Some(name.clone());

@@ -239,3 +239,44 @@ fn merge_pending(pending: Vec<SyncRequest>, req: SyncRequest) -> Option<SyncRequ
     }
     Some(merged)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(conn_id: &str) -> ConnKey {
+        ConnKey {
+            device: DeviceKey::new("@a:x", "DEV"),
+            conn_id: conn_id.into(),
+        }
+    }
+
+    #[test]
+    fn idle_connections_are_swept() {
+        let conns = Conns::new(Duration::from_secs(60));
+        conns.open(&key("kept"));
+        conns.sweep();
+        assert_eq!(conns.len(), 1);
+        let conns = Conns::new(Duration::ZERO);
+        conns.open(&key("idle"));
+        conns.sweep();
+        assert!(conns.is_empty());
+        assert!(conns.per_device.is_empty());
+    }
+
+    #[test]
+    fn a_device_cannot_open_connections_without_bound() {
+        let conns = Conns::new(Duration::from_secs(60));
+        for i in 0..MAX_CONNS_PER_DEVICE + 5 {
+            conns.open(&key(&format!("c{i}")));
+        }
+        assert_eq!(conns.len(), MAX_CONNS_PER_DEVICE);
+        assert!(
+            !conns.map.contains_key(&key("c0")),
+            "the oldest one went first"
+        );
+        assert!(conns
+            .map
+            .contains_key(&key(&format!("c{}", MAX_CONNS_PER_DEVICE + 4))));
+    }
+}

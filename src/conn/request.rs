@@ -58,6 +58,8 @@ pub struct RoomResult {
     pub prev_batch: Option<String>,
     /// Stripped state for invites; nothing else of the room is sent to an invitee.
     pub invite_state: Option<Bytes>,
+    /// `origin_server_ts` of the newest event (the Go proxy's `timestamp`).
+    pub timestamp: Option<u64>,
     pub joined_count: Option<u32>,
     pub invited_count: Option<u32>,
     pub notification_count: Option<u64>,
