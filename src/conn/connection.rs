@@ -248,12 +248,16 @@ impl Connection {
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        let (timeline, skipped) = room.timeline_after(since.saturating_sub(1), limit);
-        let ring_full = room.timeline.len() == TIMELINE_RING;
-        let limited = skipped
-            || (ring_full
-                && timeline.first().map(|e| e.position)
-                    == room.timeline.front().map(|e| e.position));
+        let (timeline, gap) = room.timeline_after(since.saturating_sub(1), limit);
+        // The client has nothing of this room: the timeline is limited when the room
+        // has visible history before what we return, which we know unless the oldest
+        // event returned is the room's creation or the reader's join.
+        let history_before = timeline.first().is_some_and(|first| {
+            room.timeline.front().map(|e| e.position) == Some(first.position)
+                && &*first.kind != "m.room.create"
+                && first.position > since
+        });
+        let limited = gap || history_before;
         let prev_batch = timeline
             .iter()
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
@@ -300,17 +304,10 @@ impl Connection {
         let room = (view.room)(room_id)?;
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let (timeline, skipped) = room.timeline_after(after, TIMELINE_RING);
-        // Events newer than what we sent fell out of the ring before this response: the
-        // client has a gap.
-        let lost = timeline.first().is_some_and(|first| {
-            room.timeline.front().map(|f| f.position) == Some(first.position)
-                && first.position > after + 1
-                && room.timeline.len() == TIMELINE_RING
-        });
+        let (timeline, gap) = room.timeline_after(after, TIMELINE_RING);
         let mut out = RoomResult {
             num_live: timeline.len(),
-            limited: skipped || lost,
+            limited: gap,
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
             ..RoomResult::default()
         };
@@ -371,4 +368,169 @@ fn merge(list: &mut ListState, params: &ListParams) -> bool {
         list.required_state = rs.clone();
     }
     resend
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::event::Membership;
+    use crate::store::testing::{delta, event, store, with_membership};
+    use crate::store::Store;
+
+    const ME: &str = "@me:x";
+
+    fn list(ranges: Vec<Range>, timeline_limit: usize) -> SyncRequest {
+        let mut lists = BTreeMap::new();
+        lists.insert(
+            "all".to_owned(),
+            ListParams {
+                ranges: Some(ranges),
+                timeline_limit: Some(timeline_limit),
+                ..ListParams::default()
+            },
+        );
+        SyncRequest {
+            lists,
+            ..SyncRequest::default()
+        }
+    }
+
+    /// A room the reader is joined to, with `messages` messages after the join.
+    fn joined_room(store: &Store, room: &str, messages: u64, ts: u64) {
+        let user = store.user_or_insert(&ME.into());
+        let mut timeline = vec![
+            event("m.room.create", Some(""), ME, ts),
+            event("m.room.member", Some(ME), ME, ts),
+        ];
+        timeline.extend((0..messages).map(|i| event("m.room.message", None, ME, ts + 1 + i)));
+        store.apply_room(delta(room, vec![], timeline));
+        store.confirm_join(&user, &room.into());
+    }
+
+    fn step(conn: &mut Connection, store: &Store, req: Option<&SyncRequest>) -> SyncResponse {
+        let user = store.user(ME).unwrap();
+        let data = user.read();
+        let room = |id: &str| store.room(id);
+        conn.step(
+            req,
+            &View {
+                user_id: ME,
+                data: &data,
+                room: &room,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn omitted_list_keeps_its_ranges() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let mut conn = Connection::default();
+        let first = step(&mut conn, &store, Some(&list(vec![(0, 0)], 1)));
+        assert_eq!(
+            first.lists["all"].ops,
+            [Op::Sync {
+                range: (0, 0),
+                room_ids: vec!["!b:x".into()]
+            }]
+        );
+        let again = step(&mut conn, &store, Some(&SyncRequest::default()));
+        assert!(again.lists["all"].ops.is_empty(), "{again:?}");
+        assert_eq!(again.lists["all"].count, 2);
+        assert!(!again.has_data());
+    }
+
+    #[tokio::test]
+    async fn a_timeline_is_limited_only_when_older_visible_events_exist() {
+        let store = store();
+        joined_room(&store, "!small:x", 2, 100);
+        joined_room(&store, "!big:x", 10, 200);
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 1)], 5)));
+        let big = &resp.rooms["!big:x"];
+        assert_eq!(big.timeline.len(), 5);
+        assert!(big.limited);
+        let small = &resp.rooms["!small:x"];
+        assert_eq!(
+            small.timeline.len(),
+            3,
+            "the join and two messages; the create came before the join"
+        );
+        assert!(!small.limited, "everything since the join fits");
+    }
+
+    #[tokio::test]
+    async fn raising_timeline_limit_resends_rooms_whole() {
+        let store = store();
+        joined_room(&store, "!a:x", 5, 100);
+        let mut conn = Connection::default();
+        step(&mut conn, &store, Some(&list(vec![(0, 0)], 1)));
+        let mut more = list(vec![(0, 0)], 4);
+        more.lists.get_mut("all").unwrap().ranges = None;
+        let resp = step(&mut conn, &store, Some(&more));
+        let room = &resp.rooms["!a:x"];
+        assert!(room.initial);
+        assert_eq!(room.timeline.len(), 4);
+        assert!(resp.lists["all"].ops.is_empty(), "the window did not move");
+    }
+
+    #[tokio::test]
+    async fn an_invite_shows_only_its_invite_state_until_joined() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![
+                event("m.room.create", Some(""), "@other:x", 1),
+                event("m.room.name", Some(""), "@other:x", 2),
+                event("m.room.message", None, "@other:x", 3),
+            ],
+        ));
+        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 4);
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 9)], 10)));
+        let invite = &resp.rooms["!r:x"];
+        assert_eq!(invite.invite_state.as_deref(), Some(&b"[]"[..]));
+        assert!(
+            invite.timeline.is_empty() && invite.required_state.is_empty() && invite.name.is_none()
+        );
+
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.member", Some(ME), ME, 5)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        let joined = &resp.rooms["!r:x"];
+        assert!(joined.initial, "joining sends the room whole");
+        assert_eq!(
+            joined.timeline.len(),
+            1,
+            "history before the join stays hidden"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_left_room_ends_with_its_leave_event_and_then_stays_silent() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let mut conn = Connection::default();
+        step(&mut conn, &store, Some(&list(vec![(0, 9)], 5)));
+        let leave = with_membership(event("m.room.member", Some(ME), ME, 300), Membership::Leave);
+        store.apply_room(delta("!r:x", vec![], vec![leave]));
+        let resp = step(&mut conn, &store, None);
+        assert_eq!(resp.lists["all"].ops, [Op::Delete { index: 0 }]);
+        assert_eq!(resp.rooms["!r:x"].timeline.len(), 1);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 400)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert!(resp.rooms.is_empty(), "{resp:?}");
+    }
 }

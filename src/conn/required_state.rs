@@ -87,6 +87,7 @@ mod tests {
                 membership: (kind == "m.room.member").then_some(Membership::Join),
                 text: None,
                 prev_batch: None,
+                gap_before: false,
                 position: 1,
                 json: Bytes::from(format!("\"{kind}|{key}\"")),
             }));

@@ -56,6 +56,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 state: parse_events(&joined.state.events, &room_id),
                 timeline: parse_events(&joined.timeline.events, &room_id),
                 prev_batch: joined.timeline.prev_batch,
+                limited: joined.timeline.limited,
             };
             store.apply_room(delta);
             store.confirm_join(user, &room_id);
@@ -98,6 +99,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                 state: parse_events(&left.state.events, &room_id),
                 timeline,
                 prev_batch: left.timeline.prev_batch,
+                limited: left.timeline.limited,
             };
             store.apply_room(delta);
             let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));

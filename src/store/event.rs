@@ -61,6 +61,9 @@ pub struct Event {
     pub text: Option<Box<str>>,
     /// The v2 `prev_batch` of the chunk this event starts, for back-pagination.
     pub prev_batch: Option<Box<str>>,
+    /// The homeserver left out events just before this one (first event of a `limited`
+    /// v2 timeline that was new to us).
+    pub gap_before: bool,
     /// Given when the store accepts the event; 0 before.
     pub position: Position,
     pub json: Bytes,

@@ -13,6 +13,8 @@ pub mod pg;
 pub mod room;
 pub mod sessions;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
 pub mod tokens;
 pub mod users;
 pub mod writer;
@@ -50,6 +52,8 @@ pub struct RoomDelta {
     pub timeline: Vec<Event>,
     /// The timeline's `prev_batch` token.
     pub prev_batch: Option<String>,
+    /// The homeserver's `limited`: events before this timeline were left out.
+    pub limited: bool,
 }
 
 impl Store {
@@ -133,11 +137,14 @@ impl Store {
                 0
             };
             let mut prev_batch = delta.prev_batch.map(String::into_boxed_str);
+            // Only a gap before events we did not know is a gap for our readers.
+            let mut gap = delta.limited && start == 0;
             for mut ev in delta.timeline.into_iter().skip(start) {
                 if !slot.seen.insert(&ev.event_id) {
                     continue;
                 }
                 ev.prev_batch = prev_batch.take();
+                ev.gap_before = std::mem::take(&mut gap);
                 let ev = self.accept(&room_id, ev, true, &mut writes);
                 if ev.is_state() {
                     if ev.membership.is_some() {

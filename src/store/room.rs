@@ -52,6 +52,8 @@ pub struct RoomSnapshot {
     pub meta: RoomMeta,
     /// Newest timeline events, oldest first, at most [`TIMELINE_RING`].
     pub timeline: Vector<Arc<Event>>,
+    /// Position of the newest event pushed out of `timeline` (0: none yet).
+    pub evicted: Position,
 }
 
 impl RoomSnapshot {
@@ -61,6 +63,7 @@ impl RoomSnapshot {
             state: RoomState::default(),
             meta: RoomMeta::default(),
             timeline: Vector::new(),
+            evicted: 0,
         }
     }
 
@@ -70,8 +73,9 @@ impl RoomSnapshot {
             .and_then(|s| s.membership())
     }
 
-    /// Timeline events after `position` that the reader may see, newest `limit` of them.
-    /// Returns the events oldest first and whether older visible events were left out.
+    /// Timeline events after `position`, newest `limit` of them, oldest first, and
+    /// whether events after `position` are missing before them: left out for the limit,
+    /// pushed out of the ring, or never sent by the homeserver (a gappy sync).
     pub fn timeline_after(&self, position: Position, limit: usize) -> (Vec<Arc<Event>>, bool) {
         let visible: Vec<&Arc<Event>> = self
             .timeline
@@ -79,10 +83,9 @@ impl RoomSnapshot {
             .filter(|e| e.position > position)
             .collect();
         let skip = visible.len().saturating_sub(limit);
-        (
-            visible[skip..].iter().map(|e| Arc::clone(e)).collect(),
-            skip > 0,
-        )
+        let out: Vec<Arc<Event>> = visible[skip..].iter().map(|e| Arc::clone(e)).collect();
+        let gap = skip > 0 || self.evicted > position || out.iter().any(|e| e.gap_before);
+        (out, gap)
     }
 
     /// Sets a state event and keeps the summary in step with it.
@@ -199,7 +202,9 @@ impl RoomSnapshot {
         self.meta.latest_position = ev.position;
         self.timeline.push_back(ev);
         while self.timeline.len() > TIMELINE_RING {
-            self.timeline.pop_front();
+            if let Some(old) = self.timeline.pop_front() {
+                self.evicted = old.position;
+            }
         }
     }
 }

@@ -310,6 +310,7 @@ mod tests {
             membership: (kind == "m.room.member").then_some(Membership::Join),
             text: None,
             prev_batch: None,
+            gap_before: false,
             position: pos,
             json: Bytes::from(format!("{{\"event_id\":\"{id}\"}}")),
         })

@@ -164,6 +164,7 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         membership,
         text,
         prev_batch: None,
+        gap_before: false,
         position: 0,
         json,
     })

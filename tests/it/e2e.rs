@@ -238,7 +238,12 @@ impl Binary {
         let client = HttpClient::new();
         for _ in 0..200 {
             let probe = client
-                .try_request(Method::GET, &format!("{url}/client/server.json"), None, None)
+                .try_request(
+                    Method::GET,
+                    &format!("{url}/client/server.json"),
+                    None,
+                    None,
+                )
                 .await;
             if probe.is_ok_and(|r| r.status == 200) {
                 return Binary { child, url };
@@ -250,7 +255,12 @@ impl Binary {
 
     async fn sync(&self, token: &str, body: &Value) -> Value {
         let resp = HttpClient::new()
-            .request(Method::POST, &format!("{}{MSC3575}?timeout=0", self.url), Some(token), Some(body))
+            .request(
+                Method::POST,
+                &format!("{}{MSC3575}?timeout=0", self.url),
+                Some(token),
+                Some(body),
+            )
             .await;
         assert_eq!(resp.status, 200, "{}", resp.text());
         resp.json()
