@@ -736,8 +736,8 @@ fn now_ms() -> i64 {
 fn redact(message: &str, url: &str) -> String {
     let mut out = message.to_owned();
     for secret in passwords_in(url) {
-        let decoded = percent_decode(secret);
-        for form in [secret, decoded.as_str()] {
+        let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy();
+        for form in [secret, &*decoded] {
             if !form.is_empty() {
                 out = out.replace(form, "***");
             }
@@ -766,29 +766,6 @@ fn passwords_in(url: &str) -> Vec<&str> {
         found.push(&value[..end]);
     }
     found
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

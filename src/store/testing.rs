@@ -1,9 +1,12 @@
-//! A store for unit tests: writes are discarded, events are built from a few fields.
+//! A store for unit tests: writes are recorded in memory, events are built from a few
+//! fields.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 use super::event::{Event, Membership};
 use super::persist::*;
@@ -11,12 +14,38 @@ use super::writer::WriteQueue;
 use super::{RoomDelta, Store};
 use crate::types::{DeviceKey, Position, RoomId};
 
-/// Keeps nothing and has nothing to load.
-pub struct NullPersist;
+/// Records committed writes and has nothing to load. Commits wait while its gate is
+/// closed, to play a stalled database.
+pub struct TestPersist {
+    gate: Semaphore,
+    pub committed: Mutex<Vec<Write>>,
+}
+
+impl TestPersist {
+    pub fn open() -> Self {
+        Self {
+            gate: Semaphore::new(Semaphore::MAX_PERMITS),
+            committed: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn stalled() -> Self {
+        Self {
+            gate: Semaphore::new(0),
+            committed: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn resume(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
 
 #[async_trait]
-impl Persist for NullPersist {
-    async fn write(&self, _: &[Write]) -> Result<(), PersistError> {
+impl Persist for TestPersist {
+    async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
+        let _open = self.gate.acquire().await.expect("gate never closes");
+        self.committed.lock().extend_from_slice(batch);
         Ok(())
     }
     async fn load_rooms(
@@ -49,9 +78,9 @@ impl Persist for NullPersist {
     }
 }
 
-/// A store over [`NullPersist`]; needs a tokio runtime for its writer task.
+/// A store over an open [`TestPersist`]; needs a tokio runtime for its writer task.
 pub fn store() -> Store {
-    let (queue, _writer) = WriteQueue::spawn(Arc::new(NullPersist), 1 << 20);
+    let (queue, _writer) = WriteQueue::spawn(Arc::new(TestPersist::open()), 1 << 20);
     Store::new(queue, 1)
 }
 

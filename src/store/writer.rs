@@ -142,59 +142,9 @@ async fn commit(persist: &dyn Persist, batch: &[Write]) {
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
-    use parking_lot::Mutex;
-
     use super::*;
-    use crate::store::persist::*;
-    use crate::types::{DeviceKey, Position, RoomId};
-
-    /// Commits only while the gate is open, and records what it committed.
-    struct Gated {
-        gate: Semaphore,
-        committed: Mutex<Vec<String>>,
-    }
-
-    #[async_trait]
-    impl Persist for Gated {
-        async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
-            let _open = self.gate.acquire().await.unwrap();
-            for w in batch {
-                if let Write::DeviceSince { since, .. } = w {
-                    self.committed.lock().push(since.clone());
-                }
-            }
-            Ok(())
-        }
-        async fn load_rooms(
-            &self,
-            _: usize,
-            _: &(dyn Fn(usize) + Sync),
-        ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
-            unimplemented!()
-        }
-        async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
-            unimplemented!()
-        }
-        async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
-            unimplemented!()
-        }
-        async fn max_position(&self) -> Result<Position, PersistError> {
-            unimplemented!()
-        }
-        async fn token(&self, _: &str) -> Result<Option<StoredToken>, PersistError> {
-            unimplemented!()
-        }
-        async fn insert_token(&self, _: &str, _: &str, _: &DeviceKey) -> Result<(), PersistError> {
-            unimplemented!()
-        }
-        async fn delete_token(&self, _: &str) -> Result<(), PersistError> {
-            unimplemented!()
-        }
-        async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
-            unimplemented!()
-        }
-    }
+    use crate::store::testing::TestPersist;
+    use crate::types::DeviceKey;
 
     fn since(s: &str) -> Write {
         Write::DeviceSince {
@@ -205,10 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_database_holds_reservations_back_and_order_is_kept() {
-        let persist = Arc::new(Gated {
-            gate: Semaphore::new(0),
-            committed: Mutex::new(Vec::new()),
-        });
+        let persist = Arc::new(TestPersist::stalled());
         let (queue, _task) = WriteQueue::spawn(persist.clone(), 4);
         let r = queue.reserve(3).await;
         queue.push([since("1"), since("2"), since("3")]);
@@ -218,11 +165,14 @@ mod tests {
             waited.is_err(),
             "no credits while the first writes are uncommitted"
         );
-        persist.gate.add_permits(100);
+        persist.resume();
         let r = queue.reserve(3).await;
         queue.push([since("4")]);
         queue.release(r);
         queue.flush().await;
-        assert_eq!(*persist.committed.lock(), ["1", "2", "3", "4"]);
+        assert_eq!(
+            *persist.committed.lock(),
+            [since("1"), since("2"), since("3"), since("4")]
+        );
     }
 }
