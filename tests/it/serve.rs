@@ -130,10 +130,11 @@ where
     Running { addr, stop, task }
 }
 
-#[tokio::test]
-async fn https_serves_http1_to_a_client_that_trusts_the_certificate() {
-    let scratch = Scratch::new();
-    let cert = Certificate::new(&scratch);
+/// An HTTPS echo server and a client connection to it that asked for `alpn`.
+async fn tls_echo_server(
+    cert: &Certificate,
+    alpn: &[u8],
+) -> (Running, tokio_rustls::client::TlsStream<TcpStream>) {
     let config = tls::server_config(&cert.files).unwrap();
     let server = start(
         BindAddr::Tcp("127.0.0.1:0".parse().unwrap()),
@@ -141,13 +142,20 @@ async fn https_serves_http1_to_a_client_that_trusts_the_certificate() {
         echo_path,
     )
     .await;
-
     let tcp = TcpStream::connect(&server.addr).await.unwrap();
     let stream = cert
-        .connector(b"http/1.1")
+        .connector(alpn)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
+    (server, stream)
+}
+
+#[tokio::test]
+async fn https_serves_http1_to_a_client_that_trusts_the_certificate() {
+    let scratch = Scratch::new();
+    let cert = Certificate::new(&scratch);
+    let (server, stream) = tls_echo_server(&cert, b"http/1.1").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -166,20 +174,7 @@ async fn https_serves_http1_to_a_client_that_trusts_the_certificate() {
 async fn https_negotiates_http2_through_alpn() {
     let scratch = Scratch::new();
     let cert = Certificate::new(&scratch);
-    let config = tls::server_config(&cert.files).unwrap();
-    let server = start(
-        BindAddr::Tcp("127.0.0.1:0".parse().unwrap()),
-        Some(config),
-        echo_path,
-    )
-    .await;
-
-    let tcp = TcpStream::connect(&server.addr).await.unwrap();
-    let stream = cert
-        .connector(b"h2")
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let (server, stream) = tls_echo_server(&cert, b"h2").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
