@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use sonic_rs::JsonValueMutTrait;
 
 use crate::conn::{ConnKey, Conns, Wait};
@@ -22,7 +22,7 @@ use crate::store::persist::Persist;
 use crate::store::sessions::Sessions;
 use crate::store::tokens::TokenCipher;
 use crate::store::Store;
-use crate::upstream::Homeserver;
+use crate::upstream::{full, Homeserver};
 
 pub const MSC3575_PATH: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
 /// Request bodies larger than this get 413: a sliding sync request is a few KiB.
@@ -31,7 +31,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub type Body = Full<Bytes>;
+pub use crate::upstream::Body;
 
 pub struct Api {
     pub store: Arc<Store>,
@@ -48,7 +48,7 @@ pub struct Api {
 impl Api {
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
@@ -78,12 +78,12 @@ impl Api {
 
     async fn route<B>(&self, req: Request<B>) -> Result<Response<Body>, MatrixError>
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path();
         if req.method() == Method::OPTIONS {
-            return Ok(Response::new(Body::default()));
+            return Ok(Response::new(full(Bytes::new())));
         }
         match path {
             MSC3575_PATH => {
@@ -103,13 +103,22 @@ impl Api {
                     .end_object();
                 Ok(json_response(StatusCode::OK, w.finish()))
             }
+            // Everything else a client sends the homeserver goes through unchanged, so
+            // the proxy can be the client's homeserver URL.
+            p if p.starts_with("/_matrix/") => {
+                let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
+                self.upstream.forward(req).await.map_err(|e| {
+                    tracing::warn!(error = %e, "passing a request through failed");
+                    MatrixError::upstream(format!("Cannot reach the homeserver: {e}"))
+                })
+            }
             _ => Err(MatrixError::not_found()),
         }
     }
 
     async fn msc3575<B>(&self, req: Request<B>) -> Result<Response<Body>, MatrixError>
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
@@ -169,7 +178,7 @@ impl Api {
 
 async fn read_body<B>(body: B) -> Result<Bytes, MatrixError>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match Limited::new(body, MAX_BODY).collect().await {
@@ -194,7 +203,7 @@ pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 }
 
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Bytes::from(body)));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

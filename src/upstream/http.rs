@@ -7,12 +7,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{Homeserver, SyncCall, UpstreamError, WhoAmI};
+use super::{full, Body, Homeserver, SyncCall, UpstreamError, WhoAmI};
 
 /// Sent on every upstream request so homeserver logs show where the polling comes from.
 const USER_AGENT: &str = concat!("slidesync/", env!("CARGO_PKG_VERSION"));
@@ -30,8 +30,8 @@ pub enum Target {
 }
 
 enum Transport {
-    Tcp(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
-    Unix(Client<hyperlocal::UnixConnector, Full<Bytes>>, PathBuf),
+    Tcp(Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>),
+    Unix(Client<hyperlocal::UnixConnector, Body>, PathBuf),
 }
 
 pub struct HttpHomeserver {
@@ -99,14 +99,10 @@ impl HttpHomeserver {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = req
-            .body(Full::new(Bytes::new()))
+            .body(full(Bytes::new()))
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let exchange = async {
-            let resp = match &self.transport {
-                Transport::Tcp(c) => c.request(req).await,
-                Transport::Unix(c, _) => c.request(req).await,
-            }
-            .map_err(|e| UpstreamError::Transport(error_chain(&e)))?;
+            let resp = self.send(req).await?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -128,6 +124,38 @@ impl HttpHomeserver {
                     .into_owned(),
             }),
         }
+    }
+}
+
+impl HttpHomeserver {
+    async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        match &self.transport {
+            Transport::Tcp(c) => c.request(req).await,
+            Transport::Unix(c, _) => c.request(req).await,
+        }
+        .map_err(|e| UpstreamError::Transport(error_chain(&e)))
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), and
+/// `Host`, which the client sets for the homeserver.
+const HOP_BY_HOP: [http::header::HeaderName; 8] = [
+    http::header::CONNECTION,
+    http::header::HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
     }
 }
 
@@ -198,6 +226,24 @@ impl Homeserver for HttpHomeserver {
     async fn versions(&self) -> Result<Bytes, UpstreamError> {
         self.call(Method::GET, "/_matrix/client/versions", None, self.timeout)
             .await
+    }
+
+    async fn forward(&self, req: Request<Body>) -> Result<http::Response<Body>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = self.uri(path)?;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(http::header::HOST);
+        // Only the response head is bounded: a media download may stream for longer.
+        let resp = tokio::time::timeout(self.timeout, self.send(Request::from_parts(parts, body)))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))??;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(http::Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ))
     }
 }
 

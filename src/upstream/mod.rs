@@ -10,6 +10,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// A streamed HTTP body, for requests and responses passed through unchanged.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that is already in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,4 +72,10 @@ pub trait Homeserver: Send + Sync + 'static {
     async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError>;
     /// `GET /_matrix/client/versions`: the raw JSON body.
     async fn versions(&self) -> Result<Bytes, UpstreamError>;
+    /// Passes a client request through unchanged (but for hop-by-hop headers) and
+    /// streams the answer back.
+    async fn forward(
+        &self,
+        req: ::http::Request<Body>,
+    ) -> Result<::http::Response<Body>, UpstreamError>;
 }

@@ -294,3 +294,45 @@ async fn the_binary_serves_synapse_rooms_and_keeps_them_across_a_restart() {
     assert_eq!(names(&again), ["Porch", "Workshop"]);
     proxy.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_can_use_the_proxy_as_its_homeserver_url() {
+    let hs = synapse().await;
+    let dana = hs.register("dana").await;
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let client = HttpClient::new();
+    let created = client
+        .request(
+            Method::POST,
+            &format!("{}/_matrix/client/v3/createRoom", proxy.url),
+            Some(&dana.access_token),
+            Some(&json!({"name": "Through the proxy"})),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let room = created.json()["room_id"].as_str().unwrap().to_owned();
+    let sent = client
+        .request(
+            Method::PUT,
+            &format!(
+                "{}/_matrix/client/v3/rooms/{}/send/m.room.message/txn1",
+                proxy.url,
+                crate::support::http::encode(&room)
+            ),
+            Some(&dana.access_token),
+            Some(&json!({"msgtype": "m.text", "body": "sent via slidesync"})),
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let resp = proxy
+        .sync_ok(&dana.access_token, None, 0, &room_list(0))
+        .await;
+    assert_eq!(names(&resp), ["Through the proxy"]);
+    let timeline = resp["rooms"][room.as_str()]["timeline"].as_array().unwrap();
+    assert_eq!(
+        timeline.last().unwrap()["content"]["body"].as_str(),
+        Some("sent via slidesync")
+    );
+    proxy.stop().await;
+}

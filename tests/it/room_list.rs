@@ -228,3 +228,58 @@ async fn txn_id_is_echoed_and_unread_counts_are_sent() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn other_client_requests_pass_through_to_the_homeserver() {
+    let (_db, _hs, proxy) = setup().await;
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/!r:test/send/m.room.message/t1?ts=5",
+        proxy.url
+    );
+    let resp = proxy
+        .client
+        .request(
+            http::Method::PUT,
+            &url,
+            Some("alice_token"),
+            Some(&json!({"body": "hi"})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "the homeserver's status comes back");
+    let echo = resp.json();
+    assert_eq!(echo["method"].as_str(), Some("PUT"));
+    assert_eq!(
+        echo["path"].as_str(),
+        Some("/_matrix/client/v3/rooms/!r:test/send/m.room.message/t1?ts=5")
+    );
+    assert_eq!(echo["authorization"].as_str(), Some("Bearer alice_token"));
+    assert_eq!(echo["body"].as_str(), Some(r#"{"body":"hi"}"#));
+    assert_eq!(
+        echo["connection"].as_str(),
+        Some(""),
+        "hop-by-hop headers stay behind"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn versions_advertise_sliding_sync() {
+    let (_db, _hs, proxy) = setup().await;
+    let resp = proxy
+        .client
+        .request(
+            http::Method::GET,
+            &format!("{}/_matrix/client/versions", proxy.url),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json();
+    assert_eq!(
+        v["unstable_features"]["org.matrix.msc3575"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(v["versions"][0].as_str(), Some("v1.11"));
+    proxy.stop().await;
+}

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use slidesync::upstream::{Homeserver, SyncCall, UpstreamError, WhoAmI};
+use slidesync::upstream::{full, Body, Homeserver, SyncCall, UpstreamError, WhoAmI};
 use tokio::sync::Notify;
 
 /// A poll with nothing scripted returns empty after at most this long, so pollers loop
@@ -158,5 +159,37 @@ impl Homeserver for FakeHomeserver {
         Ok(Bytes::from_static(
             br#"{"versions":["v1.11"],"unstable_features":{}}"#,
         ))
+    }
+
+    /// Echoes what arrived: method, path and query, Authorization, Connection, body.
+    async fn forward(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?
+            .to_bytes();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let echo = sonic_rs::json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path_and_query().map_or("", |p| p.as_str()),
+            "authorization": header("authorization"),
+            "connection": header("connection"),
+            "body": String::from_utf8_lossy(&body),
+        });
+        Ok(http::Response::builder()
+            .status(201)
+            .body(full(echo.to_string()))
+            .unwrap())
     }
 }
