@@ -124,3 +124,53 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::store::testing::store;
+
+    const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
+
+    #[tokio::test]
+    async fn a_response_is_applied_to_rooms_and_memberships() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        assert_eq!(process(&store, &user, BODY).await.unwrap(), "s1");
+        let room = store.room("!r:x").unwrap();
+        assert_eq!(room.timeline.len(), 2);
+        assert!(
+            room.timeline[0].gap_before,
+            "a limited timeline starts after a gap"
+        );
+        assert_eq!(room.timeline[0].prev_batch.as_deref(), Some("p"));
+        let data = user.read();
+        assert!(matches!(
+            data.membership("!r:x"),
+            Some(crate::store::users::UserMembership::Join { .. })
+        ));
+        assert!(matches!(
+            data.membership("!i:x"),
+            Some(crate::store::users::UserMembership::Invite { .. })
+        ));
+        assert_eq!(data.rooms["!r:x"].notification_count, 2);
+    }
+
+    /// Random byte edits of a valid response: applied, or refused, never a panic.
+    #[tokio::test]
+    async fn mangled_responses_never_panic() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for _ in 0..3_000 {
+            let mut body = BODY.to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let at = rng.gen_range(0..body.len());
+                body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
+            }
+            let _ = process(&store, &user, &body).await;
+        }
+    }
+}
