@@ -52,8 +52,21 @@ struct Entry {
     /// connection at a time. A newer request first fires `cancel`, so the older one
     /// returns at once instead of holding the connection.
     slot: tokio::sync::Mutex<Slot>,
+    /// Bumped by every request (and by replacing the connection); a long-poll whose
+    /// request is no longer the newest stops. With the `Notify` alone a request that
+    /// arrived while the older one was between two waits would go unnoticed.
+    generation: AtomicU64,
     cancel: Notify,
     last_used: Mutex<Instant>,
+}
+
+impl Entry {
+    /// Makes the in-flight request (if any) return; returns the caller's generation.
+    fn supersede(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.cancel.notify_waiters();
+        generation
+    }
 }
 
 pub struct Conns {
@@ -118,11 +131,12 @@ impl Conns {
                 pending: Vec::new(),
                 responses: 0,
             }),
+            generation: AtomicU64::new(0),
             cancel: Notify::new(),
             last_used: Mutex::new(Instant::now()),
         });
         if let Some(old) = self.map.insert(key.clone(), Arc::clone(&entry)) {
-            old.cancel.notify_waiters();
+            old.supersede();
         }
         let mut ids = self.per_device.entry(key.device.clone()).or_default();
         ids.retain(|id| *id != key.conn_id);
@@ -134,7 +148,7 @@ impl Conns {
                     conn_id: oldest,
                 };
                 if let Some((_, old)) = self.map.remove(&old_key) {
-                    old.cancel.notify_waiters();
+                    old.supersede();
                 }
             }
         }
@@ -162,7 +176,7 @@ impl Conns {
                 .ok_or_else(MatrixError::unknown_pos)?,
         };
         *entry.last_used.lock() = Instant::now();
-        entry.cancel.notify_waiters();
+        let generation = entry.supersede();
         let mut slot = entry.slot.lock().await;
         if let Some(pos) = pos {
             if pos == slot.prev_pos && pos != slot.pos {
@@ -197,10 +211,16 @@ impl Conns {
             if first || resp.has_data() {
                 break resp;
             }
+            let cancelled = entry.cancel.notified();
+            tokio::pin!(cancelled);
+            cancelled.as_mut().enable();
+            if entry.generation.load(Ordering::SeqCst) != generation {
+                break resp;
+            }
             tokio::select! {
                 changed = woken.changed() => if changed.is_err() { break resp },
                 _ = tokio::time::sleep_until(deadline) => break resp,
-                _ = entry.cancel.notified() => break resp,
+                _ = cancelled => break resp,
             }
         };
         let new_pos = self.next_pos.fetch_add(1, Ordering::Relaxed);

@@ -283,3 +283,51 @@ async fn versions_advertise_sliding_sync() {
     assert_eq!(v["versions"][0].as_str(), Some("v1.11"));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_newer_request_on_the_same_connection_releases_the_parked_one() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!a:test", new_room(ALICE, None, 1_000))]),
+    );
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &list_request(9, 1))
+        .await;
+    let p = pos(&first);
+    let parked = {
+        let url = format!(
+            "{}{}?timeout=30000&pos={p}",
+            proxy.url,
+            crate::support::proxy::MSC3575
+        );
+        tokio::spawn(async move {
+            crate::support::http::HttpClient::new()
+                .request(
+                    http::Method::POST,
+                    &url,
+                    Some("alice_token"),
+                    Some(&json!({})),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retry = tokio::time::timeout(
+        Duration::from_secs(5),
+        proxy.sync_ok("alice_token", Some(&p), 30_000, &json!({})),
+    )
+    .await
+    .expect("the retry is not stuck behind the parked request");
+    let parked = tokio::time::timeout(Duration::from_secs(5), parked)
+        .await
+        .expect("the parked request was released")
+        .unwrap();
+    assert_eq!(parked.status, 200);
+    assert_eq!(
+        pos(&parked.json()),
+        pos(&retry),
+        "the retry of an unacknowledged pos gets the same response"
+    );
+    proxy.stop().await;
+}
