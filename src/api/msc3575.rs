@@ -24,6 +24,10 @@ pub const MAX_REQUIRED_STATE: usize = 100;
 pub const MAX_TIMELINE_LIMIT: u64 = 50;
 pub const MAX_CONN_ID: usize = 16;
 pub const MAX_TXN_ID: usize = 64;
+/// Deepest nesting of arrays and objects a body may have. sonic-rs skips the values of
+/// unknown fields (`extensions`, `filters`, ...) recursively and without a depth limit:
+/// a few hundred KiB of `[` would overflow the stack and abort the whole process.
+pub const MAX_DEPTH: usize = 64;
 
 #[derive(Deserialize)]
 struct Body {
@@ -49,8 +53,16 @@ struct WireList {
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SyncRequest::default());
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(SyncRequest::default()),
+        // Serde would read an array as the struct's fields in order.
+        Some(b'{') => {}
+        Some(_) => return Err(MatrixError::bad_json("request body must be a JSON object")),
+    }
+    if nests_deeper_than(body, MAX_DEPTH) {
+        return Err(MatrixError::bad_json(format!(
+            "request body nests arrays or objects deeper than {MAX_DEPTH} levels"
+        )));
     }
     let mut de = sonic_rs::Deserializer::from_slice(body);
     let wire: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -64,6 +76,8 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
             MatrixError::bad_json(format!("field '{path}' is invalid: {inner}"))
         }
     })?;
+    de.end()
+        .map_err(|e| MatrixError::bad_json(format!("data after the request object: {e}")))?;
     let mut req = SyncRequest {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
@@ -95,6 +109,35 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         req.lists.insert(name, params);
     }
     Ok(req)
+}
+
+/// Whether arrays and objects nest deeper than `max` anywhere in `json` (brackets inside
+/// strings do not count). One pass, no recursion.
+fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
@@ -347,6 +390,38 @@ mod tests {
         assert_eq!(err.errcode, "M_BAD_JSON");
         let err = parse(br#"{"lists":[]}"#).unwrap_err();
         assert!(err.message.contains("lists"), "{}", err.message);
+    }
+
+    #[test]
+    fn only_one_json_object_is_a_request() {
+        for body in [
+            &b"[]"[..],
+            br#"[null,"t"]"#,
+            br#"{"lists":{}} x"#,
+            b"{}{}",
+            b"5",
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(
+                err.errcode,
+                "M_BAD_JSON",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(parse(b" {} \n").is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_it_reaches_the_parser() {
+        let deep = |n: usize| format!("{{\"extensions\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert!(parse(deep(MAX_DEPTH - 1).as_bytes()).is_ok());
+        let err = parse(deep(MAX_DEPTH).as_bytes()).unwrap_err();
+        assert_eq!(err.errcode, "M_BAD_JSON");
+        assert!(parse(deep(1_000_000).as_bytes()).is_err());
+        // Brackets in strings, escaped quotes included, are text.
+        let text = format!(r#"{{"note":"\"{}"}}"#, "[".repeat(100));
+        assert!(parse(text.as_bytes()).is_ok());
     }
 
     #[test]

@@ -208,8 +208,9 @@ impl Connection {
             }
         }
 
-        // Rooms the client no longer sees: a room the user left gets its leave event, then
-        // nothing more; others are forgotten so they come back whole.
+        // Rooms the client no longer sees: a room the user left gets what happened since
+        // the last response up to the leave (still the user's to see), the leave event
+        // last, then nothing more; others are forgotten so they come back whole.
         let gone: Vec<RoomId> = self
             .sent
             .keys()
@@ -225,11 +226,19 @@ impl Connection {
             }) = view.data.membership(&room_id)
             {
                 if ev.position > sent.position && !sent.invite {
+                    let mut timeline: Vec<_> = (view.room)(&room_id)
+                        .map(|room| room.timeline_after(sent.position, TIMELINE_RING).0)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|e| e.position < ev.position)
+                        .map(|e| e.json.clone())
+                        .collect();
+                    timeline.push(ev.json.clone());
                     resp.rooms.insert(
                         room_id,
                         RoomResult {
-                            timeline: vec![ev.json.clone()],
-                            num_live: 1,
+                            num_live: timeline.len(),
+                            timeline,
                             ..RoomResult::default()
                         },
                     );

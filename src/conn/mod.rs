@@ -73,7 +73,8 @@ pub struct Conns {
     map: DashMap<ConnKey, Arc<Entry>>,
     per_device: DashMap<DeviceKey, VecDeque<String>>,
     /// `pos` values are unique across connections, so a stale `pos` from a replaced
-    /// connection can never be mistaken for the new one's.
+    /// connection can never be mistaken for the new one's; and across restarts (see
+    /// [`first_pos`]), so neither can one from before a restart.
     next_pos: AtomicU64,
     idle: Duration,
 }
@@ -88,7 +89,7 @@ impl Conns {
         Self {
             map: DashMap::new(),
             per_device: DashMap::new(),
-            next_pos: AtomicU64::new(1),
+            next_pos: AtomicU64::new(first_pos()),
             idle,
         }
     }
@@ -233,6 +234,17 @@ impl Conns {
         *entry.last_used.lock() = Instant::now();
         Ok(resp)
     }
+}
+
+/// The first `pos` of this process: the clock in microseconds. A restarted proxy then
+/// starts above every `pos` the previous process gave out (unless that one served more
+/// than a million responses a second, or the clock went back), so a client's `pos` from
+/// before the restart gets `M_UNKNOWN_POS` instead of matching a new connection's.
+fn first_pos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .max(1)
 }
 
 /// Requests retried at an old `pos` carried sticky changes; later ones win.

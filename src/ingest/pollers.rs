@@ -224,8 +224,13 @@ impl Pollers {
                     .await
                     .map_err(|e| e.to_string()),
                 Err(UpstreamError::Unauthorized) => {
+                    if !self.expire(&device, &token_now).await {
+                        // The device presented a new token while this request was out
+                        // (a refresh): only the old one is dead.
+                        tracing::info!(user = %device.user_id, device = %device.device_id, "homeserver rejected the device's previous token; polling with the new one");
+                        continue;
+                    }
                     tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
-                    self.expire(&device, &token_now).await;
                     state.send_replace(PollState::Expired);
                     return;
                 }
@@ -258,13 +263,21 @@ impl Pollers {
         }
     }
 
-    async fn expire(&self, device: &DeviceKey, token: &str) {
+    /// Forgets a token the homeserver rejected. Returns whether the poller must stop: not
+    /// if the device has presented another token meanwhile. The check runs under the map
+    /// entry's lock, which `start` holds while it swaps tokens, so no swap slips between.
+    async fn expire(&self, device: &DeviceKey, token: &str) -> bool {
         let hash = token_hash(token);
         self.sessions.forget(&hash);
-        self.running.remove(device);
+        let stop = self
+            .running
+            .remove_if(device, |_, h| *h.token.lock() == token)
+            .is_some()
+            || !self.running.contains_key(device);
         if let Err(e) = self.persist.delete_token(&hash).await {
             tracing::warn!(error = %e, "could not delete the expired token");
         }
+        stop
     }
 }
 

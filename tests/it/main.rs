@@ -2,8 +2,11 @@
 
 mod cli;
 mod e2e;
+mod errors;
 mod pg_store;
+mod pollers;
 mod room_list;
+mod security;
 mod serve;
 mod support;
 mod synapse_smoke;

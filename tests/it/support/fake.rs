@@ -4,7 +4,7 @@
 //! deterministic. Each token has a queue of responses; a poll takes the next one, or
 //! waits (up to its long-poll timeout, capped short) for one to be pushed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +42,24 @@ pub struct FakeHomeserver {
     calls: Mutex<Vec<SeenCall>>,
     whoami_calls: Mutex<usize>,
     batch: Mutex<u64>,
+    /// Tokens whose `/sync` calls hang until released.
+    held: Mutex<HashSet<String>>,
+    /// Per token: `/sync` calls in progress now, and the most ever at once.
+    in_flight: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+/// Counts a `/sync` call as in flight until dropped (also when the poller is aborted).
+struct InFlight<'a> {
+    fake: &'a FakeHomeserver,
+    token: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.fake.in_flight.lock().get_mut(&self.token) {
+            n.0 -= 1;
+        }
+    }
 }
 
 impl FakeHomeserver {
@@ -62,14 +80,78 @@ impl FakeHomeserver {
     }
 
     /// Queues a `/sync` response for the token. `rooms` is the v2 `rooms` object.
-    pub fn push_rooms(&self, token: &str, rooms: sonic_rs::Value) {
+    /// Returns the response's `next_batch`.
+    pub fn push_rooms(&self, token: &str, rooms: sonic_rs::Value) -> String {
         let next = {
             let mut b = self.batch.lock();
             *b += 1;
             format!("batch_{}", *b)
         };
-        let body = sonic_rs::json!({"next_batch": next, "rooms": rooms});
+        let body = sonic_rs::json!({"next_batch": next.clone(), "rooms": rooms});
         self.push(token, Reply::Body(body.to_string()));
+        next
+    }
+
+    /// From now on `/sync` calls with the token hang (a slow homeserver) until
+    /// [`Self::release`].
+    pub fn hold(&self, token: &str) {
+        self.held.lock().insert(token.to_owned());
+    }
+
+    pub fn release(&self, token: &str) {
+        self.held.lock().remove(token);
+        self.pushed.notify_waiters();
+    }
+
+    /// The `/sync` calls made with one token, oldest first.
+    pub fn calls_for(&self, token: &str) -> Vec<SeenCall> {
+        self.calls
+            .lock()
+            .iter()
+            .filter(|c| c.token == token)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (bounded) until a `/sync` call with the token matches, and returns every
+    /// call made with it so far.
+    pub async fn wait_for_call(
+        &self,
+        token: &str,
+        what: &str,
+        found: impl Fn(&SeenCall) -> bool,
+    ) -> Vec<SeenCall> {
+        for _ in 0..500 {
+            let calls = self.calls_for(token);
+            if calls.iter().any(&found) {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "no /sync call for {token}: {what}; calls: {:#?}",
+            self.calls_for(token)
+        );
+    }
+
+    /// Waits (bounded) until at least `n` `/sync` calls were made with the token.
+    pub async fn wait_for_calls(&self, token: &str, n: usize) -> Vec<SeenCall> {
+        for _ in 0..500 {
+            let calls = self.calls_for(token);
+            if calls.len() >= n {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "fewer than {n} /sync calls for {token}: {:#?}",
+            self.calls_for(token)
+        );
+    }
+
+    /// The most `/sync` calls with the token that were ever in progress at once.
+    pub fn max_concurrent_syncs(&self, token: &str) -> usize {
+        self.in_flight.lock().get(token).map_or(0, |n| n.1)
     }
 
     pub fn push(&self, token: &str, reply: Reply) {
@@ -120,6 +202,25 @@ impl Homeserver for FakeHomeserver {
             filter: call.filter.to_owned(),
             at: tokio::time::Instant::now(),
         });
+        let _in_flight = {
+            let mut map = self.in_flight.lock();
+            let n = map.entry(call.token.to_owned()).or_default();
+            n.0 += 1;
+            n.1 = n.1.max(n.0);
+            InFlight {
+                fake: self,
+                token: call.token.to_owned(),
+            }
+        };
+        loop {
+            let released = self.pushed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.held.lock().contains(call.token) {
+                break;
+            }
+            released.await;
+        }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(call.timeout_ms).min(IDLE_POLL);
         loop {

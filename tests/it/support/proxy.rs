@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use bytes::Bytes;
+use http::{header, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use slidesync::app::{App, Settings};
 use slidesync::config::BindAddr;
 use slidesync::ingest::pollers::PollerConfig;
@@ -103,6 +107,61 @@ impl Proxy {
             .await
     }
 
+    /// The same request from a task of its own (a long-poll to park while the test acts).
+    pub fn spawn_sync(
+        &self,
+        token: &str,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+    ) -> JoinHandle<TestResponse> {
+        let mut url = format!("{}{MSC3575}?timeout={timeout_ms}", self.url);
+        if let Some(pos) = pos {
+            url.push_str("&pos=");
+            url.push_str(pos);
+        }
+        let (token, body) = (token.to_owned(), body.clone());
+        tokio::spawn(async move {
+            HttpClient::new()
+                .request(Method::POST, &url, Some(&token), Some(&body))
+                .await
+        })
+    }
+
+    /// A request with any method, path and query, and body bytes sent as they are (not
+    /// necessarily JSON). `token` goes into `Authorization: Bearer`.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.url))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(body.into())).expect("a valid request");
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let exchange = async {
+            let resp = client.request(req).await.expect("the proxy answers");
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .expect("a whole body")
+                .to_bytes();
+            TestResponse { status, body }
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("the proxy answers in time")
+    }
+
     /// One MSC3575 request that must succeed; returns its JSON.
     pub async fn sync_ok(
         &self,
@@ -160,4 +219,29 @@ pub fn ops(resp: &Value, list: &str) -> Vec<String> {
             ),
         })
         .collect()
+}
+
+/// The room IDs a response carries data for, sorted.
+pub fn room_ids(resp: &Value) -> Vec<String> {
+    use sonic_rs::JsonContainerTrait;
+    let mut ids: Vec<String> = resp["rooms"]
+        .as_object()
+        .map(|rooms| rooms.iter().map(|(k, _)| k.to_owned()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Event IDs of a room's `timeline` in a response, in order.
+pub fn timeline_ids(resp: &Value, room_id: &str) -> Vec<String> {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    resp["rooms"][room_id]["timeline"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

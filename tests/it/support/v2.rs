@@ -78,3 +78,17 @@ pub fn rooms_leave(room_id: &str, timeline: Vec<Value>) -> Value {
     leave[room_id] = json!({"timeline": {"events": timeline}});
     json!({"leave": leave})
 }
+
+/// Stripped state for an invite (no event ID, as the homeserver sends it).
+pub fn stripped(kind: &str, state_key: &str, sender: &str, content: Value) -> Value {
+    json!({"type": kind, "state_key": state_key, "sender": sender, "content": content})
+}
+
+/// The `event_id` of a built event.
+pub fn id_of(event: &Value) -> String {
+    use sonic_rs::JsonValueTrait;
+    event["event_id"]
+        .as_str()
+        .expect("an event with an event_id")
+        .to_owned()
+}

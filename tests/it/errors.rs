@@ -1,0 +1,278 @@
+//! Bad input gets a Matrix error, never a 500 (DESIGN invariant 4): every error below is
+//! JSON with `errcode` and `error`, and the proxy keeps serving afterwards.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use sonic_rs::{json, JsonValueTrait};
+
+use crate::support::db::TestDb;
+use crate::support::fake::FakeHomeserver;
+use crate::support::http::TestResponse;
+use crate::support::proxy::{synced_ids, Proxy, MSC3575};
+use crate::support::v2::*;
+
+const ALICE: &str = "@alice:test";
+const TOKEN: &str = "alice_token";
+const MAX_BODY: usize = 1024 * 1024;
+
+async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
+    let db = TestDb::new().await;
+    let hs = Arc::new(FakeHomeserver::default());
+    hs.add_device(TOKEN, ALICE, "ALICEDEV");
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    (db, hs, proxy)
+}
+
+/// Asserts a Matrix error: the status, the errcode, a JSON body with a message, and
+/// returns the message.
+#[track_caller]
+fn matrix_error(resp: &TestResponse, status: u16, errcode: &str) -> String {
+    assert_eq!(
+        resp.status,
+        StatusCode::from_u16(status).unwrap(),
+        "{}",
+        resp.text()
+    );
+    let body = resp.json();
+    assert_eq!(body["errcode"].as_str(), Some(errcode), "{}", resp.text());
+    let message = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {}", resp.text()));
+    assert!(!message.is_empty());
+    message.to_owned()
+}
+
+async fn post(proxy: &Proxy, query: &str, body: impl Into<bytes::Bytes>) -> TestResponse {
+    proxy
+        .raw(
+            Method::POST,
+            &format!("{MSC3575}?timeout=0{query}"),
+            Some(TOKEN),
+            body,
+        )
+        .await
+}
+
+/// After all the abuse, a good request is still served.
+async fn still_serving(hs: &FakeHomeserver, proxy: &Proxy) {
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![("!a:test", new_room(ALICE, Some("A"), 1_000))]),
+    );
+    let ok = proxy
+        .sync_ok(
+            TOKEN,
+            None,
+            0,
+            &json!({"lists": {"all": {"ranges": [[0, 9]]}}}),
+        )
+        .await;
+    assert_eq!(synced_ids(&ok, "all"), ["!a:test"]);
+}
+
+#[tokio::test]
+async fn malformed_json_is_m_bad_json() {
+    let (_db, hs, proxy) = setup().await;
+    let bodies: [&[u8]; 9] = [
+        b"{",
+        b"{\"lists\": }",
+        b"not json",
+        b"\"lists\"",
+        b"[]",
+        b"[null, \"txn\"]",
+        b"{\"lists\":{}} trailing",
+        b"{\"lists\":{}}{}",
+        b"\xff\xfe",
+    ];
+    let mut accepted = Vec::new();
+    for body in bodies {
+        let resp = post(&proxy, "", body).await;
+        if resp.status == 400 {
+            matrix_error(&resp, 400, "M_BAD_JSON");
+        } else {
+            accepted.push(format!("{} -> {resp:?}", String::from_utf8_lossy(body)));
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "not refused as M_BAD_JSON: {accepted:#?}"
+    );
+    assert!(hs.calls().is_empty(), "a refused request started a poller");
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_types_are_m_bad_json_naming_the_field() {
+    let (_db, hs, proxy) = setup().await;
+    for (body, field) in [
+        (json!({"lists": []}), "lists"),
+        (
+            json!({"lists": {"all": {"ranges": "all"}}}),
+            "lists.all.ranges",
+        ),
+        (
+            json!({"lists": {"all": {"ranges": [[0, "9"]]}}}),
+            "lists.all.ranges",
+        ),
+        (
+            json!({"lists": {"all": {"ranges": [[-1, 9]]}}}),
+            "lists.all.ranges",
+        ),
+        (
+            json!({"lists": {"all": {"timeline_limit": "ten"}}}),
+            "lists.all.timeline_limit",
+        ),
+        (
+            json!({"lists": {"all": {"required_state": "m.room.name"}}}),
+            "lists.all.required_state",
+        ),
+        (json!({"txn_id": 5}), "txn_id"),
+        (json!({"conn_id": {"id": 1}}), "conn_id"),
+    ] {
+        let resp = post(&proxy, "", body.to_string()).await;
+        let message = matrix_error(&resp, 400, "M_BAD_JSON");
+        assert!(
+            message.contains(field),
+            "{body}: {message:?} does not name {field}"
+        );
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn inverted_or_overlapping_ranges_are_m_invalid_param() {
+    let (_db, hs, proxy) = setup().await;
+    for ranges in [
+        json!([[5, 1]]),
+        json!([[0, 10], [5, 20]]),
+        json!([[10, 20], [0, 10]]),
+        json!([[0, 5], [0, 5]]),
+        json!([[0, 200000]]),
+    ] {
+        let body = json!({"lists": {"all": {"ranges": ranges.clone()}}});
+        let resp = post(&proxy, "", body.to_string()).await;
+        let message = matrix_error(&resp, 400, "M_INVALID_PARAM");
+        assert!(message.contains("ranges"), "{ranges}: {message:?}");
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn requests_past_the_limits_are_m_invalid_param() {
+    let (_db, hs, proxy) = setup().await;
+    let mut lists = json!({});
+    for i in 0..101 {
+        lists[format!("l{i}").as_str()] = json!({"ranges": [[0, 0]]});
+    }
+    let too_many_ranges: Vec<[u64; 2]> = (0..17).map(|i| [i * 10, i * 10 + 5]).collect();
+    let too_much_state: Vec<[String; 2]> =
+        (0..101).map(|i| [format!("t{i}"), String::new()]).collect();
+    for body in [
+        json!({"lists": lists}),
+        json!({"lists": {"all": {"ranges": too_many_ranges}}}),
+        json!({"lists": {"all": {"required_state": too_much_state}}}),
+        json!({"lists": {"all": {"required_state": [["m.room.name"]]}}}),
+        json!({"conn_id": "a conn_id that is far too long"}),
+        json!({"txn_id": "t".repeat(65)}),
+    ] {
+        let resp = post(&proxy, "", body.to_string()).await;
+        matrix_error(&resp, 400, "M_INVALID_PARAM");
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_or_unreadable_pos_is_m_unknown_pos() {
+    let (_db, hs, proxy) = setup().await;
+    for pos in ["987654321", "abc", "-1", "1.5", ""] {
+        let resp = post(&proxy, &format!("&pos={pos}"), "{}").await;
+        matrix_error(&resp, 400, "M_UNKNOWN_POS");
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_timeout_is_m_invalid_param() {
+    let (_db, hs, proxy) = setup().await;
+    for timeout in ["soon", "-5", "1e3"] {
+        let resp = proxy
+            .raw(
+                Method::POST,
+                &format!("{MSC3575}?timeout={timeout}"),
+                Some(TOKEN),
+                "{}",
+            )
+            .await;
+        let message = matrix_error(&resp, 400, "M_INVALID_PARAM");
+        assert!(message.contains("timeout"), "{message:?}");
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_is_413_and_one_at_the_limit_is_served() {
+    let (_db, hs, proxy) = setup().await;
+    let mut over = b"{\"lists\":{}}".to_vec();
+    over.resize(MAX_BODY + 1, b' ');
+    let resp = post(&proxy, "", over).await;
+    matrix_error(&resp, 413, "M_TOO_LARGE");
+
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![("!a:test", new_room(ALICE, Some("A"), 1_000))]),
+    );
+    let mut at_limit = json!({"lists": {"all": {"ranges": [[0, 9]]}}})
+        .to_string()
+        .into_bytes();
+    at_limit.resize(MAX_BODY, b' ');
+    let resp = post(&proxy, "", at_limit).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(synced_ids(&resp.json(), "all"), ["!a:test"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_refused_or_ignored_without_harm() {
+    let (_db, hs, proxy) = setup().await;
+    let depth = 100_000;
+    for field in ["extensions", "lists"] {
+        let body = format!("{{\"{field}\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
+        let resp = post(&proxy, "", body).await;
+        assert!(
+            resp.status == 200 || resp.status == 400,
+            "{field}: {} {}",
+            resp.status,
+            resp.text()
+        );
+        if resp.status == 400 {
+            matrix_error(&resp, 400, "M_BAD_JSON");
+        }
+    }
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_method_and_unknown_paths_get_json_errors() {
+    let (_db, _hs, proxy) = setup().await;
+    let get = proxy.raw(Method::GET, MSC3575, Some(TOKEN), "").await;
+    matrix_error(&get, 405, "M_UNRECOGNIZED");
+    let put = proxy.raw(Method::PUT, MSC3575, Some(TOKEN), "{}").await;
+    matrix_error(&put, 405, "M_UNRECOGNIZED");
+    for path in [
+        "/nowhere",
+        "/_slidesync/unknown",
+        "/client/server.json/extra",
+    ] {
+        let resp = proxy.raw(Method::GET, path, None, "").await;
+        matrix_error(&resp, 404, "M_UNRECOGNIZED");
+    }
+    proxy.stop().await;
+}
