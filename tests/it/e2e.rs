@@ -213,7 +213,7 @@ async fn a_token_synapse_does_not_know_is_refused() {
 
 /// The shipped binary, configured the way an operator does it.
 struct Binary {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     url: String,
 }
 
@@ -246,10 +246,16 @@ impl Binary {
                 )
                 .await;
             if probe.is_ok_and(|r| r.status == 200) {
-                return Binary { child, url };
+                return Binary {
+                    child: Some(child),
+                    url,
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("slidesync did not start listening on {url}");
     }
 
@@ -268,11 +274,22 @@ impl Binary {
 
     /// SIGTERM, as a service manager stops it; it must exit cleanly.
     fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
+        let mut child = self.child.take().expect("running");
+        let pid = child.id() as libc::pid_t;
         // SAFETY: plain kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = self.child.wait().unwrap();
+        let status = child.wait().unwrap();
         assert!(status.success(), "slidesync exited with {status}");
+    }
+}
+
+impl Drop for Binary {
+    /// A failing test must not leave the process behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
