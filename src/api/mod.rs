@@ -139,11 +139,15 @@ impl Api {
             None => DEFAULT_TIMEOUT,
         }
         .min(MAX_TIMEOUT);
-        let user = self.ready_user(&device, token).await?;
         let key = ConnKey {
-            device,
+            device: device.clone(),
             conn_id: request.conn_id.clone().unwrap_or_default(),
         };
+        // A client that must start over learns it now, not after a first poll.
+        if pos.is_some() && !self.conns.exists(&key) {
+            return Err(MatrixError::unknown_pos());
+        }
+        let user = self.ready_user(&device, token).await?;
         let resp = self
             .conns
             .sync(key, pos, request, Wait { timeout }, &user, &self.store)

@@ -102,6 +102,11 @@ impl Conns {
         self.map.is_empty()
     }
 
+    /// Whether a request with `pos` can be served at all: answered before anything slow.
+    pub fn exists(&self, key: &ConnKey) -> bool {
+        self.map.contains_key(key)
+    }
+
     /// Drops connections idle for longer than the configured time.
     pub fn sweep(&self) {
         let now = Instant::now();

@@ -276,3 +276,22 @@ async fn wrong_method_and_unknown_paths_get_json_errors() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_stale_pos_is_refused_at_once_even_before_the_first_poll() {
+    let db = TestDb::new().await;
+    let hs = Arc::new(FakeHomeserver::default());
+    hs.add_device("new_token", "@new:test", "NEWDEV");
+    hs.hold("new_token");
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        proxy.sync("new_token", Some("12345"), 0, &json!({})),
+    )
+    .await
+    .expect("not held up by the device's first poll");
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["errcode"].as_str(), Some("M_UNKNOWN_POS"));
+    hs.release("new_token");
+    proxy.stop().await;
+}
