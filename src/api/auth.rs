@@ -36,10 +36,13 @@ impl Api {
     /// Maps a token to its device: from the cache, else by asking `/whoami` once.
     pub async fn authenticate(&self, token: &str) -> Result<DeviceKey, MatrixError> {
         let hash = token_hash(token);
-        match self.sessions.lookup(&hash) {
-            Lookup::Known(device) => return Ok(device),
-            Lookup::Rejected => return Err(MatrixError::unknown_token()),
-            Lookup::Unknown => {}
+        if let Some(known) = self.cached(&hash) {
+            return known;
+        }
+        let _checking = self.sessions.check(&hash).await;
+        // Another request may have checked it while this one waited.
+        if let Some(known) = self.cached(&hash) {
+            return known;
         }
         match self.upstream.whoami(token).await {
             Ok(who) => {
@@ -68,6 +71,14 @@ impl Api {
                     "Cannot verify the access token with the homeserver: {e}"
                 )))
             }
+        }
+    }
+
+    fn cached(&self, token_hash: &str) -> Option<Result<DeviceKey, MatrixError>> {
+        match self.sessions.lookup(token_hash) {
+            Lookup::Known(device) => Some(Ok(device)),
+            Lookup::Rejected => Some(Err(MatrixError::unknown_token())),
+            Lookup::Unknown => None,
         }
     }
 

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 
 use crate::types::DeviceKey;
@@ -22,6 +24,9 @@ pub enum Lookup {
 }
 
 pub struct Sessions {
+    /// Per token hash being checked with the homeserver right now: concurrent first
+    /// requests with one new token make one `/whoami`, not one each.
+    checking: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     known: DashMap<String, (DeviceKey, Instant)>,
     rejected: DashMap<String, Instant>,
     ttl: Duration,
@@ -31,6 +36,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(ttl: Duration, rejected_ttl: Duration) -> Self {
         Self {
+            checking: DashMap::new(),
             known: DashMap::new(),
             rejected: DashMap::new(),
             ttl,
@@ -51,6 +57,22 @@ impl Sessions {
             }
         }
         Lookup::Unknown
+    }
+
+    /// Waits until no other request is checking this token; look it up again after.
+    pub async fn check(&self, token_hash: &str) -> CheckGuard<'_> {
+        let lock = Arc::clone(
+            self.checking
+                .entry(token_hash.to_owned())
+                .or_default()
+                .value(),
+        );
+        let guard = lock.lock_owned().await;
+        CheckGuard {
+            sessions: self,
+            hash: token_hash.to_owned(),
+            _guard: Some(guard),
+        }
     }
 
     pub fn accept(&self, token_hash: String, device: DeviceKey) {
@@ -74,6 +96,23 @@ impl Sessions {
     /// The homeserver told a poller the token is dead.
     pub fn forget(&self, token_hash: &str) {
         self.known.remove(token_hash);
+    }
+}
+
+/// Held while a token is checked with the homeserver.
+pub struct CheckGuard<'a> {
+    sessions: &'a Sessions,
+    hash: String,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for CheckGuard<'_> {
+    fn drop(&mut self) {
+        self._guard = None;
+        // The last one out removes the entry, so the map holds only tokens in flight.
+        self.sessions
+            .checking
+            .remove_if(&self.hash, |_, lock| Arc::strong_count(lock) == 1);
     }
 }
 

@@ -412,6 +412,7 @@ async fn concurrent_first_requests_of_a_device_start_exactly_one_poller() {
         1,
         "polls of one device never overlap"
     );
+    assert_eq!(hs.whoami_calls(), 1, "one /whoami for the new token");
     proxy.stop().await;
 }
 
