@@ -13,7 +13,8 @@
 //! - [`api`]: the HTTP surface: authentication and the wire dialects over [`conn`].
 //! - [`ops`]: listeners, TLS, logging.
 //!
-//! [`config`] composes the settings, [`app`] wires the stages together.
+//! [`config`] composes the settings, [`app`] wires the stages together, [`nesting`]
+//! keeps hostile JSON from overflowing the stack at both edges.
 
 pub mod api;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod ingest;
+pub mod nesting;
 pub mod ops;
 pub mod rooms;
 pub mod store;

@@ -24,9 +24,7 @@ pub const MAX_REQUIRED_STATE: usize = 100;
 pub const MAX_TIMELINE_LIMIT: u64 = 50;
 pub const MAX_CONN_ID: usize = 16;
 pub const MAX_TXN_ID: usize = 64;
-/// Deepest nesting of arrays and objects a body may have. sonic-rs skips the values of
-/// unknown fields (`extensions`, `filters`, ...) recursively and without a depth limit:
-/// a few hundred KiB of `[` would overflow the stack and abort the whole process.
+/// Deepest nesting of arrays and objects a body may have (see `nesting`).
 pub const MAX_DEPTH: usize = 64;
 
 #[derive(Deserialize)]
@@ -59,7 +57,7 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         Some(b'{') => {}
         Some(_) => return Err(MatrixError::bad_json("request body must be a JSON object")),
     }
-    if nests_deeper_than(body, MAX_DEPTH) {
+    if crate::nesting::nests_deeper_than(body, MAX_DEPTH) {
         return Err(MatrixError::bad_json(format!(
             "request body nests arrays or objects deeper than {MAX_DEPTH} levels"
         )));
@@ -109,35 +107,6 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         req.lists.insert(name, params);
     }
     Ok(req)
-}
-
-/// Whether arrays and objects nest deeper than `max` anywhere in `json` (brackets inside
-/// strings do not count). One pass, no recursion.
-fn nests_deeper_than(json: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {

@@ -31,7 +31,9 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
 /// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
 /// Its writes are queued before this returns, so the caller's `since` comes after them.
 pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<String, ProcessError> {
-    let resp: SyncResponse<'_> = wire::parse_sync(body).map_err(|e| ProcessError(e.to_string()))?;
+    let body = wire::clamp(body);
+    let resp: SyncResponse<'_> =
+        wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
     let rooms = resp.rooms.unwrap_or_default();
     // Room for every event plus a few rows per room (membership, unread, snapshot).
     let estimate = rooms
@@ -156,6 +158,22 @@ mod tests {
             Some(crate::store::users::UserMembership::Invite { .. })
         ));
         assert_eq!(data.rooms["!r:x"].notification_count, 2);
+    }
+
+    /// Any federated server can send an event that nests 30,000 levels deep.
+    #[tokio::test]
+    async fn a_deeply_nested_event_is_stored_clamped_instead_of_crashing() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = format!(
+            r#"{{"next_batch":"s1","rooms":{{"join":{{"!r:x":{{"timeline":{{"events":[{{"type":"m.room.message","event_id":"$deep","sender":"@b:x","content":{{"body":"hi","x":{deep}}}}}]}}}}}}}}}}"#
+        );
+        assert_eq!(process(&store, &user, body.as_bytes()).await.unwrap(), "s1");
+        let room = store.room("!r:x").unwrap();
+        let stored: sonic_rs::Value = sonic_rs::from_slice(&room.timeline[0].json).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert_eq!(stored["content"]["body"].as_str(), Some("hi"));
     }
 
     /// Random byte edits of a valid response: applied, or refused, never a panic.

@@ -83,8 +83,18 @@ pub struct LeftRoom<'a> {
     pub timeline: Timeline<'a>,
 }
 
+/// Deepest nesting kept from the homeserver; real events nest a handful of levels.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses a `/sync` body that went through [`clamp`].
 pub fn parse_sync(body: &[u8]) -> Result<SyncResponse<'_>, sonic_rs::Error> {
     sonic_rs::from_slice(body)
+}
+
+/// A homeserver body made safe to parse: anything nesting deeper than [`MAX_DEPTH`]
+/// becomes `null` (see `nesting`).
+pub fn clamp(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    crate::nesting::clamp_depth(body, MAX_DEPTH)
 }
 
 #[derive(Deserialize)]
