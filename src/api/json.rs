@@ -79,7 +79,8 @@ impl JsonWriter {
 
     pub fn u64(&mut self, n: u64) -> &mut Self {
         self.item();
-        self.out.extend_from_slice(n.to_string().as_bytes());
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         self
     }
 
@@ -100,6 +101,12 @@ impl JsonWriter {
     fn escaped(&mut self, s: &str) {
         self.out.push(b'"');
         let bytes = s.as_bytes();
+        // Room IDs, names and keys rarely need escaping: copy them whole.
+        if !bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+            self.out.extend_from_slice(bytes);
+            self.out.push(b'"');
+            return;
+        }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
             let esc: &[u8] = match b {

@@ -242,10 +242,13 @@ impl Pollers {
                     first = false;
                     if since.as_deref() != Some(&next_batch) {
                         self.since.insert(device.clone(), next_batch.clone());
-                        self.store.queue().push([Write::DeviceSince {
+                        let queue = self.store.queue();
+                        let reservation = queue.reserve(1).await;
+                        queue.push([Write::DeviceSince {
                             device: device.clone(),
                             since: next_batch.clone(),
                         }]);
+                        queue.release(reservation);
                         since = Some(next_batch);
                     }
                     user.set_ready();

@@ -309,16 +309,7 @@ impl Store {
         notification: u64,
         highlight: u64,
     ) {
-        let changed = user.update(|d| match d.rooms.get_mut(room_id) {
-            Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
-                r.notification_count = notification;
-                r.highlight_count = highlight;
-                d.touch(room_id);
-                true
-            }
-            _ => false,
-        });
-        if changed {
+        if Self::apply_unread(user, room_id, notification, highlight) {
             self.queue.push([Write::Unread {
                 user_id: user.user_id.clone(),
                 room_id: room_id.clone(),
@@ -326,6 +317,19 @@ impl Store {
                 highlight_count: highlight,
             }]);
         }
+    }
+
+    /// Sets the counts in memory; returns whether they changed.
+    fn apply_unread(user: &UserState, room_id: &RoomId, notification: u64, highlight: u64) -> bool {
+        user.update(|d| match d.rooms.get_mut(room_id) {
+            Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
+                r.notification_count = notification;
+                r.highlight_count = highlight;
+                d.touch(room_id);
+                true
+            }
+            _ => false,
+        })
     }
 
     fn set_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership) {
@@ -463,7 +467,7 @@ impl Store {
             .fetch_max(next_position, Ordering::Relaxed);
         for u in persist.load_unread().await? {
             if let Some(user) = store.user(&u.user_id) {
-                store.set_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
+                Self::apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
             }
         }
         tracing::info!(rooms = total, memberships = users, "hot state rebuilt");

@@ -79,10 +79,12 @@ impl UserData {
             Some((oldest, _)) if *oldest <= version + 1 => {}
             _ => return None,
         }
+        // Newest last: walk back only over the changes this caller has not seen.
         let mut rooms: Vec<RoomId> = self
             .changes
             .iter()
-            .filter(|(v, _)| *v > version)
+            .rev()
+            .take_while(|(v, _)| *v > version)
             .map(|(_, r)| r.clone())
             .collect();
         rooms.sort_unstable();

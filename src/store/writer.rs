@@ -12,10 +12,12 @@
 //! falls behind, reservations wait, which slows the pollers (back-pressure) instead of
 //! dropping data. A failed batch is retried until it commits: a write is never dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::persist::{Persist, Write};
@@ -23,6 +25,8 @@ use super::persist::{Persist, Write};
 /// Rows per transaction: big enough to amortize the commit, small enough to keep
 /// latency of a single poll's data low.
 const BATCH: usize = 512;
+/// The writer also looks for work this often, so nothing waits on a missed wake-up.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 enum Item {
     Write(Write),
@@ -35,9 +39,29 @@ enum Item {
 #[must_use = "credits are returned to the queue with WriteQueue::release"]
 pub struct Reservation(u32);
 
+struct Shared {
+    /// A plain mutex rather than a channel: `push` runs under a room's lock, and a
+    /// channel send wakes the writer (a syscall) on every call. The writer is woken once
+    /// per response instead, by `release`.
+    items: Mutex<Vec<Item>>,
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+/// Dropped with the last `WriteQueue` clone: tells the writer to drain and stop.
+struct Senders(Arc<Shared>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
 #[derive(Clone)]
 pub struct WriteQueue {
-    tx: mpsc::UnboundedSender<Item>,
+    shared: Arc<Shared>,
+    _senders: Arc<Senders>,
     credits: Arc<Semaphore>,
     capacity: u32,
 }
@@ -46,18 +70,21 @@ impl WriteQueue {
     /// Starts the writer task with room for about `capacity` uncommitted writes. It ends
     /// when every `WriteQueue` clone is dropped and the queue is drained.
     pub fn spawn(persist: Arc<dyn Persist>, capacity: usize) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            items: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let credits = Arc::new(Semaphore::new(capacity as usize));
-        let task = tokio::spawn(run(persist, rx, Arc::clone(&credits)));
-        (
-            Self {
-                tx,
-                credits,
-                capacity,
-            },
-            task,
-        )
+        let task = tokio::spawn(run(persist, Arc::clone(&shared), Arc::clone(&credits)));
+        let queue = Self {
+            _senders: Arc::new(Senders(Arc::clone(&shared))),
+            shared,
+            credits,
+            capacity,
+        };
+        (queue, task)
     }
 
     /// Waits for room for about `writes` writes (at most the whole queue, so one huge
@@ -72,47 +99,59 @@ impl WriteQueue {
         Reservation(n)
     }
 
-    /// Queues writes without waiting: callers reserved room first.
+    /// Queues writes without waiting or waking the writer: callers hold a reservation,
+    /// and [`WriteQueue::release`] wakes it.
     pub fn push(&self, writes: impl IntoIterator<Item = Write>) {
-        for w in writes {
-            // The receiver lives until every sender is gone, so this only fails during
-            // shutdown, when there is nothing left to do with the write.
-            let _ = self.tx.send(Item::Write(w));
-        }
+        self.shared
+            .items
+            .lock()
+            .extend(writes.into_iter().map(Item::Write));
     }
 
-    /// Hands credits back; they return to the pool when what was queued is committed.
+    /// Hands credits back (they return to the pool when what was queued before is
+    /// committed) and wakes the writer.
     pub fn release(&self, reservation: Reservation) {
-        let _ = self.tx.send(Item::Credit(reservation.0));
+        self.send(Item::Credit(reservation.0));
     }
 
     /// Waits until everything queued before this call is committed.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Item::Flush(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.send(Item::Flush(tx));
+        let _ = rx.await;
+    }
+
+    fn send(&self, item: Item) {
+        self.shared.items.lock().push(item);
+        self.shared.wake.notify_one();
     }
 }
 
-async fn run(
-    persist: Arc<dyn Persist>,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-    credits: Arc<Semaphore>,
-) {
+async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaphore>) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut waiters = Vec::new();
     let mut returned = 0usize;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
+    let mut waiters = Vec::new();
+    loop {
+        let items = std::mem::take(&mut *shared.items.lock());
+        if items.is_empty() {
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let _ = tokio::time::timeout(IDLE_CHECK, shared.wake.notified()).await;
+            continue;
+        }
+        for item in items {
             match item {
-                Item::Write(w) => batch.push(w),
+                Item::Write(w) => {
+                    batch.push(w);
+                    if batch.len() >= BATCH {
+                        commit(&*persist, &batch).await;
+                        batch.clear();
+                        credits.add_permits(std::mem::take(&mut returned));
+                    }
+                }
                 Item::Credit(n) => returned += n as usize,
                 Item::Flush(done) => waiters.push(done),
-            }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
             }
         }
         if !batch.is_empty() {
