@@ -187,8 +187,10 @@ pub struct RoomState {
 
 impl Default for RoomState {
     fn default() -> Self {
+        // Every new room starts from the same empty archive instead of building its own.
+        static EMPTY: std::sync::OnceLock<Arc<StateBase>> = std::sync::OnceLock::new();
         Self {
-            base: Arc::new(StateBase::empty()),
+            base: Arc::clone(EMPTY.get_or_init(|| Arc::new(StateBase::empty()))),
             overlay: OrdMap::new(),
             overlay_len: 0,
             base_position: 0,
