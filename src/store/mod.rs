@@ -211,6 +211,8 @@ impl Store {
             event_id: ev.event_id.clone(),
             in_timeline,
             is_state: ev.is_state(),
+            prev_batch: ev.prev_batch.clone(),
+            gap_before: ev.gap_before,
             json: ev.json.clone(),
         }));
         Arc::new(ev)
@@ -413,6 +415,8 @@ impl Store {
             let parse = |stored: &persist::StoredEvent| match wire::parse_event(&stored.json) {
                 Ok(mut ev) => {
                     ev.position = stored.position;
+                    ev.prev_batch = stored.prev_batch.clone();
+                    ev.gap_before = stored.gap_before;
                     Some(Arc::new(ev))
                 }
                 Err(e) => {

@@ -66,6 +66,10 @@ pub struct StoredEvent {
     pub in_timeline: bool,
     /// Whether it is a state event (has a `state_key`).
     pub is_state: bool,
+    /// The v2 `prev_batch` of the timeline chunk this event started.
+    pub prev_batch: Option<Box<str>>,
+    /// The homeserver left out events just before this one.
+    pub gap_before: bool,
     pub json: Bytes,
 }
 

@@ -357,20 +357,20 @@ FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 JOIN slidesync_snapshots s ON s.room_id = r.room_id";
 
 const CHUNK_STATE_SQL: &str = "\
-SELECT r.idx, e.position, e.event_id, e.in_timeline, e.json
+SELECT r.idx, e.position, e.event_id, e.in_timeline, e.prev_batch, e.gap_before, e.json
 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 LEFT JOIN slidesync_snapshots s ON s.room_id = r.room_id
 CROSS JOIN LATERAL (
-    SELECT position, event_id, in_timeline, json FROM slidesync_events e
+    SELECT position, event_id, in_timeline, prev_batch, gap_before, json FROM slidesync_events e
     WHERE e.is_state AND e.room_id = r.room_id AND e.position > COALESCE(s.position, -1)
 ) e
 ORDER BY r.idx, e.position";
 
 const CHUNK_TIMELINE_SQL: &str = "\
-SELECT r.idx, e.position, e.event_id, e.is_state, e.json
+SELECT r.idx, e.position, e.event_id, e.is_state, e.prev_batch, e.gap_before, e.json
 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 CROSS JOIN LATERAL (
-    SELECT position, event_id, is_state, json FROM slidesync_events e
+    SELECT position, event_id, is_state, prev_batch, gap_before, json FROM slidesync_events e
     WHERE e.in_timeline AND e.room_id = r.room_id
     ORDER BY e.position DESC LIMIT $2
 ) e
@@ -447,12 +447,15 @@ fn event_from_row(
 ) -> Result<StoredEvent, PersistError> {
     let event_id: String = row.try_get("event_id").map_err(query_error)?;
     let json: Vec<u8> = row.try_get("json").map_err(query_error)?;
+    let prev_batch: Option<String> = row.try_get("prev_batch").map_err(query_error)?;
     Ok(StoredEvent {
         room_id,
         position: position_from_db(row.try_get("position").map_err(query_error)?)?,
         event_id: event_id.into_boxed_str(),
         in_timeline,
         is_state,
+        prev_batch: prev_batch.map(String::into_boxed_str),
+        gap_before: row.try_get("gap_before").map_err(query_error)?,
         json: Bytes::from(json),
     })
 }
@@ -495,6 +498,8 @@ struct EventColumns<'a> {
     event_id: Vec<&'a str>,
     in_timeline: Vec<bool>,
     is_state: Vec<bool>,
+    prev_batch: Vec<Option<&'a str>>,
+    gap_before: Vec<bool>,
     json: Vec<&'a [u8]>,
 }
 
@@ -512,6 +517,8 @@ impl<'a> BatchRows<'a> {
                     e.event_id.push(&event.event_id);
                     e.in_timeline.push(event.in_timeline);
                     e.is_state.push(event.is_state);
+                    e.prev_batch.push(event.prev_batch.as_deref());
+                    e.gap_before.push(event.gap_before);
                     e.json.push(&event.json);
                 }
                 Write::Snapshot {
@@ -572,9 +579,11 @@ impl<'a> BatchRows<'a> {
         if !e.position.is_empty() {
             sqlx::query(
                 "INSERT INTO slidesync_events \
-                     (position, room_id, event_id, in_timeline, is_state, json) \
+                     (position, room_id, event_id, in_timeline, is_state, prev_batch, \
+                      gap_before, json) \
                  SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], \
-                                      $4::BOOLEAN[], $5::BOOLEAN[], $6::BYTEA[]) \
+                                      $4::BOOLEAN[], $5::BOOLEAN[], $6::TEXT[], \
+                                      $7::BOOLEAN[], $8::BYTEA[]) \
                  ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(&e.position)
@@ -582,6 +591,8 @@ impl<'a> BatchRows<'a> {
             .bind(&e.event_id)
             .bind(&e.in_timeline)
             .bind(&e.is_state)
+            .bind(&e.prev_batch)
+            .bind(&e.gap_before)
             .bind(&e.json)
             .execute(&mut **tx)
             .await?;

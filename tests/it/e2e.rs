@@ -140,6 +140,14 @@ async fn room_list_live_updates_and_restart_against_synapse() {
         .sync_ok(&alice.access_token, None, 0, &room_list(9))
         .await;
     assert_eq!(names(&again), ["Kitchen", "Garden", "Attic"]);
+    let attic_again = &again["rooms"][attic.as_str()];
+    assert!(
+        attic_again["prev_batch"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "clients can still paginate back after a restart: {attic_again:?}"
+    );
+    assert_eq!(attic_again["limited"].as_bool(), Some(true));
 
     // Bob sees only the room he is in.
     let bobs = proxy

@@ -24,6 +24,9 @@ fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> S
         event_id: format!("$e{position}").into(),
         in_timeline,
         is_state,
+        // Even positions start a chunk after a gap, so both columns round-trip.
+        prev_batch: (position % 2 == 0).then(|| format!("p{position}").into()),
+        gap_before: position % 2 == 0,
         json: Bytes::from(format!(r#"{{"event_id":"$e{position}"}}"#)),
     }
 }
