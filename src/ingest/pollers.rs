@@ -164,7 +164,7 @@ impl Pollers {
         cipher: &TokenCipher,
     ) -> (usize, usize) {
         let mut failed = 0;
-        let mut started = 0;
+        let mut states = Vec::with_capacity(devices.len());
         for d in devices {
             let Ok(token) = cipher.decrypt(&d.token_encrypted) else {
                 failed += 1;
@@ -173,9 +173,10 @@ impl Pollers {
             if let Some(since) = d.since.filter(|s| !s.is_empty()) {
                 self.since.insert(d.device.clone(), since);
             }
-            self.start(&d.device, &token, true);
-            started += 1;
+            states.push(self.start(&d.device, &token, true));
         }
+        let started = states.len();
+        tokio::spawn(report_resume(states));
         (started, failed)
     }
 
@@ -281,6 +282,30 @@ impl Pollers {
             tracing::warn!(error = %e, "could not delete the expired token");
         }
         stop
+    }
+}
+
+/// Logs how many resumed pollers have caught up (first poll done or token expired), at
+/// most every few seconds, so an operator can watch a big restart progress.
+async fn report_resume(states: Vec<watch::Receiver<PollState>>) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let total = states.len();
+    if total == 0 {
+        return;
+    }
+    let mut pending: FuturesUnordered<_> = states
+        .into_iter()
+        .map(|mut state| async move {
+            let _ = state.wait_for(|s| *s != PollState::Starting).await;
+        })
+        .collect();
+    let (mut done, mut last_log) = (0usize, tokio::time::Instant::now());
+    while pending.next().await.is_some() {
+        done += 1;
+        if done == total || last_log.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(done, total, "resumed pollers caught up");
+            last_log = tokio::time::Instant::now();
+        }
     }
 }
 
