@@ -226,7 +226,6 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
     let listener: Listener = listen::bind(&config.bind).await?;
-    tracing::info!(addr = %listener.local_addr(), tls = tls.is_some(), "listening");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;
     tracing::info!("shutting down: flushing writes");
     app.shutdown().await;

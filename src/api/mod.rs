@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sonic_rs::JsonValueMutTrait;
+use tracing::Instrument;
 
 use crate::conn::{ConnKey, Conns, Wait};
 use crate::error::MatrixError;
@@ -54,10 +55,21 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        // One access-log line per request; the sync handler fills in who and where.
+        let span = tracing::info_span!(
+            "request",
+            user = tracing::field::Empty,
+            device = tracing::field::Empty,
+            conn = tracing::field::Empty,
+            pos = tracing::field::Empty,
+            next_pos = tracing::field::Empty,
+            rooms = tracing::field::Empty,
+        );
         // A bug must cost one request a 500, not the connection or the process.
-        let routed = std::panic::AssertUnwindSafe(self.route(req))
+        let routed = std::panic::AssertUnwindSafe(self.route(req).instrument(span.clone()))
             .catch_unwind()
             .await;
+        let _entered = span.enter();
         let resp = match routed {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => error_response(&e),
@@ -147,11 +159,20 @@ impl Api {
         if pos.is_some() && !self.conns.exists(&key) {
             return Err(MatrixError::unknown_pos());
         }
+        let span = tracing::Span::current();
+        span.record("user", &*device.user_id);
+        span.record("device", &*device.device_id);
+        span.record("conn", key.conn_id.as_str());
+        if let Some(pos) = pos {
+            span.record("pos", pos);
+        }
         let user = self.ready_user(&device, token).await?;
         let resp = self
             .conns
             .sync(key, pos, request, Wait { timeout }, &user, &self.store)
             .await?;
+        span.record("next_pos", resp.pos.as_str());
+        span.record("rooms", resp.rooms.len());
         Ok(json_response(StatusCode::OK, msc3575::serialize(&resp)))
     }
 
