@@ -214,7 +214,8 @@ impl Conns {
                 };
                 slot.conn.step(request.take().as_ref(), &view)
             };
-            if first || resp.has_data() {
+            // A timeout of 0 (or one already over) answers now, not at the next timer tick.
+            if first || resp.has_data() || tokio::time::Instant::now() >= deadline {
                 break resp;
             }
             let cancelled = entry.cancel.notified();

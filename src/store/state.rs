@@ -49,7 +49,9 @@ impl StateBase {
     }
 
     fn build(archive: StateArchive) -> Self {
-        let bytes = rkyv::to_bytes::<RkyvError>(&archive).expect("serializing to memory");
+        let mut bytes = rkyv::to_bytes::<RkyvError>(&archive).expect("serializing to memory");
+        // The serializer grows its buffer by doubling; a room keeps this for long.
+        bytes.shrink_to_fit();
         Self { bytes }
     }
 
@@ -274,9 +276,12 @@ impl RoomState {
         self.overlay.insert(kind, inner);
     }
 
-    /// Whether the overlay has grown enough that a new base pays for itself.
+    /// Whether the overlay has grown enough that a new base pays for itself, or the room
+    /// is new: its first state goes straight into an archive, because a small persistent
+    /// map costs several KiB of tree nodes while the archive costs its bytes.
     pub fn wants_fold(&self) -> bool {
-        self.overlay_len > 64.max(self.base.len() / 4)
+        let first = self.base.is_empty() && self.overlay_len > 0;
+        first || self.overlay_len > 64.max(self.base.len() / 4)
     }
 
     /// Writes base and overlay into a new archive valid as of `position`.
