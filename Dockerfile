@@ -6,18 +6,20 @@ WORKDIR /build
 
 # Dependencies first, against placeholder sources, so this layer is reused until
 # Cargo.toml or Cargo.lock changes. Every target Cargo.toml declares must exist for the
-# manifest to load, hence the placeholder bench.
+# manifest to load, hence the placeholder bench and load generator.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+RUN mkdir -p src benches loadtest \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/room_list.rs \
+    && echo 'fn main() {}' > loadtest/main.rs \
     && cargo build --release --locked \
-    && rm -rf src benches
+    && rm -rf src benches loadtest
 
 # schema/ before the real build: sqlx::migrate! embeds the migrations at compile time.
 COPY schema ./schema
 COPY benches ./benches
+COPY loadtest ./loadtest
 COPY src ./src
 # COPY keeps the files' modification times, which can be older than the placeholder
 # build; touching the crate roots makes cargo rebuild slidesync itself.
