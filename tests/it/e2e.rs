@@ -361,3 +361,80 @@ async fn a_client_can_use_the_proxy_as_its_homeserver_url() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unnamed_room_is_named_after_the_other_member_and_invites_show_only_invite_state() {
+    let hs = synapse().await;
+    let erin = hs.register("erin").await;
+    let frank = hs.register("frank").await;
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let first = proxy
+        .sync_ok(&frank.access_token, None, 0, &room_list(9))
+        .await;
+    assert_eq!(first["lists"]["all"]["count"].as_u64(), Some(0));
+
+    let dm = hs
+        .create_room(&erin, json!({"preset": "private_chat", "is_direct": true}))
+        .await;
+    hs.send_text(&erin, &dm, "are you there?").await;
+    hs.invite(&erin, &dm, &frank.user_id).await;
+    let mut p = pos(&first);
+    let mut invited = None;
+    for _ in 0..10 {
+        let resp = proxy
+            .sync_ok(&frank.access_token, Some(&p), 10_000, &json!({}))
+            .await;
+        p = pos(&resp);
+        if resp["rooms"].get(dm.as_str()).is_some() {
+            invited = Some(resp);
+            break;
+        }
+    }
+    let invited = invited.expect("the invite arrives");
+    let invite = &invited["rooms"][dm.as_str()];
+    assert!(
+        invite["invite_state"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{invite:?}"
+    );
+    assert!(
+        invite.get("timeline").is_none(),
+        "an invitee sees no messages: {invite:?}"
+    );
+    assert!(invite.get("required_state").is_none(), "{invite:?}");
+
+    hs.join(&frank, &dm).await;
+    let mut joined = None;
+    for _ in 0..10 {
+        let resp = proxy
+            .sync_ok(&frank.access_token, Some(&p), 10_000, &json!({}))
+            .await;
+        p = pos(&resp);
+        if resp["rooms"][dm.as_str()].get("name").is_some() {
+            joined = Some(resp);
+            break;
+        }
+    }
+    let joined = joined.expect("the join arrives");
+    let room = &joined["rooms"][dm.as_str()];
+    assert_eq!(
+        room["initial"].as_bool(),
+        Some(true),
+        "joining sends the room whole"
+    );
+    let erin_localpart = erin
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap();
+    assert_eq!(
+        room["name"].as_str(),
+        Some(erin_localpart),
+        "Synapse's default display name"
+    );
+    assert_eq!(room["joined_count"].as_u64(), Some(2));
+    proxy.stop().await;
+}
