@@ -26,6 +26,9 @@ use tokio::sync::{oneshot, OnceCell};
 
 use super::http::{encode, HttpClient};
 
+/// The release the e2e tests are known to pass against (`.ci/run` pins the same).
+const SYNAPSE_RELEASE: &str = "matrix-synapse==1.163.2";
+
 pub const SERVER_NAME: &str = "localhost";
 /// The password of every user made by [`Synapse::register`], for [`Synapse::login`].
 pub const TEST_PASSWORD: &str = "slidesync-test-password";
@@ -192,7 +195,7 @@ fn ensure_venv(venv: &Path) -> Result<PathBuf, String> {
         venv.display()
     );
     run_visibly(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
-    run_visibly(Command::new(&python).args(["-m", "pip", "install", "matrix-synapse"]))?;
+    run_visibly(Command::new(&python).args(["-m", "pip", "install", SYNAPSE_RELEASE]))?;
     if !imports_synapse(&python) {
         return Err(format!(
             "{} still cannot import synapse after installing it",
