@@ -34,7 +34,28 @@ struct Body {
     #[serde(default)]
     txn_id: Option<String>,
     #[serde(default)]
-    lists: Option<HashMap<String, WireList>>,
+    lists: Option<HashMap<String, Object<WireList>>>,
+}
+
+/// A struct that must come as a JSON object: serde's derive also reads an array as the
+/// fields in order, which would make `{"a": [[[0, 5]]]}` a list with ranges.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,7 +118,7 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
             "lists: at most {MAX_LISTS} lists are allowed"
         )));
     }
-    for (name, list) in lists {
+    for (name, Object(list)) in lists {
         if name.len() > MAX_LIST_NAME {
             return Err(MatrixError::invalid_param(format!(
                 "lists: list name is longer than {MAX_LIST_NAME} bytes"
@@ -359,6 +380,9 @@ mod tests {
         assert_eq!(err.errcode, "M_BAD_JSON");
         let err = parse(br#"{"lists":[]}"#).unwrap_err();
         assert!(err.message.contains("lists"), "{}", err.message);
+        let err = parse(br#"{"lists":{"a":[[[0,5]]]}}"#).unwrap_err();
+        assert_eq!(err.errcode, "M_BAD_JSON", "a list must be an object");
+        assert!(err.message.contains("lists.a"), "{}", err.message);
     }
 
     #[test]
