@@ -119,33 +119,50 @@ impl Store {
                 if current == Some(true) || !slot.seen.insert(&ev.event_id) || !ev.is_state() {
                     continue;
                 }
-                let ev = self.accept(&room_id, ev, false, &mut writes);
+                let ev = self.accept(&room_id, ev, false, true, &mut writes);
                 if ev.membership.is_some() {
                     members.push(Arc::clone(&ev));
                 }
                 next.set_state(ev);
             }
-            // Of a chunk, only events after the last one we know are new: older unknown
-            // ones are history backfilled into the homeserver, not live events.
-            let start = if delta.timeline.len() > 1 {
-                delta
-                    .timeline
-                    .iter()
-                    .rposition(|e| slot.seen.contains(&e.event_id))
-                    .map_or(0, |i| i + 1)
-            } else {
-                0
-            };
+            // Of a chunk, the events after the last one we know are new. Unknown ones
+            // before it are history backfilled into the homeserver, not live events,
+            // unless the known one is where we know a gap starts (it came first in a
+            // limited chunk, e.g. another user's one-event initial sync): then they are
+            // the missing events, and go in before it.
+            let mut timeline = delta.timeline;
+            let known = (timeline.len() > 1)
+                .then(|| {
+                    timeline
+                        .iter()
+                        .rposition(|e| slot.seen.contains(&e.event_id))
+                })
+                .flatten();
+            let start = known.map_or(0, |i| i + 1);
+            let after = timeline.split_off(start);
             let mut prev_batch = delta.prev_batch.map(String::into_boxed_str);
+            if let Some(anchor) = timeline.pop() {
+                let filled = self.fill_gap(
+                    &room_id,
+                    &mut next,
+                    &mut slot.seen,
+                    &anchor.event_id,
+                    timeline,
+                    (delta.limited, &mut prev_batch),
+                    &mut writes,
+                );
+                new_timeline |= filled;
+            }
             // Only a gap before events we did not know is a gap for our readers.
             let mut gap = delta.limited && start == 0;
-            for mut ev in delta.timeline.into_iter().skip(start) {
+            for mut ev in after {
                 if !slot.seen.insert(&ev.event_id) {
                     continue;
                 }
                 ev.prev_batch = prev_batch.take();
                 ev.gap_before = std::mem::take(&mut gap);
-                let ev = self.accept(&room_id, ev, true, &mut writes);
+                let state = ev.is_state();
+                let ev = self.accept(&room_id, ev, true, state, &mut writes);
                 if ev.is_state() {
                     if ev.membership.is_some() {
                         members.push(Arc::clone(&ev));
@@ -197,11 +214,14 @@ impl Store {
         }
     }
 
+    /// Gives the event its position and queues its row. `state` says whether startup
+    /// replays it into the room's state.
     fn accept(
         &self,
         room_id: &RoomId,
         mut ev: Event,
         in_timeline: bool,
+        state: bool,
         writes: &mut Vec<Write>,
     ) -> Arc<Event> {
         ev.position = self.position();
@@ -210,12 +230,60 @@ impl Store {
             position: ev.position,
             event_id: ev.event_id.clone(),
             in_timeline,
-            is_state: ev.is_state(),
+            is_state: state,
             prev_batch: ev.prev_batch.clone(),
             gap_before: ev.gap_before,
             json: ev.json.clone(),
         }));
         Arc::new(ev)
+    }
+
+    /// Puts events the room was missing in front of `anchor`, when the timeline has a
+    /// gap there. They are history by now: they go into the timeline (clients receive
+    /// them, late rather than never) but not into the current state, which `anchor`
+    /// already follows. Returns whether any were added.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_gap(
+        &self,
+        room_id: &RoomId,
+        room: &mut RoomSnapshot,
+        seen: &mut room::SeenIds,
+        anchor: &str,
+        before: Vec<Event>,
+        (limited, prev_batch): (bool, &mut Option<Box<str>>),
+        writes: &mut Vec<Write>,
+    ) -> bool {
+        let Some(at) = room
+            .timeline
+            .iter()
+            .position(|e| &*e.event_id == anchor && e.gap_before)
+        else {
+            return false;
+        };
+        let chunk_start = before.first().map(|e| e.event_id.clone());
+        let missing: Vec<Event> = before
+            .into_iter()
+            .filter(|e| seen.insert(&e.event_id))
+            .collect();
+        let Some(first) = missing.first() else {
+            return false;
+        };
+        // The gap moves in front of the first filled event, or closes if the chunk
+        // reached back to what came before it.
+        let gap_remains = limited && chunk_start.as_deref() == Some(&*first.event_id);
+        let mut closed = (*room.timeline[at]).clone();
+        closed.gap_before = false;
+        room.timeline.set(at, Arc::new(closed));
+        for (i, mut ev) in missing.into_iter().enumerate() {
+            ev.gap_before = i == 0 && gap_remains;
+            ev.prev_batch = if i == 0 { prev_batch.take() } else { None };
+            let ev = self.accept(room_id, ev, true, false, writes);
+            // Readers track "sent up to" by the highest position in the timeline.
+            room.meta.latest_position = room.meta.latest_position.max(ev.position);
+            room.timeline.insert(at + i, ev);
+        }
+        room.trim_timeline();
+        true
     }
 
     /// A member event about one of our users, from whichever poller saw it first: the
@@ -476,5 +544,74 @@ impl Store {
         }
         tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{delta, event, store};
+    use super::*;
+
+    fn ids(store: &Store, room: &str) -> Vec<String> {
+        store
+            .room(room)
+            .unwrap()
+            .timeline
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .collect()
+    }
+
+    /// Another user's first poll (limit 1, limited) brings only the newest event; a
+    /// poller that was already following the room then delivers the two before it too.
+    #[tokio::test]
+    async fn events_missing_before_a_known_gap_are_filled_in_order() {
+        let store = store();
+        let e1 = event("m.room.message", None, "@b:x", 1);
+        let e2 = event("m.room.message", None, "@b:x", 2);
+        let name = event("m.room.name", Some(""), "@b:x", 3);
+        let e4 = event("m.room.message", None, "@b:x", 4);
+        let mut first_poll = delta("!r:x", vec![], vec![e2.clone()]);
+        first_poll.limited = true;
+        store.apply_room(first_poll);
+        assert!(store.room("!r:x").unwrap().timeline[0].gap_before);
+
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![e1.clone(), name.clone(), e2.clone(), e4.clone()],
+        ));
+        let room = store.room("!r:x").unwrap();
+        assert_eq!(
+            ids(&store, "!r:x"),
+            [&e1.event_id, &name.event_id, &e2.event_id, &e4.event_id].map(|s| s.to_string())
+        );
+        assert!(
+            room.timeline.iter().all(|e| !e.gap_before),
+            "the gap is filled"
+        );
+        let highest = room.timeline.iter().map(|e| e.position).max().unwrap();
+        assert_eq!(
+            room.meta.latest_position, highest,
+            "readers can say they sent it all"
+        );
+        assert!(
+            room.state.get("m.room.name", "").is_none(),
+            "history before the newest known event does not change current state"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_events_before_a_known_event_without_a_gap_are_history() {
+        let store = store();
+        let e1 = event("m.room.message", None, "@b:x", 1);
+        let e2 = event("m.room.message", None, "@b:x", 2);
+        let e3 = event("m.room.message", None, "@b:x", 3);
+        store.apply_room(delta("!r:x", vec![], vec![e2.clone()]));
+        store.apply_room(delta("!r:x", vec![], vec![e1, e2.clone(), e3.clone()]));
+        assert_eq!(
+            ids(&store, "!r:x"),
+            [e2.event_id.to_string(), e3.event_id.to_string()]
+        );
     }
 }

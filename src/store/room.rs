@@ -40,7 +40,8 @@ pub struct RoomMeta {
     pub tombstone: Option<Box<str>>,
     /// `origin_server_ts` of the newest timeline event: the recency sort key.
     pub latest_ts: u64,
-    /// Position of the newest timeline event.
+    /// The highest position in the timeline: readers that sent up to here sent it all.
+    /// (Usually the newest event's; a filled gap adds older events with newer positions.)
     pub latest_position: Position,
 }
 
@@ -199,11 +200,17 @@ impl RoomSnapshot {
 
     pub(super) fn push_timeline(&mut self, ev: Arc<Event>) {
         self.meta.latest_ts = self.meta.latest_ts.max(ev.origin_server_ts);
-        self.meta.latest_position = ev.position;
+        self.meta.latest_position = self.meta.latest_position.max(ev.position);
         self.timeline.push_back(ev);
+        self.trim_timeline();
+    }
+
+    /// Drops the oldest events past [`TIMELINE_RING`], remembering how far they reached.
+    pub(super) fn trim_timeline(&mut self) {
         while self.timeline.len() > TIMELINE_RING {
             if let Some(old) = self.timeline.pop_front() {
-                self.evicted = old.position;
+                // Filled gaps put newer positions before older ones: keep the highest.
+                self.evicted = self.evicted.max(old.position);
             }
         }
     }
