@@ -87,27 +87,48 @@ impl Connection {
             None => Some(HashSet::new()),
         };
         self.seen_version = Some(view.data.version());
-        let mut resend: HashSet<RoomId> = HashSet::new();
         let mut resp = SyncResponse::default();
+        let (old_ranges, resend) = self.merge_request(req);
+        self.list_ops(old_ranges, view, &mut resp);
+        let visible = self.visible_rooms();
+        self.room_results(&visible, changed.as_ref(), &resend, view, &mut resp);
+        self.farewells(&visible, view, &mut resp);
+        resp
+    }
 
-        let mut old_ranges: BTreeMap<String, Vec<Range>> = BTreeMap::new();
-        if let Some(req) = req {
-            for (name, params) in &req.lists {
-                let list = self.lists.entry(name.clone()).or_default();
-                old_ranges.insert(name.clone(), list.ranges.clone());
-                if merge(list, params) {
-                    resend.extend(list.have.values().cloned());
-                }
+    /// Merges the request's lists into the sticky ones. Returns each changed list's
+    /// ranges from before, and the rooms to send whole again (their list's timeline or
+    /// state selection changed).
+    fn merge_request(
+        &mut self,
+        req: Option<&SyncRequest>,
+    ) -> (BTreeMap<String, Vec<Range>>, HashSet<RoomId>) {
+        let mut old_ranges = BTreeMap::new();
+        let mut resend = HashSet::new();
+        for (name, params) in req.iter().flat_map(|r| &r.lists) {
+            let list = self.lists.entry(name.clone()).or_default();
+            old_ranges.insert(name.clone(), list.ranges.clone());
+            if merge(list, params) {
+                resend.extend(list.have.values().cloned());
             }
         }
+        (old_ranges, resend)
+    }
 
+    /// Each list's ops and count: ranges kept from before move the client's rooms to
+    /// where they are now, dropped ranges are invalidated, new ranges synced.
+    fn list_ops(
+        &mut self,
+        mut old_ranges: BTreeMap<String, Vec<Range>>,
+        view: &View<'_>,
+        resp: &mut SyncResponse,
+    ) {
         let index = &view.data.index;
         for (name, list) in &mut self.lists {
             let old = old_ranges
                 .remove(name)
                 .unwrap_or_else(|| list.ranges.clone());
             let mut ops = Vec::new();
-            // Ranges kept from before: move the client's rooms to where they are now.
             for &(start, end) in
                 &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old))
             {
@@ -154,7 +175,11 @@ impl Connection {
                 },
             );
         }
+    }
 
+    /// Every room the client holds in some window, with the parameters of all the lists
+    /// that show it merged.
+    fn visible_rooms(&self) -> BTreeMap<RoomId, RoomParams> {
         let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
         for list in self.lists.values() {
             for room in list.have.values() {
@@ -167,10 +192,22 @@ impl Connection {
                 }
             }
         }
+        visible
+    }
 
-        for (room_id, params) in &visible {
+    /// Room data for visible rooms: whole for rooms new to the client (or to resend),
+    /// what changed for the others, `invite_state` alone for invites.
+    fn room_results(
+        &mut self,
+        visible: &BTreeMap<RoomId, RoomParams>,
+        changed: Option<&HashSet<RoomId>>,
+        resend: &HashSet<RoomId>,
+        view: &View<'_>,
+        resp: &mut SyncResponse,
+    ) {
+        for (room_id, params) in visible {
             let sent = self.sent.get(room_id);
-            let is_changed = changed.as_ref().is_none_or(|c| c.contains(room_id));
+            let is_changed = changed.is_none_or(|c| c.contains(room_id));
             let result = match (view.data.membership(room_id), sent) {
                 (Some(UserMembership::Join { since }), Some(s))
                     if !s.invite && !resend.contains(room_id) =>
@@ -207,10 +244,17 @@ impl Connection {
                 resp.rooms.insert(room_id.clone(), result);
             }
         }
+    }
 
-        // Rooms the client no longer sees: a room the user left gets what happened since
-        // the last response up to the leave (still the user's to see), the leave event
-        // last, then nothing more; others are forgotten so they come back whole.
+    /// Rooms the client no longer sees: a room the user left gets what happened since
+    /// the last response up to the leave (still the user's to see), the leave event
+    /// last, then nothing more; others are forgotten so they come back whole.
+    fn farewells(
+        &mut self,
+        visible: &BTreeMap<RoomId, RoomParams>,
+        view: &View<'_>,
+        resp: &mut SyncResponse,
+    ) {
         let gone: Vec<RoomId> = self
             .sent
             .keys()
@@ -221,31 +265,32 @@ impl Connection {
             let Some(sent) = self.sent.remove(&room_id) else {
                 continue;
             };
-            if let Some(UserMembership::Leave {
+            let Some(UserMembership::Leave {
                 event: Some(ev), ..
             }) = view.data.membership(&room_id)
-            {
-                if ev.position > sent.position && !sent.invite {
-                    let mut timeline: Vec<_> = (view.room)(&room_id)
-                        .map(|room| room.timeline_after(sent.position, TIMELINE_RING).0)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|e| e.position < ev.position)
-                        .map(|e| e.json.clone())
-                        .collect();
-                    timeline.push(ev.json.clone());
-                    resp.rooms.insert(
-                        room_id,
-                        RoomResult {
-                            num_live: timeline.len(),
-                            timeline,
-                            ..RoomResult::default()
-                        },
-                    );
-                }
+            else {
+                continue;
+            };
+            if ev.position <= sent.position || sent.invite {
+                continue;
             }
+            let mut timeline: Vec<_> = (view.room)(&room_id)
+                .map(|room| room.timeline_after(sent.position, TIMELINE_RING).0)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.position < ev.position)
+                .map(|e| e.json.clone())
+                .collect();
+            timeline.push(ev.json.clone());
+            resp.rooms.insert(
+                room_id,
+                RoomResult {
+                    num_live: timeline.len(),
+                    timeline,
+                    ..RoomResult::default()
+                },
+            );
         }
-        resp
     }
 
     fn full_room(
