@@ -100,97 +100,41 @@ impl Store {
     /// the memberships of this proxy's users and wakes those in the room.
     pub fn apply_room(&self, delta: RoomDelta) {
         let room_id = delta.room_id;
-        let mut writes = Vec::new();
-        let mut members = Vec::new();
-        let (locals, latest_ts) = {
+        let (members, locals, latest_ts) = {
             let mut slot = self
                 .rooms
                 .entry(room_id.clone())
                 .or_insert_with(|| RoomSlot::new(room_id.clone()));
             let slot = &mut *slot;
-            let mut next = (*slot.snapshot).clone();
-            let mut new_timeline = false;
-            for ev in delta.state {
-                let current = ev.state_key.as_deref().and_then(|k| {
-                    next.state
-                        .get(&ev.kind, k)
-                        .map(|s| s.event_id() == &*ev.event_id)
-                });
-                if current == Some(true) || !slot.seen.insert(&ev.event_id) || !ev.is_state() {
-                    continue;
-                }
-                let ev = self.accept(&room_id, ev, false, true, &mut writes);
-                if ev.membership.is_some() {
-                    members.push(Arc::clone(&ev));
-                }
-                next.set_state(ev);
-            }
-            // Of a chunk, the events after the last one we know are new. Unknown ones
-            // before it are history backfilled into the homeserver, not live events,
-            // unless the known one is where we know a gap starts (it came first in a
-            // limited chunk, e.g. another user's one-event initial sync): then they are
-            // the missing events, and go in before it.
-            let mut timeline = delta.timeline;
-            let known = (timeline.len() > 1)
-                .then(|| {
-                    timeline
-                        .iter()
-                        .rposition(|e| slot.seen.contains(&e.event_id))
-                })
-                .flatten();
-            let start = known.map_or(0, |i| i + 1);
-            let after = timeline.split_off(start);
-            let mut prev_batch = delta.prev_batch.map(String::into_boxed_str);
-            if let Some(anchor) = timeline.pop() {
-                let filled = self.fill_gap(
-                    &room_id,
-                    &mut next,
-                    &mut slot.seen,
-                    &anchor.event_id,
-                    timeline,
-                    (delta.limited, &mut prev_batch),
-                    &mut writes,
-                );
-                new_timeline |= filled;
-            }
-            // Only a gap before events we did not know is a gap for our readers.
-            let mut gap = delta.limited && start == 0;
-            for mut ev in after {
-                if !slot.seen.insert(&ev.event_id) {
-                    continue;
-                }
-                ev.prev_batch = prev_batch.take();
-                ev.gap_before = std::mem::take(&mut gap);
-                let state = ev.is_state();
-                let ev = self.accept(&room_id, ev, true, state, &mut writes);
-                if ev.is_state() {
-                    if ev.membership.is_some() {
-                        members.push(Arc::clone(&ev));
-                    }
-                    next.set_state(Arc::clone(&ev));
-                }
-                next.push_timeline(ev);
-                new_timeline = true;
-            }
-            if next.state.wants_fold() {
-                let position = self.next_position.load(Ordering::Relaxed);
-                next.state.fold(position);
-                writes.push(Write::Snapshot {
-                    room_id: room_id.clone(),
-                    position,
-                    bytes: next.state.base().bytes(),
-                });
-            }
+            let mut applying = Applying {
+                store: self,
+                room_id: &room_id,
+                next: (*slot.snapshot).clone(),
+                seen: &mut slot.seen,
+                writes: Vec::new(),
+                members: Vec::new(),
+                new_timeline: false,
+            };
+            applying.state_block(delta.state);
+            applying.timeline(delta.timeline, delta.prev_batch, delta.limited);
+            applying.fold_if_due();
+            let Applying {
+                next,
+                writes,
+                members,
+                new_timeline,
+                ..
+            } = applying;
             let latest_ts = next.meta.latest_ts;
             slot.snapshot = Arc::new(next);
             // Queued while the room is still locked: see `writer` on why order matters.
-            self.queue.push(writes.drain(..));
+            self.queue.push(writes);
             let locals: Vec<UserId> = if new_timeline {
                 slot.locals.iter().cloned().collect()
             } else {
                 Vec::new()
             };
-            (locals, latest_ts)
+            (members, locals, latest_ts)
         };
         for ev in members {
             let Some(user) = ev.state_key.as_deref().and_then(|u| self.user(u)) else {
@@ -212,78 +156,6 @@ impl Store {
                 });
             }
         }
-    }
-
-    /// Gives the event its position and queues its row. `state` says whether startup
-    /// replays it into the room's state.
-    fn accept(
-        &self,
-        room_id: &RoomId,
-        mut ev: Event,
-        in_timeline: bool,
-        state: bool,
-        writes: &mut Vec<Write>,
-    ) -> Arc<Event> {
-        ev.position = self.position();
-        writes.push(Write::Event(persist::StoredEvent {
-            room_id: room_id.clone(),
-            position: ev.position,
-            event_id: ev.event_id.clone(),
-            in_timeline,
-            is_state: state,
-            prev_batch: ev.prev_batch.clone(),
-            gap_before: ev.gap_before,
-            json: ev.json.clone(),
-        }));
-        Arc::new(ev)
-    }
-
-    /// Puts events the room was missing in front of `anchor`, when the timeline has a
-    /// gap there. They are history by now: they go into the timeline (clients receive
-    /// them, late rather than never) but not into the current state, which `anchor`
-    /// already follows. Returns whether any were added.
-    #[allow(clippy::too_many_arguments)]
-    fn fill_gap(
-        &self,
-        room_id: &RoomId,
-        room: &mut RoomSnapshot,
-        seen: &mut room::SeenIds,
-        anchor: &str,
-        before: Vec<Event>,
-        (limited, prev_batch): (bool, &mut Option<Box<str>>),
-        writes: &mut Vec<Write>,
-    ) -> bool {
-        let Some(at) = room
-            .timeline
-            .iter()
-            .position(|e| &*e.event_id == anchor && e.gap_before)
-        else {
-            return false;
-        };
-        let chunk_start = before.first().map(|e| e.event_id.clone());
-        let missing: Vec<Event> = before
-            .into_iter()
-            .filter(|e| seen.insert(&e.event_id))
-            .collect();
-        let Some(first) = missing.first() else {
-            return false;
-        };
-        // The gap moves in front of the first filled event, or closes if the chunk
-        // reached back to what came before it.
-        let gap_remains = limited && chunk_start.as_deref() == Some(&*first.event_id);
-        let mut closed = (*room.timeline[at]).clone();
-        closed.gap_before = false;
-        room.timeline.set(at, Arc::new(closed));
-        for (i, mut ev) in missing.into_iter().enumerate() {
-            ev.gap_before = i == 0 && gap_remains;
-            ev.prev_batch = if i == 0 { prev_batch.take() } else { None };
-            let ev = self.accept(room_id, ev, true, false, writes);
-            // Readers track "sent up to" by the highest position in the timeline.
-            room.meta.latest_position = room.meta.latest_position.max(ev.position);
-            room.timeline.insert(at + i, ev);
-        }
-        room.trim_timeline();
-        true
     }
 
     /// A member event about one of our users, from whichever poller saw it first: the
@@ -544,6 +416,150 @@ impl Store {
         }
         tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
         Ok(store)
+    }
+}
+
+/// One room being updated under its lock: the next snapshot and what to do after.
+struct Applying<'a> {
+    store: &'a Store,
+    room_id: &'a RoomId,
+    next: RoomSnapshot,
+    seen: &'a mut room::SeenIds,
+    writes: Vec<Write>,
+    /// Member events applied, for our users' memberships once the lock is released.
+    members: Vec<Arc<Event>>,
+    new_timeline: bool,
+}
+
+impl Applying<'_> {
+    /// A v2 `state` block: state from before the timeline.
+    fn state_block(&mut self, events: Vec<Event>) {
+        for ev in events {
+            let current = ev.state_key.as_deref().and_then(|k| {
+                self.next
+                    .state
+                    .get(&ev.kind, k)
+                    .map(|s| s.event_id() == &*ev.event_id)
+            });
+            if current == Some(true) || !self.seen.insert(&ev.event_id) || !ev.is_state() {
+                continue;
+            }
+            let ev = self.accept(ev, false, true);
+            if ev.membership.is_some() {
+                self.members.push(Arc::clone(&ev));
+            }
+            self.next.set_state(ev);
+        }
+    }
+
+    /// A timeline chunk. The events after the last one we know are new. Unknown ones
+    /// before it are history backfilled into the homeserver, not live events, unless
+    /// the known one is where we know a gap starts (it came first in a limited chunk,
+    /// e.g. another user's one-event initial sync): then they are the missing events,
+    /// and go in before it.
+    fn timeline(&mut self, mut events: Vec<Event>, prev_batch: Option<String>, limited: bool) {
+        let known = (events.len() > 1)
+            .then(|| events.iter().rposition(|e| self.seen.contains(&e.event_id)))
+            .flatten();
+        let start = known.map_or(0, |i| i + 1);
+        let after = events.split_off(start);
+        let mut prev_batch = prev_batch.map(String::into_boxed_str);
+        if let Some(anchor) = events.pop() {
+            self.fill_gap(&anchor.event_id, events, limited, &mut prev_batch);
+        }
+        // Only a gap before events we did not know is a gap for our readers.
+        let mut gap = limited && start == 0;
+        for mut ev in after {
+            if !self.seen.insert(&ev.event_id) {
+                continue;
+            }
+            ev.prev_batch = prev_batch.take();
+            ev.gap_before = std::mem::take(&mut gap);
+            let state = ev.is_state();
+            let ev = self.accept(ev, true, state);
+            if ev.is_state() {
+                if ev.membership.is_some() {
+                    self.members.push(Arc::clone(&ev));
+                }
+                self.next.set_state(Arc::clone(&ev));
+            }
+            self.next.push_timeline(ev);
+            self.new_timeline = true;
+        }
+    }
+
+    /// Puts events the room was missing in front of `anchor`, when the timeline has a
+    /// gap there. They are history by now: they go into the timeline (clients receive
+    /// them, late rather than never) but not into the current state, which `anchor`
+    /// already follows.
+    fn fill_gap(
+        &mut self,
+        anchor: &str,
+        before: Vec<Event>,
+        limited: bool,
+        prev_batch: &mut Option<Box<str>>,
+    ) {
+        let Some(at) = self
+            .next
+            .timeline
+            .iter()
+            .position(|e| &*e.event_id == anchor && e.gap_before)
+        else {
+            return;
+        };
+        let chunk_start = before.first().map(|e| e.event_id.clone());
+        let missing: Vec<Event> = before
+            .into_iter()
+            .filter(|e| self.seen.insert(&e.event_id))
+            .collect();
+        let Some(first) = missing.first() else {
+            return;
+        };
+        // The gap moves in front of the first filled event, or closes if the chunk
+        // reached back to what came before it.
+        let gap_remains = limited && chunk_start.as_deref() == Some(&*first.event_id);
+        let mut closed = (*self.next.timeline[at]).clone();
+        closed.gap_before = false;
+        self.next.timeline.set(at, Arc::new(closed));
+        for (i, mut ev) in missing.into_iter().enumerate() {
+            ev.gap_before = i == 0 && gap_remains;
+            ev.prev_batch = if i == 0 { prev_batch.take() } else { None };
+            let ev = self.accept(ev, true, false);
+            // Readers track "sent up to" by the highest position in the timeline.
+            self.next.meta.latest_position = self.next.meta.latest_position.max(ev.position);
+            self.next.timeline.insert(at + i, ev);
+        }
+        self.next.trim_timeline();
+        self.new_timeline = true;
+    }
+
+    fn fold_if_due(&mut self) {
+        if self.next.state.wants_fold() {
+            let position = self.store.next_position.load(Ordering::Relaxed);
+            self.next.state.fold(position);
+            self.writes.push(Write::Snapshot {
+                room_id: self.room_id.clone(),
+                position,
+                bytes: self.next.state.base().bytes(),
+            });
+        }
+    }
+
+    /// Gives the event its position and queues its row. `state` says whether startup
+    /// replays it into the room's state.
+    fn accept(&mut self, mut ev: Event, in_timeline: bool, state: bool) -> Arc<Event> {
+        ev.position = self.store.position();
+        self.writes.push(Write::Event(persist::StoredEvent {
+            room_id: self.room_id.clone(),
+            position: ev.position,
+            event_id: ev.event_id.clone(),
+            in_timeline,
+            is_state: state,
+            prev_batch: ev.prev_batch.clone(),
+            gap_before: ev.gap_before,
+            json: ev.json.clone(),
+        }));
+        Arc::new(ev)
     }
 }
 
