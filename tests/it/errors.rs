@@ -9,7 +9,7 @@ use sonic_rs::{json, JsonValueTrait};
 use crate::support::db::TestDb;
 use crate::support::fake::FakeHomeserver;
 use crate::support::http::TestResponse;
-use crate::support::proxy::{synced_ids, Proxy, MSC3575};
+use crate::support::proxy::{scripted, synced_ids, Proxy, MSC3575};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -17,11 +17,7 @@ const TOKEN: &str = "alice_token";
 const MAX_BODY: usize = 1024 * 1024;
 
 async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
-    let db = TestDb::new().await;
-    let hs = Arc::new(FakeHomeserver::default());
-    hs.add_device(TOKEN, ALICE, "ALICEDEV");
-    let proxy = Proxy::start(&db.url, hs.clone()).await;
-    (db, hs, proxy)
+    scripted(&[(TOKEN, ALICE, "ALICEDEV")]).await
 }
 
 /// Asserts a Matrix error: the status, the errcode, a JSON body with a message, and

@@ -9,7 +9,7 @@ use sonic_rs::{json, JsonValueTrait, Value};
 
 use crate::support::db::TestDb;
 use crate::support::fake::{FakeHomeserver, Reply, SeenCall};
-use crate::support::proxy::{pos, room_ids, synced_ids, timeline_ids, Proxy};
+use crate::support::proxy::{pos, room_ids, scripted, synced_ids, timeline_ids, Proxy};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -24,18 +24,17 @@ fn list_request(timeline_limit: u64) -> Value {
     }}})
 }
 
+const DEVICES: [(&str, &str, &str); 2] = [
+    ("alice_token", ALICE, "ALICEDEV"),
+    ("bob_token", BOB, "BOBDEV"),
+];
+
 fn fake() -> Arc<FakeHomeserver> {
-    let hs = Arc::new(FakeHomeserver::default());
-    hs.add_device("alice_token", ALICE, "ALICEDEV");
-    hs.add_device("bob_token", BOB, "BOBDEV");
-    hs
+    FakeHomeserver::with_devices(&DEVICES)
 }
 
 async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
-    let db = TestDb::new().await;
-    let hs = fake();
-    let proxy = Proxy::start(&db.url, hs.clone()).await;
-    (db, hs, proxy)
+    scripted(&DEVICES).await
 }
 
 /// `room.timeline.limit` of a poll's filter.

@@ -7,7 +7,7 @@ use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
 
 use crate::support::db::TestDb;
 use crate::support::fake::FakeHomeserver;
-use crate::support::proxy::{ops, pos, synced_ids, Proxy};
+use crate::support::proxy::{ops, pos, scripted, synced_ids, Proxy};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -22,11 +22,7 @@ fn list_request(end: u64, timeline_limit: u64) -> sonic_rs::Value {
 }
 
 async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
-    let db = TestDb::new().await;
-    let hs = Arc::new(FakeHomeserver::default());
-    hs.add_device("alice_token", ALICE, "ALICEDEV");
-    let proxy = Proxy::start(&db.url, hs.clone()).await;
-    (db, hs, proxy)
+    scripted(&[("alice_token", ALICE, "ALICEDEV")]).await
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 
 use crate::support::db::TestDb;
 use crate::support::fake::FakeHomeserver;
-use crate::support::proxy::{ops, pos, room_ids, synced_ids, timeline_ids, Proxy, MSC3575};
+use crate::support::proxy::{
+    ops, pos, room_ids, scripted, synced_ids, timeline_ids, Proxy, MSC3575,
+};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -25,12 +27,11 @@ fn list_request(timeline_limit: u64) -> Value {
 }
 
 async fn setup() -> (TestDb, Arc<FakeHomeserver>, Proxy) {
-    let db = TestDb::new().await;
-    let hs = Arc::new(FakeHomeserver::default());
-    hs.add_device("alice_token", ALICE, "ALICEDEV");
-    hs.add_device("bob_token", BOB, "BOBDEV");
-    let proxy = Proxy::start(&db.url, hs.clone()).await;
-    (db, hs, proxy)
+    scripted(&[
+        ("alice_token", ALICE, "ALICEDEV"),
+        ("bob_token", BOB, "BOBDEV"),
+    ])
+    .await
 }
 
 /// The shared room as both users' first polls deliver it: same events, same IDs.

@@ -5,6 +5,7 @@
 //! waits (up to its long-poll timeout, capped short) for one to be pushed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,6 +64,15 @@ impl Drop for InFlight<'_> {
 }
 
 impl FakeHomeserver {
+    /// A homeserver that knows these (token, user, device) triples.
+    pub fn with_devices(devices: &[(&str, &str, &str)]) -> Arc<FakeHomeserver> {
+        let hs = Arc::new(FakeHomeserver::default());
+        for (token, user, device) in devices {
+            hs.add_device(token, user, device);
+        }
+        hs
+    }
+
     /// Makes `token` valid for (user, device).
     pub fn add_device(&self, token: &str, user_id: &str, device_id: &str) {
         self.devices.lock().insert(

@@ -19,6 +19,8 @@ use sonic_rs::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::db::TestDb;
+use super::fake::FakeHomeserver;
 use super::http::{HttpClient, TestResponse};
 
 pub const SECRET: &str = "test-secret-for-slidesync";
@@ -29,6 +31,15 @@ pub struct Proxy {
     pub client: HttpClient,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<App>>,
+}
+
+/// A fresh database, a scripted homeserver that knows these (token, user, device)
+/// triples, and the proxy over both.
+pub async fn scripted(devices: &[(&str, &str, &str)]) -> (TestDb, Arc<FakeHomeserver>, Proxy) {
+    let db = TestDb::new().await;
+    let hs = FakeHomeserver::with_devices(devices);
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    (db, hs, proxy)
 }
 
 /// Test-friendly tunables: quick retries.
