@@ -13,13 +13,18 @@
 //! - [`phases`]: phases a to c, each printing its section of the report.
 //! - [`live`]: phase d, and how each message a client lacks is accounted for.
 //! - [`report`]: percentiles, failures, the machine and the process.
-//! - this file: options, the scratch database, wiring, teardown.
+//! - [`db`]: the scratch database, shared with the integration tests.
+//! - this file: options, wiring, teardown.
 //!
 //! Every response is checked (status, window contents and order, room data, each
 //! injected message arriving once); a phase with a failure prints the failures instead
 //! of its numbers and the run stops with a non-zero status.
 
 mod client;
+// The tests' database per run: created on the same server (`SLIDESYNC_TEST_PG`), dropped
+// when the value is, also on a panic or Ctrl-C.
+#[path = "../tests/it/support/db.rs"]
+mod db;
 mod homeserver;
 mod live;
 mod phases;
@@ -37,6 +42,8 @@ use slidesync::ops::listen;
 use slidesync::store::pg::PgStore;
 use slidesync::store::tokens::TokenCipher;
 use sqlx::{Connection, PgConnection};
+
+use crate::db::TestDb;
 
 use crate::client::SyncClient;
 use crate::homeserver::Synthetic;
@@ -64,8 +71,6 @@ without a database name). A scratch database is created and dropped.";
 /// A device holds at most 16 connections (`conn::MAX_CONNS_PER_DEVICE`); phase b's must
 /// all live beside the two opened before them.
 const MAX_CLIENTS_PER_USER: usize = 14;
-
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -189,13 +194,7 @@ async fn main() -> ExitCode {
     }
     println!("setup: generator, proxy and synthetic homeserver share this process; HTTP/1.1 keep-alive over 127.0.0.1; Postgres on the same machine");
 
-    let db = match ScratchDb::create().await {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("cannot create the scratch database: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let db = TestDb::new().await;
     println!("database: {}", redact_db_url(&db.url));
     // A panic anywhere in the run, or Ctrl-C, still drops the database.
     let outcome = tokio::select! {
@@ -205,9 +204,7 @@ async fn main() -> ExitCode {
         },
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
     };
-    if let Err(e) = db.drop_now().await {
-        eprintln!("{e}");
-    }
+    drop(db);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -218,7 +215,7 @@ async fn main() -> ExitCode {
 }
 
 /// Starts the proxy, runs the phases, stops it, and prints the process section.
-async fn run(opts: &Options, db: &ScratchDb) -> Result<(), String> {
+async fn run(opts: &Options, db: &TestDb) -> Result<(), String> {
     let mut rooms = vec![opts.rooms; opts.users];
     rooms.extend(opts.late_login);
     let hs = Arc::new(Synthetic::new(&rooms));
@@ -266,7 +263,7 @@ async fn run(opts: &Options, db: &ScratchDb) -> Result<(), String> {
     println!(
         "  proxy: {conns} sliding sync connections open at the end; the homeserver served {initial} initial /sync and {polls} long-polls"
     );
-    let (size, events) = db.usage().await?;
+    let (size, events) = usage(&db.url).await?;
     let expected = (rooms.iter().sum::<usize>() * 4) as i64 + hs.injected() as i64;
     println!(
         "  Postgres: {events} events stored (expected {expected}), database {} MiB",
@@ -288,112 +285,19 @@ async fn phases(run: &Run) -> Result<(), Failed> {
     live::live_delivery(run).await
 }
 
-/// A database of this run's own, dropped at the end: by [`ScratchDb::drop_now`], or
-/// when dropped unawaited (a panic outside the guarded run).
-struct ScratchDb {
-    server: String,
-    name: String,
-    url: String,
-    dropped: bool,
-}
-
-impl ScratchDb {
-    async fn create() -> Result<ScratchDb, String> {
-        let server = std::env::var("SLIDESYNC_TEST_PG")
-            .unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        let name = format!(
-            "slidesync_load_{}_{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
-            .await
-            .map_err(|e| format!("{}: {e}", redact_db_url(&server)))?;
-        // The name is ours (digits and hex), so interpolating it is safe.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = admin.close().await;
-        Ok(ScratchDb {
-            url: format!("{server}/{name}"),
-            server,
-            name,
-            dropped: false,
-        })
-    }
-
-    /// (database size in bytes, rows in the event table).
-    async fn usage(&self) -> Result<(i64, i64), String> {
-        let mut conn = PgConnection::connect(&self.url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM slidesync_events")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        Ok((size, events))
-    }
-
-    fn drop_sql(&self) -> (String, String) {
-        (
-            format!("{}/postgres", self.server),
-            // FORCE ends the sessions the proxy's pool may still hold.
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        )
-    }
-
-    async fn drop_now(mut self) -> Result<(), String> {
-        self.dropped = true;
-        let (admin_url, sql) = self.drop_sql();
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .map_err(|e| format!("could not drop database {}: {e}", self.name))?;
-        sqlx::query(&sql)
-            .execute(&mut admin)
-            .await
-            .map_err(|e| format!("could not drop database {}: {e}", self.name))?;
-        let _ = admin.close().await;
-        Ok(())
-    }
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        // Drop cannot await, and blocking inside the runtime is not allowed: the DROP
-        // runs on a thread with a runtime of its own.
-        let (admin_url, sql) = self.drop_sql();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                sqlx::query(&sql)
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok::<(), String>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop database {name}");
-        }
-    }
+/// (database size in bytes, rows in the event table).
+async fn usage(url: &str) -> Result<(i64, i64), String> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM slidesync_events")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = conn.close().await;
+    Ok((size, events))
 }
