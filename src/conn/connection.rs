@@ -88,7 +88,23 @@ impl Connection {
         };
         self.seen_version = Some(view.data.version());
         let mut resp = SyncResponse::default();
-        let (old_ranges, resend) = self.merge_request(req);
+        let (old_ranges, resend, params_changed) = self.merge_request(req);
+        // Nothing of the user's changed and the request changed nothing: the client is up
+        // to date, whatever the size of its windows (the common long-poll wake-up and
+        // no-change request).
+        if !params_changed && changed.as_ref().is_some_and(HashSet::is_empty) {
+            for (name, list) in &self.lists {
+                let count = list.count.unwrap_or(view.data.index.len());
+                resp.lists.insert(
+                    name.clone(),
+                    ListResult {
+                        count,
+                        ops: Vec::new(),
+                    },
+                );
+            }
+            return resp;
+        }
         self.list_ops(old_ranges, view, &mut resp);
         let visible = self.visible_rooms();
         self.room_results(&visible, changed.as_ref(), &resend, view, &mut resp);
@@ -96,23 +112,29 @@ impl Connection {
         resp
     }
 
-    /// Merges the request's lists into the sticky ones. Returns each changed list's
-    /// ranges from before, and the rooms to send whole again (their list's timeline or
-    /// state selection changed).
+    /// Merges the request's lists into the sticky ones. Returns each listed list's
+    /// ranges from before, the rooms to send whole again (their list's timeline or state
+    /// selection changed), and whether the request changed anything at all.
     fn merge_request(
         &mut self,
         req: Option<&SyncRequest>,
-    ) -> (BTreeMap<String, Vec<Range>>, HashSet<RoomId>) {
+    ) -> (BTreeMap<String, Vec<Range>>, HashSet<RoomId>, bool) {
         let mut old_ranges = BTreeMap::new();
         let mut resend = HashSet::new();
+        let mut changed = false;
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
             let list = self.lists.entry(name.clone()).or_default();
+            let before = (list.ranges.clone(), list.sort.clone());
             old_ranges.insert(name.clone(), list.ranges.clone());
-            if merge(list, params) {
+            let resend_list = merge(list, params);
+            if resend_list {
                 resend.extend(list.have.values().cloned());
             }
+            changed |= resend_list
+                || list.count.is_none()
+                || before != (list.ranges.clone(), list.sort.clone());
         }
-        (old_ranges, resend)
+        (old_ranges, resend, changed)
     }
 
     /// Each list's ops and count: ranges kept from before move the client's rooms to
@@ -495,6 +517,35 @@ mod tests {
         assert!(again.lists["all"].ops.is_empty(), "{again:?}");
         assert_eq!(again.lists["all"].count, 2);
         assert!(!again.has_data());
+    }
+
+    #[tokio::test]
+    async fn repeating_the_same_request_sends_nothing_until_something_changes() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let req = list(vec![(0, 9)], 1);
+        let mut conn = Connection::default();
+        assert!(step(&mut conn, &store, Some(&req)).has_data());
+        let same = step(&mut conn, &store, Some(&req));
+        assert!(!same.has_data(), "{same:?}");
+        assert_eq!(same.lists["all"].count, 2);
+        store.apply_room(delta(
+            "!a:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 300)],
+        ));
+        let moved = step(&mut conn, &store, Some(&req));
+        assert_eq!(
+            moved.lists["all"].ops,
+            [
+                Op::Delete { index: 1 },
+                Op::Insert {
+                    index: 0,
+                    room_id: "!a:x".into()
+                }
+            ]
+        );
     }
 
     #[tokio::test]

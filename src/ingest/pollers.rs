@@ -241,6 +241,12 @@ impl Pollers {
                 Ok(next_batch) => {
                     failures = 0;
                     first = false;
+                    // The data is in memory: requests may be answered before its
+                    // `since` has waited for room in the write queue.
+                    user.set_ready();
+                    if *state.borrow() != PollState::Running {
+                        state.send_replace(PollState::Running);
+                    }
                     if since.as_deref() != Some(&next_batch) {
                         self.since.insert(device.clone(), next_batch.clone());
                         let queue = self.store.queue();
@@ -251,10 +257,6 @@ impl Pollers {
                         }]);
                         queue.release(reservation);
                         since = Some(next_batch);
-                    }
-                    user.set_ready();
-                    if *state.borrow() != PollState::Running {
-                        state.send_replace(PollState::Running);
                     }
                 }
                 Err(error) => {

@@ -35,80 +35,77 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
     let resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
     let rooms = resp.rooms.unwrap_or_default();
-    // Room for every event plus a few rows per room (membership, unread, snapshot).
-    let estimate = rooms
-        .join
-        .values()
-        .map(|r| r.state.events.len() + r.timeline.events.len() + 3)
-        .chain(
-            rooms
-                .leave
-                .values()
-                .map(|r| r.state.events.len() + r.timeline.events.len() + 2),
-        )
-        .sum::<usize>()
-        + rooms.invite.len()
-        + 1;
-    let reservation = store.queue().reserve(estimate).await;
-    {
-        for (room_id, joined) in rooms.join {
-            let room_id: RoomId = room_id.into();
-            let delta = RoomDelta {
-                room_id: room_id.clone(),
-                state: parse_events(&joined.state.events, &room_id),
-                timeline: parse_events(&joined.timeline.events, &room_id),
-                prev_batch: joined.timeline.prev_batch,
-                limited: joined.timeline.limited,
-            };
-            store.apply_room(delta);
-            store.confirm_join(user, &room_id);
-            if let Some(unread) = joined.unread_notifications {
-                store.set_unread(
-                    user,
-                    &room_id,
-                    unread.notification_count.unwrap_or(0),
-                    unread.highlight_count.unwrap_or(0),
-                );
-            }
+    let queue = store.queue();
+    // Credits are reserved room by room, not for the whole response: a big account's
+    // initial sync must not take every credit and make all other pollers wait until
+    // Postgres has committed it. Each room needs a row per event and a few more
+    // (membership, unread, snapshot).
+    for (room_id, joined) in rooms.join {
+        let reservation = queue
+            .reserve(joined.state.events.len() + joined.timeline.events.len() + 3)
+            .await;
+        let room_id: RoomId = room_id.into();
+        let delta = RoomDelta {
+            room_id: room_id.clone(),
+            state: parse_events(&joined.state.events, &room_id),
+            timeline: parse_events(&joined.timeline.events, &room_id),
+            prev_batch: joined.timeline.prev_batch,
+            limited: joined.timeline.limited,
+        };
+        store.apply_room(delta);
+        store.confirm_join(user, &room_id);
+        if let Some(unread) = joined.unread_notifications {
+            store.set_unread(
+                user,
+                &room_id,
+                unread.notification_count.unwrap_or(0),
+                unread.highlight_count.unwrap_or(0),
+            );
         }
-        for (room_id, invited) in rooms.invite {
-            let room_id: RoomId = room_id.into();
-            let mut state = Vec::with_capacity(2 + invited.invite_state.events.len() * 256);
-            state.push(b'[');
-            for (i, ev) in invited.invite_state.events.iter().enumerate() {
-                if i > 0 {
-                    state.push(b',');
-                }
-                state.extend_from_slice(ev.as_raw_str().as_bytes());
-            }
-            state.push(b']');
-            let ts = wire::invite_ts(&state, &user.user_id).unwrap_or_else(now_ms);
-            store.set_invite(user, &room_id, Bytes::from(state), ts);
-        }
-        for (room_id, left) in rooms.leave {
-            let room_id: RoomId = room_id.into();
-            let timeline = parse_events(&left.timeline.events, &room_id);
-            let leave_id = timeline
-                .iter()
-                .rev()
-                .find(|e| {
-                    e.state_key.as_deref() == Some(&*user.user_id)
-                        && matches!(e.membership, Some(Membership::Leave | Membership::Ban))
-                })
-                .map(|e| e.event_id.clone());
-            let delta = RoomDelta {
-                room_id: room_id.clone(),
-                state: parse_events(&left.state.events, &room_id),
-                timeline,
-                prev_batch: left.timeline.prev_batch,
-                limited: left.timeline.limited,
-            };
-            store.apply_room(delta);
-            let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
-            store.set_left(user, &room_id, leave_event);
-        }
+        queue.release(reservation);
     }
-    store.queue().release(reservation);
+    for (room_id, invited) in rooms.invite {
+        let reservation = queue.reserve(1).await;
+        let room_id: RoomId = room_id.into();
+        let mut state = Vec::with_capacity(2 + invited.invite_state.events.len() * 256);
+        state.push(b'[');
+        for (i, ev) in invited.invite_state.events.iter().enumerate() {
+            if i > 0 {
+                state.push(b',');
+            }
+            state.extend_from_slice(ev.as_raw_str().as_bytes());
+        }
+        state.push(b']');
+        let ts = wire::invite_ts(&state, &user.user_id).unwrap_or_else(now_ms);
+        store.set_invite(user, &room_id, Bytes::from(state), ts);
+        queue.release(reservation);
+    }
+    for (room_id, left) in rooms.leave {
+        let reservation = queue
+            .reserve(left.state.events.len() + left.timeline.events.len() + 2)
+            .await;
+        let room_id: RoomId = room_id.into();
+        let timeline = parse_events(&left.timeline.events, &room_id);
+        let leave_id = timeline
+            .iter()
+            .rev()
+            .find(|e| {
+                e.state_key.as_deref() == Some(&*user.user_id)
+                    && matches!(e.membership, Some(Membership::Leave | Membership::Ban))
+            })
+            .map(|e| e.event_id.clone());
+        let delta = RoomDelta {
+            room_id: room_id.clone(),
+            state: parse_events(&left.state.events, &room_id),
+            timeline,
+            prev_batch: left.timeline.prev_batch,
+            limited: left.timeline.limited,
+        };
+        store.apply_room(delta);
+        let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
+        store.set_left(user, &room_id, leave_event);
+        queue.release(reservation);
+    }
     Ok(resp.next_batch)
 }
 
