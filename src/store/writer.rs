@@ -7,8 +7,9 @@
 //! the queue, and a device's `since` can never be committed before data it delivered.
 //!
 //! Memory stays bounded by credits, not by a bounded channel (a bounded channel would
-//! need an `.await` under the room lock): a poller reserves credits for a response before
-//! applying it, and the writer returns them once the writes are committed. When Postgres
+//! need an `.await` under the room lock): a poller reserves credits for each room of a
+//! response before applying it, and the writer returns them once the writes are
+//! committed. When Postgres
 //! falls behind, reservations wait, which slows the pollers (back-pressure) instead of
 //! dropping data. A failed batch is retried until it commits: a write is never dropped.
 
