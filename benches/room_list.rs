@@ -18,26 +18,21 @@
 //! so a broken bench fails instead of reporting a fast number.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use parking_lot::Mutex;
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
 
 use slidesync::api::msc3575;
 use slidesync::conn::connection::{Connection, View};
 use slidesync::conn::request::{Op, SyncRequest, SyncResponse};
 use slidesync::ingest::v2::process;
-use slidesync::store::persist::{
-    LoadedMembership, LoadedRoom, LoadedUnread, Persist, PersistError, StoredDevice, StoredToken,
-    Write,
-};
+use slidesync::store::persist::{Persist, Write};
 use slidesync::store::users::{UserMembership, UserState};
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::{RoomDelta, Store};
-use slidesync::types::{DeviceKey, Position, RoomId, UserId};
+use slidesync::types::UserId;
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): the hot path allocates per event and per
@@ -50,6 +45,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[allow(dead_code)]
 mod v2;
 
+#[path = "support/discard.rs"]
+mod discard;
+use discard::Discard;
+
 const ME: &str = "@bench:test";
 const ROOMS: usize = 10_000;
 const WINDOW: usize = 20;
@@ -57,56 +56,6 @@ const LIST: &str = "all";
 /// Room `i`'s message is at `FIRST_TS + 10 * i`: distinct, so the recency order is fixed
 /// (room 9999 first). Live messages come after all of them.
 const FIRST_TS: u64 = 1_700_000_000_000;
-
-/// Counts rows, keeps the newest one and drops the rest: the benches measure the hot
-/// state, not storage.
-#[derive(Default)]
-struct Discard {
-    rows: AtomicUsize,
-    last: Mutex<Option<Write>>,
-}
-
-#[async_trait]
-impl Persist for Discard {
-    async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
-        self.rows.fetch_add(batch.len(), Ordering::Relaxed);
-        *self.last.lock() = batch.last().cloned();
-        Ok(())
-    }
-    async fn load_rooms(
-        &self,
-        _timeline_per_room: usize,
-        _progress: &(dyn Fn(usize) + Sync),
-    ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn max_position(&self) -> Result<Position, PersistError> {
-        Ok(0)
-    }
-    async fn token(&self, _token_hash: &str) -> Result<Option<StoredToken>, PersistError> {
-        Ok(None)
-    }
-    async fn insert_token(
-        &self,
-        _token_hash: &str,
-        _token_encrypted: &str,
-        _device: &DeviceKey,
-    ) -> Result<(), PersistError> {
-        Ok(())
-    }
-    async fn delete_token(&self, _token_hash: &str) -> Result<(), PersistError> {
-        Ok(())
-    }
-    async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
-        Ok(Vec::new())
-    }
-}
 
 struct Fixture {
     store: Store,
@@ -249,6 +198,7 @@ fn message_to_last_room(fx: &Fixture) -> (RoomDelta, Vec<u8>) {
         timeline: vec![event],
         prev_batch: Some(format!("p{ts}")),
         limited: false,
+        stored: Default::default(),
     };
     (delta, raw)
 }

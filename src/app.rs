@@ -97,7 +97,7 @@ impl App {
         }
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), settings.write_queue);
         let started = std::time::Instant::now();
-        let store = Arc::new(Store::load(&*persist, queue).await?);
+        let store = Arc::new(Store::load(&*persist, queue, &crate::upstream::wire::DECODER).await?);
         tracing::info!(
             rooms = store.room_count(),
             elapsed_ms = started.elapsed().as_millis() as u64,

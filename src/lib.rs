@@ -21,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod event;
 pub mod ingest;
 pub mod nesting;
 pub mod ops;

@@ -37,3 +37,10 @@ impl std::fmt::Display for DeviceKey {
         write!(f, "{}|{}", self.user_id, self.device_id)
     }
 }
+
+/// Wall-clock milliseconds since the Unix epoch, as Matrix timestamps count them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -451,7 +451,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::store::event::Membership;
+    use crate::event::Membership;
     use crate::store::testing::{delta, event, store, with_membership};
     use crate::store::Store;
 

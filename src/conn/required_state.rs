@@ -68,7 +68,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::event::{Event, Membership};
+    use crate::event::{Event, Membership};
 
     fn state() -> RoomState {
         let mut s = RoomState::default();
@@ -88,6 +88,7 @@ mod tests {
                 text: None,
                 prev_batch: None,
                 gap_before: false,
+                filled_order: None,
                 position: 1,
                 json: Bytes::from(format!("\"{kind}|{key}\"")),
             }));

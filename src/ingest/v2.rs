@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::store::event::{Event, Membership};
+use crate::event::{Event, Membership};
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
-use crate::types::RoomId;
+use crate::types::{now_ms, RoomId};
 use crate::upstream::wire::{self, SyncResponse};
 
 /// A response we could not use at all (not the v2 shape).
@@ -45,13 +45,15 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
             .reserve(joined.state.events.len() + joined.timeline.events.len() + 3)
             .await;
         let room_id: RoomId = room_id.into();
-        let delta = RoomDelta {
+        let mut delta = RoomDelta {
             room_id: room_id.clone(),
             state: parse_events(&joined.state.events, &room_id),
             timeline: parse_events(&joined.timeline.events, &room_id),
             prev_batch: joined.timeline.prev_batch,
             limited: joined.timeline.limited,
+            stored: Default::default(),
         };
+        delta.stored = store.stored_copies(&delta).await;
         store.apply_room(delta);
         store.confirm_join(user, &room_id);
         if let Some(unread) = joined.unread_notifications {
@@ -76,7 +78,9 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
             state.extend_from_slice(ev.as_raw_str().as_bytes());
         }
         state.push(b']');
-        let ts = wire::invite_ts(&state, &user.user_id).unwrap_or_else(now_ms);
+        // Any server can date an invite in the future; it must not pin the room on top.
+        let now = now_ms();
+        let ts = wire::invite_ts(&state, &user.user_id).map_or(now, |ts| ts.min(now));
         store.set_invite(user, &room_id, Bytes::from(state), ts);
         queue.release(reservation);
     }
@@ -94,13 +98,15 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
                     && matches!(e.membership, Some(Membership::Leave | Membership::Ban))
             })
             .map(|e| e.event_id.clone());
-        let delta = RoomDelta {
+        let mut delta = RoomDelta {
             room_id: room_id.clone(),
             state: parse_events(&left.state.events, &room_id),
             timeline,
             prev_batch: left.timeline.prev_batch,
             limited: left.timeline.limited,
+            stored: Default::default(),
         };
+        delta.stored = store.stored_copies(&delta).await;
         store.apply_room(delta);
         let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
         store.set_left(user, &room_id, leave_event);
@@ -116,12 +122,6 @@ fn find_timeline_event(store: &Store, room_id: &str, event_id: &str) -> Option<A
         .rev()
         .find(|e| &*e.event_id == event_id)
         .cloned()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

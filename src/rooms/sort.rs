@@ -6,9 +6,14 @@
 //! one chunk, a rank adds the lengths of the chunks before it, and a move touches two
 //! chunks. For 10,000 rooms that is ~40 chunks: a move costs well under a microsecond
 //! and never re-sorts the list.
+//!
+//! The index is part of a user's published data, which is replaced whole on every
+//! change (see `store::users`): a clone must be cheap. Chunks are shared `Arc`s copied
+//! only when written, and the stamps are a persistent map, so a clone costs one pointer
+//! per chunk and a move copies at most two chunks.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::types::RoomId;
 
@@ -17,10 +22,10 @@ const CHUNK: usize = 256;
 /// Newest first; ties broken by room ID so the order is deterministic.
 pub type RecencyKey = (Reverse<u64>, RoomId);
 
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct SortIndex {
-    chunks: Vec<Vec<RecencyKey>>,
-    stamps: HashMap<RoomId, u64>,
+    chunks: Vec<Arc<Vec<RecencyKey>>>,
+    stamps: imbl::HashMap<RoomId, u64>,
 }
 
 impl SortIndex {
@@ -51,7 +56,7 @@ impl SortIndex {
     }
 
     pub fn remove(&mut self, room: &str) -> bool {
-        match self.stamps.remove_entry(room) {
+        match self.stamps.remove_with_key(room) {
             Some((id, stamp)) => {
                 self.remove_key(&(Reverse(stamp), id));
                 true
@@ -65,7 +70,7 @@ impl SortIndex {
         let (id, stamp) = self.stamps.get_key_value(room)?;
         let key = (Reverse(*stamp), id.clone());
         let c = self.chunk_for(&key);
-        let before: usize = self.chunks[..c].iter().map(Vec::len).sum();
+        let before: usize = self.chunks[..c].iter().map(|chunk| chunk.len()).sum();
         self.chunks[c].binary_search(&key).ok().map(|i| before + i)
     }
 
@@ -80,7 +85,7 @@ impl SortIndex {
         let take = end.saturating_sub(start).saturating_add(1);
         self.chunks[first.min(self.chunks.len())..]
             .iter()
-            .flatten()
+            .flat_map(|chunk| chunk.iter())
             .skip(skip)
             .take(take)
             .map(|(_, id)| id)
@@ -88,7 +93,10 @@ impl SortIndex {
 
     /// All rooms, in order.
     pub fn iter(&self) -> impl Iterator<Item = &RoomId> + '_ {
-        self.chunks.iter().flatten().map(|(_, id)| id)
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter())
+            .map(|(_, id)| id)
     }
 
     /// The chunk a key belongs in: the first whose last key is >= key, else the last one.
@@ -101,15 +109,15 @@ impl SortIndex {
 
     fn insert_key(&mut self, key: RecencyKey) {
         if self.chunks.is_empty() {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
         let c = self.chunk_for(&key);
-        let chunk = &mut self.chunks[c];
+        let chunk = Arc::make_mut(&mut self.chunks[c]);
         let i = chunk.binary_search(&key).unwrap_or_else(|i| i);
         chunk.insert(i, key);
         if chunk.len() > CHUNK {
             let tail = chunk.split_off(CHUNK / 2);
-            self.chunks.insert(c + 1, tail);
+            self.chunks.insert(c + 1, Arc::new(tail));
         }
     }
 
@@ -119,7 +127,7 @@ impl SortIndex {
         }
         let c = self.chunk_for(key);
         if let Ok(i) = self.chunks[c].binary_search(key) {
-            self.chunks[c].remove(i);
+            Arc::make_mut(&mut self.chunks[c]).remove(i);
             if self.chunks[c].is_empty() && self.chunks.len() > 1 {
                 self.chunks.remove(c);
             }
@@ -129,6 +137,8 @@ impl SortIndex {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn id(s: &str) -> RoomId {

@@ -7,7 +7,6 @@
 //! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
 //!   [`persist::Persist`] (Postgres in production), and is read back once at startup.
 
-pub mod event;
 pub mod persist;
 pub mod pg;
 pub mod room;
@@ -19,26 +18,29 @@ pub mod tokens;
 pub mod users;
 pub mod writer;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use self::event::{Event, Membership};
 use self::persist::{MembershipKind, Persist, PersistError, Write};
-use self::room::{RoomSlot, RoomSnapshot, TIMELINE_RING};
+use self::room::{Room, RoomSnapshot, RoomWriter, TIMELINE_RING};
 use self::state::{RoomState, StateBase};
 use self::users::{UserMembership, UserRoom, UserState};
 use self::writer::WriteQueue;
-use crate::types::{Position, RoomId, UserId};
-use crate::upstream::wire;
+use crate::event::{Decoder, Event, Membership};
+use crate::types::{now_ms, Position, RoomId, UserId};
+
+/// How long ingest waits for storage to say whether events are known.
+const STORED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Store {
-    /// `DashMap`: sharded locks, so pollers writing different rooms rarely contend and
-    /// readers only hold a shard for an `Arc` clone. Ordering is per room (the shard lock
-    /// serializes writers of one room); there is no global writer.
-    rooms: DashMap<RoomId, RoomSlot>,
+    /// Room ID → room. A shard lock of the map is held only to clone an `Arc<Room>` or
+    /// to insert a new room: ordering is per room, through the room's own writer lock,
+    /// and readers load the room's snapshot pointer without any lock (see [`Room`]).
+    rooms: DashMap<RoomId, Arc<Room>>,
     users: DashMap<UserId, Arc<UserState>>,
     next_position: AtomicU64,
     queue: WriteQueue,
@@ -54,6 +56,9 @@ pub struct RoomDelta {
     pub prev_batch: Option<String>,
     /// The homeserver's `limited`: events before this timeline were left out.
     pub limited: bool,
+    /// Events of this delta the room applied long ago and no longer remembers in memory:
+    /// found in storage by [`Store::stored_copies`].
+    pub stored: HashSet<Box<str>>,
 }
 
 impl Store {
@@ -71,11 +76,24 @@ impl Store {
     }
 
     pub fn room(&self, id: &str) -> Option<Arc<RoomSnapshot>> {
-        self.rooms.get(id).map(|slot| Arc::clone(&slot.snapshot))
+        self.rooms.get(id).map(|room| room.snapshot.load_full())
     }
 
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// The room, created empty if it is new.
+    fn room_entry(&self, id: &RoomId) -> Arc<Room> {
+        if let Some(room) = self.rooms.get(id) {
+            return Arc::clone(&room);
+        }
+        Arc::clone(
+            &self
+                .rooms
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(Room::new(id.clone()))),
+        )
     }
 
     pub fn user(&self, id: &str) -> Option<Arc<UserState>> {
@@ -95,55 +113,103 @@ impl Store {
         self.next_position.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The events of `delta` that its room applied so long ago that memory no longer
+    /// holds their IDs: asked of storage, with no lock held, before the delta is applied.
+    /// Most rooms remember every event they applied and ask nothing; a room past
+    /// [`room::SEEN_IDS`] events asks about the IDs it does not remember.
+    ///
+    /// An event applied between this call and [`Store::apply_room`] is in memory by
+    /// then. If storage cannot answer, the events count as new: a rare copy in a
+    /// timeline is better than pollers stalled for as long as the database is away.
+    pub async fn stored_copies(&self, delta: &RoomDelta) -> HashSet<Box<str>> {
+        let Some(room) = self.rooms.get(&delta.room_id).map(|r| Arc::clone(&r)) else {
+            return HashSet::new();
+        };
+        let unknown: Vec<Box<str>> = {
+            let writer = room.writer.lock();
+            if writer.seen.is_complete() {
+                return HashSet::new();
+            }
+            delta
+                .state
+                .iter()
+                .chain(&delta.timeline)
+                .filter(|e| !writer.seen.contains(&e.event_id))
+                .map(|e| e.event_id.clone())
+                .collect()
+        };
+        if unknown.is_empty() {
+            return HashSet::new();
+        }
+        let lookup = self.queue.persist().stored_event_ids(&unknown);
+        match tokio::time::timeout(STORED_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(found)) => found.into_iter().collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(room = %delta.room_id, error = %e, "cannot ask storage which events are known; taking them as new");
+                HashSet::new()
+            }
+            Err(_) => {
+                tracing::warn!(room = %delta.room_id, "storage did not say in time which events are known; taking them as new");
+                HashSet::new()
+            }
+        }
+    }
+
     /// Applies one room's new events: drops the ones already seen (many pollers deliver
-    /// the same room), gives the rest positions, updates state and timeline, then updates
-    /// the memberships of this proxy's users and wakes those in the room.
+    /// the same room), gives the rest positions, updates state and timeline, publishes
+    /// the next snapshot, then updates the memberships of this proxy's users and wakes
+    /// those in the room.
+    ///
+    /// All of it runs under the room's writer lock, memberships included: they then
+    /// change in the room's event order, so a member event one poller delivers can never
+    /// be overtaken by an older one another poller delivers at the same moment.
     pub fn apply_room(&self, delta: RoomDelta) {
         let room_id = delta.room_id;
-        let (members, locals, latest_ts) = {
-            let mut slot = self
-                .rooms
-                .entry(room_id.clone())
-                .or_insert_with(|| RoomSlot::new(room_id.clone()));
-            let slot = &mut *slot;
-            let mut applying = Applying {
-                store: self,
-                room_id: &room_id,
-                next: (*slot.snapshot).clone(),
-                seen: &mut slot.seen,
-                writes: Vec::new(),
-                members: Vec::new(),
-                new_timeline: false,
-            };
-            applying.state_block(delta.state);
-            applying.timeline(delta.timeline, delta.prev_batch, delta.limited);
-            applying.fold_if_due();
-            let Applying {
-                next,
-                writes,
-                members,
-                new_timeline,
-                ..
-            } = applying;
-            let latest_ts = next.meta.latest_ts;
-            slot.snapshot = Arc::new(next);
-            // Queued while the room is still locked: see `writer` on why order matters.
-            self.queue.push(writes);
-            let locals: Vec<UserId> = if new_timeline {
-                slot.locals.iter().cloned().collect()
-            } else {
-                Vec::new()
-            };
-            (members, locals, latest_ts)
+        let room = self.room_entry(&room_id);
+        let mut writer = room.writer.lock();
+        let writer = &mut *writer;
+        let mut applying = Applying {
+            store: self,
+            room_id: &room_id,
+            next: RoomSnapshot::clone(&room.snapshot.load()),
+            seen: &mut writer.seen,
+            stored: &delta.stored,
+            received: now_ms(),
+            writes: Vec::new(),
+            members: Vec::new(),
+            new_timeline: false,
         };
+        // A timeline holding an event the room already has starts before the room's
+        // current state: the state block, state from before that timeline, is older
+        // than what the room holds and may only fill in what the room lacks (a lagging
+        // poller must not put back a name the room has since changed).
+        let behind = delta.timeline.iter().any(|e| applying.known(&e.event_id));
+        applying.state_block(delta.state, behind);
+        applying.timeline(delta.timeline, delta.prev_batch, delta.limited);
+        applying.fold_if_due();
+        let Applying {
+            next,
+            writes,
+            members,
+            new_timeline,
+            ..
+        } = applying;
+        let latest_ts = next.meta.latest_ts;
+        room.snapshot.store(Arc::new(next));
+        // Queued while the room is still locked: see `writer` on why order matters.
+        let queued = self.queue.push(writes);
+        writer.seen.settle(queued, self.queue.committed());
         for ev in members {
             let Some(user) = ev.state_key.as_deref().and_then(|u| self.user(u)) else {
                 continue;
             };
-            self.on_member_event(&user, &room_id, &ev);
+            self.on_member_event(&user, &room_id, &room, writer, &ev);
         }
-        for user_id in locals {
-            if let Some(user) = self.user(&user_id) {
+        if !new_timeline {
+            return;
+        }
+        for user_id in &writer.locals {
+            if let Some(user) = self.user(user_id) {
                 user.update(|d| {
                     if let Some(UserRoom {
                         membership: UserMembership::Join { .. },
@@ -160,7 +226,14 @@ impl Store {
 
     /// A member event about one of our users, from whichever poller saw it first: the
     /// room's event order decides membership, so a lagging poller cannot undo a leave.
-    fn on_member_event(&self, user: &UserState, room_id: &RoomId, ev: &Arc<Event>) {
+    fn on_member_event(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        room: &Room,
+        writer: &mut RoomWriter,
+        ev: &Arc<Event>,
+    ) {
         match ev.membership {
             Some(Membership::Join) => {
                 let joined = matches!(
@@ -168,7 +241,8 @@ impl Store {
                     Some(UserMembership::Join { .. })
                 );
                 if !joined {
-                    self.set_membership(user, room_id, UserMembership::Join { since: ev.position });
+                    let join = UserMembership::Join { since: ev.position };
+                    self.set_membership(user, room_id, room, writer, join);
                 }
             }
             Some(Membership::Leave | Membership::Ban) => {
@@ -183,7 +257,7 @@ impl Store {
                         position: ev.position,
                         event: Some(Arc::clone(ev)),
                     };
-                    self.set_membership(user, room_id, leave);
+                    self.set_membership(user, room_id, room, writer, leave);
                 }
             }
             // Invites come with their stripped state from the invitee's own poller.
@@ -194,54 +268,76 @@ impl Store {
     /// The user's own poller lists the room under `join`: after its events were applied,
     /// the room's state has the user's join event (or the room predates our knowledge).
     pub fn confirm_join(&self, user: &UserState, room_id: &RoomId) {
+        let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
+            return;
+        };
+        let mut writer = room.writer.lock();
         if matches!(
             user.read().membership(room_id),
             Some(UserMembership::Join { .. })
         ) {
             return;
         }
-        let since = match self.room(room_id) {
-            Some(room) => match room.state.get("m.room.member", &user.user_id) {
+        let since = {
+            let snapshot = room.snapshot.load();
+            match snapshot.state.get("m.room.member", &user.user_id) {
                 Some(m) if m.membership() == Some(Membership::Join) => m.position(),
+                // The room's newer state says otherwise: this poller is behind it.
                 Some(_) => return,
-                None => room.meta.latest_position,
-            },
-            None => return,
+                None => snapshot.meta.latest_position,
+            }
         };
-        self.set_membership(user, room_id, UserMembership::Join { since });
+        let join = UserMembership::Join { since };
+        self.set_membership(user, room_id, &room, &mut writer, join);
     }
 
     /// The user's own poller lists the room under `invite`.
     pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) {
-        let joined = self
-            .room(room_id)
-            .and_then(|r| r.membership_of(&user.user_id))
-            == Some(Membership::Join);
+        let room = self.room_entry(room_id);
+        let mut writer = room.writer.lock();
+        let joined = room.snapshot.load().membership_of(&user.user_id) == Some(Membership::Join);
         let already = matches!(user.read().membership(room_id), Some(UserMembership::Invite { invite_state: s, .. }) if *s == invite_state);
         if !joined && !already {
-            let position = self.position();
             let invite = UserMembership::Invite {
-                position,
+                position: self.position(),
                 invite_state,
                 ts,
             };
-            self.set_membership(user, room_id, invite);
+            self.set_membership(user, room_id, &room, &mut writer, invite);
         }
     }
 
     /// The user's own poller lists the room under `leave` (including rejected invites,
-    /// which have no room state here).
+    /// which have no room state here). A join the room's state shows after `event` is
+    /// newer than this poller's view, and wins.
     pub fn set_left(&self, user: &UserState, room_id: &RoomId, event: Option<Arc<Event>>) {
-        if user
+        let room = self.room_entry(room_id);
+        let mut writer = room.writer.lock();
+        if !user
             .read()
             .membership(room_id)
             .is_some_and(UserMembership::is_member)
         {
-            let position = event
-                .as_ref()
-                .map_or_else(|| self.position(), |e| e.position);
-            self.set_membership(user, room_id, UserMembership::Leave { position, event });
+            return;
         }
+        if let Some(ev) = &event {
+            let rejoined = room
+                .snapshot
+                .load()
+                .state
+                .get("m.room.member", &user.user_id)
+                .is_some_and(|m| {
+                    m.membership() == Some(Membership::Join) && m.position() > ev.position
+                });
+            if rejoined {
+                return;
+            }
+        }
+        let position = event
+            .as_ref()
+            .map_or_else(|| self.position(), |e| e.position);
+        let leave = UserMembership::Leave { position, event };
+        self.set_membership(user, room_id, &room, &mut writer, leave);
     }
 
     pub fn set_unread(
@@ -274,7 +370,15 @@ impl Store {
         })
     }
 
-    fn set_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership) {
+    /// Records and installs a membership. Callers hold the room's writer lock.
+    fn set_membership(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        room: &Room,
+        writer: &mut RoomWriter,
+        membership: UserMembership,
+    ) {
         let (kind, position, invite_state) = match &membership {
             UserMembership::Join { since } => (MembershipKind::Join, *since, None),
             UserMembership::Invite {
@@ -295,68 +399,47 @@ impl Store {
             position,
             invite_state,
         }]);
-        self.install_membership(user, room_id, membership);
-    }
-
-    /// Puts a membership into the user's data, index and the room's local-user set.
-    fn install_membership(&self, user: &UserState, room_id: &RoomId, membership: UserMembership) {
-        let stamp = match &membership {
-            UserMembership::Join { .. } => Some(self.room(room_id).map_or(0, |r| r.meta.latest_ts)),
-            UserMembership::Invite { ts, .. } => Some(*ts),
-            UserMembership::Leave { .. } => None,
-        };
-        {
-            let mut slot = self
-                .rooms
-                .entry(room_id.clone())
-                .or_insert_with(|| RoomSlot::new(room_id.clone()));
-            if stamp.is_some() {
-                slot.locals.insert(user.user_id.clone());
-            } else {
-                slot.locals.remove(&user.user_id);
-            }
-        }
-        user.update(|d| {
-            match stamp {
-                Some(stamp) => d.index.upsert(room_id, stamp),
-                None => {
-                    d.index.remove(room_id);
-                }
-            }
-            let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
-                membership: membership.clone(),
-                notification_count: 0,
-                highlight_count: 0,
-            });
-            entry.membership = membership;
-            d.touch(room_id);
-        });
+        install_membership(user, room_id, room, writer, membership);
     }
 
     /// Rebuilds the hot state from storage. Snapshots load without parsing; only the
     /// state events after a room's snapshot and its newest timeline events are parsed.
-    pub async fn load(persist: &dyn Persist, queue: WriteQueue) -> Result<Store, PersistError> {
+    pub async fn load(
+        persist: &dyn Persist,
+        queue: WriteQueue,
+        decoder: &Decoder,
+    ) -> Result<Store, PersistError> {
         let mut next_position = persist.max_position().await? + 1;
         let store = Store::new(queue, next_position);
         let rooms = persist
-            .load_rooms(TIMELINE_RING, &|n| {
+            .load_rooms(TIMELINE_RING, room::SEEN_IDS, &|n| {
                 tracing::info!(rooms = n, "rebuilding rooms")
             })
             .await?;
+        let loaded_at = now_ms();
         let total = rooms.len();
         for (room_id, loaded) in rooms {
-            let mut slot = RoomSlot::new(room_id.clone());
+            let mut writer = RoomWriter::default();
             let mut snap = RoomSnapshot::new(room_id.clone());
             if let Some((position, bytes)) = loaded.snapshot {
                 let base = StateBase::from_stored(&bytes)
                     .map_err(|e| PersistError::Corrupt(format!("snapshot of {room_id}: {e}")))?;
                 snap.state = RoomState::from_base(base, position);
             }
-            let parse = |stored: &persist::StoredEvent| match wire::parse_event(&stored.json) {
+            for id in &loaded.recent_ids {
+                writer.seen.insert(id);
+            }
+            if !loaded.ids_complete {
+                writer.seen.mark_incomplete();
+            }
+            let parse = |stored: &persist::StoredEvent| match (decoder.event)(&stored.json) {
                 Ok(mut ev) => {
                     ev.position = stored.position;
                     ev.prev_batch = stored.prev_batch.clone();
                     ev.gap_before = stored.gap_before;
+                    ev.filled_order = stored.filled_order;
+                    // Rows from before `ts` was stored: received before now, at the latest.
+                    ev.origin_server_ts = stored.ts.unwrap_or(ev.origin_server_ts.min(loaded_at));
                     Some(Arc::new(ev))
                 }
                 Err(e) => {
@@ -366,20 +449,23 @@ impl Store {
             };
             for stored in &loaded.state_after_snapshot {
                 if let Some(ev) = parse(stored) {
-                    slot.seen.insert(&ev.event_id);
+                    writer.seen.insert(&ev.event_id);
                     snap.state.set(ev);
                 }
             }
             for stored in &loaded.timeline {
                 if let Some(ev) = parse(stored) {
-                    slot.seen.insert(&ev.event_id);
+                    writer.seen.insert(&ev.event_id);
                     snap.push_timeline(ev);
                 }
             }
+            // Everything loaded is committed: the IDs may be forgotten past the bound.
+            writer.seen.settle(0, 0);
             next_position = next_position.max(snap.state.base_position() + 1);
             snap.recompute_meta();
-            slot.snapshot = Arc::new(snap);
-            store.rooms.insert(room_id, slot);
+            store
+                .rooms
+                .insert(room_id, Arc::new(Room::from_snapshot(snap, writer)));
         }
         let memberships = persist.load_memberships().await?;
         let users = memberships.len();
@@ -389,7 +475,9 @@ impl Store {
                 MembershipKind::Join => UserMembership::Join { since: m.position },
                 MembershipKind::Invite => {
                     let invite_state = m.invite_state.unwrap_or_default();
-                    let ts = wire::invite_ts(&invite_state, &m.user_id).unwrap_or(0);
+                    let ts = (decoder.invite_ts)(&invite_state, &m.user_id)
+                        .unwrap_or(0)
+                        .min(loaded_at);
                     UserMembership::Invite {
                         position: m.position,
                         invite_state,
@@ -402,7 +490,14 @@ impl Store {
                 },
             };
             next_position = next_position.max(m.position + 1);
-            store.install_membership(&user, &m.room_id, membership);
+            let room = store.room_entry(&m.room_id);
+            install_membership(
+                &user,
+                &m.room_id,
+                &room,
+                &mut room.writer.lock(),
+                membership,
+            );
             user.set_ready();
         }
         // Invites and snapshots take positions too; none may be handed out again.
@@ -419,12 +514,53 @@ impl Store {
     }
 }
 
+/// Puts a membership into the user's data and index and the room's local users.
+/// Callers hold the room's writer lock.
+fn install_membership(
+    user: &UserState,
+    room_id: &RoomId,
+    room: &Room,
+    writer: &mut RoomWriter,
+    membership: UserMembership,
+) {
+    let stamp = match &membership {
+        UserMembership::Join { .. } => Some(room.snapshot.load().meta.latest_ts),
+        UserMembership::Invite { ts, .. } => Some(*ts),
+        UserMembership::Leave { .. } => None,
+    };
+    if stamp.is_some() {
+        writer.locals.insert(user.user_id.clone());
+    } else {
+        writer.locals.remove(&user.user_id);
+    }
+    user.update(|d| {
+        match stamp {
+            Some(stamp) => d.index.upsert(room_id, stamp),
+            None => {
+                d.index.remove(room_id);
+            }
+        }
+        let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
+            membership: membership.clone(),
+            notification_count: 0,
+            highlight_count: 0,
+        });
+        entry.membership = membership;
+        d.touch(room_id);
+    });
+}
+
 /// One room being updated under its lock: the next snapshot and what to do after.
 struct Applying<'a> {
     store: &'a Store,
     room_id: &'a RoomId,
     next: RoomSnapshot,
     seen: &'a mut room::SeenIds,
+    /// Applied long ago, as storage says (see [`RoomDelta::stored`]).
+    stored: &'a HashSet<Box<str>>,
+    /// When this delta reached the proxy (ms since the epoch): no event's timestamp
+    /// counts as later than that.
+    received: u64,
     writes: Vec<Write>,
     /// Member events applied, for our users' memberships once the lock is released.
     members: Vec<Arc<Event>>,
@@ -432,16 +568,28 @@ struct Applying<'a> {
 }
 
 impl Applying<'_> {
-    /// A v2 `state` block: state from before the timeline.
-    fn state_block(&mut self, events: Vec<Event>) {
+    /// Whether the room applied this event before.
+    fn known(&self, event_id: &str) -> bool {
+        self.seen.contains(event_id) || self.stored.contains(event_id)
+    }
+
+    /// Records the event as applied; false if the room applied it before.
+    fn first_sight(&mut self, event_id: &str) -> bool {
+        !self.stored.contains(event_id) && self.seen.insert(event_id)
+    }
+
+    /// A v2 `state` block: state from before the timeline. `behind`: the room's state is
+    /// newer than this block, which then only adds keys the room has no state for.
+    fn state_block(&mut self, events: Vec<Event>, behind: bool) {
         for ev in events {
-            let current = ev.state_key.as_deref().and_then(|k| {
-                self.next
-                    .state
-                    .get(&ev.kind, k)
-                    .map(|s| s.event_id() == &*ev.event_id)
-            });
-            if current == Some(true) || !self.seen.insert(&ev.event_id) || !ev.is_state() {
+            let Some(key) = ev.state_key.as_deref() else {
+                continue;
+            };
+            let current = self.next.state.get(&ev.kind, key);
+            if current.is_some_and(|s| behind || s.event_id() == &*ev.event_id) {
+                continue;
+            }
+            if !self.first_sight(&ev.event_id) {
                 continue;
             }
             let ev = self.accept(ev, false, true);
@@ -459,7 +607,7 @@ impl Applying<'_> {
     /// and go in before it.
     fn timeline(&mut self, mut events: Vec<Event>, prev_batch: Option<String>, limited: bool) {
         let known = (events.len() > 1)
-            .then(|| events.iter().rposition(|e| self.seen.contains(&e.event_id)))
+            .then(|| events.iter().rposition(|e| self.known(&e.event_id)))
             .flatten();
         let start = known.map_or(0, |i| i + 1);
         let after = events.split_off(start);
@@ -470,7 +618,7 @@ impl Applying<'_> {
         // Only a gap before events we did not know is a gap for our readers.
         let mut gap = limited && start == 0;
         for mut ev in after {
-            if !self.seen.insert(&ev.event_id) {
+            if !self.first_sight(&ev.event_id) {
                 continue;
             }
             ev.prev_batch = prev_batch.take();
@@ -510,7 +658,7 @@ impl Applying<'_> {
         let chunk_start = before.first().map(|e| e.event_id.clone());
         let missing: Vec<Event> = before
             .into_iter()
-            .filter(|e| self.seen.insert(&e.event_id))
+            .filter(|e| self.first_sight(&e.event_id))
             .collect();
         let Some(first) = missing.first() else {
             return;
@@ -520,10 +668,15 @@ impl Applying<'_> {
         let gap_remains = limited && chunk_start.as_deref() == Some(&*first.event_id);
         let mut closed = (*self.next.timeline[at]).clone();
         closed.gap_before = false;
+        // Filled events sort just before the anchor, after a restart too.
+        let (anchor_order, anchor_sub) = closed.timeline_order();
         self.next.timeline.set(at, Arc::new(closed));
+        let count = missing.len();
         for (i, mut ev) in missing.into_iter().enumerate() {
             ev.gap_before = i == 0 && gap_remains;
             ev.prev_batch = if i == 0 { prev_batch.take() } else { None };
+            let below = i32::try_from(count - i).unwrap_or(i32::MAX);
+            ev.filled_order = Some((anchor_order, anchor_sub.saturating_sub(below)));
             let ev = self.accept(ev, true, false);
             // Readers track "sent up to" by the highest position in the timeline.
             self.next.meta.latest_position = self.next.meta.latest_position.max(ev.position);
@@ -549,6 +702,7 @@ impl Applying<'_> {
     /// replays it into the room's state.
     fn accept(&mut self, mut ev: Event, in_timeline: bool, state: bool) -> Arc<Event> {
         ev.position = self.store.position();
+        ev.origin_server_ts = ev.origin_server_ts.min(self.received);
         self.writes.push(Write::Event(persist::StoredEvent {
             room_id: self.room_id.clone(),
             position: ev.position,
@@ -557,6 +711,8 @@ impl Applying<'_> {
             is_state: state,
             prev_batch: ev.prev_batch.clone(),
             gap_before: ev.gap_before,
+            filled_order: ev.filled_order,
+            ts: Some(ev.origin_server_ts),
             json: ev.json.clone(),
         }));
         Arc::new(ev)
@@ -565,8 +721,246 @@ impl Applying<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{delta, event, store};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::testing::{delta, event, store, store_over, with_membership, TestPersist};
     use super::*;
+
+    /// Runs `f` on another thread; `None` if it has not returned within a few seconds
+    /// (it is blocked: the test fails instead of hanging).
+    fn unblocked<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    fn name(text: &str) -> Event {
+        let mut ev = event("m.room.name", Some(""), "@b:x", 1);
+        ev.text = Some(text.into());
+        ev
+    }
+
+    fn room_name(store: &Store, room: &str) -> Option<String> {
+        store.room(room)?.meta.name.as_deref().map(str::to_owned)
+    }
+
+    fn member(user: &str, m: Membership) -> Event {
+        with_membership(event("m.room.member", Some(user), user, 1), m)
+    }
+
+    #[tokio::test]
+    async fn readers_never_wait_for_a_room_writer() {
+        let store = Arc::new(store());
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@b:x", 1)],
+        ));
+        let room = store.room_entry(&"!r:x".into());
+        // A writer in the middle of building the next snapshot (or folding the state).
+        let _writing = room.writer.lock();
+        let reader = Arc::clone(&store);
+        let read = unblocked(move || reader.room("!r:x").map(|r| r.timeline.len()));
+        assert_eq!(read, Some(Some(1)), "the reader got the published snapshot");
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_its_view_of_a_user_while_the_user_changes() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![member("@a:x", Membership::Join)],
+            vec![],
+        ));
+        let view = user.read();
+        let writer = Arc::clone(&user);
+        // A connection building a long response holds `view`; the poller must not wait.
+        let wrote = unblocked(move || writer.update(|d| d.touch(&"!r:x".into())));
+        assert!(wrote.is_some(), "the writer was not blocked by the reader");
+        assert_eq!(user.read().version(), view.version() + 1);
+        assert!(
+            view.rooms.contains_key("!r:x"),
+            "the reader's version is unchanged"
+        );
+    }
+
+    /// Another user's poller delivers a leave and a rejoin; the user's own poller, behind,
+    /// then lists the room under `leave` with the leave. The rejoin is the final state.
+    #[tokio::test]
+    async fn a_lagging_pollers_leave_does_not_undo_a_later_rejoin() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let join = member("@a:x", Membership::Join);
+        store.apply_room(delta("!r:x", vec![], vec![join]));
+        let leave = member("@a:x", Membership::Leave);
+        let rejoin = member("@a:x", Membership::Join);
+        store.apply_room(delta("!r:x", vec![], vec![leave.clone(), rejoin]));
+        assert!(matches!(
+            user.read().membership("!r:x"),
+            Some(UserMembership::Join { .. })
+        ));
+
+        store.apply_room(delta("!r:x", vec![], vec![leave.clone()]));
+        let leave_event = store
+            .room("!r:x")
+            .unwrap()
+            .timeline
+            .iter()
+            .find(|e| e.event_id == leave.event_id)
+            .cloned();
+        store.set_left(&user, &"!r:x".into(), leave_event);
+        assert!(
+            matches!(
+                user.read().membership("!r:x"),
+                Some(UserMembership::Join { .. })
+            ),
+            "{:?}",
+            user.read().membership("!r:x")
+        );
+    }
+
+    /// Many pollers race to deliver the same leave/join sequence in chunks; whatever
+    /// the interleaving, the user ends where the room's events end.
+    #[test]
+    fn memberships_from_racing_pollers_end_in_the_final_state() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        for round in 0..50 {
+            let store = Arc::new(store());
+            let user = store.user_or_insert(&"@a:x".into());
+            let ends_joined = round % 2 == 0;
+            let events: Vec<Event> = (0..8 + usize::from(ends_joined))
+                .map(|i| {
+                    let m = if i % 2 == 0 {
+                        Membership::Join
+                    } else {
+                        Membership::Leave
+                    };
+                    member("@a:x", m)
+                })
+                .collect();
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let store = Arc::clone(&store);
+                    let events = events.clone();
+                    std::thread::spawn(move || {
+                        for chunk in events.chunks(1 + t) {
+                            store.apply_room(delta("!r:x", vec![], chunk.to_vec()));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let joined = matches!(
+                user.read().membership("!r:x"),
+                Some(UserMembership::Join { .. })
+            );
+            assert_eq!(joined, ends_joined, "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_forgotten_in_memory_is_still_known_from_storage() {
+        let persist = Arc::new(TestPersist::open());
+        let store = store_over(Arc::clone(&persist));
+        let old = event("m.room.message", None, "@b:x", 1);
+        store.apply_room(delta("!r:x", vec![], vec![old.clone()]));
+        for i in 0..room::SEEN_IDS {
+            let ev = event("m.room.message", None, "@b:x", 2 + i as u64);
+            store.apply_room(delta("!r:x", vec![], vec![ev]));
+            if i % 512 == 0 {
+                store.queue().flush().await;
+            }
+        }
+        store.queue().flush().await;
+        let newest = store.room("!r:x").unwrap().meta.latest_position;
+
+        // A poller far behind delivers the first event again, alone.
+        let mut again = delta("!r:x", vec![], vec![old.clone()]);
+        again.stored = store.stored_copies(&again).await;
+        assert!(again.stored.contains(&old.event_id), "storage knows it");
+        store.apply_room(again);
+        assert_eq!(
+            store.room("!r:x").unwrap().meta.latest_position,
+            newest,
+            "not applied a second time"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_room_never_asks_storage() {
+        let store = store();
+        let ev = event("m.room.message", None, "@b:x", 1);
+        store.apply_room(delta("!r:x", vec![], vec![ev]));
+        let new = delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@b:x", 2)],
+        );
+        assert!(store.stored_copies(&new).await.is_empty());
+        assert!(store
+            .rooms
+            .get("!r:x")
+            .unwrap()
+            .writer
+            .lock()
+            .seen
+            .is_complete());
+    }
+
+    #[tokio::test]
+    async fn an_old_state_event_from_a_lagging_poller_does_not_replace_newer_state() {
+        let store = store();
+        let first = name("First");
+        let msg = event("m.room.message", None, "@b:x", 2);
+        store.apply_room(delta("!r:x", vec![], vec![first.clone(), msg.clone()]));
+        store.apply_room(delta("!r:x", vec![], vec![name("Second")]));
+        assert_eq!(room_name(&store, "!r:x").as_deref(), Some("Second"));
+
+        // Re-delivered as it was: already applied.
+        store.apply_room(delta("!r:x", vec![first], vec![msg.clone()]));
+        assert_eq!(room_name(&store, "!r:x").as_deref(), Some("Second"));
+        // Never seen, but in a state block from before an event the room already has.
+        store.apply_room(delta("!r:x", vec![name("Stale")], vec![msg]));
+        assert_eq!(room_name(&store, "!r:x").as_deref(), Some("Second"));
+        // A state block before new events is news, and applies.
+        let next = event("m.room.message", None, "@b:x", 3);
+        store.apply_room(delta("!r:x", vec![name("Third")], vec![next]));
+        assert_eq!(room_name(&store, "!r:x").as_deref(), Some("Third"));
+    }
+
+    #[tokio::test]
+    async fn a_future_dated_event_does_not_pin_its_room_to_the_top() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        for room in ["!a:x", "!b:x"] {
+            store.apply_room(delta(room, vec![member("@a:x", Membership::Join)], vec![]));
+        }
+        let next_year = now_ms() + 365 * 24 * 3600 * 1000;
+        store.apply_room(delta(
+            "!b:x",
+            vec![],
+            vec![event("m.room.message", None, "@evil:x", next_year)],
+        ));
+        assert_eq!(user.read().index.rank("!b:x"), Some(0));
+        // A later message in the other room moves that one up, as it should.
+        store.apply_room(delta(
+            "!a:x",
+            vec![],
+            vec![event("m.room.message", None, "@b:x", now_ms())],
+        ));
+        assert_eq!(user.read().index.rank("!a:x"), Some(0));
+        assert!(store.room("!b:x").unwrap().meta.latest_ts <= now_ms());
+    }
 
     fn ids(store: &Store, room: &str) -> Vec<String> {
         store
@@ -615,6 +1009,40 @@ mod tests {
             room.state.get("m.room.name", "").is_none(),
             "history before the newest known event does not change current state"
         );
+        let mut by_stored_order: Vec<&Arc<Event>> = room.timeline.iter().collect();
+        by_stored_order.sort_by_key(|e| e.timeline_order());
+        assert!(
+            by_stored_order
+                .iter()
+                .map(|e| &e.event_id)
+                .eq(room.timeline.iter().map(|e| &e.event_id)),
+            "a restart, which reads the timeline back in stored order, keeps this order"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gap_filled_twice_keeps_its_order_when_reloaded() {
+        let store = store();
+        let events: Vec<Event> = (1..=6)
+            .map(|i| event("m.room.message", None, "@b:x", i))
+            .collect();
+        let mut first = delta("!r:x", vec![], vec![events[5].clone()]);
+        first.limited = true;
+        store.apply_room(first);
+        // Two more chunks, each reaching back a little further and still limited.
+        let mut second = delta("!r:x", vec![], events[3..6].to_vec());
+        second.limited = true;
+        store.apply_room(second);
+        let mut third = delta("!r:x", vec![], events[1..4].to_vec());
+        third.limited = true;
+        store.apply_room(third);
+        let expected: Vec<String> = events[1..].iter().map(|e| e.event_id.to_string()).collect();
+        assert_eq!(ids(&store, "!r:x"), expected);
+        let room = store.room("!r:x").unwrap();
+        let mut reloaded: Vec<&Arc<Event>> = room.timeline.iter().collect();
+        reloaded.sort_by_key(|e| e.timeline_order());
+        let reloaded: Vec<String> = reloaded.iter().map(|e| e.event_id.to_string()).collect();
+        assert_eq!(reloaded, expected);
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! The store seam: what the hot state asks of durable storage.
 //!
 //! One narrow trait so Postgres (production) and an embedded store can sit behind it and
-//! tests can count or stall writes. The hot state never reads from it after startup: it
-//! writes behind (see [`super::writer`]) and reads everything back once, in
-//! the `load_*` calls, to rebuild itself.
+//! tests can count or stall writes. The hot state writes behind (see [`super::writer`])
+//! and reads everything back once, in the `load_*` calls, to rebuild itself. The one
+//! read after startup is [`Persist::stored_event_ids`]: whether events a poller delivers
+//! were applied long ago, when a room's memory of its event IDs no longer reaches back.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,6 +71,11 @@ pub struct StoredEvent {
     pub prev_batch: Option<Box<str>>,
     /// The homeserver left out events just before this one.
     pub gap_before: bool,
+    /// See [`crate::event::Event::filled_order`]; `None` orders by `position`.
+    pub filled_order: Option<crate::event::TimelineOrder>,
+    /// `origin_server_ts` as the recency order uses it: never later than when the proxy
+    /// received the event. `None` only for rows written before it was stored.
+    pub ts: Option<u64>,
     pub json: Bytes,
 }
 
@@ -115,6 +121,10 @@ pub struct LoadedRoom {
     pub state_after_snapshot: Vec<StoredEvent>,
     /// The newest timeline events, oldest first, at most the `timeline_per_room` asked for.
     pub timeline: Vec<StoredEvent>,
+    /// IDs of the room's newest events, at most the `ids_per_room` asked for.
+    pub recent_ids: Vec<Box<str>>,
+    /// Whether `recent_ids` holds every event of the room.
+    pub ids_complete: bool,
 }
 
 /// A membership row read back at startup.
@@ -156,13 +166,17 @@ pub trait Persist: Send + Sync + 'static {
     /// Commits a batch in one transaction, in order.
     async fn write(&self, batch: &[Write]) -> Result<(), PersistError>;
 
-    /// Every room with its snapshot, later state and newest timeline events.
-    /// `progress` is called with the number of rooms read so far, now and then.
+    /// Every room with its snapshot, later state, newest timeline events and newest
+    /// event IDs. `progress` is called with the number of rooms read so far, now and then.
     async fn load_rooms(
         &self,
         timeline_per_room: usize,
+        ids_per_room: usize,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError>;
+    /// Which of these events are stored (committed).
+    async fn stored_event_ids(&self, event_ids: &[Box<str>])
+        -> Result<Vec<Box<str>>, PersistError>;
     async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError>;
     async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError>;
     /// The highest event position ever stored (0 when empty).

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -156,9 +156,13 @@ impl Persist for PgStore {
     async fn load_rooms(
         &self,
         timeline_per_room: usize,
+        ids_per_room: usize,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
-        let limit = i64::try_from(timeline_per_room).unwrap_or(i64::MAX);
+        let limits = Limits {
+            timeline: i64::try_from(timeline_per_room).unwrap_or(i64::MAX),
+            ids: i64::try_from(ids_per_room).unwrap_or(i64::MAX),
+        };
         let mut tx = self.read_only().await?;
         let mut room_ids: Vec<String> = sqlx::query_scalar(ROOM_IDS_SQL)
             .fetch_all(&mut *tx)
@@ -174,11 +178,26 @@ impl Persist for PgStore {
                     .iter()
                     .map(|id| (RoomId::from(id.as_str()), LoadedRoom::default())),
             );
-            load_room_chunk(&mut tx, chunk, limit, &mut rooms[start..]).await?;
+            load_room_chunk(&mut tx, chunk, &limits, &mut rooms[start..]).await?;
             progress(rooms.len());
         }
         tx.commit().await.map_err(query_error)?;
         Ok(rooms)
+    }
+
+    async fn stored_event_ids(
+        &self,
+        event_ids: &[Box<str>],
+    ) -> Result<Vec<Box<str>>, PersistError> {
+        let ids: Vec<&str> = event_ids.iter().map(|id| &**id).collect();
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT event_id FROM slidesync_events WHERE event_id = ANY($1::TEXT[])",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error)?;
+        Ok(found.into_iter().map(String::into_boxed_str).collect())
     }
 
     async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
@@ -284,7 +303,7 @@ impl Persist for PgStore {
         .bind(token_encrypted)
         .bind(&*device.user_id)
         .bind(&*device.device_id)
-        .bind(now_ms())
+        .bind(count_to_db(crate::types::now_ms()))
         .execute(&self.pool)
         .await
         .map_err(query_error)?;
@@ -357,31 +376,54 @@ FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 JOIN slidesync_snapshots s ON s.room_id = r.room_id";
 
 const CHUNK_STATE_SQL: &str = "\
-SELECT r.idx, e.position, e.event_id, e.in_timeline, e.prev_batch, e.gap_before, e.json
+SELECT r.idx, e.position, e.event_id, e.in_timeline, e.prev_batch, e.gap_before,
+       e.filled_order, e.filled_sub, e.ts, e.json
 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 LEFT JOIN slidesync_snapshots s ON s.room_id = r.room_id
 CROSS JOIN LATERAL (
-    SELECT position, event_id, in_timeline, prev_batch, gap_before, json FROM slidesync_events e
+    SELECT position, event_id, in_timeline, prev_batch, gap_before, filled_order, filled_sub,
+           ts, json
+    FROM slidesync_events e
     WHERE e.is_state AND e.room_id = r.room_id AND e.position > COALESCE(s.position, -1)
 ) e
 ORDER BY r.idx, e.position";
 
+/// In timeline order, which is position order except for events filled into a gap.
 const CHUNK_TIMELINE_SQL: &str = "\
-SELECT r.idx, e.position, e.event_id, e.is_state, e.prev_batch, e.gap_before, e.json
+SELECT r.idx, e.position, e.event_id, e.is_state, e.prev_batch, e.gap_before,
+       e.filled_order, e.filled_sub, e.ts, e.json
 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 CROSS JOIN LATERAL (
-    SELECT position, event_id, is_state, prev_batch, gap_before, json FROM slidesync_events e
+    SELECT position, event_id, is_state, prev_batch, gap_before, filled_order, filled_sub,
+           ts, json
+    FROM slidesync_events e
     WHERE e.in_timeline AND e.room_id = r.room_id
-    ORDER BY e.position DESC LIMIT $2
+    ORDER BY COALESCE(e.filled_order, e.position) DESC, e.filled_sub DESC LIMIT $2
 ) e
-ORDER BY r.idx, e.position";
+ORDER BY r.idx, COALESCE(e.filled_order, e.position), e.filled_sub";
+
+/// One more than asked for: a room with no more than that many is known whole.
+const CHUNK_IDS_SQL: &str = "\
+SELECT r.idx, e.event_id
+FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
+CROSS JOIN LATERAL (
+    SELECT event_id FROM slidesync_events e
+    WHERE e.room_id = r.room_id
+    ORDER BY e.position DESC LIMIT $2 + 1
+) e";
+
+/// How much of each room startup reads.
+struct Limits {
+    timeline: i64,
+    ids: i64,
+}
 
 /// Fills `rooms` (already holding the IDs of `room_ids`, in that order) with three
 /// queries for the whole chunk.
 async fn load_room_chunk(
     tx: &mut Transaction<'static, Postgres>,
     room_ids: &[String],
-    timeline_limit: i64,
+    limits: &Limits,
     rooms: &mut [(RoomId, LoadedRoom)],
 ) -> Result<(), PersistError> {
     for row in sqlx::query(CHUNK_SNAPSHOTS_SQL)
@@ -408,12 +450,29 @@ async fn load_room_chunk(
             .push(event_from_row(room_id, &row, in_timeline, true)?);
     }
 
-    if timeline_limit == 0 {
+    for row in sqlx::query(CHUNK_IDS_SQL)
+        .bind(room_ids)
+        .bind(limits.ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (_, room) = room_at(rooms, &row)?;
+        let event_id: String = row.try_get("event_id").map_err(query_error)?;
+        room.recent_ids.push(event_id.into_boxed_str());
+    }
+    let ids = usize::try_from(limits.ids).unwrap_or(usize::MAX);
+    for (_, room) in rooms.iter_mut() {
+        room.ids_complete = room.recent_ids.len() <= ids;
+        room.recent_ids.truncate(ids);
+    }
+
+    if limits.timeline == 0 {
         return Ok(());
     }
     for row in sqlx::query(CHUNK_TIMELINE_SQL)
         .bind(room_ids)
-        .bind(timeline_limit)
+        .bind(limits.timeline)
         .fetch_all(&mut **tx)
         .await
         .map_err(query_error)?
@@ -448,6 +507,15 @@ fn event_from_row(
     let event_id: String = row.try_get("event_id").map_err(query_error)?;
     let json: Vec<u8> = row.try_get("json").map_err(query_error)?;
     let prev_batch: Option<String> = row.try_get("prev_batch").map_err(query_error)?;
+    let filled_order: Option<i64> = row.try_get("filled_order").map_err(query_error)?;
+    let filled_order = match filled_order {
+        Some(order) => Some((
+            position_from_db(order)?,
+            row.try_get("filled_sub").map_err(query_error)?,
+        )),
+        None => None,
+    };
+    let ts: Option<i64> = row.try_get("ts").map_err(query_error)?;
     Ok(StoredEvent {
         room_id,
         position: position_from_db(row.try_get("position").map_err(query_error)?)?,
@@ -456,6 +524,8 @@ fn event_from_row(
         is_state,
         prev_batch: prev_batch.map(String::into_boxed_str),
         gap_before: row.try_get("gap_before").map_err(query_error)?,
+        filled_order,
+        ts: ts.map(count_from_db).transpose()?,
         json: Bytes::from(json),
     })
 }
@@ -500,6 +570,9 @@ struct EventColumns<'a> {
     is_state: Vec<bool>,
     prev_batch: Vec<Option<&'a str>>,
     gap_before: Vec<bool>,
+    filled_order: Vec<Option<i64>>,
+    filled_sub: Vec<i32>,
+    ts: Vec<Option<i64>>,
     json: Vec<&'a [u8]>,
 }
 
@@ -519,6 +592,13 @@ impl<'a> BatchRows<'a> {
                     e.is_state.push(event.is_state);
                     e.prev_batch.push(event.prev_batch.as_deref());
                     e.gap_before.push(event.gap_before);
+                    let (order, sub) = match event.filled_order {
+                        Some((order, sub)) => (Some(position_to_db(order)?), sub),
+                        None => (None, 0),
+                    };
+                    e.filled_order.push(order);
+                    e.filled_sub.push(sub);
+                    e.ts.push(event.ts.map(count_to_db));
                     e.json.push(&event.json);
                 }
                 Write::Snapshot {
@@ -580,10 +660,11 @@ impl<'a> BatchRows<'a> {
             sqlx::query(
                 "INSERT INTO slidesync_events \
                      (position, room_id, event_id, in_timeline, is_state, prev_batch, \
-                      gap_before, json) \
+                      gap_before, filled_order, filled_sub, ts, json) \
                  SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], \
                                       $4::BOOLEAN[], $5::BOOLEAN[], $6::TEXT[], \
-                                      $7::BOOLEAN[], $8::BYTEA[]) \
+                                      $7::BOOLEAN[], $8::BIGINT[], $9::INTEGER[], \
+                                      $10::BIGINT[], $11::BYTEA[]) \
                  ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(&e.position)
@@ -593,6 +674,9 @@ impl<'a> BatchRows<'a> {
             .bind(&e.is_state)
             .bind(&e.prev_batch)
             .bind(&e.gap_before)
+            .bind(&e.filled_order)
+            .bind(&e.filled_sub)
+            .bind(&e.ts)
             .bind(&e.json)
             .execute(&mut **tx)
             .await?;
@@ -733,12 +817,6 @@ fn count_to_db(count: u64) -> i64 {
 
 fn count_from_db(count: i64) -> Result<u64, PersistError> {
     u64::try_from(count).map_err(|_| PersistError::Corrupt(format!("negative count {count}")))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `message` with every form of the password in `url` replaced by `***`. sqlx does not

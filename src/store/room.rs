@@ -1,14 +1,16 @@
-//! One room: an immutable [`RoomSnapshot`] readers share through an `Arc`, and the
-//! writer-only bookkeeping beside it in [`RoomSlot`].
+//! One room: an immutable [`RoomSnapshot`] readers load through an atomic pointer, and
+//! the writer-only bookkeeping beside it in [`RoomWriter`], behind the room's own lock.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use imbl::Vector;
+use parking_lot::Mutex;
 
-use super::event::{Event, Membership};
 use super::state::RoomState;
+use crate::event::{Event, Membership};
 use crate::types::{Position, RoomId, UserId};
 
 /// Timeline events kept per room: enough for the largest `timeline_limit` we serve.
@@ -16,7 +18,7 @@ pub const TIMELINE_RING: usize = 64;
 /// Members remembered for naming rooms without a name (5 shown, one may be the reader).
 pub const MAX_HEROES: usize = 6;
 /// Event IDs remembered per room to drop the copies other pollers deliver.
-const SEEN_IDS: usize = 4096;
+pub const SEEN_IDS: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hero {
@@ -216,57 +218,117 @@ impl RoomSnapshot {
     }
 }
 
-/// Event IDs recently applied to a room, bounded. Hashes, not strings: a collision only
-/// drops a duplicate check, never serves wrong data, and it keeps 4096 IDs in 64 KiB.
-#[derive(Default)]
+/// Event IDs a room has applied, to drop the copies other pollers deliver.
+///
+/// Hashes, not strings, keyed per process so no one can aim at a collision (which would
+/// drop a new event as a copy): 4096 IDs in about 100 KiB. Bounded: past [`SEEN_IDS`] the
+/// oldest are forgotten, but only once their writes are committed, since an ID on its
+/// way to storage could otherwise be found neither here nor there. `complete` says
+/// whether every event the room ever applied is still here; when not, an ID missing here
+/// is asked of storage before it counts as new (see `Store::stored_copies`).
 pub struct SeenIds {
+    keys: RandomState,
     set: HashSet<u64>,
-    order: VecDeque<u64>,
+    /// Oldest first: (hash, number of its write in the queue, [`PENDING`] until queued).
+    order: VecDeque<(u64, u64)>,
+    complete: bool,
+}
+
+/// The queue number of an ID whose write is not queued yet.
+const PENDING: u64 = u64::MAX;
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        Self {
+            keys: RandomState::new(),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            complete: true,
+        }
+    }
 }
 
 impl SeenIds {
-    fn hash(id: &str) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut h);
-        h.finish()
+    fn hash(&self, id: &str) -> u64 {
+        self.keys.hash_one(id)
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.set.contains(&Self::hash(id))
+        self.set.contains(&self.hash(id))
+    }
+
+    /// Whether an ID missing here is surely new.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// For a room loaded at startup with only its newest IDs.
+    pub fn mark_incomplete(&mut self) {
+        self.complete = false;
     }
 
     /// Returns false if the ID was already there.
     pub fn insert(&mut self, id: &str) -> bool {
-        let h = Self::hash(id);
+        let h = self.hash(id);
         if !self.set.insert(h) {
             return false;
         }
-        self.order.push_back(h);
-        if self.order.len() > SEEN_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        self.order.push_back((h, PENDING));
+        true
+    }
+
+    /// The writes of the IDs inserted since the last call are queued, up to number
+    /// `queued`; forgets the oldest IDs past the bound whose writes are `committed`.
+    pub fn settle(&mut self, queued: u64, committed: u64) {
+        for entry in self.order.iter_mut().rev() {
+            if entry.1 != PENDING {
+                break;
+            }
+            entry.1 = queued;
+        }
+        while self.order.len() > SEEN_IDS {
+            match self.order.front() {
+                Some(&(h, queued)) if queued <= committed => {
+                    self.order.pop_front();
+                    self.set.remove(&h);
+                    self.complete = false;
+                }
+                _ => break,
             }
         }
-        true
     }
 }
 
-/// A room's entry in the store's map. The map's shard lock is the room's write lock: it
-/// is held only while the next snapshot is built from the previous one (O(events in the
-/// chunk × log state)), never across I/O.
-pub struct RoomSlot {
-    pub snapshot: Arc<RoomSnapshot>,
+/// A room in the store's map.
+///
+/// Readers load `snapshot`: an atomic pointer, so a reader never waits, not even for a
+/// writer folding a 50,000-event state archive. Writers of this room take `writer` first
+/// (a `parking_lot::Mutex`: held while the next snapshot is built, never across I/O or
+/// `.await`), so they apply in order; they build the next snapshot beside the published
+/// one and publish it with one swap. Writers of other rooms never wait on it: there is
+/// no lock shared between rooms.
+pub struct Room {
+    pub snapshot: ArcSwap<RoomSnapshot>,
+    pub writer: Mutex<RoomWriter>,
+}
+
+/// What only the room's writers need.
+#[derive(Default)]
+pub struct RoomWriter {
     pub seen: SeenIds,
     /// Users of this proxy who are joined or invited: who to wake when the room changes.
     pub locals: HashSet<UserId>,
 }
 
-impl RoomSlot {
+impl Room {
     pub fn new(room_id: RoomId) -> Self {
+        Self::from_snapshot(RoomSnapshot::new(room_id), RoomWriter::default())
+    }
+
+    pub fn from_snapshot(snapshot: RoomSnapshot, writer: RoomWriter) -> Self {
         Self {
-            snapshot: Arc::new(RoomSnapshot::new(room_id)),
-            seen: SeenIds::default(),
-            locals: HashSet::new(),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(writer),
         }
     }
 }

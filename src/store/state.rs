@@ -14,7 +14,7 @@ use imbl::OrdMap;
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
 
-use super::event::{Event, Membership};
+use crate::event::{Event, Membership};
 use crate::types::Position;
 
 /// One state event in the archive.
@@ -318,6 +318,7 @@ mod tests {
             text: None,
             prev_batch: None,
             gap_before: false,
+            filled_order: None,
             position: pos,
             json: Bytes::from(format!("{{\"event_id\":\"{id}\"}}")),
         })

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use super::event::{Event, Membership};
 use super::persist::*;
 use super::writer::WriteQueue;
 use super::{RoomDelta, Store};
+use crate::event::{Event, Membership};
 use crate::types::{DeviceKey, Position, RoomId};
 
 /// Records committed writes and has nothing to load. Commits wait while its gate is
@@ -51,9 +51,22 @@ impl Persist for TestPersist {
     async fn load_rooms(
         &self,
         _: usize,
+        _: usize,
         _: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
         Ok(Vec::new())
+    }
+    async fn stored_event_ids(&self, ids: &[Box<str>]) -> Result<Vec<Box<str>>, PersistError> {
+        let committed = self.committed.lock();
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                committed
+                    .iter()
+                    .any(|w| matches!(w, Write::Event(e) if e.event_id == **id))
+            })
+            .cloned()
+            .collect())
     }
     async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
         Ok(Vec::new())
@@ -80,7 +93,11 @@ impl Persist for TestPersist {
 
 /// A store over an open [`TestPersist`]; needs a tokio runtime for its writer task.
 pub fn store() -> Store {
-    let (queue, _writer) = WriteQueue::spawn(Arc::new(TestPersist::open()), 1 << 20);
+    store_over(Arc::new(TestPersist::open()))
+}
+
+pub fn store_over(persist: Arc<TestPersist>) -> Store {
+    let (queue, _writer) = WriteQueue::spawn(persist, 1 << 20);
     Store::new(queue, 1)
 }
 
@@ -99,6 +116,7 @@ pub fn event(kind: &str, state_key: Option<&str>, sender: &str, ts: u64) -> Even
         text: None,
         prev_batch: None,
         gap_before: false,
+        filled_order: None,
         position: 0,
         json: Bytes::from(format!(
             r#"{{"event_id":"$t{id}","type":"{kind}","origin_server_ts":{ts}}}"#
@@ -118,5 +136,6 @@ pub fn delta(room: &str, state: Vec<Event>, timeline: Vec<Event>) -> RoomDelta {
         timeline,
         prev_batch: None,
         limited: false,
+        stored: Default::default(),
     }
 }

@@ -1,14 +1,15 @@
 //! Per-user data: memberships, unread counts, the recency index, and the wake-up that
 //! parked long-polls wait on.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use parking_lot::{RwLock, RwLockReadGuard};
+use imbl::{HashMap, Vector};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::event::Event;
+use crate::event::Event;
 use crate::rooms::sort::SortIndex;
 use crate::types::{Position, RoomId, UserId};
 
@@ -46,13 +47,16 @@ pub struct UserRoom {
     pub highlight_count: u64,
 }
 
-#[derive(Default)]
+/// One published version of a user's data. Persistent maps and shared chunks: a clone
+/// is O(1) apart from the index's chunk pointers, so every change can publish a new
+/// version instead of locking readers out.
+#[derive(Clone, Default)]
 pub struct UserData {
     pub rooms: HashMap<RoomId, UserRoom>,
     /// Joined and invited rooms, newest first.
     pub index: SortIndex,
     version: u64,
-    changes: VecDeque<(u64, RoomId)>,
+    changes: Vector<(u64, RoomId)>,
 }
 
 impl UserData {
@@ -99,9 +103,13 @@ impl UserData {
 
 pub struct UserState {
     pub user_id: UserId,
-    /// `parking_lot::RwLock`: many connections read (windows, memberships) while one
-    /// ingest writes; held for microseconds and never across `.await`.
-    data: RwLock<UserData>,
+    /// The current version, swapped whole by writers. Readers (connections building a
+    /// response, for as long as that takes) hold an `Arc` of one version and never block
+    /// a writer, nor wait for one.
+    data: ArcSwap<UserData>,
+    /// Serializes writers, so no change is lost between a clone and its publication.
+    /// Held while one change is applied to a clone, never across `.await`.
+    write: Mutex<()>,
     /// The data version, published after every change. A `watch` rather than a queue per
     /// connection: a slow connection cannot overflow anything, it reads the newest state
     /// when it wakes.
@@ -115,23 +123,29 @@ impl UserState {
     pub fn new(user_id: UserId) -> Self {
         Self {
             user_id,
-            data: RwLock::new(UserData::default()),
+            data: ArcSwap::from_pointee(UserData::default()),
+            write: Mutex::new(()),
             wake: watch::channel(0).0,
             ready: watch::channel(false).0,
         }
     }
 
-    pub fn read(&self) -> RwLockReadGuard<'_, UserData> {
-        self.data.read()
+    /// The current version; it stays as it is however long the caller keeps it.
+    pub fn read(&self) -> Arc<UserData> {
+        self.data.load_full()
     }
 
-    /// Applies a change and wakes the user's connections if the change touched a room.
+    /// Applies a change to a copy, publishes it, and wakes the user's connections if
+    /// the change touched a room.
     pub fn update<R>(&self, f: impl FnOnce(&mut UserData) -> R) -> R {
         let (out, before, after) = {
-            let mut data = self.data.write();
+            let _writer = self.write.lock();
+            let mut data = UserData::clone(&self.data.load());
             let before = data.version;
             let out = f(&mut data);
-            (out, before, data.version)
+            let after = data.version;
+            self.data.store(Arc::new(data));
+            (out, before, after)
         };
         if after != before {
             self.wake.send_replace(after);

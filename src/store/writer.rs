@@ -13,7 +13,7 @@
 //! falls behind, reservations wait, which slows the pollers (back-pressure) instead of
 //! dropping data. A failed batch is retried until it commits: a write is never dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,12 @@ struct Shared {
     /// channel send wakes the writer (a syscall) on every call. The writer is woken once
     /// per response instead, by `release`.
     items: Mutex<Vec<Item>>,
+    /// Writes queued so far: a write's number is this count just after it was queued.
+    /// Only changed under `items`' lock, so numbers follow queue order.
+    pushed: AtomicU64,
+    /// Writes committed so far (or given up on): the queue commits in order, so every
+    /// write numbered up to this is done.
+    committed: AtomicU64,
     wake: Notify,
     closed: AtomicBool,
 }
@@ -62,6 +68,7 @@ impl Drop for Senders {
 #[derive(Clone)]
 pub struct WriteQueue {
     shared: Arc<Shared>,
+    persist: Arc<dyn Persist>,
     _senders: Arc<Senders>,
     credits: Arc<Semaphore>,
     capacity: u32,
@@ -73,13 +80,20 @@ impl WriteQueue {
     pub fn spawn(persist: Arc<dyn Persist>, capacity: usize) -> (Self, JoinHandle<()>) {
         let shared = Arc::new(Shared {
             items: Mutex::new(Vec::new()),
+            pushed: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
         });
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let credits = Arc::new(Semaphore::new(capacity as usize));
-        let task = tokio::spawn(run(persist, Arc::clone(&shared), Arc::clone(&credits)));
+        let task = tokio::spawn(run(
+            Arc::clone(&persist),
+            Arc::clone(&shared),
+            Arc::clone(&credits),
+        ));
         let queue = Self {
+            persist,
             _senders: Arc::new(Senders(Arc::clone(&shared))),
             shared,
             credits,
@@ -101,12 +115,26 @@ impl WriteQueue {
     }
 
     /// Queues writes without waiting or waking the writer: callers hold a reservation,
-    /// and [`WriteQueue::release`] wakes it.
-    pub fn push(&self, writes: impl IntoIterator<Item = Write>) {
-        self.shared
-            .items
-            .lock()
-            .extend(writes.into_iter().map(Item::Write));
+    /// and [`WriteQueue::release`] wakes it. Returns the number of the last write queued
+    /// (see [`WriteQueue::committed`]).
+    pub fn push(&self, writes: impl IntoIterator<Item = Write>) -> u64 {
+        let mut items = self.shared.items.lock();
+        let before = items.len();
+        items.extend(writes.into_iter().map(Item::Write));
+        let added = (items.len() - before) as u64;
+        self.shared.pushed.fetch_add(added, Ordering::Relaxed) + added
+    }
+
+    /// Every write numbered up to this (as [`WriteQueue::push`] numbers them) is
+    /// committed.
+    pub fn committed(&self) -> u64 {
+        self.shared.committed.load(Ordering::Acquire)
+    }
+
+    /// The storage behind the queue, for the few reads the hot state makes after
+    /// startup.
+    pub fn persist(&self) -> &Arc<dyn Persist> {
+        &self.persist
     }
 
     /// Hands credits back (they return to the pool when what was queued before is
@@ -147,6 +175,9 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
                     batch.push(w);
                     if batch.len() >= BATCH {
                         commit(&*persist, &batch).await;
+                        shared
+                            .committed
+                            .fetch_add(batch.len() as u64, Ordering::Release);
                         batch.clear();
                         credits.add_permits(std::mem::take(&mut returned));
                     }
@@ -157,6 +188,9 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
         }
         if !batch.is_empty() {
             commit(&*persist, &batch).await;
+            shared
+                .committed
+                .fetch_add(batch.len() as u64, Ordering::Release);
             batch.clear();
         }
         credits.add_permits(std::mem::take(&mut returned));

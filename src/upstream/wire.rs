@@ -8,15 +8,14 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sonic_rs::{JsonValueMutTrait, JsonValueTrait, LazyValue};
 
-use crate::store::event::{Event, Membership};
+use crate::event::{Decoder, Event, EventError, Membership};
 
-/// Why an event was dropped.
-#[derive(Debug, thiserror::Error)]
-pub enum EventError {
-    /// Not a JSON object with `event_id`, `type` and `sender`.
-    #[error("malformed event: {0}")]
-    Malformed(String),
-}
+/// How the store reads back what it stored: this format's parsers, handed over at
+/// startup.
+pub const DECODER: Decoder = Decoder {
+    event: parse_event,
+    invite_ts,
+};
 
 #[derive(Deserialize)]
 pub struct SyncResponse<'a> {
@@ -175,6 +174,7 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         text,
         prev_batch: None,
         gap_before: false,
+        filled_order: None,
         position: 0,
         json,
     })

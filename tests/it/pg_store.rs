@@ -27,6 +27,8 @@ fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> S
         // Even positions start a chunk after a gap, so both columns round-trip.
         prev_batch: (position % 2 == 0).then(|| format!("p{position}").into()),
         gap_before: position % 2 == 0,
+        filled_order: None,
+        ts: Some(position * 1000),
         json: Bytes::from(format!(r#"{{"event_id":"$e{position}"}}"#)),
     }
 }
@@ -57,7 +59,7 @@ fn device(user: &str, device: &str) -> DeviceKey {
 
 async fn rooms(store: &PgStore, timeline_per_room: usize) -> Vec<(RoomId, LoadedRoom)> {
     store
-        .load_rooms(timeline_per_room, &|_| {})
+        .load_rooms(timeline_per_room, 16, &|_| {})
         .await
         .expect("load rooms")
 }
@@ -299,7 +301,7 @@ async fn many_rooms_load_in_chunks_with_progress() {
 
     let reported = Mutex::new(Vec::new());
     let loaded = store
-        .load_rooms(1, &|n| reported.lock().unwrap().push(n))
+        .load_rooms(1, 16, &|n| reported.lock().unwrap().push(n))
         .await
         .unwrap();
     assert_eq!(*reported.lock().unwrap(), [1000, 2000, 2500]);
@@ -519,4 +521,165 @@ async fn memberships_and_counts_load_across_pages() {
     assert_eq!(unread.len(), count);
     let total: u64 = unread.iter().map(|u| u.notification_count).sum();
     assert_eq!(total, (0..count as u64).sum::<u64>());
+}
+
+#[tokio::test]
+async fn events_filled_into_a_gap_load_before_the_event_after_it() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let room = "!a:example.org";
+    let before = timeline(room, 5);
+    let anchor = timeline(room, 10);
+    // Delivered later, so given later positions, but older than the anchor.
+    let mut filled_1 = timeline(room, 11);
+    filled_1.filled_order = Some((10, -2));
+    let mut filled_2 = timeline(room, 12);
+    filled_2.filled_order = Some((10, -1));
+    let after = timeline(room, 13);
+    store
+        .write(&writes(&[
+            before.clone(),
+            anchor.clone(),
+            filled_1.clone(),
+            filled_2.clone(),
+            after.clone(),
+        ]))
+        .await
+        .unwrap();
+
+    let loaded = rooms(&store, 10).await;
+    assert_eq!(positions(&loaded[0].1.timeline), [5, 11, 12, 10, 13]);
+    assert_eq!(loaded[0].1.timeline[1], filled_1, "the order round-trips");
+    let newest_three = rooms(&store, 3).await;
+    assert_eq!(
+        positions(&newest_three[0].1.timeline),
+        [12, 10, 13],
+        "the newest in timeline order, not by position"
+    );
+}
+
+#[tokio::test]
+async fn the_newest_event_ids_load_and_say_whether_they_are_all() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let small = "!small:example.org";
+    let big = "!big:example.org";
+    let mut events: Vec<StoredEvent> = (1..=3).map(|p| timeline(small, p)).collect();
+    events.extend((10..30).map(|p| state_block(big, p)));
+    store.write(&writes(&events)).await.unwrap();
+
+    let loaded = store.load_rooms(0, 16, &|_| {}).await.unwrap();
+    let (_, big_room) = loaded.iter().find(|(id, _)| &**id == big).unwrap();
+    let (_, small_room) = loaded.iter().find(|(id, _)| &**id == small).unwrap();
+    assert!(small_room.ids_complete);
+    let mut small_ids = small_room.recent_ids.clone();
+    small_ids.sort();
+    assert_eq!(small_ids, ["$e1".into(), "$e2".into(), "$e3".into()]);
+    assert!(!big_room.ids_complete, "20 events, 16 read");
+    assert_eq!(big_room.recent_ids.len(), 16);
+    assert!(
+        big_room.recent_ids.contains(&"$e29".into())
+            && !big_room.recent_ids.contains(&"$e10".into()),
+        "the newest ones"
+    );
+}
+
+#[tokio::test]
+async fn stored_event_ids_names_only_committed_events() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    store
+        .write(&writes(&[
+            timeline("!a:example.org", 1),
+            timeline("!b:example.org", 2),
+        ]))
+        .await
+        .unwrap();
+    let mut found = store
+        .stored_event_ids(&["$e2".into(), "$e1".into(), "$e9".into()])
+        .await
+        .unwrap();
+    found.sort();
+    assert_eq!(found, ["$e1".into(), "$e2".into()]);
+    assert!(store.stored_event_ids(&[]).await.unwrap().is_empty());
+}
+
+fn message(id: &str, ts: u64) -> slidesync::event::Event {
+    let json = format!(
+        r#"{{"event_id":"{id}","type":"m.room.message","sender":"@b:example.org","origin_server_ts":{ts},"content":{{"body":"{id}"}}}}"#
+    );
+    slidesync::upstream::wire::parse_event(json.as_bytes()).expect("a valid event")
+}
+
+fn chunk(
+    room: &str,
+    events: &[slidesync::event::Event],
+    limited: bool,
+) -> slidesync::store::RoomDelta {
+    slidesync::store::RoomDelta {
+        room_id: room.into(),
+        state: Vec::new(),
+        timeline: events.to_vec(),
+        prev_batch: None,
+        limited,
+        stored: Default::default(),
+    }
+}
+
+fn timeline_ids(store: &slidesync::store::Store, room: &str) -> Vec<String> {
+    store
+        .room(room)
+        .expect("the room")
+        .timeline
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect()
+}
+
+/// A poller's one-event first sync leaves a gap; another poller fills it. The filled
+/// events got later positions than the event after them, and a restart reads the
+/// timeline back in the order it had.
+#[tokio::test]
+async fn a_filled_gap_keeps_its_order_across_a_restart() {
+    use std::sync::Arc;
+
+    use slidesync::store::writer::WriteQueue;
+    use slidesync::store::Store;
+
+    let db = TestDb::new().await;
+    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let room = "!gap:example.org";
+    // More than the timeline ring keeps: the oldest are in storage only.
+    let events: Vec<_> = (1..=100)
+        .map(|i| message(&format!("$m{i}"), 1000 + i))
+        .collect();
+    let before = {
+        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+        let hot = Store::new(queue, 1);
+        hot.apply_room(chunk(room, &events[99..], true));
+        hot.apply_room(chunk(room, &events[..], false));
+        hot.queue().flush().await;
+        let order = timeline_ids(&hot, room);
+        drop(hot);
+        writer.await.unwrap();
+        order
+    };
+    let newest: Vec<String> = (37..=100).map(|i| format!("$m{i}")).collect();
+    assert_eq!(before, newest);
+
+    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
+        .await
+        .expect("load");
+    assert_eq!(timeline_ids(&reloaded, room), before);
+
+    // A poller that was far behind delivers the first one again after the restart.
+    let mut again = chunk(room, &events[..1], false);
+    again.stored = reloaded.stored_copies(&again).await;
+    reloaded.apply_room(again);
+    assert_eq!(
+        timeline_ids(&reloaded, room),
+        before,
+        "nothing served twice"
+    );
 }

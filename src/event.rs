@@ -1,4 +1,6 @@
-//! Events as the store keeps them: raw JSON bytes plus the few fields we index.
+//! The parsed event: raw JSON bytes plus the few fields we index. `upstream::wire`
+//! builds it from the homeserver's JSON, `store` keeps it, `conn` and `api` serve it;
+//! none of them imports another for it.
 
 use bytes::Bytes;
 
@@ -51,6 +53,8 @@ pub struct Event {
     pub kind: Box<str>,
     pub state_key: Option<Box<str>>,
     pub sender: Box<str>,
+    /// `origin_server_ts`, which the store clamps to when it received the event: any
+    /// federated server can date an event in the future, and recency sorts by this.
     pub origin_server_ts: u64,
     /// For member events, `content.membership`.
     pub membership: Option<Membership>,
@@ -66,11 +70,38 @@ pub struct Event {
     pub gap_before: bool,
     /// Given when the store accepts the event; 0 before.
     pub position: Position,
+    /// Where the event sits in its room's timeline when that is not where its position
+    /// puts it: an event filled into a gap is older than the event after the gap, but
+    /// was given a later position. It takes that event's order and a lower second key.
+    pub filled_order: Option<TimelineOrder>,
     pub json: Bytes,
 }
+
+/// A room's timeline is ordered by this key.
+pub type TimelineOrder = (Position, i32);
 
 impl Event {
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }
+
+    pub fn timeline_order(&self) -> TimelineOrder {
+        self.filled_order.unwrap_or((self.position, 0))
+    }
+}
+
+/// Why an event was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Not a JSON object with `event_id`, `type` and `sender`.
+    #[error("malformed event: {0}")]
+    Malformed(String),
+}
+
+/// Turns stored JSON back into events at startup. The store never reads the
+/// homeserver's format itself: `app` hands it `upstream::wire::DECODER`.
+pub struct Decoder {
+    pub event: fn(&[u8]) -> Result<Event, EventError>,
+    /// When the invite in an invite's stripped state was sent, for the user invited.
+    pub invite_ts: fn(&[u8], &str) -> Option<u64>,
 }
