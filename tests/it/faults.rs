@@ -16,6 +16,7 @@ use crate::support::chaos::Chaos;
 use crate::support::db::TestDb;
 use crate::support::fake::{FakeHomeserver, Reply};
 use crate::support::proxy::{self, pos, timeline_ids, Proxy};
+use crate::support::synapse::synapse;
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -50,10 +51,21 @@ fn one_message(body: &str, ts: u64) -> (Value, String) {
 /// Long-polls from `pos` until the room's timeline has shown `event_id`, adding every
 /// event ID the responses carry to `seen`.
 async fn follow_until(proxy: &Proxy, pos: &mut String, seen: &mut Vec<String>, event_id: &str) {
+    follow_room_until(proxy, TOKEN, ROOM, pos, seen, event_id).await;
+}
+
+async fn follow_room_until(
+    proxy: &Proxy,
+    token: &str,
+    room: &str,
+    pos: &mut String,
+    seen: &mut Vec<String>,
+    event_id: &str,
+) {
     for _ in 0..50 {
-        let resp = proxy.sync_ok(TOKEN, Some(pos), 5_000, &request()).await;
+        let resp = proxy.sync_ok(token, Some(pos), 5_000, &request()).await;
         *pos = proxy::pos(&resp);
-        seen.extend(timeline_ids(&resp, ROOM));
+        seen.extend(timeline_ids(&resp, room));
         if seen.iter().any(|id| id == event_id) {
             return;
         }
@@ -287,4 +299,67 @@ async fn a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_re
     let resp = binary.sync(TOKEN, &request()).await;
     binary.stop();
     assert_eq!(timeline_ids(&resp, ROOM), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_cut_off_and_back_loses_no_event() {
+    let hs = synapse().await;
+    let user = hs.register("faults").await;
+    let room = hs
+        .create_room(&user, json!({"name": "Faults", "preset": "private_chat"}))
+        .await;
+    hs.send_text(&user, &room, "before").await;
+    // Synapse is shared by every e2e test of this process, so it is never stopped: the
+    // fault proxy plays it going away and coming back.
+    let synapse_addr = hs.base_url.trim_start_matches("http://").parse().unwrap();
+    let chaos = Chaos::start(synapse_addr).await;
+    let upstream = Arc::new(HttpHomeserver::new(
+        Target::Url(format!("http://{}", chaos.addr).parse().unwrap()),
+        Duration::from_secs(10),
+    ));
+    let db = TestDb::new().await;
+    let proxy = Proxy::start_with(&db.url, upstream, proxy::settings()).await;
+    let token = &user.access_token;
+    let first = proxy.sync_ok(token, None, 0, &request()).await;
+    let mut pos = pos(&first);
+    let (mut sent, mut seen) = (Vec::new(), Vec::new());
+
+    // Open connections reset, then Synapse down while people keep talking to it.
+    for round in 0..2 {
+        if round == 0 {
+            chaos.cut();
+        } else {
+            chaos.refuse();
+        }
+        for i in 0..3 {
+            sent.push(
+                hs.send_text(&user, &room, &format!("round {round}, {i}"))
+                    .await,
+            );
+        }
+        if round == 1 {
+            until("the poller found Synapse down", || chaos.refused() > 0).await;
+            chaos.restore();
+        }
+        let last = sent.last().unwrap().clone();
+        follow_room_until(&proxy, token, &room, &mut pos, &mut seen, &last).await;
+    }
+    assert_eq!(seen, sent, "each message once, in order");
+    proxy.stop().await;
+
+    let proxy = Proxy::start(
+        &db.url,
+        Arc::new(HttpHomeserver::new(
+            Target::Url(hs.base_url.parse().unwrap()),
+            Duration::from_secs(10),
+        )),
+    )
+    .await;
+    let after = proxy.sync_ok(token, None, 0, &request()).await;
+    proxy.stop().await;
+    assert!(
+        timeline_ids(&after, &room).ends_with(&sent),
+        "the restarted proxy serves them all: {:?}",
+        timeline_ids(&after, &room)
+    );
 }
