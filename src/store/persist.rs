@@ -13,6 +13,8 @@ use crate::types::{DeviceKey, Position, RoomId, UserId};
 
 /// Why a storage call failed. Storage errors never reach a client as such: callers retry
 /// (writes) or stop startup with a message naming `SYNCV3_DB` (connect, migrate, load).
+/// The write-behind queue retries every error but [`PersistError::Rejected`], which it
+/// narrows down to the one bad row and skips.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     /// The database could not be reached or refused the connection.
@@ -21,9 +23,14 @@ pub enum PersistError {
     /// Applying the migrations in `schema/` failed.
     #[error("cannot apply database migrations: {0}")]
     Migrate(String),
-    /// A query failed.
+    /// A query failed for a reason outside the data (connection lost, server restarting,
+    /// pool timeout, serialization conflict): the same write may succeed later.
     #[error("database query failed: {0}")]
     Query(String),
+    /// The database refused the data itself (a value it cannot store, a violated
+    /// constraint): the same write fails however often it is retried.
+    #[error("the database refused the data: {0}")]
+    Rejected(String),
     /// Stored bytes did not validate (a corrupt or foreign snapshot).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -795,13 +795,30 @@ impl Interner {
     }
 }
 
+/// Tells a row the database can never store from a failure that may pass. SQLSTATE
+/// class 22 (data exception: a NUL in text, a value out of range) and class 23 (integrity
+/// constraint violation) are about the data; a value sqlx cannot encode is too. Anything
+/// else (I/O, pool timeout, class 08 connection exceptions, 57P01 admin shutdown, 40001
+/// and 40P01 conflicts) is worth retrying; so is an error we do not know, since retrying
+/// a permanent error costs only log lines while skipping a transient one loses data.
 fn query_error(e: sqlx::Error) -> PersistError {
-    PersistError::Query(e.to_string())
+    let rejected = match &e {
+        sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    };
+    if rejected {
+        PersistError::Rejected(e.to_string())
+    } else {
+        PersistError::Query(e.to_string())
+    }
 }
 
 fn position_to_db(position: Position) -> Result<i64, PersistError> {
     i64::try_from(position)
-        .map_err(|_| PersistError::Query(format!("position {position} does not fit a BIGINT")))
+        .map_err(|_| PersistError::Rejected(format!("position {position} does not fit a BIGINT")))
 }
 
 fn position_from_db(position: i64) -> Result<Position, PersistError> {

@@ -1,6 +1,7 @@
 //! A store for unit tests: writes are recorded in memory, events are built from a few
 //! fields.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,24 +16,32 @@ use crate::event::{Event, Membership};
 use crate::types::{DeviceKey, Position, RoomId};
 
 /// Records committed writes and has nothing to load. Commits wait while its gate is
-/// closed, to play a stalled database.
+/// closed, to play a stalled database; it can also play a lost connection and a row the
+/// database refuses.
 pub struct TestPersist {
     gate: Semaphore,
     pub committed: Mutex<Vec<Write>>,
+    /// Rows refused as bad data: a batch holding one fails whole and commits nothing.
+    pub refuse: Mutex<Vec<Write>>,
+    /// How many more batches fail as if the connection was lost.
+    pub transient_failures: AtomicUsize,
 }
 
 impl TestPersist {
     pub fn open() -> Self {
-        Self {
-            gate: Semaphore::new(Semaphore::MAX_PERMITS),
-            committed: Mutex::new(Vec::new()),
-        }
+        Self::with_gate(Semaphore::MAX_PERMITS)
     }
 
     pub fn stalled() -> Self {
+        Self::with_gate(0)
+    }
+
+    fn with_gate(permits: usize) -> Self {
         Self {
-            gate: Semaphore::new(0),
+            gate: Semaphore::new(permits),
             committed: Mutex::new(Vec::new()),
+            refuse: Mutex::new(Vec::new()),
+            transient_failures: AtomicUsize::new(0),
         }
     }
 
@@ -45,6 +54,15 @@ impl TestPersist {
 impl Persist for TestPersist {
     async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
         let _open = self.gate.acquire().await.expect("gate never closes");
+        let lost =
+            self.transient_failures
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if lost.is_ok() {
+            return Err(PersistError::Query("connection reset".into()));
+        }
+        if let Some(bad) = batch.iter().find(|w| self.refuse.lock().contains(w)) {
+            return Err(PersistError::Rejected(format!("refused {bad:?}")));
+        }
         self.committed.lock().extend_from_slice(batch);
         Ok(())
     }

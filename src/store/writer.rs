@@ -11,7 +11,17 @@
 //! response before applying it, and the writer returns them once the writes are
 //! committed. When Postgres
 //! falls behind, reservations wait, which slows the pollers (back-pressure) instead of
-//! dropping data. A failed batch is retried until it commits: a write is never dropped.
+//! dropping data.
+//!
+//! A batch that fails for a reason outside its data (connection lost, Postgres
+//! restarting) is retried until it commits, so nothing is lost or reordered; retrying is
+//! safe because every write is idempotent (events ignore duplicates, the rest upsert). A
+//! batch the database refuses ([`PersistError::Rejected`]: a NUL in a text column, a value
+//! out of range) would fail forever and hold back everything queued behind it, the
+//! `since` of every device included, and with it every credit: the pollers would stall.
+//! It is split in halves, committed in order, until the refused rows stand alone; each is
+//! logged with its room and event (or user and device), counted in
+//! [`WriteQueue::rejected`], and skipped. The rows around it commit in their order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,13 +31,16 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::persist::{Persist, Write};
+use super::persist::{Persist, PersistError, Write};
 
 /// Rows per transaction: big enough to amortize the commit, small enough to keep
 /// latency of a single poll's data low.
 const BATCH: usize = 512;
 /// The writer also looks for work this often, so nothing waits on a missed wake-up.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Back-off between retries of a batch that failed for a reason that may pass.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 enum Item {
     Write(Write),
@@ -53,6 +66,9 @@ struct Shared {
     committed: AtomicU64,
     wake: Notify,
     closed: AtomicBool,
+    /// Rows the database refused and the writer skipped. Only ever counted up and read
+    /// for reporting, so relaxed atomics suffice.
+    rejected: AtomicU64,
 }
 
 /// Dropped with the last `WriteQueue` clone: tells the writer to drain and stop.
@@ -84,6 +100,7 @@ impl WriteQueue {
             committed: AtomicU64::new(0),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            rejected: AtomicU64::new(0),
         });
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let credits = Arc::new(Semaphore::new(capacity as usize));
@@ -150,6 +167,11 @@ impl WriteQueue {
         let _ = rx.await;
     }
 
+    /// How many rows the database refused since startup; each was logged and skipped.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
+    }
+
     fn send(&self, item: Item) {
         self.shared.items.lock().push(item);
         self.shared.wake.notify_one();
@@ -174,7 +196,7 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
                 Item::Write(w) => {
                     batch.push(w);
                     if batch.len() >= BATCH {
-                        commit(&*persist, &batch).await;
+                        commit(&*persist, &batch, &shared.rejected).await;
                         shared
                             .committed
                             .fetch_add(batch.len() as u64, Ordering::Release);
@@ -187,7 +209,7 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
             }
         }
         if !batch.is_empty() {
-            commit(&*persist, &batch).await;
+            commit(&*persist, &batch, &shared.rejected).await;
             shared
                 .committed
                 .fetch_add(batch.len() as u64, Ordering::Release);
@@ -200,16 +222,69 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
     }
 }
 
-async fn commit(persist: &dyn Persist, batch: &[Write]) {
-    let mut delay = Duration::from_millis(100);
+/// Commits `batch` in order, retrying failures that may pass until they commit, and
+/// narrowing a refused batch down to its refused rows, which are logged, counted and
+/// skipped. Never called with an empty batch.
+async fn commit(persist: &dyn Persist, batch: &[Write], rejected: &AtomicU64) {
+    // The parts still to commit, the next one on top: a refused part's right half is
+    // pushed before its left, so parts commit in queue order.
+    let mut parts = vec![batch];
+    while let Some(part) = parts.pop() {
+        let Err(error) = commit_retrying(persist, part).await else {
+            continue;
+        };
+        match part {
+            [row] => {
+                log_rejected(row, &error);
+                rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let (left, right) = part.split_at(part.len() / 2);
+                parts.push(right);
+                parts.push(left);
+            }
+        }
+    }
+}
+
+/// Commits one batch, retrying with back-off until it commits or the database refuses
+/// its data.
+async fn commit_retrying(persist: &dyn Persist, batch: &[Write]) -> Result<(), PersistError> {
+    let mut delay = RETRY_FIRST;
     loop {
         match persist.write(batch).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(refused @ PersistError::Rejected(_)) => return Err(refused),
             Err(e) => {
                 tracing::warn!(error = %e, rows = batch.len(), retry_in = ?delay, "write-behind batch failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(RETRY_MAX);
             }
+        }
+    }
+}
+
+/// Names a refused row well enough to find its source. IDs are printed with `Debug` so a
+/// NUL or a control character in one shows escaped.
+fn log_rejected(row: &Write, error: &PersistError) {
+    let what = "the database refused a row; skipped, it will be missing after a restart";
+    match row {
+        Write::Event(e) => {
+            tracing::error!(room = ?e.room_id, event = ?e.event_id, position = e.position, %error, "{what}")
+        }
+        Write::Snapshot {
+            room_id, position, ..
+        } => tracing::error!(room = ?room_id, snapshot_position = position, %error, "{what}"),
+        Write::Membership {
+            user_id, room_id, ..
+        } => {
+            tracing::error!(room = ?room_id, user = ?user_id, kind = "membership", %error, "{what}")
+        }
+        Write::Unread {
+            user_id, room_id, ..
+        } => tracing::error!(room = ?room_id, user = ?user_id, kind = "unread", %error, "{what}"),
+        Write::DeviceSince { device, since } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, since = ?since, %error, "{what}")
         }
     }
 }
@@ -217,6 +292,7 @@ async fn commit(persist: &dyn Persist, batch: &[Write]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::persist::StoredEvent;
     use crate::store::testing::TestPersist;
     use crate::types::DeviceKey;
 
@@ -225,6 +301,74 @@ mod tests {
             device: DeviceKey::new("@a:x", "D"),
             since: s.into(),
         }
+    }
+
+    fn event(position: u64) -> Write {
+        Write::Event(StoredEvent {
+            room_id: "!r:x".into(),
+            position,
+            event_id: format!("$e{position}").into(),
+            in_timeline: true,
+            is_state: false,
+            prev_batch: None,
+            gap_before: false,
+            filled_order: None,
+            ts: None,
+            json: bytes::Bytes::from_static(b"{}"),
+        })
+    }
+
+    async fn push_all(queue: &WriteQueue, writes: &[Write]) {
+        let r = queue.reserve(writes.len()).await;
+        queue.push(writes.iter().cloned());
+        queue.release(r);
+    }
+
+    #[tokio::test]
+    async fn refused_rows_are_skipped_and_every_other_row_commits_in_order() {
+        let persist = Arc::new(TestPersist::open());
+        let (queue, _task) = WriteQueue::spawn(persist.clone(), 64);
+        let mut writes: Vec<Write> = (1..=11).map(event).collect();
+        writes.push(since("after"));
+        // Two neighbours and one far away, so halves holding more than one refused row
+        // are split again.
+        *persist.refuse.lock() = vec![event(4), event(5), event(10)];
+        push_all(&queue, &writes).await;
+        tokio::time::timeout(Duration::from_secs(10), queue.flush())
+            .await
+            .expect("the refused rows do not hold the queue");
+
+        let expected: Vec<Write> = writes
+            .iter()
+            .filter(|w| !persist.refuse.lock().contains(w))
+            .cloned()
+            .collect();
+        assert_eq!(*persist.committed.lock(), expected);
+        assert_eq!(queue.rejected(), 3);
+
+        // Nothing is held back: the refused rows' credits came back, and later writes
+        // commit.
+        push_all(&queue, &[event(12), since("later")]).await;
+        queue.flush().await;
+        let tail = persist.committed.lock().split_off(expected.len());
+        assert_eq!(tail, [event(12), since("later")]);
+        let all = tokio::time::timeout(Duration::from_secs(5), queue.reserve(64))
+            .await
+            .expect("every credit was returned");
+        queue.release(all);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_retried_until_the_batch_commits() {
+        let persist = Arc::new(TestPersist::open());
+        persist.transient_failures.store(2, Ordering::Relaxed);
+        let (queue, _task) = WriteQueue::spawn(persist.clone(), 64);
+        let writes = [event(1), event(2), since("s1")];
+        push_all(&queue, &writes).await;
+        queue.flush().await;
+        assert_eq!(*persist.committed.lock(), writes);
+        assert_eq!(queue.rejected(), 0);
+        assert_eq!(persist.transient_failures.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use http::Method;
 use slidesync::upstream::http::{HttpHomeserver, Target};
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 
+use crate::support::binary::Binary;
 use crate::support::db::TestDb;
 use crate::support::http::HttpClient;
 use crate::support::proxy::{ops, pos, synced_ids, Proxy, MSC3575};
@@ -219,88 +220,6 @@ async fn a_token_synapse_does_not_know_is_refused() {
     proxy.stop().await;
 }
 
-/// The shipped binary, configured the way an operator does it.
-struct Binary {
-    child: Option<std::process::Child>,
-    url: String,
-}
-
-impl Binary {
-    async fn start(hs: &Synapse, db_url: &str) -> Binary {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_slidesync"))
-            .env_clear()
-            .env("SYNCV3_SERVER", &hs.base_url)
-            .env("SYNCV3_DB", db_url)
-            .env("SYNCV3_SECRET", "binary-e2e-secret")
-            .env("SYNCV3_BINDADDR", format!("127.0.0.1:{port}"))
-            .env("SYNCV3_LOG_LEVEL", "warn")
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("the slidesync binary starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let client = HttpClient::new();
-        for _ in 0..200 {
-            let probe = client
-                .try_request(
-                    Method::GET,
-                    &format!("{url}/client/server.json"),
-                    None,
-                    None,
-                )
-                .await;
-            if probe.is_ok_and(|r| r.status == 200) {
-                return Binary {
-                    child: Some(child),
-                    url,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("slidesync did not start listening on {url}");
-    }
-
-    async fn sync(&self, token: &str, body: &Value) -> Value {
-        let resp = HttpClient::new()
-            .request(
-                Method::POST,
-                &format!("{}{MSC3575}?timeout=0", self.url),
-                Some(token),
-                Some(body),
-            )
-            .await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        resp.json()
-    }
-
-    /// SIGTERM, as a service manager stops it; it must exit cleanly.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: plain kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = child.wait().unwrap();
-        assert!(status.success(), "slidesync exited with {status}");
-    }
-}
-
-impl Drop for Binary {
-    /// A failing test must not leave the process behind.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_synapse_rooms_and_keeps_them_across_a_restart() {
     let hs = synapse().await;
@@ -309,12 +228,12 @@ async fn the_binary_serves_synapse_rooms_and_keeps_them_across_a_restart() {
     room_with_message(hs, &carol, "Porch").await;
     let db = TestDb::new().await;
 
-    let proxy = Binary::start(hs, &db.url).await;
+    let proxy = Binary::start(&hs.base_url, &db.url).await;
     let first = proxy.sync(&carol.access_token, &room_list(9)).await;
     assert_eq!(names(&first), ["Porch", "Workshop"]);
     proxy.stop();
 
-    let proxy = Binary::start(hs, &db.url).await;
+    let proxy = Binary::start(&hs.base_url, &db.url).await;
     let again = proxy.sync(&carol.access_token, &room_list(9)).await;
     assert_eq!(names(&again), ["Porch", "Workshop"]);
     proxy.stop();

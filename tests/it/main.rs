@@ -3,6 +3,7 @@
 mod cli;
 mod e2e;
 mod errors;
+mod faults;
 mod pg_store;
 mod pollers;
 mod room_list;

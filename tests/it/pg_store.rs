@@ -456,7 +456,8 @@ async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
                 notification_count: 1,
                 highlight_count: 0,
             },
-            // Same position, different event: a primary key violation.
+            // Same position, different event: a primary key violation, which no retry
+            // can fix.
             Write::Event(clash),
             Write::DeviceSince {
                 device: phone.clone(),
@@ -465,7 +466,7 @@ async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
         ])
         .await
         .unwrap_err();
-    assert!(matches!(err, PersistError::Query(_)), "{err:?}");
+    assert!(matches!(err, PersistError::Rejected(_)), "{err:?}");
 
     assert_eq!(store.max_position().await.unwrap(), 1);
     let loaded = rooms(&store, 10).await;
@@ -482,6 +483,21 @@ async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
         .await
         .unwrap();
     assert_eq!(store.max_position().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn text_postgres_cannot_hold_is_refused_as_bad_data_not_retried() {
+    let db = TestDb::new().await;
+    let store = store(&db).await;
+    let mut nul = timeline("!a:example.org", 1);
+    nul.event_id = "$nul\u{0}here".into();
+    let err = store.write(&[Write::Event(nul)]).await.unwrap_err();
+    assert!(matches!(err, PersistError::Rejected(_)), "{err:?}");
+    // The same row without the NUL is fine: only the data was at fault.
+    store
+        .write(&[Write::Event(timeline("!a:example.org", 1))])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

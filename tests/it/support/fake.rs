@@ -47,6 +47,9 @@ pub struct FakeHomeserver {
     held: Mutex<HashSet<String>>,
     /// Per token: `/sync` calls in progress now, and the most ever at once.
     in_flight: Mutex<HashMap<String, (usize, usize)>>,
+    /// Per token: `rooms` objects answered by `since`, as a real homeserver does, so a
+    /// poller that starts again from an older `since` gets the same data again.
+    logs: Mutex<HashMap<String, Vec<sonic_rs::Value>>>,
 }
 
 /// Counts a `/sync` call as in flight until dropped (also when the poller is aborted).
@@ -100,6 +103,31 @@ impl FakeHomeserver {
         let body = sonic_rs::json!({"next_batch": next.clone(), "rooms": rooms});
         self.push(token, Reply::Body(body.to_string()));
         next
+    }
+
+    /// Appends to the token's log: a poll with `since` `log_{n}` (or none, for n = 0)
+    /// answers entry n with `next_batch` `log_{n+1}`; past the end, it waits like an idle
+    /// homeserver. Queued replies are answered only past the end.
+    pub fn append_log(&self, token: &str, rooms: sonic_rs::Value) {
+        self.logs
+            .lock()
+            .entry(token.to_owned())
+            .or_default()
+            .push(rooms);
+        self.pushed.notify_waiters();
+    }
+
+    fn log_answer(&self, token: &str, since: Option<&str>) -> Option<Bytes> {
+        let n = match since {
+            None => 0,
+            Some(s) => s.strip_prefix("log_")?.parse().ok()?,
+        };
+        let logs = self.logs.lock();
+        let rooms = logs.get(token)?.get(n)?;
+        let next = format!("log_{}", n + 1);
+        Some(Bytes::from(
+            sonic_rs::json!({"next_batch": next, "rooms": rooms}).to_string(),
+        ))
     }
 
     /// From now on `/sync` calls with the token hang (a slow homeserver) until
@@ -193,6 +221,98 @@ impl FakeHomeserver {
     }
 }
 
+/// The fake on a loopback port, for code that speaks HTTP to a homeserver: the shipped
+/// binary, or slidesync's own client through a fault proxy. Stops when dropped.
+pub struct HttpFake {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl HttpFake {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl FakeHomeserver {
+    /// Serves `/sync`, `/whoami` and `/versions` over HTTP, answering each from the
+    /// scripted fake.
+    pub async fn serve_http(self: &Arc<Self>) -> HttpFake {
+        use slidesync::config::BindAddr;
+        use slidesync::ops::listen;
+
+        let listener = listen::bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("bind the HTTP fake");
+        let addr = listener.local_addr().parse().expect("a TCP address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let fake = Arc::clone(self);
+        let handler = move |req: http::Request<hyper::body::Incoming>| {
+            let fake = Arc::clone(&fake);
+            async move { fake.answer_http(&req).await }
+        };
+        tokio::spawn(listen::serve(listener, None, handler, async {
+            let _ = stopped.await;
+        }));
+        HttpFake { addr, _stop: stop }
+    }
+
+    async fn answer_http<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> http::Response<http_body_util::Full<Bytes>> {
+        let token = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_owned();
+        let query: HashMap<String, String> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let result = match req.uri().path() {
+            "/_matrix/client/versions" => self.versions().await,
+            "/_matrix/client/v3/account/whoami" => self.whoami(&token).await.map(|who| {
+                Bytes::from(
+                    sonic_rs::json!({"user_id": who.user_id, "device_id": who.device_id})
+                        .to_string(),
+                )
+            }),
+            "/_matrix/client/v3/sync" => {
+                self.sync(SyncCall {
+                    token: &token,
+                    since: query.get("since").map(String::as_str),
+                    timeout_ms: query
+                        .get("timeout")
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
+                    filter: query.get("filter").map_or("", String::as_str),
+                    deadline: Duration::MAX,
+                })
+                .await
+            }
+            _ => Err(UpstreamError::Status {
+                status: 404,
+                body: r#"{"errcode":"M_UNRECOGNIZED"}"#.into(),
+            }),
+        };
+        let (status, body) = match result {
+            Ok(body) => (200, body),
+            Err(UpstreamError::Unauthorized) => {
+                (401, Bytes::from_static(br#"{"errcode":"M_UNKNOWN_TOKEN"}"#))
+            }
+            Err(UpstreamError::Status { status, body }) => (status, Bytes::from(body)),
+            Err(other) => (500, Bytes::from(other.to_string())),
+        };
+        http::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(body))
+            .unwrap()
+    }
+}
+
 #[async_trait]
 impl Homeserver for FakeHomeserver {
     async fn whoami(&self, token: &str) -> Result<WhoAmI, UpstreamError> {
@@ -239,6 +359,9 @@ impl Homeserver for FakeHomeserver {
             pushed.as_mut().enable();
             if !self.devices.lock().contains_key(call.token) {
                 return Err(UpstreamError::Unauthorized);
+            }
+            if let Some(body) = self.log_answer(call.token, call.since) {
+                return Ok(body);
             }
             let next = self
                 .queues

@@ -1,5 +1,7 @@
 //! Shared test fixtures.
 
+pub mod binary;
+pub mod chaos;
 pub mod db;
 pub mod fake;
 pub mod http;
