@@ -13,8 +13,9 @@ use crate::conn::request::{ListParams, Op, RoomResult, SortBy, SyncRequest, Sync
 use crate::error::MatrixError;
 
 /// Limits on what one request may ask for; past them a request is refused with a message
-/// naming the field, so memory per connection stays bounded.
-pub const MAX_LISTS: usize = 100;
+/// naming the field, so memory per connection stays bounded. The list limit is the
+/// engine's, since lists are sticky across requests.
+pub use crate::conn::MAX_LISTS;
 pub const MAX_LIST_NAME: usize = 64;
 pub const MAX_RANGES: usize = 16;
 pub const MAX_REQUIRED_STATE: usize = 100;

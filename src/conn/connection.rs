@@ -76,6 +76,14 @@ struct RoomParams {
 }
 
 impl Connection {
+    pub fn list_count(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.contains_key(name)
+    }
+
     /// Applies the request's sticky parameters and computes what the client lacks.
     /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
     pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
