@@ -39,7 +39,13 @@ impl Api {
         if let Some(known) = self.cached(&hash) {
             return known;
         }
-        let _checking = self.sessions.check(&hash).await;
+        let _checking = self.sessions.check(&hash).await.map_err(|_| {
+            MatrixError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many new access tokens are being checked with the homeserver; retry shortly",
+            )
+        })?;
         // Another request may have checked it while this one waited.
         if let Some(known) = self.cached(&hash) {
             return known;
