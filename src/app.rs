@@ -54,6 +54,8 @@ pub struct Settings {
     pub rejected_ttl: Duration,
     /// Durable writes waiting for Postgres before pollers are slowed down.
     pub write_queue: usize,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -65,6 +67,7 @@ impl Default for Settings {
             session_ttl: Duration::from_secs(10 * 60),
             rejected_ttl: Duration::from_secs(30),
             write_queue: 16 * 1024,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -136,6 +139,10 @@ impl App {
             persist,
             cipher,
             server: settings.server,
+            body_timeout: settings.body_timeout,
+            // As long as the first poll's own deadline: a request waiting longer would
+            // only wait for the retry.
+            first_sync_wait: settings.poller.initial_timeout,
         });
         Ok(App {
             api,

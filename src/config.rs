@@ -227,7 +227,7 @@ static HTTP_INITIAL_TIMEOUT_SECS: Setting = Setting {
     value_name: "SECS",
     default: Fallback::Value("1800"),
     meaning:
-        "Timeout in seconds of a device's first /sync, which can take minutes on a big account.",
+        "Timeout in seconds of a device's first /sync, which can take minutes on a big account, and the longest a request waits for it.",
     fix: "set it to a whole number of seconds greater than 0, like 1800",
 };
 

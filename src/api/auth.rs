@@ -39,7 +39,13 @@ impl Api {
         if let Some(known) = self.cached(&hash) {
             return known;
         }
-        let _checking = self.sessions.check(&hash).await;
+        let _checking = self.sessions.check(&hash).await.map_err(|_| {
+            MatrixError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many new access tokens are being checked with the homeserver; retry shortly",
+            )
+        })?;
         // Another request may have checked it while this one waited.
         if let Some(known) = self.cached(&hash) {
             return known;
@@ -84,7 +90,7 @@ impl Api {
 
     /// Makes sure the device is polled and its user's rooms are known. A new device of a
     /// user whose rooms are known is answered at once; the first device of a user waits
-    /// for its first poll.
+    /// for its first poll, at most [`Api::first_sync_wait`].
     pub async fn ready_user(
         &self,
         device: &DeviceKey,
@@ -95,15 +101,28 @@ impl Api {
         if user.is_ready() {
             return Ok(user);
         }
-        loop {
-            match *state.borrow_and_update() {
-                PollState::Running => return Ok(user),
-                PollState::Expired => return Err(MatrixError::unknown_token()),
-                PollState::Starting => {}
-            }
-            if state.changed().await.is_err() {
-                return Err(MatrixError::unknown_token());
-            }
+        let first_poll = async {
+            let polled = state.wait_for(|s| *s != PollState::Starting).await;
+            polled.map(|s| *s)
+        };
+        match tokio::time::timeout(self.first_sync_wait, first_poll).await {
+            Ok(Ok(s)) => match s {
+                PollState::Running => Ok(user),
+                PollState::Expired => Err(MatrixError::unknown_token()),
+                PollState::Failed => Err(MatrixError::upstream(
+                    "The homeserver could not be synced: every /sync for this device failed \
+                     for too long. Try again later",
+                )),
+                PollState::Starting => unreachable!("waited for another state"),
+            },
+            // The poller is gone without a word: its token was dropped.
+            Ok(Err(_)) => Err(MatrixError::unknown_token()),
+            Err(_) => Err(MatrixError::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "M_UNKNOWN",
+                "The homeserver has not finished this device's first sync yet; it goes on \
+                 in the background, try again shortly",
+            )),
         }
     }
 }

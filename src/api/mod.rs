@@ -44,6 +44,12 @@ pub struct Api {
     pub cipher: TokenCipher,
     /// `SYNCV3_SERVER` as shown in `/client/server.json`.
     pub server: String,
+    /// A request body must have arrived whole by then, else 408: a client trickling its
+    /// body would otherwise hold a task and a buffer for as long as it likes.
+    pub body_timeout: Duration,
+    /// The longest a request waits for its device's first poll (then 504; the poll goes
+    /// on and a retry waits for the same one).
+    pub first_sync_wait: Duration,
 }
 
 impl Api {
@@ -136,7 +142,7 @@ impl Api {
         let (parts, body) = req.into_parts();
         let query = parse_query(parts.uri.query());
         let token = auth::token(&parts.headers, &query)?;
-        let body = read_body(body).await?;
+        let body = read_body(body, self.body_timeout).await?;
         let device = self.authenticate(token).await?;
         let request = msc3575::parse(&body)?;
         let pos = match query.get("pos") {
@@ -201,12 +207,23 @@ impl Api {
     }
 }
 
-async fn read_body<B>(body: B) -> Result<Bytes, MatrixError>
+async fn read_body<B>(body: B, deadline: Duration) -> Result<Bytes, MatrixError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_BODY).collect().await {
+    let read = tokio::time::timeout(deadline, Limited::new(body, MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        return Err(MatrixError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "M_UNKNOWN",
+            format!(
+                "The request body did not arrive within {} seconds",
+                deadline.as_secs_f64()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -13,12 +13,11 @@ use crate::conn::request::{ListParams, Op, RoomResult, SortBy, SyncRequest, Sync
 use crate::error::MatrixError;
 
 /// Limits on what one request may ask for; past them a request is refused with a message
-/// naming the field, so memory per connection stays bounded.
-pub const MAX_LISTS: usize = 100;
+/// naming the field, so memory per connection stays bounded. The list limit is the
+/// engine's, since lists are sticky across requests.
+pub use crate::conn::MAX_LISTS;
 pub const MAX_LIST_NAME: usize = 64;
 pub const MAX_RANGES: usize = 16;
-/// The highest list index a range may name.
-pub const MAX_INDEX: u64 = 100_000;
 pub const MAX_REQUIRED_STATE: usize = 100;
 /// Larger `timeline_limit`s are lowered to this, as the Go proxy did.
 pub const MAX_TIMELINE_LIMIT: u64 = 50;
@@ -151,12 +150,6 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
                         format!("range [{s}, {e}] starts after it ends"),
                     ));
                 }
-                if e > MAX_INDEX {
-                    return Err(bad(
-                        "ranges",
-                        format!("range [{s}, {e}] goes past index {MAX_INDEX}"),
-                    ));
-                }
             }
             sorted.sort_unstable();
             if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
@@ -168,12 +161,10 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
                     ),
                 ));
             }
-            Some(
-                ranges
-                    .iter()
-                    .map(|r| (r[0] as usize, r[1] as usize))
-                    .collect(),
-            )
+            // Any index is valid: the engine clamps ranges to the list, as the Go
+            // proxy did.
+            let index = |i: u64| usize::try_from(i).unwrap_or(usize::MAX);
+            Some(ranges.iter().map(|r| (index(r[0]), index(r[1]))).collect())
         }
     };
     let sort = match list.sort {
@@ -372,6 +363,17 @@ mod tests {
     }
 
     #[test]
+    fn any_index_is_a_valid_range_end() {
+        let req = parse(br#"{"lists":{"a":{"ranges":[[0,99999],[100000,18446744073709551615]]}}}"#)
+            .unwrap();
+        assert_eq!(
+            req.lists["a"].ranges,
+            Some(vec![(0, 99_999), (100_000, usize::MAX)]),
+            "the engine clamps ranges to the list"
+        );
+    }
+
+    #[test]
     fn malformed_bodies_name_the_field() {
         let err = parse(br#"{"lists":{"a":{"ranges":[[0,"x"]]}}}"#).unwrap_err();
         assert_eq!(err.errcode, "M_BAD_JSON");
@@ -425,10 +427,6 @@ mod tests {
                 "starts after",
             ),
             (br#"{"lists":{"a":{"ranges":[[0,10],[5,20]]}}}"#, "overlap"),
-            (
-                br#"{"lists":{"a":{"ranges":[[0,100000000]]}}}"#,
-                "past index",
-            ),
             (
                 br#"{"lists":{"a":{"required_state":[["m.room.name"]]}}}"#,
                 "[event_type, state_key]",

@@ -76,6 +76,14 @@ struct RoomParams {
 }
 
 impl Connection {
+    pub fn list_count(&self) -> usize {
+        self.lists.len()
+    }
+
+    pub fn has_list(&self, name: &str) -> bool {
+        self.lists.contains_key(name)
+    }
+
     /// Applies the request's sticky parameters and computes what the client lacks.
     /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
     pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
@@ -139,6 +147,10 @@ impl Connection {
 
     /// Each list's ops and count: ranges kept from before move the client's rooms to
     /// where they are now, dropped ranges are invalidated, new ranges synced.
+    ///
+    /// Ranges are clamped to the list: every loop here is bounded by the rooms in the
+    /// list or held by the client, never by the indexes a client wrote, so a range like
+    /// `[0, 2^64-1]` costs what the list holds.
     fn list_ops(
         &mut self,
         mut old_ranges: BTreeMap<String, Vec<Range>>,
@@ -154,24 +166,33 @@ impl Connection {
             for &(start, end) in
                 &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old))
             {
-                let len = end - start + 1;
-                let mut have: Vec<RoomId> = (start..=end)
-                    .map_while(|i| list.have.get(&i).cloned())
+                // Rooms before indexes in each `zip`: the counter then stops at the last
+                // room instead of stepping toward the end of a range that may be 2^64.
+                let mut have: Vec<RoomId> = list
+                    .have
+                    .range(start..=end)
+                    .zip(start..)
+                    .map_while(|((&i, r), want)| (i == want).then(|| r.clone()))
                     .collect();
                 let now: Vec<RoomId> = index.range(start, end).cloned().collect();
-                window::diff(start, len, &mut have, &now, &mut ops);
-                for i in start..=end {
-                    match have.get(i - start) {
-                        Some(r) => list.have.insert(i, r.clone()),
-                        None => list.have.remove(&i),
-                    };
-                }
+                // The window holds what the list has there, not what the range could
+                // hold: past the end of the list the range is clamped. (A room entering
+                // then pushes out the list's last room, not an empty slot.)
+                let capacity = have.len().max(now.len());
+                window::diff(start, capacity, &mut have, &now, &mut ops);
+                forget(&mut list.have, (start, end));
+                list.have
+                    .extend(have.into_iter().zip(start..).map(|(r, i)| (i, r)));
             }
-            for range in window::subtract(&old, &list.ranges) {
-                ops.push(Op::Invalidate { range });
-                for i in range.0..=range.1 {
-                    list.have.remove(&i);
+            // The client holds nothing at or past the count it was last sent.
+            let held = list.count.unwrap_or(0);
+            for (start, end) in window::subtract(&old, &list.ranges) {
+                if start >= held {
+                    continue;
                 }
+                let range = (start, end.min(held - 1));
+                ops.push(Op::Invalidate { range });
+                forget(&mut list.have, range);
             }
             for (start, end) in window::subtract(&list.ranges, &old) {
                 if start >= index.len() {
@@ -179,9 +200,8 @@ impl Connection {
                 }
                 let end = end.min(index.len() - 1);
                 let room_ids: Vec<RoomId> = index.range(start, end).cloned().collect();
-                for (i, r) in room_ids.iter().enumerate() {
-                    list.have.insert(start + i, r.clone());
-                }
+                list.have
+                    .extend(room_ids.iter().cloned().zip(start..).map(|(r, i)| (i, r)));
                 ops.push(Op::Sync {
                     range: (start, end),
                     room_ids,
@@ -419,6 +439,14 @@ impl Connection {
     }
 }
 
+/// Drops what the client holds at `start..=end`, visiting only the entries there.
+fn forget(have: &mut BTreeMap<usize, RoomId>, (start, end): Range) {
+    let held: Vec<usize> = have.range(start..=end).map(|(&i, _)| i).collect();
+    for i in held {
+        have.remove(&i);
+    }
+}
+
 fn unread(data: &UserData, room_id: &str) -> (u64, u64) {
     data.rooms
         .get(room_id)
@@ -617,6 +645,96 @@ mod tests {
             1,
             "history before the join stays hidden"
         );
+    }
+
+    #[tokio::test]
+    async fn ranges_past_the_end_cost_what_the_list_holds() {
+        let store = store();
+        for i in 0..10 {
+            joined_room(&store, &format!("!r{i}:x"), 0, 100 + i);
+        }
+        let lists = |ranges: Vec<Range>| {
+            let mut req = SyncRequest::default();
+            for l in 0..100 {
+                req.lists.insert(
+                    format!("l{l}"),
+                    ListParams {
+                        ranges: Some(ranges.clone()),
+                        timeline_limit: Some(1),
+                        ..ListParams::default()
+                    },
+                );
+            }
+            req
+        };
+        let mut conn = Connection::default();
+        let resp = step(
+            &mut conn,
+            &store,
+            Some(&lists(vec![(0, 4), (5, usize::MAX)])),
+        );
+        let all: Vec<RoomId> = (0..10).rev().map(|i| format!("!r{i}:x").into()).collect();
+        for list in resp.lists.values() {
+            assert_eq!(list.count, 10);
+            assert_eq!(
+                list.ops,
+                [
+                    Op::Sync {
+                        range: (0, 4),
+                        room_ids: all[..5].to_vec()
+                    },
+                    Op::Sync {
+                        range: (5, 9),
+                        room_ids: all[5..].to_vec()
+                    }
+                ]
+            );
+        }
+        assert!(conn.lists.values().all(|l| l.have.len() == 10));
+        assert_eq!(conn.sent.len(), 10);
+
+        store.apply_room(delta(
+            "!r0:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 1_000)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        for list in resp.lists.values() {
+            assert_eq!(
+                list.ops,
+                [
+                    Op::Delete { index: 4 },
+                    Op::Insert {
+                        index: 0,
+                        room_id: "!r0:x".into()
+                    },
+                    Op::Delete { index: 9 },
+                    Op::Insert {
+                        index: 5,
+                        room_id: "!r5:x".into()
+                    }
+                ],
+                "one pair per window, the huge one ending at the list's end"
+            );
+        }
+
+        let resp = step(
+            &mut conn,
+            &store,
+            Some(&lists(vec![(0, 0), (usize::MAX - 1, usize::MAX)])),
+        );
+        for list in resp.lists.values() {
+            assert_eq!(list.count, 10);
+            assert_eq!(
+                list.ops,
+                [
+                    Op::Invalidate { range: (1, 4) },
+                    Op::Invalidate { range: (5, 9) }
+                ],
+                "only what the client holds is invalidated; nothing is synced past the end"
+            );
+        }
+        assert!(conn.lists.values().all(|l| l.have.len() == 1));
     }
 
     #[tokio::test]

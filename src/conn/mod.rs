@@ -28,6 +28,9 @@ use crate::types::DeviceKey;
 
 /// Connections a device may hold; a new one beyond this replaces its oldest.
 const MAX_CONNS_PER_DEVICE: usize = 16;
+/// Lists a connection may hold. Lists are sticky, so without this a client naming new
+/// lists in every request would grow the connection without bound.
+pub const MAX_LISTS: usize = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -42,8 +45,10 @@ struct Slot {
     pos: u64,
     prev_pos: u64,
     last: Option<SyncResponse>,
-    /// Sticky changes of a retried request, applied at the next computed response.
-    pending: Vec<SyncRequest>,
+    /// Sticky changes of retried requests, merged as they arrive (later ones win) and
+    /// applied at the next computed response: one request however often a client
+    /// retries.
+    pending: Option<SyncRequest>,
     responses: u64,
 }
 
@@ -134,7 +139,7 @@ impl Conns {
                 pos: 0,
                 prev_pos: 0,
                 last: None,
-                pending: Vec::new(),
+                pending: None,
                 responses: 0,
             }),
             generation: AtomicU64::new(0),
@@ -184,11 +189,12 @@ impl Conns {
         *entry.last_used.lock() = Instant::now();
         let generation = entry.supersede();
         let mut slot = entry.slot.lock().await;
+        check_list_count(&slot, &req)?;
         if let Some(pos) = pos {
             if pos == slot.prev_pos && pos != slot.pos {
                 if let Some(last) = &slot.last {
                     let last = last.clone();
-                    slot.pending.push(req);
+                    slot.pending = Some(merge_pending(slot.pending.take(), req));
                     return Ok(last);
                 }
             }
@@ -197,7 +203,7 @@ impl Conns {
             }
         }
         let txn_id = req.txn_id.clone();
-        let mut request = merge_pending(std::mem::take(&mut slot.pending), req);
+        let mut request = Some(merge_pending(slot.pending.take(), req));
         let deadline = tokio::time::Instant::now() + wait.timeout;
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.
@@ -253,34 +259,58 @@ fn first_pos() -> u64 {
         .max(1)
 }
 
-/// Requests retried at an old `pos` carried sticky changes; later ones win.
-fn merge_pending(pending: Vec<SyncRequest>, req: SyncRequest) -> Option<SyncRequest> {
-    let mut merged = SyncRequest::default();
-    for r in pending.into_iter().chain(std::iter::once(req)) {
-        merged.conn_id = r.conn_id;
-        merged.txn_id = r.txn_id;
-        for (name, params) in r.lists {
-            let slot = merged.lists.entry(name).or_default();
-            if params.ranges.is_some() {
-                slot.ranges = params.ranges;
-            }
-            if params.sort.is_some() {
-                slot.sort = params.sort;
-            }
-            if params.timeline_limit.is_some() {
-                slot.timeline_limit = params.timeline_limit;
-            }
-            if params.required_state.is_some() {
-                slot.required_state = params.required_state;
-            }
+/// Refuses a request that would make the connection hold more than [`MAX_LISTS`] lists,
+/// counting those of pending retried requests. Costs what the request names, not what
+/// the connection holds.
+fn check_list_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
+    let pending = slot.pending.as_ref().map(|p| &p.lists);
+    let is_new = |name: &String| !slot.conn.has_list(name);
+    let mut added = pending.map_or(0, |p| p.keys().filter(|n| is_new(n)).count());
+    added += req
+        .lists
+        .keys()
+        .filter(|n| is_new(n) && !pending.is_some_and(|p| p.contains_key(*n)))
+        .count();
+    if slot.conn.list_count() + added > MAX_LISTS {
+        return Err(MatrixError::invalid_param(format!(
+            "lists: a connection holds at most {MAX_LISTS} lists, and lists are sticky; \
+             reuse list names or start a new connection without pos"
+        )));
+    }
+    Ok(())
+}
+
+/// Merges a request retried at an old `pos` into the ones retried before it: sticky
+/// parameters it states win.
+fn merge_pending(earlier: Option<SyncRequest>, later: SyncRequest) -> SyncRequest {
+    let Some(mut merged) = earlier else {
+        return later;
+    };
+    merged.conn_id = later.conn_id;
+    merged.txn_id = later.txn_id;
+    for (name, params) in later.lists {
+        let slot = merged.lists.entry(name).or_default();
+        if params.ranges.is_some() {
+            slot.ranges = params.ranges;
+        }
+        if params.sort.is_some() {
+            slot.sort = params.sort;
+        }
+        if params.timeline_limit.is_some() {
+            slot.timeline_limit = params.timeline_limit;
+        }
+        if params.required_state.is_some() {
+            slot.required_state = params.required_state;
         }
     }
-    Some(merged)
+    merged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::request::ListParams;
+    use crate::store::testing::store;
 
     fn key(conn_id: &str) -> ConnKey {
         ConnKey {
@@ -316,5 +346,120 @@ mod tests {
         assert!(conns
             .map
             .contains_key(&key(&format!("c{}", MAX_CONNS_PER_DEVICE + 4))));
+    }
+
+    fn lists(names: impl IntoIterator<Item = String>, params: ListParams) -> SyncRequest {
+        SyncRequest {
+            lists: names.into_iter().map(|n| (n, params.clone())).collect(),
+            ..SyncRequest::default()
+        }
+    }
+
+    async fn sync(
+        conns: &Conns,
+        store: &Store,
+        pos: Option<&str>,
+        req: SyncRequest,
+    ) -> Result<SyncResponse, MatrixError> {
+        let user = store.user_or_insert(&"@a:x".into());
+        let wait = Wait {
+            timeout: Duration::ZERO,
+        };
+        let pos = pos.map(|p| p.parse().unwrap());
+        conns.sync(key(""), pos, req, wait, &user, store).await
+    }
+
+    #[tokio::test]
+    async fn retries_of_an_old_pos_are_merged_into_one_pending_request() {
+        let store = store();
+        let conns = Conns::new(Duration::from_secs(60));
+        let first = sync(&conns, &store, None, SyncRequest::default())
+            .await
+            .unwrap();
+        let second = sync(&conns, &store, Some(&first.pos), SyncRequest::default())
+            .await
+            .unwrap();
+        for i in 0..1_000 {
+            let params = if i % 2 == 0 {
+                ListParams {
+                    ranges: Some(vec![(0, i)]),
+                    ..ListParams::default()
+                }
+            } else {
+                ListParams {
+                    timeline_limit: Some(i),
+                    ..ListParams::default()
+                }
+            };
+            let retried = sync(
+                &conns,
+                &store,
+                Some(&first.pos),
+                lists(["all".into()], params),
+            )
+            .await
+            .unwrap();
+            assert_eq!(retried.pos, second.pos, "the newest response is resent");
+        }
+        let entry = Arc::clone(&conns.map.get(&key("")).unwrap());
+        let slot = entry.slot.lock().await;
+        let expected = lists(
+            ["all".into()],
+            ListParams {
+                ranges: Some(vec![(0, 998)]),
+                timeline_limit: Some(999),
+                ..ListParams::default()
+            },
+        );
+        assert_eq!(slot.pending.as_ref(), Some(&expected), "later retries win");
+    }
+
+    #[tokio::test]
+    async fn a_connection_cannot_gather_lists_without_bound() {
+        let store = store();
+        let conns = Conns::new(Duration::from_secs(60));
+        let names = |from: usize, to: usize| (from..to).map(|i| format!("l{i}"));
+        let first = sync(
+            &conns,
+            &store,
+            None,
+            lists(names(0, 60), ListParams::default()),
+        )
+        .await
+        .unwrap();
+        let full = sync(
+            &conns,
+            &store,
+            Some(&first.pos),
+            lists(names(60, MAX_LISTS), ListParams::default()),
+        )
+        .await
+        .unwrap();
+        let more = sync(
+            &conns,
+            &store,
+            Some(&full.pos),
+            lists(names(MAX_LISTS, MAX_LISTS + 1), ListParams::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(more.errcode, "M_INVALID_PARAM");
+        let retried = sync(
+            &conns,
+            &store,
+            Some(&first.pos),
+            lists(names(MAX_LISTS, MAX_LISTS + 1), ListParams::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(retried.errcode, "M_INVALID_PARAM", "nor through retries");
+        sync(
+            &conns,
+            &store,
+            Some(&full.pos),
+            lists(names(0, MAX_LISTS), ListParams::default()),
+        )
+        .await
+        .expect("lists it holds can be named again");
     }
 }

@@ -38,6 +38,10 @@ pub struct PollerConfig {
     /// First retry delay; doubles per consecutive failure up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// A poller whose polls have all failed for this long stops (as the Go proxy's did
+    /// after about 50 minutes), and requests waiting for its first poll get an error; the
+    /// device's next request starts a new one.
+    pub give_up: Duration,
 }
 
 impl Default for PollerConfig {
@@ -47,6 +51,7 @@ impl Default for PollerConfig {
             initial_timeout: Duration::from_secs(1800),
             backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(120),
+            give_up: Duration::from_secs(50 * 60),
         }
     }
 }
@@ -60,6 +65,8 @@ pub enum PollState {
     Running,
     /// The homeserver rejected the token; the poller stopped.
     Expired,
+    /// Every poll failed for [`PollerConfig::give_up`]; the poller stopped.
+    Failed,
 }
 
 struct Handle {
@@ -190,6 +197,7 @@ impl Pollers {
     ) {
         let user = self.store.user_or_insert(&device.user_id);
         let mut failures: u32 = 0;
+        let mut failing_since = None;
         let mut first = true;
         tracing::info!(user = %device.user_id, device = %device.device_id, resumed, has_since = since.is_some(), "poller started");
         loop {
@@ -240,6 +248,7 @@ impl Pollers {
             match outcome {
                 Ok(next_batch) => {
                     failures = 0;
+                    failing_since = None;
                     first = false;
                     // The data is in memory: requests may be answered before its
                     // `since` has waited for room in the write queue.
@@ -261,6 +270,16 @@ impl Pollers {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    let since_first = failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since_first.elapsed() >= self.config.give_up {
+                        tracing::warn!(user = %device.user_id, device = %device.device_id, %error, failures, "every poll failed for too long; stopping the poller until the device makes a request");
+                        // Only this poller's own handle: the device may have started a
+                        // new one if this one was replaced.
+                        self.running
+                            .remove_if(&device, |_, h| Arc::ptr_eq(&h.token, &token));
+                        state.send_replace(PollState::Failed);
+                        return;
+                    }
                     let delay = backoff(&self.config, failures);
                     tracing::warn!(user = %device.user_id, device = %device.device_id, %error, failures, retry_in = ?delay, "poll failed");
                     tokio::time::sleep(delay).await;

@@ -2,14 +2,19 @@
 //! JSON with `errcode` and `error`, and the proxy keeps serving afterwards.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, StatusCode};
+use slidesync::app::Settings;
+use slidesync::ingest::pollers::PollerConfig;
 use sonic_rs::{json, JsonValueTrait};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::db::TestDb;
-use crate::support::fake::FakeHomeserver;
+use crate::support::fake::{FakeHomeserver, Reply};
 use crate::support::http::TestResponse;
-use crate::support::proxy::{scripted, synced_ids, Proxy, MSC3575};
+use crate::support::proxy::{ops, scripted, settings, synced_ids, Proxy, MSC3575};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -146,7 +151,6 @@ async fn inverted_or_overlapping_ranges_are_m_invalid_param() {
         json!([[0, 10], [5, 20]]),
         json!([[10, 20], [0, 10]]),
         json!([[0, 5], [0, 5]]),
-        json!([[0, 200000]]),
     ] {
         let body = json!({"lists": {"all": {"ranges": ranges.clone()}}});
         let resp = post(&proxy, "", body.to_string()).await;
@@ -154,6 +158,40 @@ async fn inverted_or_overlapping_ranges_are_m_invalid_param() {
         assert!(message.contains("ranges"), "{ranges}: {message:?}");
     }
     still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn ranges_past_the_end_are_clamped_to_the_list() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(
+            (0..10)
+                .map(|i| (format!("!r{i}:test"), new_room(ALICE, None, 1_000 + i)))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(id, room)| (id.as_str(), room.clone()))
+                .collect(),
+        ),
+    );
+    let mut lists = json!({});
+    for i in 0..99 {
+        lists[format!("l{i}").as_str()] = json!({"ranges": [[0, 99_999]]});
+    }
+    lists["far"] = json!({"ranges": [[1_000_000_000, u64::MAX]]});
+    let resp = post(&proxy, "", json!({"lists": lists}).to_string()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    let newest_first: Vec<String> = (0..10).rev().map(|i| format!("!r{i}:test")).collect();
+    for i in 0..99 {
+        let list = format!("l{i}");
+        assert_eq!(body["lists"][list.as_str()]["count"].as_u64(), Some(10));
+        assert_eq!(ops(&body, &list), ["SYNC 0-9"]);
+        assert_eq!(synced_ids(&body, &list), newest_first);
+    }
+    assert_eq!(body["lists"]["far"]["count"].as_u64(), Some(10));
+    assert!(ops(&body, "far").is_empty(), "{}", resp.text());
     proxy.stop().await;
 }
 
@@ -281,7 +319,7 @@ async fn a_stale_pos_is_refused_at_once_even_before_the_first_poll() {
     hs.hold("new_token");
     let proxy = Proxy::start(&db.url, hs.clone()).await;
     let resp = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
+        Duration::from_secs(2),
         proxy.sync("new_token", Some("12345"), 0, &json!({})),
     )
     .await
@@ -289,5 +327,136 @@ async fn a_stale_pos_is_refused_at_once_even_before_the_first_poll() {
     assert_eq!(resp.status, 400);
     assert_eq!(resp.json()["errcode"].as_str(), Some("M_UNKNOWN_POS"));
     hs.release("new_token");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_off_with_408() {
+    let db = TestDb::new().await;
+    let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
+    let quick = Settings {
+        body_timeout: Duration::from_millis(200),
+        ..settings()
+    };
+    let proxy = Proxy::start_with(&db.url, hs.clone(), quick).await;
+    let mut stream = TcpStream::connect(proxy.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {MSC3575} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"lists\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("M_UNKNOWN") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the proxy stops waiting for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    still_serving(&hs, &proxy).await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_request_gets_502_once_the_poller_gives_up() {
+    let db = TestDb::new().await;
+    let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
+    // Retries every 50-100 ms, so the fourth failure comes at least 150 ms after the
+    // first: the poller has given up by then.
+    let retry = Duration::from_millis(100);
+    for _ in 0..4 {
+        hs.push(TOKEN, Reply::Status(500));
+    }
+    let give_up_soon = Settings {
+        poller: PollerConfig {
+            backoff: retry,
+            max_backoff: retry,
+            give_up: Duration::from_millis(150),
+            ..settings().poller
+        },
+        ..settings()
+    };
+    let proxy = Proxy::start_with(&db.url, hs.clone(), give_up_soon).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.sync(TOKEN, None, 0, &json!({})),
+    )
+    .await
+    .expect("the request does not wait for a poller that gave up");
+    let message = matrix_error(&resp, 502, "M_UNKNOWN");
+    assert!(
+        message.contains("homeserver could not be synced"),
+        "{message}"
+    );
+
+    // The device's next request polls again, and the homeserver recovers. A poller
+    // gives up at its second failure at the earliest (the first is at 0 ms), and at
+    // most two failures are left, so at most one more request sees a 502.
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![("!a:test", new_room(ALICE, Some("A"), 1_000))]),
+    );
+    let list = json!({"lists": {"all": {"ranges": [[0, 9]]}}});
+    let mut resp = proxy.sync(TOKEN, None, 0, &list).await;
+    if resp.status == 502 {
+        resp = proxy.sync(TOKEN, None, 0, &list).await;
+    }
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(synced_ids(&resp.json(), "all"), ["!a:test"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_request_waits_for_the_first_poll_at_most_the_initial_timeout() {
+    let db = TestDb::new().await;
+    let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
+    hs.hold(TOKEN);
+    let short = Settings {
+        poller: PollerConfig {
+            initial_timeout: Duration::from_millis(300),
+            ..settings().poller
+        },
+        ..settings()
+    };
+    let proxy = Proxy::start_with(&db.url, hs.clone(), short).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.sync(TOKEN, None, 0, &json!({})),
+    )
+    .await
+    .expect("the wait for the first poll has a deadline");
+    let message = matrix_error(&resp, 504, "M_UNKNOWN");
+    assert!(message.contains("first sync"), "{message}");
+    // The first poll goes on and answers a retry.
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![("!a:test", new_room(ALICE, Some("A"), 1_000))]),
+    );
+    hs.release(TOKEN);
+    let ok = proxy
+        .sync_ok(
+            TOKEN,
+            None,
+            0,
+            &json!({"lists": {"all": {"ranges": [[0, 9]]}}}),
+        )
+        .await;
+    assert_eq!(synced_ids(&ok, "all"), ["!a:test"]);
+    let calls = hs.calls_for(TOKEN);
+    assert_eq!(
+        calls.iter().filter(|c| c.since.is_none()).count(),
+        1,
+        "the retry waited for the same first poll: {calls:?}"
+    );
     proxy.stop().await;
 }
