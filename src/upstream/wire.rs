@@ -85,9 +85,33 @@ pub struct LeftRoom<'a> {
 /// Deepest nesting kept from the homeserver; real events nest a handful of levels.
 pub const MAX_DEPTH: usize = 128;
 
-/// Parses a `/sync` body that went through [`clamp`].
+/// Parses a `/sync` body that went through [`clamp`]. Rooms whose IDs storage cannot
+/// hold are left out, and such `prev_batch` tokens dropped (see [`storable`]).
 pub fn parse_sync(body: &[u8]) -> Result<SyncResponse<'_>, sonic_rs::Error> {
-    sonic_rs::from_slice(body)
+    let mut resp: SyncResponse<'_> = sonic_rs::from_slice(body)?;
+    if let Some(rooms) = &mut resp.rooms {
+        rooms.join.retain(|id, _| storable(id));
+        rooms.invite.retain(|id, _| storable(id));
+        rooms.leave.retain(|id, _| storable(id));
+        let timelines = rooms
+            .join
+            .values_mut()
+            .map(|r| &mut r.timeline)
+            .chain(rooms.leave.values_mut().map(|r| &mut r.timeline));
+        for timeline in timelines {
+            if timeline.prev_batch.as_deref().is_some_and(|p| !storable(p)) {
+                timeline.prev_batch = None;
+            }
+        }
+    }
+    Ok(resp)
+}
+
+/// Whether an ID can be stored and served: valid JSON may carry `\u0000`, which no
+/// real homeserver puts in an ID and Postgres text refuses. Refused at the edge, such
+/// an ID would otherwise live in memory and vanish at the next restart.
+pub fn storable(id: &str) -> bool {
+    !id.contains('\0')
 }
 
 /// A homeserver body made safe to parse: anything nesting deeper than [`MAX_DEPTH`]
@@ -127,7 +151,10 @@ const PRIVATE_UNSIGNED: [&str; 3] = [
 pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
     let f: Fields = sonic_rs::from_slice(raw).map_err(|e| EventError::Malformed(e.to_string()))?;
     let event_id = match f.event_id.as_deref() {
-        Some(id) if !id.is_empty() => id,
+        Some(id) if !id.is_empty() && storable(id) => id,
+        Some(id) if !id.is_empty() => {
+            return Err(EventError::Malformed("event_id holds a NUL".into()))
+        }
         _ => return Err(EventError::Malformed("no event_id".into())),
     };
     let field = |key: &str| -> Option<Box<str>> {
@@ -237,6 +264,18 @@ mod tests {
         let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
         assert!(v["unsigned"].get("transaction_id").is_none());
         assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
+    }
+
+    #[test]
+    fn ids_storage_cannot_hold_are_refused_at_the_edge() {
+        let ev =
+            br#"{"type":"m.room.message","event_id":"$a\u0000b","sender":"@a:x","content":{}}"#;
+        assert!(parse_event(ev).is_err());
+        let body = br#"{"next_batch":"s","rooms":{"join":{"!a\u0000:x":{},"!ok:x":{"timeline":{"prev_batch":"p\u0000","events":[]}}},"leave":{"!b\u0000:x":{}}}}"#;
+        let rooms = parse_sync(body).unwrap().rooms.unwrap();
+        assert_eq!(rooms.join.keys().collect::<Vec<_>>(), ["!ok:x"]);
+        assert!(rooms.join["!ok:x"].timeline.prev_batch.is_none());
+        assert!(rooms.leave.is_empty());
     }
 
     #[test]

@@ -699,3 +699,39 @@ async fn a_filled_gap_keeps_its_order_across_a_restart() {
         "nothing served twice"
     );
 }
+
+/// The write-behind over real Postgres: a batch holding a row Postgres refuses is split
+/// until that row stands alone; it is counted and skipped, and every other row, before
+/// and after it, commits in order.
+#[tokio::test]
+async fn a_refused_row_is_split_out_and_the_rest_commits() {
+    use std::sync::Arc;
+
+    use slidesync::store::writer::WriteQueue;
+
+    let db = TestDb::new().await;
+    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+    let room = "!a:example.org";
+    let mut bad = timeline(room, 3);
+    bad.event_id = "$nul\u{0}here".into();
+    let batch: Vec<StoredEvent> = vec![
+        timeline(room, 1),
+        timeline(room, 2),
+        bad,
+        timeline(room, 4),
+        timeline(room, 5),
+    ];
+    let reservation = queue.reserve(batch.len()).await;
+    queue.push(writes(&batch));
+    queue.release(reservation);
+    queue.flush().await;
+    assert_eq!(queue.rejected(), 1);
+
+    let reservation = queue.reserve(1).await;
+    queue.push(writes(&[timeline(room, 6)]));
+    queue.release(reservation);
+    queue.flush().await;
+    let loaded = rooms(&store(&db).await, 10).await;
+    assert_eq!(positions(&loaded[0].1.timeline), [1, 2, 4, 5, 6]);
+}
