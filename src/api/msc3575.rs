@@ -4,18 +4,22 @@
 //! Translates the wire request into a [`SyncRequest`] (with every limit checked here,
 //! so the engine only sees valid input) and a [`SyncResponse`] back into JSON.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::Deserialize;
 
 use super::json::JsonWriter;
-use crate::conn::request::{ListParams, Op, RoomResult, SortBy, SyncRequest, SyncResponse};
+use crate::conn::request::{
+    ListParams, Op, RoomResult, RoomSubscription, SortBy, SyncRequest, SyncResponse,
+};
 use crate::error::MatrixError;
 
 /// Limits on what one request may ask for; past them a request is refused with a message
 /// naming the field, so memory per connection stays bounded. The list limit is the
 /// engine's, since lists are sticky across requests.
-pub use crate::conn::MAX_LISTS;
+pub use crate::conn::{MAX_LISTS, MAX_SUBSCRIPTIONS};
+/// Matrix IDs are at most 255 bytes.
+pub const MAX_ROOM_ID: usize = 255;
 pub const MAX_LIST_NAME: usize = 64;
 pub const MAX_RANGES: usize = 16;
 pub const MAX_REQUIRED_STATE: usize = 100;
@@ -34,6 +38,18 @@ struct Body {
     txn_id: Option<String>,
     #[serde(default)]
     lists: Option<HashMap<String, Object<WireList>>>,
+    #[serde(default)]
+    room_subscriptions: Option<HashMap<String, Object<WireSubscription>>>,
+    #[serde(default)]
+    unsubscribe_rooms: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct WireSubscription {
+    #[serde(default)]
+    timeline_limit: Option<u64>,
+    #[serde(default)]
+    required_state: Option<Vec<Vec<String>>>,
 }
 
 /// A struct that must come as a JSON object: serde's derive also reads an array as the
@@ -99,7 +115,7 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
     let mut req = SyncRequest {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
-        lists: BTreeMap::new(),
+        ..SyncRequest::default()
     };
     if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
         return Err(MatrixError::invalid_param(format!(
@@ -126,7 +142,70 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         let params = list_params(&name, list)?;
         req.lists.insert(name, params);
     }
+    let subscriptions = wire.room_subscriptions.unwrap_or_default();
+    let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
+    for (field, count) in [
+        ("room_subscriptions", subscriptions.len()),
+        ("unsubscribe_rooms", unsubscribe.len()),
+    ] {
+        if count > MAX_SUBSCRIPTIONS {
+            return Err(MatrixError::invalid_param(format!(
+                "{field}: at most {MAX_SUBSCRIPTIONS} rooms are allowed"
+            )));
+        }
+    }
+    for (room_id, Object(sub)) in subscriptions {
+        let field = format!("room_subscriptions.{}", room_field(&room_id)?);
+        let sub = RoomSubscription {
+            timeline_limit: timeline_limit(sub.timeline_limit).unwrap_or(0),
+            required_state: required_state(&field, sub.required_state)?.unwrap_or_default(),
+        };
+        req.room_subscriptions.insert(room_id.into(), sub);
+    }
+    for room_id in unsubscribe {
+        room_field(&room_id)?;
+        req.unsubscribe_rooms.push(room_id.into());
+    }
     Ok(req)
+}
+
+/// A room ID as a field name in errors, refused when longer than an ID can be.
+fn room_field(room_id: &str) -> Result<&str, MatrixError> {
+    if room_id.len() > MAX_ROOM_ID {
+        return Err(MatrixError::invalid_param(format!(
+            "room IDs are at most {MAX_ROOM_ID} bytes"
+        )));
+    }
+    Ok(room_id)
+}
+
+/// Larger limits are lowered to [`MAX_TIMELINE_LIMIT`], as the Go proxy did.
+fn timeline_limit(limit: Option<u64>) -> Option<usize> {
+    limit.map(|l| l.min(MAX_TIMELINE_LIMIT) as usize)
+}
+
+/// `required_state` of a list or subscription named by `field` in errors.
+fn required_state(
+    field: &str,
+    entries: Option<Vec<Vec<String>>>,
+) -> Result<Option<Vec<(String, String)>>, MatrixError> {
+    let Some(entries) = entries else {
+        return Ok(None);
+    };
+    let bad = |msg: String| MatrixError::invalid_param(format!("{field}.required_state: {msg}"));
+    if entries.len() > MAX_REQUIRED_STATE {
+        return Err(bad(format!(
+            "at most {MAX_REQUIRED_STATE} entries are allowed"
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match <[String; 2]>::try_from(entry) {
+            Ok([t, k]) => out.push((t, k)),
+            Err(_) => return Err(bad("each entry must be [event_type, state_key]".into())),
+        }
+    }
+    Ok(Some(out))
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
@@ -186,36 +265,11 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
             Some(vec![SortBy::Recency])
         }
     };
-    let required_state = match list.required_state {
-        None => None,
-        Some(entries) => {
-            if entries.len() > MAX_REQUIRED_STATE {
-                return Err(bad(
-                    "required_state",
-                    format!("at most {MAX_REQUIRED_STATE} entries are allowed"),
-                ));
-            }
-            let mut out = Vec::with_capacity(entries.len());
-            for entry in entries {
-                match <[String; 2]>::try_from(entry) {
-                    Ok([t, k]) => out.push((t, k)),
-                    Err(_) => {
-                        return Err(bad(
-                            "required_state",
-                            "each entry must be [event_type, state_key]".into(),
-                        ))
-                    }
-                }
-            }
-            Some(out)
-        }
-    };
+    let required_state = required_state(&format!("lists.{name}"), list.required_state)?;
     Ok(ListParams {
         ranges,
         sort,
-        timeline_limit: list
-            .timeline_limit
-            .map(|l| l.min(MAX_TIMELINE_LIMIT) as usize),
+        timeline_limit: timeline_limit(list.timeline_limit),
         required_state,
     })
 }
@@ -345,6 +399,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::RoomId;
 
     #[test]
     fn a_client_request_becomes_sticky_list_params() {
@@ -359,6 +414,40 @@ mod tests {
         assert_eq!(
             list.required_state.as_ref().unwrap()[1],
             ("m.room.member".into(), "$ME".into())
+        );
+    }
+
+    #[test]
+    fn room_subscriptions_and_unsubscriptions_are_read_and_bounded() {
+        let req = parse(
+            br#"{"room_subscriptions":{"!a:x":{"timeline_limit":500,"required_state":[["*","*"]]},"!b:x":{}},"unsubscribe_rooms":["!c:x"]}"#,
+        )
+        .unwrap();
+        let a = &req.room_subscriptions["!a:x"];
+        assert_eq!(
+            a.timeline_limit, MAX_TIMELINE_LIMIT as usize,
+            "clamped as in lists"
+        );
+        assert_eq!(a.required_state, [("*".to_owned(), "*".to_owned())]);
+        assert_eq!(req.room_subscriptions["!b:x"], RoomSubscription::default());
+        assert_eq!(req.unsubscribe_rooms, [RoomId::from("!c:x")]);
+
+        let many: Vec<String> = (0..=MAX_SUBSCRIPTIONS)
+            .map(|i| format!("!r{i}:x"))
+            .collect();
+        let body = format!(
+            r#"{{"unsubscribe_rooms":{}}}"#,
+            sonic_rs::to_string(&many).unwrap()
+        );
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert!(err.message.contains("unsubscribe_rooms"), "{}", err.message);
+        let long = format!(
+            r#"{{"unsubscribe_rooms":["!{}"]}}"#,
+            "x".repeat(MAX_ROOM_ID)
+        );
+        assert_eq!(
+            parse(long.as_bytes()).unwrap_err().errcode,
+            "M_INVALID_PARAM"
         );
     }
 
@@ -433,6 +522,10 @@ mod tests {
             ),
             (br#"{"lists":{"a":{"sort":["by_magic"]}}}"#, "unknown sort"),
             (br#"{"conn_id":"aaaaaaaaaaaaaaaaaaaaaaaaa"}"#, "conn_id"),
+            (
+                br#"{"room_subscriptions":{"!r:x":{"required_state":[["a","b","c"]]}}}"#,
+                "room_subscriptions.!r:x.required_state",
+            ),
         ] {
             let err = parse(body).unwrap_err();
             assert_eq!(

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    ListParams, ListResult, Op, Range, RoomResult, SortBy, SyncRequest, SyncResponse,
+    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SortBy, SyncRequest,
+    SyncResponse,
 };
 use super::required_state;
 use super::window;
@@ -62,6 +63,9 @@ struct SentRoom {
 #[derive(Default)]
 pub struct Connection {
     lists: BTreeMap<String, ListState>,
+    /// Rooms the client asked for by ID, sent whether or not a window shows them (only
+    /// while the user is joined or invited: a subscription shows nothing else).
+    subscriptions: BTreeMap<RoomId, RoomSubscription>,
     sent: HashMap<RoomId, SentRoom>,
     /// The user data version this connection last looked at.
     seen_version: Option<u64>,
@@ -82,6 +86,14 @@ impl Connection {
 
     pub fn has_list(&self, name: &str) -> bool {
         self.lists.contains_key(name)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    pub fn is_subscribed(&self, room: &str) -> bool {
+        self.subscriptions.contains_key(room)
     }
 
     /// Applies the request's sticky parameters and computes what the client lacks.
@@ -114,7 +126,7 @@ impl Connection {
             return resp;
         }
         self.list_ops(old_ranges, view, &mut resp);
-        let visible = self.visible_rooms();
+        let visible = self.visible_rooms(view.data);
         self.room_results(&visible, changed.as_ref(), &resend, view, &mut resp);
         self.farewells(&visible, view, &mut resp);
         resp
@@ -141,6 +153,17 @@ impl Connection {
             changed |= resend_list
                 || list.count.is_none()
                 || before != (list.ranges.clone(), list.sort.clone());
+        }
+        for (room, sub) in req.iter().flat_map(|r| &r.room_subscriptions) {
+            if self.subscriptions.get(room) != Some(sub) {
+                // New or changed: the room goes out whole, with what it asks for now.
+                resend.insert(room.clone());
+                self.subscriptions.insert(room.clone(), sub.clone());
+                changed = true;
+            }
+        }
+        for room in req.iter().flat_map(|r| &r.unsubscribe_rooms) {
+            changed |= self.subscriptions.remove(room).is_some();
         }
         (old_ranges, resend, changed)
     }
@@ -219,19 +242,30 @@ impl Connection {
         }
     }
 
-    /// Every room the client holds in some window, with the parameters of all the lists
-    /// that show it merged.
-    fn visible_rooms(&self) -> BTreeMap<RoomId, RoomParams> {
+    /// Every room the client holds in some window or subscribed to, with the parameters
+    /// of all the lists and the subscription that show it merged. A subscription counts
+    /// only while the user is joined or invited: it never shows another room, and a room
+    /// the user left then gets its farewell like one leaving a window.
+    fn visible_rooms(&self, data: &UserData) -> BTreeMap<RoomId, RoomParams> {
         let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
-        for list in self.lists.values() {
-            for room in list.have.values() {
+        let mut show =
+            |room: &RoomId, timeline_limit: usize, required_state: &[(String, String)]| {
                 let p = visible.entry(room.clone()).or_default();
-                p.timeline_limit = p.timeline_limit.max(list.timeline_limit);
-                for rs in &list.required_state {
+                p.timeline_limit = p.timeline_limit.max(timeline_limit);
+                for rs in required_state {
                     if !p.required_state.contains(rs) {
                         p.required_state.push(rs.clone());
                     }
                 }
+            };
+        for list in self.lists.values() {
+            for room in list.have.values() {
+                show(room, list.timeline_limit, &list.required_state);
+            }
+        }
+        for (room, sub) in &self.subscriptions {
+            if data.membership(room).is_some_and(UserMembership::is_member) {
+                show(room, sub.timeline_limit, &sub.required_state);
             }
         }
         visible

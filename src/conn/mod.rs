@@ -10,7 +10,7 @@ pub mod request;
 pub mod required_state;
 pub mod window;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +24,15 @@ use self::request::{SyncRequest, SyncResponse};
 use crate::error::MatrixError;
 use crate::store::users::UserState;
 use crate::store::Store;
-use crate::types::DeviceKey;
+use crate::types::{DeviceKey, RoomId};
 
 /// Connections a device may hold; a new one beyond this replaces its oldest.
 const MAX_CONNS_PER_DEVICE: usize = 16;
 /// Lists a connection may hold. Lists are sticky, so without this a client naming new
 /// lists in every request would grow the connection without bound.
 pub const MAX_LISTS: usize = 100;
+/// Room subscriptions a connection may hold, sticky like lists.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -188,13 +190,15 @@ impl Conns {
         };
         *entry.last_used.lock() = Instant::now();
         let generation = entry.supersede();
-        let mut slot = entry.slot.lock().await;
-        check_list_count(&slot, &req)?;
+        let mut guard = entry.slot.lock().await;
+        let slot = &mut *guard;
+        check_list_count(slot, &req)?;
+        check_subscription_count(slot, &req)?;
         if let Some(pos) = pos {
             if pos == slot.prev_pos && pos != slot.pos {
                 if let Some(last) = &slot.last {
                     let last = last.clone();
-                    slot.pending = Some(merge_pending(slot.pending.take(), req));
+                    slot.pending = Some(merge_pending(&slot.conn, slot.pending.take(), req));
                     return Ok(last);
                 }
             }
@@ -203,7 +207,7 @@ impl Conns {
             }
         }
         let txn_id = req.txn_id.clone();
-        let mut request = Some(merge_pending(slot.pending.take(), req));
+        let mut request = Some(merge_pending(&slot.conn, slot.pending.take(), req));
         let deadline = tokio::time::Instant::now() + wait.timeout;
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.
@@ -280,12 +284,57 @@ fn check_list_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
     Ok(())
 }
 
+/// Refuses a request that would make the connection hold more than
+/// [`MAX_SUBSCRIPTIONS`] room subscriptions, counting pending retried requests and
+/// applying each request's subscriptions before its unsubscriptions.
+fn check_subscription_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
+    let mut added: HashSet<&RoomId> = HashSet::new();
+    let mut removed: HashSet<&RoomId> = HashSet::new();
+    for r in slot.pending.iter().chain(std::iter::once(req)) {
+        for room in r.room_subscriptions.keys() {
+            if slot.conn.is_subscribed(room) {
+                removed.remove(room);
+            } else {
+                added.insert(room);
+            }
+        }
+        for room in &r.unsubscribe_rooms {
+            if slot.conn.is_subscribed(room) {
+                removed.insert(room);
+            } else {
+                added.remove(room);
+            }
+        }
+    }
+    if slot.conn.subscription_count() + added.len() - removed.len() > MAX_SUBSCRIPTIONS {
+        return Err(MatrixError::invalid_param(format!(
+            "room_subscriptions: a connection holds at most {MAX_SUBSCRIPTIONS} room \
+             subscriptions, and they are sticky; unsubscribe from rooms with \
+             unsubscribe_rooms"
+        )));
+    }
+    Ok(())
+}
+
 /// Merges a request retried at an old `pos` into the ones retried before it: sticky
-/// parameters it states win.
-fn merge_pending(earlier: Option<SyncRequest>, later: SyncRequest) -> SyncRequest {
-    let Some(mut merged) = earlier else {
-        return later;
-    };
+/// parameters it states win. Unsubscriptions are kept only for rooms the connection
+/// holds, so retries cannot pile them up.
+fn merge_pending(
+    conn: &Connection,
+    earlier: Option<SyncRequest>,
+    later: SyncRequest,
+) -> SyncRequest {
+    let mut merged = earlier.unwrap_or_default();
+    for (room, sub) in later.room_subscriptions {
+        merged.unsubscribe_rooms.retain(|r| *r != room);
+        merged.room_subscriptions.insert(room, sub);
+    }
+    for room in later.unsubscribe_rooms {
+        merged.room_subscriptions.remove(&room);
+        if conn.is_subscribed(&room) && !merged.unsubscribe_rooms.contains(&room) {
+            merged.unsubscribe_rooms.push(room);
+        }
+    }
     merged.conn_id = later.conn_id;
     merged.txn_id = later.txn_id;
     for (name, params) in later.lists {
@@ -309,7 +358,7 @@ fn merge_pending(earlier: Option<SyncRequest>, later: SyncRequest) -> SyncReques
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::request::ListParams;
+    use crate::conn::request::{ListParams, RoomSubscription};
     use crate::store::testing::store;
 
     fn key(conn_id: &str) -> ConnKey {
@@ -461,5 +510,54 @@ mod tests {
         )
         .await
         .expect("lists it holds can be named again");
+    }
+
+    fn subscribe(rooms: impl IntoIterator<Item = String>) -> SyncRequest {
+        SyncRequest {
+            room_subscriptions: rooms
+                .into_iter()
+                .map(|r| (r.into(), RoomSubscription::default()))
+                .collect(),
+            ..SyncRequest::default()
+        }
+    }
+
+    fn unsubscribe(rooms: impl IntoIterator<Item = String>) -> SyncRequest {
+        SyncRequest {
+            unsubscribe_rooms: rooms.into_iter().map(Into::into).collect(),
+            ..SyncRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_capped_and_retried_unsubscriptions_do_not_pile_up() {
+        let store = store();
+        let conns = Conns::new(Duration::from_secs(60));
+        let rooms = |from: usize, to: usize| (from..to).map(|i| format!("!r{i}:x"));
+        let first = sync(&conns, &store, None, subscribe(rooms(0, MAX_SUBSCRIPTIONS)))
+            .await
+            .unwrap();
+        let over = sync(&conns, &store, Some(&first.pos), subscribe(rooms(100, 101))).await;
+        assert_eq!(over.unwrap_err().errcode, "M_INVALID_PARAM");
+        // Swapping one for another in one request stays within the cap.
+        let mut swap = subscribe(rooms(100, 101));
+        swap.unsubscribe_rooms = vec!["!r0:x".into()];
+        let second = sync(&conns, &store, Some(&first.pos), swap).await.unwrap();
+
+        // Retries at the old pos naming rooms the connection does not hold keep nothing.
+        for i in 0..1_000 {
+            let retried = sync(
+                &conns,
+                &store,
+                Some(&first.pos),
+                unsubscribe(rooms(1_000 + i, 1_001 + i)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(retried.pos, second.pos);
+        }
+        let entry = Arc::clone(&conns.map.get(&key("")).unwrap());
+        let pending = entry.slot.lock().await.pending.clone().unwrap();
+        assert!(pending.unsubscribe_rooms.is_empty(), "{pending:?}");
     }
 }

@@ -23,12 +23,23 @@ pub enum SortBy {
     Recency,
 }
 
+/// A room subscription as a request states it. Sticky per room: a new one for the
+/// same room replaces it whole, as in the Go proxy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoomSubscription {
+    pub timeline_limit: usize,
+    pub required_state: Vec<(String, String)>,
+}
+
 /// One request, after the dialect validated it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SyncRequest {
     pub conn_id: Option<String>,
     pub txn_id: Option<String>,
     pub lists: BTreeMap<String, ListParams>,
+    pub room_subscriptions: BTreeMap<RoomId, RoomSubscription>,
+    /// Applied after `room_subscriptions`: a room in both ends up unsubscribed.
+    pub unsubscribe_rooms: Vec<RoomId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
+use sonic_rs::{json, JsonContainerTrait, JsonValueMutTrait, JsonValueTrait};
 
 use crate::support::db::TestDb;
 use crate::support::fake::FakeHomeserver;
-use crate::support::proxy::{ops, pos, scripted, synced_ids, Proxy};
+use crate::support::proxy::{ops, pos, scripted, synced_ids, timeline_ids, Proxy};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -325,5 +325,103 @@ async fn a_newer_request_on_the_same_connection_releases_the_parked_one() {
         pos(&retry),
         "the retry of an unacknowledged pos gets the same response"
     );
+    proxy.stop().await;
+}
+
+/// A subscribed room is sent whether or not a window shows it, with the larger
+/// `timeline_limit` and the union of `required_state` when a list shows it too; a
+/// changed subscription sends it whole again; unsubscribing stops its updates.
+#[tokio::test]
+async fn room_subscriptions_are_sticky_merged_with_lists_and_can_be_dropped() {
+    let (_db, hs, proxy) = setup().await;
+    let mut messages = Vec::new();
+    // Newer than anything `!old` will get, so `!old` never enters a one-room window.
+    let mut rooms = vec![("!top:test", new_room(ALICE, Some("Top"), 20_000))];
+    let mut old = new_room(ALICE, Some("Old"), 1_000);
+    for i in 0..4 {
+        let m = message(ALICE, &format!("m{i}"), 1_100 + i);
+        messages.push(id_of(&m));
+        old["timeline"]["events"].as_array_mut().unwrap().push(m);
+    }
+    rooms.push(("!old:test", old));
+    hs.push_rooms("alice_token", rooms_join(rooms));
+
+    // A one-room window shows `!top`; `!old` comes only through its subscription.
+    let mut req = list_request(0, 1);
+    req["room_subscriptions"] = json!({"!old:test": {
+        "timeline_limit": 3,
+        "required_state": [["m.room.create", ""]]
+    }});
+    let first = proxy.sync_ok("alice_token", None, 0, &req).await;
+    assert_eq!(synced_ids(&first, "all"), ["!top:test"]);
+    let old = &first["rooms"]["!old:test"];
+    assert_eq!(old["initial"].as_bool(), Some(true));
+    assert_eq!(old["timeline"].as_array().unwrap().len(), 3);
+    let state_types: Vec<&str> = old["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(state_types, ["m.room.create"]);
+
+    // Sticky: a live message reaches it with no subscription in the request.
+    let live = message(ALICE, "live", 9_500);
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!old:test", joined(vec![], vec![live.clone()]))]),
+    );
+    let next = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 3_000, &json!({}))
+        .await;
+    assert_eq!(timeline_ids(&next, "!old:test"), [id_of(&live)]);
+
+    // Widening the window to show `!old` too: one room entry, the larger limit and
+    // both lists' state.
+    let mut wider = list_request(1, 1);
+    wider["room_subscriptions"] = json!({"!old:test": {
+        "timeline_limit": 2,
+        "required_state": [["m.room.create", ""]]
+    }});
+    let changed = proxy
+        .sync_ok("alice_token", Some(&pos(&next)), 0, &wider)
+        .await;
+    let old = &changed["rooms"]["!old:test"];
+    assert_eq!(
+        old["initial"].as_bool(),
+        Some(true),
+        "a changed subscription resends"
+    );
+    assert_eq!(old["timeline"].as_array().unwrap().len(), 2);
+    let mut state_types: Vec<&str> = old["required_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    state_types.sort_unstable();
+    assert_eq!(
+        state_types,
+        ["m.room.create", "m.room.member", "m.room.name"],
+        "the union of the list's and the subscription's required_state"
+    );
+
+    // Back to the one-room window and unsubscribed: `!old` gets no more updates.
+    let mut narrow = list_request(0, 1);
+    narrow["unsubscribe_rooms"] = json!(["!old:test"]);
+    let dropped = proxy
+        .sync_ok("alice_token", Some(&pos(&changed)), 0, &narrow)
+        .await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!old:test",
+            joined(vec![], vec![message(ALICE, "unseen", 9_600)]),
+        )]),
+    );
+    let after = proxy
+        .sync_ok("alice_token", Some(&pos(&dropped)), 500, &json!({}))
+        .await;
+    assert!(after["rooms"].get("!old:test").is_none(), "{after:?}");
     proxy.stop().await;
 }

@@ -500,3 +500,67 @@ async fn after_a_restart_left_rooms_stay_gone_and_invites_stay_invites() {
     );
     proxy.stop().await;
 }
+
+/// A subscription names a room by ID: it shows nothing of a room the user is not in,
+/// and a room the user leaves gets its farewell and then nothing more.
+#[tokio::test]
+async fn a_subscription_shows_only_rooms_the_user_is_in() {
+    let (_db, hs, proxy) = setup().await;
+    let (_alice_pos, bob_pos) = alice_and_bob_in_the_shared_room(&hs, &proxy).await;
+    let subscribe = |room: &str| {
+        json!({"room_subscriptions": {room: {
+            "timeline_limit": 5,
+            "required_state": [["*", "*"]]
+        }}})
+    };
+    // Bob is not in Alice's own room.
+    let resp = proxy
+        .sync_ok("bob_token", Some(&bob_pos), 0, &subscribe("!own:test"))
+        .await;
+    assert!(resp["rooms"].get("!own:test").is_none(), "{resp:?}");
+    let bob_pos = pos(&resp);
+    // Nor does a message there reach him later.
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!own:test",
+            joined(vec![], vec![message(ALICE, "private", 2_000)]),
+        )]),
+    );
+    let resp = proxy
+        .sync_ok("bob_token", Some(&bob_pos), 500, &json!({}))
+        .await;
+    assert!(resp["rooms"].get("!own:test").is_none(), "{resp:?}");
+
+    // Alice subscribes to the shared room, with no list at all, and then leaves it.
+    let alice = proxy
+        .sync_ok("alice_token", None, 0, &subscribe(ROOM))
+        .await;
+    assert_eq!(alice["rooms"][ROOM]["initial"].as_bool(), Some(true));
+    let parked = proxy.spawn_sync("alice_token", Some(&pos(&alice)), 5_000, &json!({}));
+    let leave = member(ALICE, "leave", 3_000);
+    hs.push_rooms(
+        "bob_token",
+        rooms_join(vec![(ROOM, joined(vec![], vec![leave.clone()]))]),
+    );
+    hs.push_rooms("alice_token", rooms_leave(ROOM, vec![leave.clone()]));
+    let last = tokio::time::timeout(Duration::from_secs(3), parked)
+        .await
+        .expect("the leave wakes Alice's long-poll")
+        .unwrap()
+        .json();
+    assert_eq!(timeline_ids(&last, ROOM), [id_of(&leave)]);
+    assert!(last["rooms"][ROOM].get("required_state").is_none());
+
+    let parked = proxy.spawn_sync("alice_token", Some(&pos(&last)), 600, &json!({}));
+    hs.push_rooms(
+        "bob_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(vec![], vec![message(BOB, "after she left", 3_001)]),
+        )]),
+    );
+    let after = parked.await.unwrap().json();
+    assert!(after["rooms"].get(ROOM).is_none(), "{after:?}");
+    proxy.stop().await;
+}
