@@ -122,11 +122,15 @@ impl App {
         let conns = Arc::new(Conns::new(settings.conn_idle));
         let janitor = {
             let conns = Arc::clone(&conns);
+            let store = Arc::clone(&store);
+            // An order outlives the connections that used it by their idle time.
+            let idle = settings.conn_idle;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tick.tick().await;
                     conns.sweep();
+                    store.sweep_orders(idle);
                 }
             })
         };

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::json::JsonWriter;
 use crate::conn::request::{
-    ListParams, Op, RoomResult, RoomSubscription, SortBy, SyncRequest, SyncResponse,
+    ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest, SyncResponse,
 };
 use crate::error::MatrixError;
 
@@ -251,18 +251,24 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
         Some(names) => {
             let mut out = Vec::new();
             for n in &names {
-                match n.as_str() {
-                    "by_recency" => out.push(SortBy::Recency),
-                    // Accepted so existing clients keep working; ordered by recency until
-                    // these sorts are implemented.
-                    "by_notification_level"
-                    | "by_name"
-                    | "by_notification_count"
-                    | "by_highlight_count" => {}
+                let by = match n.as_str() {
+                    "by_recency" => SortBy::Recency,
+                    "by_name" => SortBy::Name,
+                    "by_notification_level" => SortBy::NotificationLevel,
+                    "by_notification_count" => SortBy::NotificationCount,
+                    "by_highlight_count" => SortBy::HighlightCount,
                     other => return Err(bad("sort", format!("unknown sort '{other}'"))),
+                };
+                // A sort named twice orders nothing the first did not.
+                if !out.contains(&by) {
+                    out.push(by);
                 }
             }
-            Some(vec![SortBy::Recency])
+            // No sort at all is the default one, as for a list that names none.
+            if out.is_empty() {
+                out.push(SortBy::Recency);
+            }
+            Some(SortSpec::from(out))
         }
     };
     let required_state = required_state(&format!("lists.{name}"), list.required_state)?;

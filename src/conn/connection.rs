@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SortBy, SyncRequest,
+    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SortSpec, SyncRequest,
     SyncResponse,
 };
 use super::required_state;
 use super::window;
 use crate::rooms::name::display_name;
+use crate::rooms::sort::by_recency;
 use crate::store::room::{RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
@@ -26,24 +27,28 @@ pub struct View<'a> {
 #[derive(Clone, Debug, PartialEq)]
 struct ListState {
     ranges: Vec<Range>,
-    sort: Vec<SortBy>,
+    sort: SortSpec,
     timeline_limit: usize,
     required_state: Vec<(String, String)>,
     /// Index → room, for every index the client holds.
     have: BTreeMap<usize, RoomId>,
     /// The `count` last sent.
     count: Option<usize>,
+    /// Ranges the client holds in an order it no longer asked for: invalidated whole at
+    /// the next step.
+    invalidate: Vec<Range>,
 }
 
 impl Default for ListState {
     fn default() -> Self {
         Self {
             ranges: Vec::new(),
-            sort: vec![SortBy::Recency],
+            sort: by_recency(),
             timeline_limit: 0,
             required_state: Vec::new(),
             have: BTreeMap::new(),
             count: None,
+            invalidate: Vec::new(),
         }
     }
 }
@@ -96,6 +101,31 @@ impl Connection {
         self.subscriptions.contains_key(room)
     }
 
+    /// The orders this connection's lists use once `req` is applied.
+    pub fn orders(&self, req: Option<&SyncRequest>) -> Vec<SortSpec> {
+        let mut specs: Vec<SortSpec> = Vec::new();
+        let requested = req
+            .iter()
+            .flat_map(|r| &r.lists)
+            .filter_map(|(name, params)| {
+                params
+                    .sort
+                    .clone()
+                    .or_else(|| self.lists.get(name).map(|l| l.sort.clone()))
+            });
+        let kept = self
+            .lists
+            .iter()
+            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
+            .map(|(_, l)| l.sort.clone());
+        for spec in requested.chain(kept) {
+            if !specs.contains(&spec) {
+                specs.push(spec);
+            }
+        }
+        specs
+    }
+
     /// Applies the request's sticky parameters and computes what the client lacks.
     /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
     pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
@@ -145,7 +175,20 @@ impl Connection {
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
             let list = self.lists.entry(name.clone()).or_default();
             let before = (list.ranges.clone(), list.sort.clone());
-            old_ranges.insert(name.clone(), list.ranges.clone());
+            // A new order invalidates every index the client holds: all of it is synced
+            // again, as in the Go proxy.
+            let reorder = params.sort.as_ref().is_some_and(|s| *s != list.sort);
+            old_ranges.insert(
+                name.clone(),
+                if reorder {
+                    Vec::new()
+                } else {
+                    list.ranges.clone()
+                },
+            );
+            if reorder {
+                list.invalidate = list.ranges.clone();
+            }
             let resend_list = merge(list, params);
             if resend_list {
                 resend.extend(list.have.values().cloned());
@@ -180,8 +223,8 @@ impl Connection {
         view: &View<'_>,
         resp: &mut SyncResponse,
     ) {
-        let index = &view.data.index;
         for (name, list) in &mut self.lists {
+            let index = view.data.order(&list.sort);
             let old = old_ranges
                 .remove(name)
                 .unwrap_or_else(|| list.ranges.clone());
@@ -209,7 +252,11 @@ impl Connection {
             }
             // The client holds nothing at or past the count it was last sent.
             let held = list.count.unwrap_or(0);
-            for (start, end) in window::subtract(&old, &list.ranges) {
+            let dropped = window::subtract(&old, &list.ranges);
+            for (start, end) in std::mem::take(&mut list.invalidate)
+                .into_iter()
+                .chain(dropped)
+            {
                 if start >= held {
                     continue;
                 }

@@ -208,6 +208,9 @@ impl Conns {
         }
         let txn_id = req.txn_id.clone();
         let mut request = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+        // Orders other than recency are kept only while lists use them; the first use
+        // builds one (once per user, not per request).
+        store.use_orders(user, &slot.conn.orders(request.as_ref()));
         let deadline = tokio::time::Instant::now() + wait.timeout;
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.

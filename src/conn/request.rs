@@ -13,15 +13,12 @@ pub type Range = (usize, usize);
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ListParams {
     pub ranges: Option<Vec<Range>>,
-    pub sort: Option<Vec<SortBy>>,
+    pub sort: Option<SortSpec>,
     pub timeline_limit: Option<usize>,
     pub required_state: Option<Vec<(String, String)>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SortBy {
-    Recency,
-}
+pub use crate::rooms::sort::{SortBy, SortSpec};
 
 /// A room subscription as a request states it. Sticky per room: a new one for the
 /// same room replaces it whole, as in the Go proxy.

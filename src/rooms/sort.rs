@@ -1,4 +1,5 @@
-//! Per-user room order by recency: a two-level sorted structure with ranks.
+//! Per-user room orders: a two-level sorted structure with ranks, one per sort a list
+//! uses.
 //!
 //! Windows need both "the rooms at indexes 0..=19" and "which index is this room at" (for
 //! `DELETE`/`INSERT` ops). A `BTreeSet` has no rank, so keys live in sorted chunks of at
@@ -7,9 +8,9 @@
 //! chunks. For 10,000 rooms that is ~40 chunks: a move costs well under a microsecond
 //! and never re-sorts the list.
 //!
-//! The index is part of a user's published data, which is replaced whole on every
+//! An index is part of a user's published data, which is replaced whole on every
 //! change (see `store::users`): a clone must be cheap. Chunks are shared `Arc`s copied
-//! only when written, and the stamps are a persistent map, so a clone costs one pointer
+//! only when written, and the keys are a persistent map, so a clone costs one pointer
 //! per chunk and a move copies at most two chunks.
 
 use std::cmp::Reverse;
@@ -19,46 +20,123 @@ use crate::types::RoomId;
 
 const CHUNK: usize = 256;
 
-/// Newest first; ties broken by room ID so the order is deterministic.
-pub type RecencyKey = (Reverse<u64>, RoomId);
+/// One sort a list asks for (MSC3575 `sort`); a list's sorts apply in order, and the
+/// room ID breaks the remaining ties so the order is deterministic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SortBy {
+    /// Newest first.
+    Recency,
+    /// By the canonicalised display name, A first.
+    Name,
+    /// Highlighted, then notified and encrypted, then notified, then the rest.
+    NotificationLevel,
+    /// More notifications first (the Go proxy's deprecated `by_notification_count`).
+    NotificationCount,
+    /// More highlights first (the Go proxy's deprecated `by_highlight_count`).
+    HighlightCount,
+}
+
+/// A list's sorts, the key of its index.
+pub type SortSpec = Arc<[SortBy]>;
+
+/// The order every user has: the set of rooms any list starts from.
+pub fn by_recency() -> SortSpec {
+    Arc::new([SortBy::Recency])
+}
+
+/// What a room's place in an order is made of, for one user.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SortInputs {
+    /// Recency: the newest event's timestamp, or the invite's.
+    pub stamp: u64,
+    /// The display name as this user sees it.
+    pub name: String,
+    pub encrypted: bool,
+    pub notification_count: u64,
+    pub highlight_count: u64,
+}
+
+/// One component of a key, compared in the order the spec lists them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    Desc(Reverse<u64>),
+    Asc(u8),
+    Name(Box<str>),
+}
+
+/// A room's key in one order: smaller comes first.
+pub type OrderKey = Box<[Part]>;
+
+/// The key of a room with `inputs` under `spec`.
+pub fn order_key(spec: &[SortBy], inputs: &SortInputs) -> OrderKey {
+    spec.iter()
+        .map(|by| match by {
+            SortBy::Recency => Part::Desc(Reverse(inputs.stamp)),
+            SortBy::Name => Part::Name(canonical_name(&inputs.name)),
+            SortBy::NotificationLevel => Part::Asc(if inputs.highlight_count > 0 {
+                0
+            } else if inputs.notification_count > 0 && inputs.encrypted {
+                1
+            } else if inputs.notification_count > 0 {
+                2
+            } else {
+                3
+            }),
+            SortBy::NotificationCount => Part::Desc(Reverse(inputs.notification_count)),
+            SortBy::HighlightCount => Part::Desc(Reverse(inputs.highlight_count)),
+        })
+        .collect()
+}
+
+/// Whether keys under `spec` depend on anything but the recency stamp: only then must
+/// a room's name and encryption be computed to place it.
+pub fn needs_room(spec: &[SortBy]) -> bool {
+    spec.iter().any(|by| *by != SortBy::Recency)
+}
+
+/// MSC3575 `by_name`: leading and trailing `#!():_@` removed (so aliases sort among
+/// names), lower-cased by Unicode.
+pub fn canonical_name(name: &str) -> Box<str> {
+    name.trim_matches(|c| "#!():_@".contains(c))
+        .to_lowercase()
+        .into_boxed_str()
+}
+
+type Entry = (OrderKey, RoomId);
 
 #[derive(Clone, Default, Debug)]
 pub struct SortIndex {
-    chunks: Vec<Arc<Vec<RecencyKey>>>,
-    stamps: imbl::HashMap<RoomId, u64>,
+    chunks: Vec<Arc<Vec<Entry>>>,
+    keys: imbl::HashMap<RoomId, OrderKey>,
 }
 
 impl SortIndex {
     pub fn len(&self) -> usize {
-        self.stamps.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.stamps.is_empty()
+        self.keys.is_empty()
     }
 
     pub fn contains(&self, room: &str) -> bool {
-        self.stamps.contains_key(room)
+        self.keys.contains_key(room)
     }
 
-    pub fn stamp(&self, room: &str) -> Option<u64> {
-        self.stamps.get(room).copied()
-    }
-
-    /// Adds the room or moves it to its place for `stamp`.
-    pub fn upsert(&mut self, room: &RoomId, stamp: u64) {
-        match self.stamps.insert(room.clone(), stamp) {
-            Some(old) if old == stamp => return,
-            Some(old) => self.remove_key(&(Reverse(old), room.clone())),
+    /// Adds the room or moves it to its place for `key`.
+    pub fn upsert(&mut self, room: &RoomId, key: OrderKey) {
+        match self.keys.insert(room.clone(), key.clone()) {
+            Some(old) if old == key => return,
+            Some(old) => self.remove_entry(&(old, room.clone())),
             None => {}
         }
-        self.insert_key((Reverse(stamp), room.clone()));
+        self.insert_entry((key, room.clone()));
     }
 
     pub fn remove(&mut self, room: &str) -> bool {
-        match self.stamps.remove_with_key(room) {
-            Some((id, stamp)) => {
-                self.remove_key(&(Reverse(stamp), id));
+        match self.keys.remove_with_key(room) {
+            Some((id, key)) => {
+                self.remove_entry(&(key, id));
                 true
             }
             None => false,
@@ -67,11 +145,14 @@ impl SortIndex {
 
     /// The index of the room in the order, if it is listed.
     pub fn rank(&self, room: &str) -> Option<usize> {
-        let (id, stamp) = self.stamps.get_key_value(room)?;
-        let key = (Reverse(*stamp), id.clone());
-        let c = self.chunk_for(&key);
+        let (id, key) = self.keys.get_key_value(room)?;
+        let entry = (key.clone(), id.clone());
+        let c = self.chunk_for(&entry);
         let before: usize = self.chunks[..c].iter().map(|chunk| chunk.len()).sum();
-        self.chunks[c].binary_search(&key).ok().map(|i| before + i)
+        self.chunks[c]
+            .binary_search(&entry)
+            .ok()
+            .map(|i| before + i)
     }
 
     /// The rooms at indexes `start..=end` (clamped to the list).
@@ -99,34 +180,34 @@ impl SortIndex {
             .map(|(_, id)| id)
     }
 
-    /// The chunk a key belongs in: the first whose last key is >= key, else the last one.
-    fn chunk_for(&self, key: &RecencyKey) -> usize {
+    /// The chunk an entry belongs in: the first whose last entry is >= it, else the last.
+    fn chunk_for(&self, entry: &Entry) -> usize {
         let c = self
             .chunks
-            .partition_point(|chunk| chunk.last().is_some_and(|last| last < key));
+            .partition_point(|chunk| chunk.last().is_some_and(|last| last < entry));
         c.min(self.chunks.len().saturating_sub(1))
     }
 
-    fn insert_key(&mut self, key: RecencyKey) {
+    fn insert_entry(&mut self, entry: Entry) {
         if self.chunks.is_empty() {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
-        let c = self.chunk_for(&key);
+        let c = self.chunk_for(&entry);
         let chunk = Arc::make_mut(&mut self.chunks[c]);
-        let i = chunk.binary_search(&key).unwrap_or_else(|i| i);
-        chunk.insert(i, key);
+        let i = chunk.binary_search(&entry).unwrap_or_else(|i| i);
+        chunk.insert(i, entry);
         if chunk.len() > CHUNK {
             let tail = chunk.split_off(CHUNK / 2);
             self.chunks.insert(c + 1, Arc::new(tail));
         }
     }
 
-    fn remove_key(&mut self, key: &RecencyKey) {
+    fn remove_entry(&mut self, entry: &Entry) {
         if self.chunks.is_empty() {
             return;
         }
-        let c = self.chunk_for(key);
-        if let Ok(i) = self.chunks[c].binary_search(key) {
+        let c = self.chunk_for(entry);
+        if let Ok(i) = self.chunks[c].binary_search(entry) {
             Arc::make_mut(&mut self.chunks[c]).remove(i);
             if self.chunks[c].is_empty() && self.chunks.len() > 1 {
                 self.chunks.remove(c);
@@ -145,12 +226,22 @@ mod tests {
         s.into()
     }
 
+    fn recent(stamp: u64) -> OrderKey {
+        order_key(
+            &[SortBy::Recency],
+            &SortInputs {
+                stamp,
+                ..SortInputs::default()
+            },
+        )
+    }
+
     #[test]
     fn newest_room_comes_first_with_room_id_tie_break() {
         let mut idx = SortIndex::default();
-        idx.upsert(&id("!b"), 10);
-        idx.upsert(&id("!a"), 10);
-        idx.upsert(&id("!c"), 20);
+        idx.upsert(&id("!b"), recent(10));
+        idx.upsert(&id("!a"), recent(10));
+        idx.upsert(&id("!c"), recent(20));
         let order: Vec<_> = idx.iter().map(|r| r.to_string()).collect();
         assert_eq!(order, ["!c", "!a", "!b"]);
         assert_eq!(idx.rank("!b"), Some(2));
@@ -160,10 +251,10 @@ mod tests {
     fn moving_a_room_changes_only_its_place() {
         let mut idx = SortIndex::default();
         for i in 0..2000u64 {
-            idx.upsert(&id(&format!("!r{i:05}")), i);
+            idx.upsert(&id(&format!("!r{i:05}")), recent(i));
         }
         assert_eq!(idx.rank("!r00000"), Some(1999));
-        idx.upsert(&id("!r00000"), 5000);
+        idx.upsert(&id("!r00000"), recent(5000));
         assert_eq!(idx.rank("!r00000"), Some(0));
         assert_eq!(idx.rank("!r01999"), Some(1));
         assert_eq!(idx.len(), 2000);
@@ -185,7 +276,7 @@ mod tests {
                 idx.remove(&room);
                 model.remove(&room);
             } else {
-                idx.upsert(&id(&room), step % 300);
+                idx.upsert(&id(&room), recent(step % 300));
                 model.insert(room, step % 300);
             }
         }
@@ -207,8 +298,47 @@ mod tests {
     #[test]
     fn range_past_the_end_is_empty() {
         let mut idx = SortIndex::default();
-        idx.upsert(&id("!a"), 1);
+        idx.upsert(&id("!a"), recent(1));
         assert_eq!(idx.range(5, 10).count(), 0);
         assert_eq!(idx.range(0, 10).count(), 1);
+    }
+
+    #[test]
+    fn sorts_apply_in_order_with_the_room_id_last() {
+        let inputs = |stamp, name: &str, encrypted, notes, highlights| SortInputs {
+            stamp,
+            name: name.into(),
+            encrypted,
+            notification_count: notes,
+            highlight_count: highlights,
+        };
+        let rooms = [
+            ("!quiet", inputs(50, "Zeta", false, 0, 0)),
+            ("!plain", inputs(10, "alpha", false, 3, 0)),
+            ("!secret", inputs(20, "#Beta:x", true, 1, 0)),
+            ("!ping", inputs(5, "(gamma)", false, 9, 2)),
+            ("!twin", inputs(50, "zeta", false, 0, 0)),
+        ];
+        let order = |spec: &[SortBy]| {
+            let mut idx = SortIndex::default();
+            for (room, i) in &rooms {
+                idx.upsert(&id(room), order_key(spec, i));
+            }
+            idx.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            order(&[SortBy::NotificationLevel, SortBy::Recency]),
+            ["!ping", "!secret", "!plain", "!quiet", "!twin"]
+        );
+        assert_eq!(
+            order(&[SortBy::Name]),
+            ["!plain", "!secret", "!ping", "!quiet", "!twin"],
+            "canonical names: alpha, beta:x, gamma, zeta, zeta; then room IDs"
+        );
+        assert_eq!(
+            order(&[SortBy::NotificationCount]),
+            ["!ping", "!plain", "!secret", "!quiet", "!twin"]
+        );
+        assert_eq!(order(&[SortBy::HighlightCount])[0], "!ping");
     }
 }

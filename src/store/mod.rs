@@ -28,9 +28,11 @@ use dashmap::DashMap;
 use self::persist::{MembershipKind, Persist, PersistError, Write};
 use self::room::{Room, RoomSnapshot, RoomWriter, TIMELINE_RING};
 use self::state::{RoomState, StateBase};
-use self::users::{UserMembership, UserRoom, UserState};
+use self::users::{RoomLooks, UserMembership, UserRoom, UserState};
 use self::writer::WriteQueue;
 use crate::event::{Decoder, Event, Membership};
+use crate::rooms::name::display_name;
+use crate::rooms::sort::{needs_room, SortSpec};
 use crate::types::{now_ms, Position, RoomId, UserId};
 
 /// How long ingest waits for storage to say whether events are known.
@@ -195,7 +197,9 @@ impl Store {
             ..
         } = applying;
         let latest_ts = next.meta.latest_ts;
-        room.snapshot.store(Arc::new(next));
+        let looks_changed = !next.meta.looks_like(&room.snapshot.load().meta);
+        let next = Arc::new(next);
+        room.snapshot.store(Arc::clone(&next));
         // Queued while the room is still locked: see `writer` on why order matters.
         let queued = self.queue.push(writes);
         writer.seen.settle(queued, self.queue.committed());
@@ -205,20 +209,20 @@ impl Store {
             };
             self.on_member_event(&user, &room_id, &room, writer, &ev);
         }
-        if !new_timeline {
+        if !new_timeline && !looks_changed {
             return;
         }
         for user_id in &writer.locals {
             if let Some(user) = self.user(user_id) {
                 user.update(|d| {
-                    if let Some(UserRoom {
-                        membership: UserMembership::Join { .. },
-                        ..
-                    }) = d.rooms.get(&room_id)
-                    {
-                        d.index.upsert(&room_id, latest_ts);
-                        d.touch(&room_id);
+                    let Some(r) = d.rooms.get_mut(&room_id) else {
+                        return;
+                    };
+                    if matches!(r.membership, UserMembership::Join { .. }) {
+                        r.stamp = latest_ts;
                     }
+                    d.place(&room_id, || looks(&next, user_id));
+                    d.touch(&room_id);
                 });
             }
         }
@@ -347,7 +351,7 @@ impl Store {
         notification: u64,
         highlight: u64,
     ) {
-        if Self::apply_unread(user, room_id, notification, highlight) {
+        if self.apply_unread(user, room_id, notification, highlight) {
             self.queue.push([Write::Unread {
                 user_id: user.user_id.clone(),
                 room_id: room_id.clone(),
@@ -358,16 +362,66 @@ impl Store {
     }
 
     /// Sets the counts in memory; returns whether they changed.
-    fn apply_unread(user: &UserState, room_id: &RoomId, notification: u64, highlight: u64) -> bool {
+    fn apply_unread(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        notification: u64,
+        highlight: u64,
+    ) -> bool {
+        let snapshot = self.room(room_id);
         user.update(|d| match d.rooms.get_mut(room_id) {
             Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
                 r.notification_count = notification;
                 r.highlight_count = highlight;
+                d.place(room_id, || {
+                    snapshot_looks(snapshot.as_deref(), &user.user_id)
+                });
                 d.touch(room_id);
                 true
             }
             _ => false,
         })
+    }
+
+    /// Keeps the orders `specs` for this user, building those it lacks, and drops the
+    /// ones no connection used for `idle`. A build reads one version of the user's data
+    /// with no lock held, then catches up, under the user's lock, with the rooms that
+    /// changed meanwhile.
+    pub fn use_orders(&self, user: &UserState, specs: &[SortSpec]) {
+        user.use_orders(specs);
+        for spec in specs {
+            let data = user.read();
+            if !needs_room(spec) && spec.len() == 1 || data.orders().any(|s| s == spec) {
+                continue;
+            }
+            let looks_of =
+                |room: &RoomId| snapshot_looks(self.room(room).as_deref(), &user.user_id);
+            let mut index = data.build_order(spec, looks_of);
+            user.update(|d| {
+                let changed = d.changed_since(data.version());
+                let rooms: Vec<RoomId> = match changed {
+                    Some(rooms) => rooms,
+                    None => {
+                        index = d.build_order(spec, looks_of);
+                        Vec::new()
+                    }
+                };
+                d.add_order(spec.clone(), index);
+                for room in rooms {
+                    d.place(&room, || looks_of(&room));
+                }
+            });
+        }
+    }
+
+    /// Drops every order unused for `idle`, for every user.
+    pub fn sweep_orders(&self, idle: std::time::Duration) {
+        for user in self.users.iter() {
+            for spec in user.unused_orders(idle) {
+                user.update(|d| d.drop_order(&spec));
+            }
+        }
     }
 
     /// Records and installs a membership. Callers hold the room's writer lock.
@@ -506,7 +560,7 @@ impl Store {
             .fetch_max(next_position, Ordering::Relaxed);
         for u in persist.load_unread().await? {
             if let Some(user) = store.user(&u.user_id) {
-                Self::apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
+                store.apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
             }
         }
         tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
@@ -523,8 +577,9 @@ fn install_membership(
     writer: &mut RoomWriter,
     membership: UserMembership,
 ) {
+    let snapshot = room.snapshot.load_full();
     let stamp = match &membership {
-        UserMembership::Join { .. } => Some(room.snapshot.load().meta.latest_ts),
+        UserMembership::Join { .. } => Some(snapshot.meta.latest_ts),
         UserMembership::Invite { ts, .. } => Some(*ts),
         UserMembership::Leave { .. } => None,
     };
@@ -534,20 +589,38 @@ fn install_membership(
         writer.locals.remove(&user.user_id);
     }
     user.update(|d| {
-        match stamp {
-            Some(stamp) => d.index.upsert(room_id, stamp),
-            None => {
-                d.index.remove(room_id);
-            }
-        }
         let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
             membership: membership.clone(),
             notification_count: 0,
             highlight_count: 0,
+            stamp: 0,
         });
         entry.membership = membership;
+        if let Some(stamp) = stamp {
+            entry.stamp = stamp;
+        }
+        d.place(room_id, || looks(&snapshot, &user.user_id));
         d.touch(room_id);
     });
+}
+
+/// A room's name for `user` and its encryption, for the orders that sort by them.
+fn looks(snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
+    RoomLooks {
+        name: display_name(&snapshot.meta, user),
+        encrypted: snapshot.meta.encrypted,
+    }
+}
+
+/// [`looks`] of a room that may not be known yet (then nameless and unencrypted).
+fn snapshot_looks(snapshot: Option<&RoomSnapshot>, user: &str) -> RoomLooks {
+    match snapshot {
+        Some(snapshot) => looks(snapshot, user),
+        None => RoomLooks {
+            name: String::new(),
+            encrypted: false,
+        },
+    }
 }
 
 /// One room being updated under its lock: the next snapshot and what to do after.
@@ -1057,5 +1130,31 @@ mod tests {
             ids(&store, "!r:x"),
             [e2.event_id.to_string(), e3.event_id.to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn an_order_is_built_on_first_use_kept_in_step_and_dropped_when_unused() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        for (room, title) in [("!a:x", "beta"), ("!b:x", "alpha")] {
+            let state = vec![member("@a:x", Membership::Join), name(title)];
+            store.apply_room(delta(room, state, vec![]));
+        }
+        let by_name: SortSpec = Arc::new([crate::rooms::sort::SortBy::Name]);
+        let order = |user: &UserState| -> Vec<String> {
+            user.read()
+                .order(&by_name)
+                .iter()
+                .map(|r| r.to_string())
+                .collect()
+        };
+        store.use_orders(&user, std::slice::from_ref(&by_name));
+        assert_eq!(order(&user), ["!b:x", "!a:x"]);
+        store.apply_room(delta("!b:x", vec![], vec![name("zeta")]));
+        assert_eq!(order(&user), ["!a:x", "!b:x"], "a rename moves the room");
+        store.sweep_orders(Duration::from_secs(60));
+        assert_eq!(user.read().orders().count(), 1, "still in use");
+        store.sweep_orders(Duration::ZERO);
+        assert_eq!(user.read().orders().count(), 0, "unused, so no longer kept");
     }
 }

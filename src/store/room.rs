@@ -47,6 +47,19 @@ pub struct RoomMeta {
     pub latest_position: Position,
 }
 
+impl RoomMeta {
+    /// Whether the room's name (as any reader sees it) and encryption are the same:
+    /// what the room orders and a client's room fields depend on besides the timeline.
+    pub fn looks_like(&self, other: &RoomMeta) -> bool {
+        self.name == other.name
+            && self.canonical_alias == other.canonical_alias
+            && self.heroes == other.heroes
+            && self.joined_count == other.joined_count
+            && self.invited_count == other.invited_count
+            && self.encrypted == other.encrypted
+    }
+}
+
 /// An immutable version of a room. Writers build the next one and swap the `Arc`.
 #[derive(Clone)]
 pub struct RoomSnapshot {

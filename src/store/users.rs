@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::event::Event;
-use crate::rooms::sort::SortIndex;
+use crate::rooms::sort::{needs_room, order_key, SortBy, SortIndex, SortInputs, SortSpec};
 use crate::types::{Position, RoomId, UserId};
 
 /// Room changes remembered per user. A connection further behind than this rebuilds its
@@ -45,6 +45,14 @@ pub struct UserRoom {
     pub membership: UserMembership,
     pub notification_count: u64,
     pub highlight_count: u64,
+    /// Recency: the newest event's timestamp while joined, the invite's while invited.
+    pub stamp: u64,
+}
+
+/// What the room orders need of a room's snapshot, for one user.
+pub struct RoomLooks {
+    pub name: String,
+    pub encrypted: bool,
 }
 
 /// One published version of a user's data. Persistent maps and shared chunks: a clone
@@ -53,8 +61,10 @@ pub struct UserRoom {
 #[derive(Clone, Default)]
 pub struct UserData {
     pub rooms: HashMap<RoomId, UserRoom>,
-    /// Joined and invited rooms, newest first.
+    /// Joined and invited rooms, newest first: the rooms every list starts from.
     pub index: SortIndex,
+    /// The other orders this user's lists use, each kept in step with `index`.
+    orders: HashMap<SortSpec, SortIndex>,
     version: u64,
     changes: Vector<(u64, RoomId)>,
 }
@@ -99,6 +109,70 @@ impl UserData {
     pub fn membership(&self, room: &str) -> Option<&UserMembership> {
         self.rooms.get(room).map(|r| &r.membership)
     }
+
+    /// The rooms in `spec`'s order; by recency while that order is not kept.
+    pub fn order(&self, spec: &[SortBy]) -> &SortIndex {
+        self.orders.get(spec).unwrap_or(&self.index)
+    }
+
+    pub fn orders(&self) -> impl Iterator<Item = &SortSpec> + '_ {
+        self.orders.keys()
+    }
+
+    /// The inputs of the room's keys; `looks` is asked only when an order needs it.
+    fn inputs(&self, room: &str, looks: Option<&RoomLooks>) -> Option<SortInputs> {
+        let r = self.rooms.get(room)?;
+        Some(SortInputs {
+            stamp: r.stamp,
+            name: looks.map(|l| l.name.clone()).unwrap_or_default(),
+            encrypted: looks.is_some_and(|l| l.encrypted),
+            notification_count: r.notification_count,
+            highlight_count: r.highlight_count,
+        })
+    }
+
+    /// Puts the room where it belongs in every order, or takes it out of them when the
+    /// user is no longer in it. `looks` is called only if an order other than recency is
+    /// kept, so the common case computes no name.
+    pub fn place(&mut self, room: &RoomId, looks: impl FnOnce() -> RoomLooks) {
+        if !self.membership(room).is_some_and(UserMembership::is_member) {
+            self.index.remove(room);
+            for (_, index) in self.orders.iter_mut() {
+                index.remove(room);
+            }
+            return;
+        }
+        let looks = (!self.orders.is_empty()).then(looks);
+        let Some(inputs) = self.inputs(room, looks.as_ref()) else {
+            return;
+        };
+        self.index
+            .upsert(room, order_key(&[SortBy::Recency], &inputs));
+        for (spec, index) in self.orders.iter_mut() {
+            index.upsert(room, order_key(spec, &inputs));
+        }
+    }
+
+    /// Starts keeping the order `index`, built from this version's rooms.
+    pub fn add_order(&mut self, spec: SortSpec, index: SortIndex) {
+        self.orders.insert(spec, index);
+    }
+
+    pub fn drop_order(&mut self, spec: &[SortBy]) {
+        self.orders.remove(spec);
+    }
+
+    /// An order built from scratch over this version's rooms.
+    pub fn build_order(&self, spec: &[SortBy], looks: impl Fn(&RoomId) -> RoomLooks) -> SortIndex {
+        let mut index = SortIndex::default();
+        for room in self.index.iter() {
+            let looks = needs_room(spec).then(|| looks(room));
+            if let Some(inputs) = self.inputs(room, looks.as_ref()) {
+                index.upsert(room, order_key(spec, &inputs));
+            }
+        }
+        index
+    }
 }
 
 pub struct UserState {
@@ -117,6 +191,9 @@ pub struct UserState {
     /// Set once a device of this user has finished its first poll: from then on the
     /// user's rooms are known and new devices need not wait for their own poller.
     ready: watch::Sender<bool>,
+    /// When a connection last used each order in `UserData::orders`: one unused for a
+    /// while is dropped, so only orders in use are kept up to date.
+    orders_used: Mutex<std::collections::HashMap<SortSpec, std::time::Instant>>,
 }
 
 impl UserState {
@@ -127,6 +204,7 @@ impl UserState {
             write: Mutex::new(()),
             wake: watch::channel(0).0,
             ready: watch::channel(false).0,
+            orders_used: Mutex::default(),
         }
     }
 
@@ -169,6 +247,29 @@ impl UserState {
 
     pub fn ready_signal(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
+    }
+
+    /// Notes that a connection uses these orders now.
+    pub fn use_orders<'a>(&self, specs: impl IntoIterator<Item = &'a SortSpec>) {
+        let now = std::time::Instant::now();
+        let mut used = self.orders_used.lock();
+        for spec in specs {
+            used.insert(spec.clone(), now);
+        }
+    }
+
+    /// Orders no connection used for `idle`; forgets them.
+    pub fn unused_orders(&self, idle: std::time::Duration) -> Vec<SortSpec> {
+        let mut used = self.orders_used.lock();
+        let stale: Vec<SortSpec> = used
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= idle)
+            .map(|(spec, _)| spec.clone())
+            .collect();
+        for spec in &stale {
+            used.remove(spec);
+        }
+        stale
     }
 }
 

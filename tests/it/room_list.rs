@@ -425,3 +425,103 @@ async fn room_subscriptions_are_sticky_merged_with_lists_and_can_be_dropped() {
     assert!(after["rooms"].get("!old:test").is_none(), "{after:?}");
     proxy.stop().await;
 }
+
+fn sorted_request(sort: &[&str]) -> sonic_rs::Value {
+    json!({"lists": {"all": {
+        "ranges": [[0, 9]],
+        "sort": sort,
+        "timeline_limit": 0
+    }}})
+}
+
+/// `by_name` sorts the canonical names (aliases among names, case ignored) and moves a
+/// renamed room live; changing the sort re-syncs the list.
+#[tokio::test]
+async fn lists_sort_by_name_and_a_rename_moves_the_room() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!b:test", new_room(ALICE, Some("beta"), 3_000)),
+            ("!a:test", new_room(ALICE, Some("#Alpha:test"), 1_000)),
+            ("!c:test", new_room(ALICE, Some("Gamma"), 2_000)),
+        ]),
+    );
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &sorted_request(&["by_name"]))
+        .await;
+    assert_eq!(synced_ids(&first, "all"), ["!a:test", "!b:test", "!c:test"]);
+
+    // "beta" becomes "zeta": alpha, gamma, zeta now. The one-pair diff moves gamma up.
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!b:test",
+            joined(vec![], vec![name(ALICE, "zeta", 4_000)]),
+        )]),
+    );
+    let moved = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 3_000, &json!({}))
+        .await;
+    assert_eq!(ops(&moved, "all"), ["DELETE 2", "INSERT 1 !c:test"]);
+
+    // Now by recency: the client's indexes mean something else, so all of it again.
+    let resorted = proxy
+        .sync_ok(
+            "alice_token",
+            Some(&pos(&moved)),
+            0,
+            &sorted_request(&["by_recency"]),
+        )
+        .await;
+    assert_eq!(ops(&resorted, "all"), ["INVALIDATE 0-2", "SYNC 0-2"]);
+    assert_eq!(
+        synced_ids(&resorted, "all"),
+        ["!b:test", "!c:test", "!a:test"],
+        "newest first: the rename is the newest event"
+    );
+    proxy.stop().await;
+}
+
+/// Several sorts: notification level first, recency within a level, and a room that
+/// gets a highlight moves to the top live.
+#[tokio::test]
+async fn notification_level_then_recency() {
+    let (_db, hs, proxy) = setup().await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!new:test", new_room(ALICE, Some("New"), 3_000)),
+            ("!old:test", new_room(ALICE, Some("Old"), 1_000)),
+            (
+                "!unread:test",
+                joined_with_unread(
+                    vec![create(ALICE, 10), member(ALICE, "join", 11)],
+                    vec![message(ALICE, "hi", 500)],
+                    2,
+                    0,
+                ),
+            ),
+        ]),
+    );
+    let sort = ["by_notification_level", "by_recency"];
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &sorted_request(&sort))
+        .await;
+    assert_eq!(
+        synced_ids(&first, "all"),
+        ["!unread:test", "!new:test", "!old:test"]
+    );
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!old:test",
+            joined_with_unread(vec![], vec![], 1, 1),
+        )]),
+    );
+    let moved = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 3_000, &json!({}))
+        .await;
+    assert_eq!(ops(&moved, "all"), ["DELETE 2", "INSERT 0 !old:test"]);
+    proxy.stop().await;
+}
