@@ -145,18 +145,7 @@ impl Api {
         let body = read_body(body, self.body_timeout).await?;
         let device = self.authenticate(token).await?;
         let request = msc3575::parse(&body)?;
-        let pos = match query.get("pos") {
-            // A `pos` we cannot read is one we never gave out.
-            Some(p) => Some(p.parse::<u64>().map_err(|_| MatrixError::unknown_pos())?),
-            None => None,
-        };
-        let timeout = match query.get("timeout") {
-            Some(t) => Duration::from_millis(t.parse::<u64>().map_err(|_| {
-                MatrixError::invalid_param("timeout must be a whole number of milliseconds")
-            })?),
-            None => DEFAULT_TIMEOUT,
-        }
-        .min(MAX_TIMEOUT);
+        let (pos, timeout) = sync_params(&query)?;
         let key = ConnKey {
             device: device.clone(),
             conn_id: request.conn_id.clone().unwrap_or_default(),
@@ -242,6 +231,25 @@ pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .into_owned()
         .collect()
+}
+
+/// A sync request's `pos` and long-poll `timeout` from its query parameters.
+pub fn sync_params(
+    query: &HashMap<String, String>,
+) -> Result<(Option<u64>, Duration), MatrixError> {
+    let pos = match query.get("pos") {
+        // A `pos` we cannot read is one we never gave out.
+        Some(p) => Some(p.parse::<u64>().map_err(|_| MatrixError::unknown_pos())?),
+        None => None,
+    };
+    let timeout = match query.get("timeout") {
+        Some(t) => Duration::from_millis(t.parse::<u64>().map_err(|_| {
+            MatrixError::invalid_param("timeout must be a whole number of milliseconds")
+        })?),
+        None => DEFAULT_TIMEOUT,
+    }
+    .min(MAX_TIMEOUT);
+    Ok((pos, timeout))
 }
 
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {

@@ -173,6 +173,30 @@ mod tests {
         assert_eq!(stored["content"]["body"].as_str(), Some("hi"));
     }
 
+    /// Any server in a room can put bytes that are not UTF-8 into an event; the fuzzer
+    /// found that sonic-rs then builds a `&str` of them while skipping the event (a
+    /// debug assertion, undefined behaviour in release) and refuses the whole body at
+    /// its end, so the poller would retry that response forever.
+    #[tokio::test]
+    async fn invalid_utf8_in_an_event_is_replaced_instead_of_refusing_the_response() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = [
+            &br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.message","event_id":"$m","sender":"@b:x","content":{"body":"a"#[..],
+            b"\xc0\x9e",
+            br#"b"}}]}}}}}"#,
+        ]
+        .concat();
+        assert_eq!(process(&store, &user, &body).await.unwrap(), "s1");
+        let room = store.room("!r:x").unwrap();
+        let stored: sonic_rs::Value = sonic_rs::from_slice(&room.timeline[0].json).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert_eq!(
+            stored["content"]["body"].as_str(),
+            Some("a\u{fffd}\u{fffd}b")
+        );
+    }
+
     /// Random byte edits of a valid response: applied, or refused, never a panic.
     #[tokio::test]
     async fn mangled_responses_never_panic() {

@@ -114,10 +114,18 @@ pub fn storable(id: &str) -> bool {
     !id.contains('\0')
 }
 
-/// A homeserver body made safe to parse: anything nesting deeper than [`MAX_DEPTH`]
-/// becomes `null` (see `nesting`).
-pub fn clamp(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    crate::nesting::clamp_depth(body, MAX_DEPTH)
+/// A homeserver body made safe to parse: bytes that are not UTF-8 become U+FFFD, and
+/// anything nesting deeper than [`MAX_DEPTH`] becomes `null` (see `nesting`). Borrowed
+/// unchanged in the usual case. sonic-rs finds invalid UTF-8 only after it has handed
+/// out `&str`s of it (a debug assertion, undefined behaviour in release) and then refuses
+/// the whole body; like too-deep nesting, one bad event must not wedge the poller.
+pub fn clamp(body: &[u8]) -> Cow<'_, [u8]> {
+    match String::from_utf8_lossy(body) {
+        Cow::Borrowed(text) => crate::nesting::clamp_depth(text.as_bytes(), MAX_DEPTH),
+        Cow::Owned(text) => {
+            Cow::Owned(crate::nesting::clamp_depth(text.as_bytes(), MAX_DEPTH).into_owned())
+        }
+    }
 }
 
 #[derive(Deserialize)]
