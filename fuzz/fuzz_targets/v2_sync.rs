@@ -6,56 +6,19 @@
 
 use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
 use libfuzzer_sys::fuzz_target;
 use slidesync::ingest::v2::process;
-use slidesync::store::persist::{
-    LoadedMembership, LoadedRoom, LoadedUnread, Persist, PersistError, StoredDevice, StoredToken,
-    Write,
-};
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
-use slidesync::types::{DeviceKey, Position, RoomId, UserId};
+use slidesync::types::UserId;
 
 /// The user whose device polled; invites and leaves are read relative to them.
 const ME: &str = "@a:x";
 
-struct Discard;
-
-#[async_trait]
-impl Persist for Discard {
-    async fn write(&self, _: &[Write]) -> Result<(), PersistError> {
-        Ok(())
-    }
-    async fn load_rooms(
-        &self,
-        _: usize,
-        _: &(dyn Fn(usize) + Sync),
-    ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
-        Ok(Vec::new())
-    }
-    async fn max_position(&self) -> Result<Position, PersistError> {
-        Ok(0)
-    }
-    async fn token(&self, _: &str) -> Result<Option<StoredToken>, PersistError> {
-        Ok(None)
-    }
-    async fn insert_token(&self, _: &str, _: &str, _: &DeviceKey) -> Result<(), PersistError> {
-        Ok(())
-    }
-    async fn delete_token(&self, _: &str) -> Result<(), PersistError> {
-        Ok(())
-    }
-    async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
-        Ok(Vec::new())
-    }
-}
+/// The benches' [`Persist`] that discards writes.
+#[path = "../../benches/support/discard.rs"]
+mod discard;
+use discard::Discard;
 
 /// One runtime and one writer for the whole run: starting a writer task per input would
 /// cost more than most inputs. A current-thread runtime, so the writer runs only inside
@@ -70,7 +33,7 @@ fn runtime() -> &'static (tokio::runtime::Runtime, WriteQueue) {
             .expect("tokio runtime");
         let (queue, _writer) = {
             let _in_rt = rt.enter();
-            WriteQueue::spawn(Arc::new(Discard), 1 << 20)
+            WriteQueue::spawn(Arc::new(Discard::default()), 1 << 20)
         };
         (rt, queue)
     })

@@ -398,10 +398,12 @@ impl Connection {
                 continue;
             }
             let mut timeline: Vec<_> = (view.room)(&room_id)
-                .map(|room| room.timeline_after(sent.position, TIMELINE_RING).0)
+                .map(|room| {
+                    room.timeline_between(sent.position, ev.position, (0, 0), TIMELINE_RING)
+                        .0
+                })
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|e| e.position < ev.position)
                 .map(|e| e.json.clone())
                 .collect();
             timeline.push(ev.json.clone());
@@ -425,7 +427,9 @@ impl Connection {
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        let (timeline, gap) = room.timeline_after(since.saturating_sub(1), limit);
+        let until = room.visible_until(view.user_id);
+        let (timeline, gap) =
+            room.timeline_between(since.saturating_sub(1), until, (since, 0), limit);
         // The client has nothing of this room: the timeline is limited when the room
         // has visible history before what we return, which we know unless the oldest
         // event returned is the room's creation or the reader's join.
@@ -443,7 +447,7 @@ impl Connection {
         self.sent.insert(
             room_id.clone(),
             SentRoom {
-                position: room.meta.latest_position,
+                position: room.meta.latest_position.min(until - 1),
                 invite: false,
                 name: name.clone(),
                 joined: room.meta.joined_count,
@@ -481,7 +485,8 @@ impl Connection {
         let room = (view.room)(room_id)?;
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let (timeline, gap) = room.timeline_after(after, TIMELINE_RING);
+        let until = room.visible_until(view.user_id);
+        let (timeline, gap) = room.timeline_between(after, until, (since, 0), TIMELINE_RING);
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
@@ -510,7 +515,7 @@ impl Connection {
             out.highlight_count = Some(unread.1);
             sent.unread = unread;
         }
-        sent.position = sent.position.max(room.meta.latest_position);
+        sent.position = sent.position.max(room.meta.latest_position.min(until - 1));
         let empty = out.timeline.is_empty()
             && out.name.is_none()
             && out.joined_count.is_none()
@@ -836,5 +841,43 @@ mod tests {
         ));
         let resp = step(&mut conn, &store, None);
         assert!(resp.rooms.is_empty(), "{resp:?}");
+    }
+
+    /// A step that read the user's data before a kick was applied, and the room after:
+    /// nothing after the kick is sent, and the next step still says farewell with it.
+    #[tokio::test]
+    async fn a_step_racing_a_leave_sends_nothing_after_the_leave() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let mut conn = Connection::default();
+        step(&mut conn, &store, Some(&list(vec![(0, 9)], 5)));
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 299)],
+        ));
+        let user = store.user(ME).unwrap();
+        let before_the_kick = user.read();
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 300),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        let secret = event("m.room.message", None, "@o:x", 301);
+        let secret_json = secret.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick, secret]));
+
+        let room = |id: &str| store.room(id);
+        let view = View {
+            user_id: ME,
+            data: &before_the_kick,
+            room: &room,
+        };
+        let racing = conn.step(None, &view);
+        let sent = &racing.rooms["!r:x"].timeline;
+        assert_eq!(sent.len(), 1, "the message before the kick only");
+        assert!(!sent.contains(&secret_json));
+        let farewell = step(&mut conn, &store, None);
+        assert_eq!(farewell.rooms["!r:x"].timeline, [kick_json]);
     }
 }

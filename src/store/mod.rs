@@ -35,8 +35,36 @@ use crate::rooms::name::display_name;
 use crate::rooms::sort::{needs_room, SortSpec};
 use crate::types::{now_ms, Position, RoomId, UserId};
 
-/// How long ingest waits for storage to say whether events are known.
-const STORED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long ingest waits for one answer from storage on whether events are known.
+const STORED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes a room's writer lock from async code. Uncontended, it costs what `lock` costs;
+/// when another writer holds it (possibly folding a big state archive), the wait runs in
+/// `block_in_place` on a multi-threaded runtime, so this worker's other tasks (readers
+/// among them) move to another thread instead of waiting with it.
+fn blocking_lock(
+    mutex: &parking_lot::Mutex<RoomWriter>,
+) -> parking_lot::MutexGuard<'_, RoomWriter> {
+    if let Some(guard) = mutex.try_lock() {
+        return guard;
+    }
+    blocking(|| mutex.lock())
+}
+
+/// Runs work that may take long without yielding (a wait on a lock, a fold) so it does
+/// not hold up the other tasks of this worker thread (see [`blocking_lock`]).
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    // Only a task on a worker thread has other tasks to hand over; elsewhere (a
+    // current-thread runtime, a plain thread) blocking is all there is.
+    let on_worker = tokio::task::try_id().is_some()
+        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
 
 pub struct Store {
     /// Room ID → room. A shard lock of the map is held only to clone an `Arc<Room>` or
@@ -115,45 +143,55 @@ impl Store {
         self.next_position.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The events of `delta` that its room applied so long ago that memory no longer
-    /// holds their IDs: asked of storage, with no lock held, before the delta is applied.
-    /// Most rooms remember every event they applied and ask nothing; a room past
-    /// [`room::SEEN_IDS`] events asks about the IDs it does not remember.
+    /// The events of `delta` its room has applied before: those memory remembers now
+    /// (one it forgets before [`Store::apply_room`] runs is still known that way), and,
+    /// when memory no longer reaches back to the room's first event, those storage
+    /// holds. Asked with no lock held. Most rooms remember every event they applied and
+    /// ask storage nothing; a room past [`room::SEEN_IDS`] events asks about the IDs it
+    /// does not remember.
     ///
-    /// An event applied between this call and [`Store::apply_room`] is in memory by
-    /// then. If storage cannot answer, the events count as new: a rare copy in a
-    /// timeline is better than pollers stalled for as long as the database is away.
+    /// If storage cannot answer, this retries until it does: taking old events as new
+    /// could put back state the room has since replaced (even a membership), so a poller
+    /// delivering a big room waits out a database outage instead.
     pub async fn stored_copies(&self, delta: &RoomDelta) -> HashSet<Box<str>> {
         let Some(room) = self.rooms.get(&delta.room_id).map(|r| Arc::clone(&r)) else {
             return HashSet::new();
         };
-        let unknown: Vec<Box<str>> = {
-            let writer = room.writer.lock();
-            if writer.seen.is_complete() {
-                return HashSet::new();
+        let ids = delta
+            .state
+            .iter()
+            .chain(&delta.timeline)
+            .map(|e| &e.event_id);
+        let (mut known, unknown, complete) = {
+            let writer = blocking_lock(&room.writer);
+            let mut known = HashSet::new();
+            let mut unknown = Vec::new();
+            for id in ids {
+                if writer.seen.contains(id) {
+                    known.insert(id.clone());
+                } else {
+                    unknown.push(id.clone());
+                }
             }
-            delta
-                .state
-                .iter()
-                .chain(&delta.timeline)
-                .filter(|e| !writer.seen.contains(&e.event_id))
-                .map(|e| e.event_id.clone())
-                .collect()
+            (known, unknown, writer.seen.is_complete())
         };
-        if unknown.is_empty() {
-            return HashSet::new();
+        if complete || unknown.is_empty() {
+            return known;
         }
-        let lookup = self.queue.persist().stored_event_ids(&unknown);
-        match tokio::time::timeout(STORED_LOOKUP_TIMEOUT, lookup).await {
-            Ok(Ok(found)) => found.into_iter().collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(room = %delta.room_id, error = %e, "cannot ask storage which events are known; taking them as new");
-                HashSet::new()
-            }
-            Err(_) => {
-                tracing::warn!(room = %delta.room_id, "storage did not say in time which events are known; taking them as new");
-                HashSet::new()
-            }
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let lookup = self.queue.persist().stored_event_ids(&unknown);
+            let failure = match tokio::time::timeout(STORED_LOOKUP_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => {
+                    known.extend(found);
+                    return known;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {STORED_LOOKUP_TIMEOUT:?}"),
+            };
+            tracing::warn!(room = %delta.room_id, error = %failure, retry_in = ?delay, "cannot ask storage which events the room has; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
     }
 
@@ -168,7 +206,7 @@ impl Store {
     pub fn apply_room(&self, delta: RoomDelta) {
         let room_id = delta.room_id;
         let room = self.room_entry(&room_id);
-        let mut writer = room.writer.lock();
+        let mut writer = blocking_lock(&room.writer);
         let writer = &mut *writer;
         let mut applying = Applying {
             store: self,
@@ -275,7 +313,7 @@ impl Store {
         let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
             return;
         };
-        let mut writer = room.writer.lock();
+        let mut writer = blocking_lock(&room.writer);
         if matches!(
             user.read().membership(room_id),
             Some(UserMembership::Join { .. })
@@ -298,7 +336,7 @@ impl Store {
     /// The user's own poller lists the room under `invite`.
     pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) {
         let room = self.room_entry(room_id);
-        let mut writer = room.writer.lock();
+        let mut writer = blocking_lock(&room.writer);
         let joined = room.snapshot.load().membership_of(&user.user_id) == Some(Membership::Join);
         let already = matches!(user.read().membership(room_id), Some(UserMembership::Invite { invite_state: s, .. }) if *s == invite_state);
         if !joined && !already {
@@ -315,8 +353,11 @@ impl Store {
     /// which have no room state here). A join the room's state shows after `event` is
     /// newer than this poller's view, and wins.
     pub fn set_left(&self, user: &UserState, room_id: &RoomId, event: Option<Arc<Event>>) {
-        let room = self.room_entry(room_id);
-        let mut writer = room.writer.lock();
+        // A room the user was never in is not created just to be left.
+        let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
+            return;
+        };
+        let mut writer = blocking_lock(&room.writer);
         if !user
             .read()
             .membership(room_id)
@@ -480,7 +521,9 @@ impl Store {
                     .map_err(|e| PersistError::Corrupt(format!("snapshot of {room_id}: {e}")))?;
                 snap.state = RoomState::from_base(base, position);
             }
-            for id in &loaded.recent_ids {
+            // Oldest first: memory forgets the oldest first, and the newest are the ones
+            // resuming pollers deliver again.
+            for id in loaded.recent_ids.iter().rev() {
                 writer.seen.insert(id);
             }
             if !loaded.ids_complete {
@@ -685,8 +728,29 @@ impl Applying<'_> {
         let start = known.map_or(0, |i| i + 1);
         let after = events.split_off(start);
         let mut prev_batch = prev_batch.map(String::into_boxed_str);
-        if let Some(anchor) = events.pop() {
-            self.fill_gap(&anchor.event_id, events, limited, &mut prev_batch);
+        // Before the last known event, each run of unknown events belongs in front of
+        // the known event that follows it, and only there: a run spanning a known
+        // event would put older events after it.
+        let mut run = Vec::new();
+        let mut run_starts_chunk = true;
+        for ev in events {
+            if !self.known(&ev.event_id) {
+                run.push(ev);
+                continue;
+            }
+            let gap_before_run = limited && run_starts_chunk;
+            let chunk_prev_batch = if run_starts_chunk {
+                &mut prev_batch
+            } else {
+                &mut None
+            };
+            self.fill_gap(
+                &ev.event_id,
+                std::mem::take(&mut run),
+                gap_before_run,
+                chunk_prev_batch,
+            );
+            run_starts_chunk = false;
         }
         // Only a gap before events we did not know is a gap for our readers.
         let mut gap = limited && start == 0;
@@ -712,7 +776,7 @@ impl Applying<'_> {
     /// Puts events the room was missing in front of `anchor`, when the timeline has a
     /// gap there. They are history by now: they go into the timeline (clients receive
     /// them, late rather than never) but not into the current state, which `anchor`
-    /// already follows.
+    /// already follows. `limited`: the homeserver left out events before `before`.
     fn fill_gap(
         &mut self,
         anchor: &str,
@@ -761,8 +825,11 @@ impl Applying<'_> {
 
     fn fold_if_due(&mut self) {
         if self.next.state.wants_fold() {
-            let position = self.store.next_position.load(Ordering::Relaxed);
-            self.next.state.fold(position);
+            // Every event of this room so far has a lower position, every later one at
+            // least the next: startup replays state events after this one.
+            let position = self.store.next_position.load(Ordering::Relaxed) - 1;
+            let state = &mut self.next.state;
+            blocking(|| state.fold(position));
             self.writes.push(Write::Snapshot {
                 room_id: self.room_id.clone(),
                 position,
@@ -1094,7 +1161,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_gap_filled_twice_keeps_its_order_when_reloaded() {
+    async fn a_gap_filled_twice_keeps_its_order_in_the_stored_key() {
         let store = store();
         let events: Vec<Event> = (1..=6)
             .map(|i| event("m.room.message", None, "@b:x", i))
@@ -1156,5 +1223,138 @@ mod tests {
         assert_eq!(user.read().orders().count(), 1, "still in use");
         store.sweep_orders(Duration::ZERO);
         assert_eq!(user.read().orders().count(), 0, "unused, so no longer kept");
+    }
+
+    /// An ID memory forgets between the lookup and the apply was known at the lookup.
+    #[tokio::test]
+    async fn an_event_forgotten_between_lookup_and_apply_is_not_applied_again() {
+        let store = store();
+        let mut events = Vec::new();
+        for i in 0..=room::SEEN_IDS {
+            let ev = event("m.room.message", None, "@b:x", 1 + i as u64);
+            events.push(ev.clone());
+            store.apply_room(delta("!r:x", vec![], vec![ev]));
+        }
+        store.queue().flush().await;
+        let remembered = |id: &str| {
+            store
+                .rooms
+                .get("!r:x")
+                .unwrap()
+                .writer
+                .lock()
+                .seen
+                .contains(id)
+        };
+        let target = events
+            .iter()
+            .find(|e| remembered(&e.event_id))
+            .unwrap()
+            .clone();
+        let mut again = delta("!r:x", vec![], vec![target.clone()]);
+        again.stored = store.stored_copies(&again).await;
+        // Meanwhile other pollers apply more, and memory forgets the target.
+        for i in 0..2 {
+            store.apply_room(delta(
+                "!r:x",
+                vec![],
+                vec![event("m.room.message", None, "@b:x", 9_000 + i)],
+            ));
+            store.queue().flush().await;
+        }
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@b:x", 9_999)],
+        ));
+        assert!(!remembered(&target.event_id));
+        let before = store.room("!r:x").unwrap().meta.latest_position;
+        store.apply_room(again);
+        assert_eq!(store.room("!r:x").unwrap().meta.latest_position, before);
+    }
+
+    /// When storage cannot answer, the lookup waits for it rather than taking old
+    /// events (an old join, here) as new.
+    #[tokio::test]
+    async fn a_lookup_storage_cannot_answer_is_retried_not_guessed() {
+        let persist = Arc::new(TestPersist::open());
+        let store = store_over(Arc::clone(&persist));
+        let user = store.user_or_insert(&"@a:x".into());
+        let join = member("@a:x", Membership::Join);
+        store.apply_room(delta("!r:x", vec![], vec![join.clone()]));
+        for i in 0..room::SEEN_IDS + 10 {
+            store.apply_room(delta(
+                "!r:x",
+                vec![],
+                vec![event("m.room.message", None, "@b:x", 2 + i as u64)],
+            ));
+        }
+        store.queue().flush().await;
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member("@a:x", Membership::Leave)],
+        ));
+        store.queue().flush().await;
+
+        persist.fail_lookups(2);
+        let mut lagging = delta(
+            "!r:x",
+            vec![join.clone()],
+            vec![event("m.room.message", None, "@c:x", 1)],
+        );
+        lagging.stored = store.stored_copies(&lagging).await;
+        assert!(
+            lagging.stored.contains(&join.event_id),
+            "answered once storage was back"
+        );
+        store.apply_room(lagging);
+        assert!(
+            !user.read().membership("!r:x").unwrap().is_member(),
+            "the old join changed nothing"
+        );
+    }
+
+    /// Two first polls leave two gaps; a third poller's chunk spans both. Each run of
+    /// missing events goes in front of the known event after it, and what came before
+    /// the reader's join stays out of the reader's timeline.
+    #[tokio::test]
+    async fn a_chunk_spanning_two_gaps_fills_each_in_its_place() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let old = event("m.room.message", None, "@b:x", 1);
+        let join = member("@a:x", Membership::Join);
+        let y = event("m.room.message", None, "@b:x", 3);
+        let x = event("m.room.message", None, "@b:x", 4);
+        let mut a_first = delta("!r:x", vec![], vec![join.clone()]);
+        a_first.limited = true;
+        store.apply_room(a_first);
+        let mut c_first = delta("!r:x", vec![], vec![x.clone()]);
+        c_first.limited = true;
+        store.apply_room(c_first);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![old.clone(), join.clone(), y.clone(), x.clone()],
+        ));
+
+        let want: Vec<String> = [&old, &join, &y, &x]
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .collect();
+        assert_eq!(ids(&store, "!r:x"), want);
+        let room = store.room("!r:x").unwrap();
+        let mut stored_order: Vec<&Arc<Event>> = room.timeline.iter().collect();
+        stored_order.sort_by_key(|e| e.timeline_order());
+        assert!(stored_order
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .eq(want.iter().cloned()));
+        let Some(UserMembership::Join { since }) = user.read().membership("!r:x").cloned() else {
+            panic!("joined");
+        };
+        let (visible, _) = room.timeline_between(since - 1, Position::MAX, (since, 0), 64);
+        let visible: Vec<String> = visible.iter().map(|e| e.event_id.to_string()).collect();
+        assert_eq!(visible, want[1..], "nothing from before the join");
     }
 }

@@ -10,7 +10,7 @@ use imbl::Vector;
 use parking_lot::Mutex;
 
 use super::state::RoomState;
-use crate::event::{Event, Membership};
+use crate::event::{Event, Membership, TimelineOrder};
 use crate::types::{Position, RoomId, UserId};
 
 /// Timeline events kept per room: enough for the largest `timeline_limit` we serve.
@@ -89,19 +89,40 @@ impl RoomSnapshot {
             .and_then(|s| s.membership())
     }
 
-    /// Timeline events after `position`, newest `limit` of them, oldest first, and
-    /// whether events after `position` are missing before them: left out for the limit,
-    /// pushed out of the ring, or never sent by the homeserver (a gappy sync).
-    pub fn timeline_after(&self, position: Position, limit: usize) -> (Vec<Arc<Event>>, bool) {
+    /// Timeline events after `position` and before `until`, and at or after `from` in
+    /// the timeline's order (the reader's join: an event filled into a gap before it
+    /// has a later position but is history the reader may not see); the newest `limit`
+    /// of them, oldest first, and whether events in between are missing before them:
+    /// left out for the limit, pushed out of the ring, or never sent by the homeserver
+    /// (a gappy sync).
+    pub fn timeline_between(
+        &self,
+        position: Position,
+        until: Position,
+        from: TimelineOrder,
+        limit: usize,
+    ) -> (Vec<Arc<Event>>, bool) {
         let visible: Vec<&Arc<Event>> = self
             .timeline
             .iter()
-            .filter(|e| e.position > position)
+            .filter(|e| e.position > position && e.position < until)
+            .filter(|e| e.timeline_order() >= from)
             .collect();
         let skip = visible.len().saturating_sub(limit);
         let out: Vec<Arc<Event>> = visible[skip..].iter().map(|e| Arc::clone(e)).collect();
         let gap = skip > 0 || self.evicted > position || out.iter().any(|e| e.gap_before);
         (out, gap)
+    }
+
+    /// Where `user`'s view of the room ends: the position of their leave, ban (or
+    /// later invite or knock) as the room's state has it, or `Position::MAX` while they
+    /// are joined. The room's snapshot can be newer than the user's data a reader holds,
+    /// and nothing after a leave is the user's to see.
+    pub fn visible_until(&self, user: &str) -> Position {
+        match self.state.get("m.room.member", user) {
+            Some(m) if m.membership() != Some(Membership::Join) => m.position(),
+            _ => Position::MAX,
+        }
     }
 
     /// Sets a state event and keeps the summary in step with it.

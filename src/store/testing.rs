@@ -25,6 +25,8 @@ pub struct TestPersist {
     pub refuse: Mutex<Vec<Write>>,
     /// How many more batches fail as if the connection was lost.
     pub transient_failures: AtomicUsize,
+    /// How many more lookups fail, to play a database that is away.
+    failing_lookups: AtomicUsize,
 }
 
 impl TestPersist {
@@ -42,7 +44,14 @@ impl TestPersist {
             committed: Mutex::new(Vec::new()),
             refuse: Mutex::new(Vec::new()),
             transient_failures: AtomicUsize::new(0),
+            failing_lookups: AtomicUsize::new(0),
         }
+    }
+
+    /// Makes the next `n` lookups fail.
+    pub fn fail_lookups(&self, n: usize) {
+        self.failing_lookups
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn resume(&self) {
@@ -75,6 +84,17 @@ impl Persist for TestPersist {
         Ok(Vec::new())
     }
     async fn stored_event_ids(&self, ids: &[Box<str>]) -> Result<Vec<Box<str>>, PersistError> {
+        let failing = &self.failing_lookups;
+        let fail = failing
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fail {
+            return Err(PersistError::Query("the database is away".into()));
+        }
         let committed = self.committed.lock();
         Ok(ids
             .iter()

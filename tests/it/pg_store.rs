@@ -735,3 +735,56 @@ async fn a_refused_row_is_split_out_and_the_rest_commits() {
     let loaded = rooms(&store(&db).await, 10).await;
     assert_eq!(positions(&loaded[0].1.timeline), [1, 2, 4, 5, 6]);
 }
+
+fn state_event(id: &str, kind: &str, key: &str, content: &str) -> slidesync::event::Event {
+    let json = format!(
+        r#"{{"event_id":"{id}","type":"{kind}","state_key":"{key}","sender":"@b:example.org","origin_server_ts":1,"content":{content}}}"#
+    );
+    slidesync::upstream::wire::parse_event(json.as_bytes()).expect("a valid event")
+}
+
+/// The state event applied right after a fold of the room's state is replayed after a
+/// restart: the snapshot is valid as of the last position handed out, not the next.
+#[tokio::test]
+async fn state_set_just_after_a_fold_survives_a_restart() {
+    use std::sync::Arc;
+
+    use slidesync::store::writer::WriteQueue;
+    use slidesync::store::Store;
+
+    let db = TestDb::new().await;
+    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let room = "!fold:example.org";
+    {
+        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 4096);
+        let hot = Store::new(queue, 1);
+        let mut folded = false;
+        for i in 0..500 {
+            let join = state_event(
+                &format!("$m{i}"),
+                "m.room.member",
+                &format!("@u{i}:example.org"),
+                r#"{"membership":"join"}"#,
+            );
+            hot.apply_room(chunk(room, &[join], false));
+            if hot.room(room).unwrap().state.base_position() > 0 {
+                folded = true;
+                break;
+            }
+        }
+        assert!(folded, "the members folded the state");
+        let name = state_event("$name", "m.room.name", "", r#"{"name":"After the fold"}"#);
+        hot.apply_room(chunk(room, &[name], false));
+        hot.queue().flush().await;
+        drop(hot);
+        writer.await.unwrap();
+    }
+    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
+        .await
+        .expect("load");
+    assert_eq!(
+        reloaded.room(room).unwrap().meta.name.as_deref(),
+        Some("After the fold")
+    );
+}
