@@ -32,6 +32,9 @@ pub fn token<'a>(
     }
 }
 
+/// Requests of one user that may wait for the user's first poll at once.
+const MAX_FIRST_POLL_WAITERS: usize = 32;
+
 impl Api {
     /// Maps a token to its device: from the cache, else by asking `/whoami` once.
     pub async fn authenticate(&self, token: &str) -> Result<DeviceKey, MatrixError> {
@@ -101,13 +104,21 @@ impl Api {
         if user.is_ready() {
             return Ok(user);
         }
+        let Some(_waiting) = user.wait_slot(MAX_FIRST_POLL_WAITERS) else {
+            return Err(MatrixError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "M_LIMIT_EXCEEDED",
+                "Too many requests are waiting for this account's first sync; retry once \
+                 one of them is answered",
+            ));
+        };
         let first_poll = async {
             let polled = state.wait_for(|s| *s != PollState::Starting).await;
             polled.map(|s| *s)
         };
         match tokio::time::timeout(self.first_sync_wait, first_poll).await {
             Ok(Ok(s)) => match s {
-                PollState::Running => Ok(user),
+                PollState::Running => Ok(Arc::clone(&user)),
                 PollState::Expired => Err(MatrixError::unknown_token()),
                 PollState::Failed => Err(MatrixError::upstream(
                     "The homeserver could not be synced: every /sync for this device failed \

@@ -101,6 +101,31 @@ impl Connection {
         self.subscriptions.contains_key(room)
     }
 
+    /// How many rooms this connection's windows hold once `req` is applied, in a list
+    /// of `rooms`: ranges clamped to the list, each counted once.
+    pub fn window_rooms(&self, req: Option<&SyncRequest>, rooms: usize) -> usize {
+        let held = |ranges: &[Range]| -> usize {
+            ranges
+                .iter()
+                .filter(|(start, _)| *start < rooms)
+                .map(|&(start, end)| end.min(rooms - 1) - start + 1)
+                .sum()
+        };
+        let requested = req.iter().flat_map(|r| &r.lists).map(|(name, params)| {
+            match (&params.ranges, self.lists.get(name)) {
+                (Some(ranges), _) => held(ranges),
+                (None, Some(list)) => held(&list.ranges),
+                (None, None) => 0,
+            }
+        });
+        let kept = self
+            .lists
+            .iter()
+            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
+            .map(|(_, list)| held(&list.ranges));
+        requested.chain(kept).fold(0, usize::saturating_add)
+    }
+
     /// The orders this connection's lists use once `req` is applied.
     pub fn orders(&self, req: Option<&SyncRequest>) -> Vec<SortSpec> {
         let mut specs: Vec<SortSpec> = Vec::new();

@@ -33,6 +33,10 @@ const MAX_CONNS_PER_DEVICE: usize = 16;
 pub const MAX_LISTS: usize = 100;
 /// Room subscriptions a connection may hold, sticky like lists.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Rooms a connection's windows may hold together: each held room costs memory and a
+/// look on every step, so a hundred lists of `[0, 99999]` over a big account are
+/// refused rather than held. Far above what a client shows.
+pub const MAX_WINDOW_ROOMS: usize = 50_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -208,6 +212,13 @@ impl Conns {
         }
         let txn_id = req.txn_id.clone();
         let mut request = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+        let rooms = user.read().index.len();
+        if slot.conn.window_rooms(request.as_ref(), rooms) > MAX_WINDOW_ROOMS {
+            return Err(MatrixError::invalid_param(format!(
+                "lists: the windows of a connection may hold at most {MAX_WINDOW_ROOMS} \
+                 rooms together; ask for smaller or fewer ranges"
+            )));
+        }
         // Orders other than recency are kept only while lists use them; the first use
         // builds one (once per user, not per request).
         store.use_orders(user, &slot.conn.orders(request.as_ref()));
@@ -562,5 +573,39 @@ mod tests {
         let entry = Arc::clone(&conns.map.get(&key("")).unwrap());
         let pending = entry.slot.lock().await.pending.clone().unwrap();
         assert!(pending.unsubscribe_rooms.is_empty(), "{pending:?}");
+    }
+
+    #[tokio::test]
+    async fn windows_holding_too_many_rooms_together_are_refused() {
+        use crate::event::Membership;
+        use crate::store::testing::{delta, event, with_membership};
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let rooms = MAX_WINDOW_ROOMS / 100 + 1;
+        for i in 0..rooms {
+            let join = with_membership(
+                event("m.room.member", Some("@a:x"), "@a:x", 1),
+                Membership::Join,
+            );
+            store.apply_room(delta(&format!("!r{i}:x"), vec![join], vec![]));
+        }
+        assert_eq!(user.read().index.len(), rooms);
+        let everything = |n: usize| {
+            let params = ListParams {
+                ranges: Some(vec![(0, 99_999)]),
+                ..ListParams::default()
+            };
+            lists((0..n).map(|i| format!("l{i}")), params)
+        };
+        let over = sync(&conns_for_test(), &store, None, everything(100)).await;
+        assert_eq!(over.unwrap_err().errcode, "M_INVALID_PARAM");
+        let within = sync(&conns_for_test(), &store, None, everything(99))
+            .await
+            .unwrap();
+        assert_eq!(within.lists.len(), 99);
+    }
+
+    fn conns_for_test() -> Conns {
+        Conns::new(Duration::from_secs(60))
     }
 }

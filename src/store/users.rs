@@ -194,6 +194,17 @@ pub struct UserState {
     /// When a connection last used each order in `UserData::orders`: one unused for a
     /// while is dropped, so only orders in use are kept up to date.
     orders_used: Mutex<std::collections::HashMap<SortSpec, std::time::Instant>>,
+    /// Requests waiting for this user's first poll (see [`UserState::wait_slot`]).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A request's place among those waiting for a user's first poll; given back on drop.
+pub struct WaitSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl UserState {
@@ -205,6 +216,7 @@ impl UserState {
             wake: watch::channel(0).0,
             ready: watch::channel(false).0,
             orders_used: Mutex::default(),
+            waiting: Default::default(),
         }
     }
 
@@ -247,6 +259,19 @@ impl UserState {
 
     pub fn ready_signal(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
+    }
+
+    /// A place among the requests waiting for this user's first poll, if fewer than
+    /// `max` wait: each holds a parsed request for as long as a first sync takes, so a
+    /// client looping on its first request cannot pile them up.
+    pub fn wait_slot(&self, max: usize) -> Option<WaitSlot<'_>> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.is_ok().then(|| WaitSlot(&self.waiting))
     }
 
     /// Notes that a connection uses these orders now.
@@ -292,5 +317,17 @@ mod tests {
             d.touch(&a);
         }
         assert_eq!(d.changed_since(1), None);
+    }
+
+    #[test]
+    fn only_so_many_requests_wait_for_a_first_poll() {
+        let user = UserState::new("@a:x".into());
+        let slots: Vec<_> = (0..3).filter_map(|_| user.wait_slot(2)).collect();
+        assert_eq!(slots.len(), 2);
+        drop(slots);
+        assert!(
+            user.wait_slot(2).is_some(),
+            "a slot comes back when its request ends"
+        );
     }
 }
