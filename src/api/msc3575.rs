@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use super::json::JsonWriter;
 use crate::conn::request::{
-    ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest, SyncResponse,
+    Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest,
+    SyncResponse,
 };
 use crate::error::MatrixError;
 
@@ -83,7 +84,32 @@ struct WireList {
     timeline_limit: Option<u64>,
     #[serde(default)]
     required_state: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    filters: Option<Object<WireFilters>>,
 }
+
+#[derive(Deserialize)]
+struct WireFilters {
+    #[serde(default)]
+    is_encrypted: Option<bool>,
+    #[serde(default)]
+    is_invite: Option<bool>,
+    #[serde(default)]
+    is_tombstoned: Option<bool>,
+    #[serde(default)]
+    room_types: Option<Vec<Option<String>>>,
+    #[serde(default)]
+    not_room_types: Option<Vec<Option<String>>>,
+    #[serde(default)]
+    room_name_like: Option<String>,
+    // `is_dm`, `spaces`, `tags` and `not_tags` are not applied yet (see README); like
+    // any unknown field, they are skipped.
+}
+
+/// Entries one filter array may hold.
+pub const MAX_FILTER_ENTRIES: usize = 100;
+/// `room_name_like` is matched against names: longer than a name is nonsense.
+pub const MAX_NAME_LIKE: usize = 255;
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
@@ -167,6 +193,44 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         req.unsubscribe_rooms.push(room_id.into());
     }
     Ok(req)
+}
+
+fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
+    let bad = |field: &str, msg: String| {
+        MatrixError::invalid_param(format!("lists.{list}.filters.{field}: {msg}"))
+    };
+    let lengths = [
+        ("room_types", f.room_types.as_ref().map_or(0, Vec::len)),
+        (
+            "not_room_types",
+            f.not_room_types.as_ref().map_or(0, Vec::len),
+        ),
+    ];
+    for (field, len) in lengths {
+        if len > MAX_FILTER_ENTRIES {
+            return Err(bad(
+                field,
+                format!("at most {MAX_FILTER_ENTRIES} entries are allowed"),
+            ));
+        }
+    }
+    if f.room_name_like
+        .as_ref()
+        .is_some_and(|l| l.len() > MAX_NAME_LIKE)
+    {
+        return Err(bad(
+            "room_name_like",
+            format!("at most {MAX_NAME_LIKE} bytes"),
+        ));
+    }
+    Ok(Filters {
+        is_encrypted: f.is_encrypted,
+        is_invite: f.is_invite,
+        is_tombstoned: f.is_tombstoned,
+        room_types: f.room_types,
+        not_room_types: f.not_room_types.unwrap_or_default(),
+        room_name_like: f.room_name_like.map(|l| l.to_lowercase()),
+    })
 }
 
 /// A room ID as a field name in errors, refused when longer than an ID can be.
@@ -272,7 +336,12 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
         }
     };
     let required_state = required_state(&format!("lists.{name}"), list.required_state)?;
+    let filters = match list.filters {
+        None => None,
+        Some(Object(f)) => Some(std::sync::Arc::new(filters(name, f)?)),
+    };
     Ok(ListParams {
+        filters,
         ranges,
         sort,
         timeline_limit: timeline_limit(list.timeline_limit),

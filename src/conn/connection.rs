@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SortSpec, SyncRequest,
-    SyncResponse,
+    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest, SyncResponse,
 };
 use super::required_state;
 use super::window;
 use crate::rooms::name::display_name;
-use crate::rooms::sort::by_recency;
+use crate::rooms::sort::ListOrder;
 use crate::store::room::{RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
@@ -24,10 +23,11 @@ pub struct View<'a> {
     pub room: &'a dyn Fn(&str) -> Option<Arc<RoomSnapshot>>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct ListState {
     ranges: Vec<Range>,
-    sort: SortSpec,
+    /// The list's sorts and filters: which rooms it shows, in what order.
+    order: ListOrder,
     timeline_limit: usize,
     required_state: Vec<(String, String)>,
     /// Index → room, for every index the client holds.
@@ -39,19 +39,6 @@ struct ListState {
     invalidate: Vec<Range>,
 }
 
-impl Default for ListState {
-    fn default() -> Self {
-        Self {
-            ranges: Vec::new(),
-            sort: by_recency(),
-            timeline_limit: 0,
-            required_state: Vec::new(),
-            have: BTreeMap::new(),
-            count: None,
-            invalidate: Vec::new(),
-        }
-    }
-}
 
 /// What the client was last told about a room, to send only what changed.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,28 +114,28 @@ impl Connection {
     }
 
     /// The orders this connection's lists use once `req` is applied.
-    pub fn orders(&self, req: Option<&SyncRequest>) -> Vec<SortSpec> {
-        let mut specs: Vec<SortSpec> = Vec::new();
-        let requested = req
-            .iter()
-            .flat_map(|r| &r.lists)
-            .filter_map(|(name, params)| {
-                params
-                    .sort
-                    .clone()
-                    .or_else(|| self.lists.get(name).map(|l| l.sort.clone()))
-            });
+    pub fn orders(&self, req: Option<&SyncRequest>) -> Vec<ListOrder> {
+        let mut orders: Vec<ListOrder> = Vec::new();
+        let requested = req.iter().flat_map(|r| &r.lists).map(|(name, params)| {
+            let mut order = self
+                .lists
+                .get(name)
+                .map(|l| l.order.clone())
+                .unwrap_or_default();
+            apply_order(&mut order, params);
+            order
+        });
         let kept = self
             .lists
             .iter()
             .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
-            .map(|(_, l)| l.sort.clone());
-        for spec in requested.chain(kept) {
-            if !specs.contains(&spec) {
-                specs.push(spec);
+            .map(|(_, l)| l.order.clone());
+        for order in requested.chain(kept) {
+            if !orders.contains(&order) {
+                orders.push(order);
             }
         }
-        specs
+        orders
     }
 
     /// Applies the request's sticky parameters and computes what the client lacks.
@@ -199,10 +186,12 @@ impl Connection {
         let mut changed = false;
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
             let list = self.lists.entry(name.clone()).or_default();
-            let before = (list.ranges.clone(), list.sort.clone());
-            // A new order invalidates every index the client holds: all of it is synced
-            // again, as in the Go proxy.
-            let reorder = params.sort.as_ref().is_some_and(|s| *s != list.sort);
+            let before = (list.ranges.clone(), list.order.clone());
+            // A new order or new filters invalidate every index the client holds: all of
+            // it is synced again, as in the Go proxy.
+            let mut order = list.order.clone();
+            apply_order(&mut order, params);
+            let reorder = order != list.order;
             old_ranges.insert(
                 name.clone(),
                 if reorder {
@@ -220,7 +209,7 @@ impl Connection {
             }
             changed |= resend_list
                 || list.count.is_none()
-                || before != (list.ranges.clone(), list.sort.clone());
+                || before != (list.ranges.clone(), list.order.clone());
         }
         for (room, sub) in req.iter().flat_map(|r| &r.room_subscriptions) {
             if self.subscriptions.get(room) != Some(sub) {
@@ -249,7 +238,7 @@ impl Connection {
         resp: &mut SyncResponse,
     ) {
         for (name, list) in &mut self.lists {
-            let index = view.data.order(&list.sort);
+            let index = view.data.order(&list.order);
             let old = old_ranges
                 .remove(name)
                 .unwrap_or_else(|| list.ranges.clone());
@@ -564,6 +553,16 @@ fn unread(data: &UserData, room_id: &str) -> (u64, u64) {
         .map_or((0, 0), |r| (r.notification_count, r.highlight_count))
 }
 
+/// The sorts and filters `params` state replace the sticky ones.
+fn apply_order(order: &mut ListOrder, params: &ListParams) {
+    if let Some(sort) = &params.sort {
+        order.sort = sort.clone();
+    }
+    if let Some(filters) = &params.filters {
+        order.filters = filters.clone();
+    }
+}
+
 /// Merges sticky list parameters. Returns whether rooms already shown must be sent again
 /// whole (their timeline or state selection changed).
 fn merge(list: &mut ListState, params: &ListParams) -> bool {
@@ -571,9 +570,7 @@ fn merge(list: &mut ListState, params: &ListParams) -> bool {
     if let Some(ranges) = &params.ranges {
         list.ranges = ranges.clone();
     }
-    if let Some(sort) = &params.sort {
-        list.sort = sort.clone();
-    }
+    apply_order(&mut list.order, params);
     if let Some(limit) = params.timeline_limit {
         resend |= limit != list.timeline_limit;
         list.timeline_limit = limit;

@@ -221,7 +221,14 @@ impl Conns {
         }
         // Orders other than recency are kept only while lists use them; the first use
         // builds one (once per user, not per request).
-        store.use_orders(user, &slot.conn.orders(request.as_ref()));
+        store
+            .use_orders(user, &slot.conn.orders(request.as_ref()))
+            .map_err(|max| {
+                MatrixError::invalid_param(format!(
+                    "lists: an account's lists may use at most {max} different combinations \
+                     of sort and filters at once; reuse them across lists and connections"
+                ))
+            })?;
         let deadline = tokio::time::Instant::now() + wait.timeout;
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.
@@ -358,6 +365,9 @@ fn merge_pending(
         }
         if params.sort.is_some() {
             slot.sort = params.sort;
+        }
+        if params.filters.is_some() {
+            slot.filters = params.filters;
         }
         if params.timeline_limit.is_some() {
             slot.timeline_limit = params.timeline_limit;

@@ -1,6 +1,7 @@
 //! The protocol-neutral request and response both wire dialects translate to and from.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -14,10 +15,13 @@ pub type Range = (usize, usize);
 pub struct ListParams {
     pub ranges: Option<Vec<Range>>,
     pub sort: Option<SortSpec>,
+    /// Replaces the list's filters whole.
+    pub filters: Option<Arc<Filters>>,
     pub timeline_limit: Option<usize>,
     pub required_state: Option<Vec<(String, String)>>,
 }
 
+pub use crate::rooms::filter::Filters;
 pub use crate::rooms::sort::{SortBy, SortSpec};
 
 /// A room subscription as a request states it. Sticky per room: a new one for the

@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 
+use super::filter::Filters;
 use crate::types::RoomId;
 
 const CHUNK: usize = 256;
@@ -36,12 +37,42 @@ pub enum SortBy {
     HighlightCount,
 }
 
-/// A list's sorts, the key of its index.
+/// A list's sorts.
 pub type SortSpec = Arc<[SortBy]>;
 
-/// The order every user has: the set of rooms any list starts from.
 pub fn by_recency() -> SortSpec {
     Arc::new([SortBy::Recency])
+}
+
+/// Which rooms a list shows and in what order: its filters and its sorts, the key of
+/// an index. Every user keeps the unfiltered recency order; any other is kept while
+/// lists use it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ListOrder {
+    pub sort: SortSpec,
+    pub filters: Arc<Filters>,
+}
+
+impl Default for ListOrder {
+    fn default() -> Self {
+        Self {
+            sort: by_recency(),
+            filters: Arc::default(),
+        }
+    }
+}
+
+impl ListOrder {
+    /// The order every user keeps anyway.
+    pub fn is_recency(&self) -> bool {
+        *self.sort == [SortBy::Recency] && self.filters.is_empty()
+    }
+
+    /// Whether placing a room needs more than its recency stamp: its name, encryption,
+    /// type.
+    pub fn needs_room(&self) -> bool {
+        needs_room(&self.sort) || !self.filters.is_empty()
+    }
 }
 
 /// What a room's place in an order is made of, for one user.
@@ -88,9 +119,8 @@ pub fn order_key(spec: &[SortBy], inputs: &SortInputs) -> OrderKey {
         .collect()
 }
 
-/// Whether keys under `spec` depend on anything but the recency stamp: only then must
-/// a room's name and encryption be computed to place it.
-pub fn needs_room(spec: &[SortBy]) -> bool {
+/// Whether keys under `spec` depend on anything but the recency stamp.
+fn needs_room(spec: &[SortBy]) -> bool {
     spec.iter().any(|by| *by != SortBy::Recency)
 }
 

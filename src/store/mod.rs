@@ -32,8 +32,13 @@ use self::users::{RoomLooks, UserMembership, UserRoom, UserState};
 use self::writer::WriteQueue;
 use crate::event::{Decoder, Event, Membership};
 use crate::rooms::name::display_name;
-use crate::rooms::sort::{needs_room, SortSpec};
+use crate::rooms::sort::ListOrder;
 use crate::types::{now_ms, Position, RoomId, UserId};
+
+/// Orders (sorts and filters) kept for one user besides recency: each indexes all of
+/// the user's rooms and is updated with every change, so a client naming a new filter
+/// in every list cannot make the proxy keep thousands.
+pub const MAX_ORDERS: usize = 32;
 
 /// How long ingest waits for one answer from storage on whether events are known.
 const STORED_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -425,35 +430,38 @@ impl Store {
         })
     }
 
-    /// Keeps the orders `specs` for this user, building those it lacks, and drops the
-    /// ones no connection used for `idle`. A build reads one version of the user's data
-    /// with no lock held, then catches up, under the user's lock, with the rooms that
-    /// changed meanwhile.
-    pub fn use_orders(&self, user: &UserState, specs: &[SortSpec]) {
-        user.use_orders(specs);
-        for spec in specs {
+    /// Keeps the orders `orders` for this user, building those it lacks; refuses (with
+    /// the most the user may keep) when the user would keep more than [`MAX_ORDERS`].
+    /// A build reads one version of the user's data with no lock held, then catches up,
+    /// under the user's lock, with the rooms that changed meanwhile.
+    pub fn use_orders(&self, user: &UserState, orders: &[ListOrder]) -> Result<(), usize> {
+        let orders: Vec<ListOrder> = orders.iter().filter(|o| !o.is_recency()).cloned().collect();
+        if !user.use_orders(&orders, MAX_ORDERS) {
+            return Err(MAX_ORDERS);
+        }
+        for order in &orders {
             let data = user.read();
-            if !needs_room(spec) && spec.len() == 1 || data.orders().any(|s| s == spec) {
+            if data.orders().any(|o| o == order) {
                 continue;
             }
             let looks_of =
                 |room: &RoomId| snapshot_looks(self.room(room).as_deref(), &user.user_id);
-            let mut index = data.build_order(spec, looks_of);
+            let mut index = data.build_order(order, looks_of);
             user.update(|d| {
-                let changed = d.changed_since(data.version());
-                let rooms: Vec<RoomId> = match changed {
+                let rooms: Vec<RoomId> = match d.changed_since(data.version()) {
                     Some(rooms) => rooms,
                     None => {
-                        index = d.build_order(spec, looks_of);
+                        index = d.build_order(order, looks_of);
                         Vec::new()
                     }
                 };
-                d.add_order(spec.clone(), index);
+                d.add_order(order.clone(), index);
                 for room in rooms {
                     d.place(&room, || looks_of(&room));
                 }
             });
         }
+        Ok(())
     }
 
     /// Drops every order unused for `idle`, for every user.
@@ -652,6 +660,8 @@ fn looks(snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
     RoomLooks {
         name: display_name(&snapshot.meta, user),
         encrypted: snapshot.meta.encrypted,
+        tombstoned: snapshot.meta.tombstone.is_some(),
+        room_type: snapshot.meta.room_type.clone(),
     }
 }
 
@@ -662,6 +672,8 @@ fn snapshot_looks(snapshot: Option<&RoomSnapshot>, user: &str) -> RoomLooks {
         None => RoomLooks {
             name: String::new(),
             encrypted: false,
+            tombstoned: false,
+            room_type: None,
         },
     }
 }
@@ -1207,7 +1219,10 @@ mod tests {
             let state = vec![member("@a:x", Membership::Join), name(title)];
             store.apply_room(delta(room, state, vec![]));
         }
-        let by_name: SortSpec = Arc::new([crate::rooms::sort::SortBy::Name]);
+        let by_name = ListOrder {
+            sort: Arc::new([crate::rooms::sort::SortBy::Name]),
+            ..ListOrder::default()
+        };
         let order = |user: &UserState| -> Vec<String> {
             user.read()
                 .order(&by_name)
@@ -1215,7 +1230,9 @@ mod tests {
                 .map(|r| r.to_string())
                 .collect()
         };
-        store.use_orders(&user, std::slice::from_ref(&by_name));
+        store
+            .use_orders(&user, std::slice::from_ref(&by_name))
+            .unwrap();
         assert_eq!(order(&user), ["!b:x", "!a:x"]);
         store.apply_room(delta("!b:x", vec![], vec![name("zeta")]));
         assert_eq!(order(&user), ["!a:x", "!b:x"], "a rename moves the room");

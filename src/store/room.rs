@@ -48,8 +48,9 @@ pub struct RoomMeta {
 }
 
 impl RoomMeta {
-    /// Whether the room's name (as any reader sees it) and encryption are the same:
-    /// what the room orders and a client's room fields depend on besides the timeline.
+    /// Whether the room's name (as any reader sees it), encryption, tombstone and type
+    /// are the same: what the room orders, filters and a client's room fields depend on
+    /// besides the timeline.
     pub fn looks_like(&self, other: &RoomMeta) -> bool {
         self.name == other.name
             && self.canonical_alias == other.canonical_alias
@@ -57,6 +58,8 @@ impl RoomMeta {
             && self.joined_count == other.joined_count
             && self.invited_count == other.invited_count
             && self.encrypted == other.encrypted
+            && self.tombstone == other.tombstone
+            && self.room_type == other.room_type
     }
 }
 

@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::event::Event;
-use crate::rooms::sort::{needs_room, order_key, SortBy, SortIndex, SortInputs, SortSpec};
+use crate::rooms::filter::RoomFacts;
+use crate::rooms::sort::{order_key, ListOrder, OrderKey, SortBy, SortIndex, SortInputs};
 use crate::types::{Position, RoomId, UserId};
 
 /// Room changes remembered per user. A connection further behind than this rebuilds its
@@ -49,10 +50,12 @@ pub struct UserRoom {
     pub stamp: u64,
 }
 
-/// What the room orders need of a room's snapshot, for one user.
+/// What the room orders and filters need of a room's snapshot, for one user.
 pub struct RoomLooks {
     pub name: String,
     pub encrypted: bool,
+    pub tombstoned: bool,
+    pub room_type: Option<Box<str>>,
 }
 
 /// One published version of a user's data. Persistent maps and shared chunks: a clone
@@ -64,7 +67,7 @@ pub struct UserData {
     /// Joined and invited rooms, newest first: the rooms every list starts from.
     pub index: SortIndex,
     /// The other orders this user's lists use, each kept in step with `index`.
-    orders: HashMap<SortSpec, SortIndex>,
+    orders: HashMap<ListOrder, SortIndex>,
     version: u64,
     changes: Vector<(u64, RoomId)>,
 }
@@ -110,12 +113,12 @@ impl UserData {
         self.rooms.get(room).map(|r| &r.membership)
     }
 
-    /// The rooms in `spec`'s order; by recency while that order is not kept.
-    pub fn order(&self, spec: &[SortBy]) -> &SortIndex {
-        self.orders.get(spec).unwrap_or(&self.index)
+    /// The rooms of `order`, in it; by recency while that order is not kept.
+    pub fn order(&self, order: &ListOrder) -> &SortIndex {
+        self.orders.get(order).unwrap_or(&self.index)
     }
 
-    pub fn orders(&self) -> impl Iterator<Item = &SortSpec> + '_ {
+    pub fn orders(&self) -> impl Iterator<Item = &ListOrder> + '_ {
         self.orders.keys()
     }
 
@@ -129,6 +132,30 @@ impl UserData {
             notification_count: r.notification_count,
             highlight_count: r.highlight_count,
         })
+    }
+
+    /// Whether the room belongs in `order`, and where.
+    fn place_in(
+        &self,
+        order: &ListOrder,
+        room: &str,
+        inputs: &SortInputs,
+        looks: Option<&RoomLooks>,
+    ) -> Option<OrderKey> {
+        if !order.filters.is_empty() {
+            let looks = looks?;
+            let facts = RoomFacts {
+                name: &looks.name,
+                encrypted: looks.encrypted,
+                tombstoned: looks.tombstoned,
+                room_type: looks.room_type.as_deref(),
+                invite: matches!(self.membership(room), Some(UserMembership::Invite { .. })),
+            };
+            if !order.filters.matches(&facts) {
+                return None;
+            }
+        }
+        Some(order_key(&order.sort, inputs))
     }
 
     /// Puts the room where it belongs in every order, or takes it out of them when the
@@ -148,27 +175,49 @@ impl UserData {
         };
         self.index
             .upsert(room, order_key(&[SortBy::Recency], &inputs));
-        for (spec, index) in self.orders.iter_mut() {
-            index.upsert(room, order_key(spec, &inputs));
+        let places: Vec<(ListOrder, Option<OrderKey>)> = self
+            .orders
+            .keys()
+            .map(|order| {
+                let place = self.place_in(order, room, &inputs, looks.as_ref());
+                (order.clone(), place)
+            })
+            .collect();
+        for (order, place) in places {
+            if let Some(index) = self.orders.get_mut(&order) {
+                match place {
+                    Some(key) => index.upsert(room, key),
+                    None => {
+                        index.remove(room);
+                    }
+                }
+            }
         }
     }
 
     /// Starts keeping the order `index`, built from this version's rooms.
-    pub fn add_order(&mut self, spec: SortSpec, index: SortIndex) {
-        self.orders.insert(spec, index);
+    pub fn add_order(&mut self, order: ListOrder, index: SortIndex) {
+        self.orders.insert(order, index);
     }
 
-    pub fn drop_order(&mut self, spec: &[SortBy]) {
-        self.orders.remove(spec);
+    pub fn drop_order(&mut self, order: &ListOrder) {
+        self.orders.remove(order);
     }
 
     /// An order built from scratch over this version's rooms.
-    pub fn build_order(&self, spec: &[SortBy], looks: impl Fn(&RoomId) -> RoomLooks) -> SortIndex {
+    pub fn build_order(
+        &self,
+        order: &ListOrder,
+        looks: impl Fn(&RoomId) -> RoomLooks,
+    ) -> SortIndex {
         let mut index = SortIndex::default();
         for room in self.index.iter() {
-            let looks = needs_room(spec).then(|| looks(room));
-            if let Some(inputs) = self.inputs(room, looks.as_ref()) {
-                index.upsert(room, order_key(spec, &inputs));
+            let looks = order.needs_room().then(|| looks(room));
+            let Some(inputs) = self.inputs(room, looks.as_ref()) else {
+                continue;
+            };
+            if let Some(key) = self.place_in(order, room, &inputs, looks.as_ref()) {
+                index.upsert(room, key);
             }
         }
         index
@@ -193,7 +242,7 @@ pub struct UserState {
     ready: watch::Sender<bool>,
     /// When a connection last used each order in `UserData::orders`: one unused for a
     /// while is dropped, so only orders in use are kept up to date.
-    orders_used: Mutex<std::collections::HashMap<SortSpec, std::time::Instant>>,
+    orders_used: Mutex<std::collections::HashMap<ListOrder, std::time::Instant>>,
     /// Requests waiting for this user's first poll (see [`UserState::wait_slot`]).
     waiting: std::sync::atomic::AtomicUsize,
 }
@@ -274,19 +323,25 @@ impl UserState {
         taken.is_ok().then(|| WaitSlot(&self.waiting))
     }
 
-    /// Notes that a connection uses these orders now.
-    pub fn use_orders<'a>(&self, specs: impl IntoIterator<Item = &'a SortSpec>) {
+    /// Notes that a connection uses these orders now; false, noting nothing, if the
+    /// user would then keep more than `max` (each is an index of all the user's rooms).
+    pub fn use_orders(&self, orders: &[ListOrder], max: usize) -> bool {
         let now = std::time::Instant::now();
         let mut used = self.orders_used.lock();
-        for spec in specs {
-            used.insert(spec.clone(), now);
+        let new = orders.iter().filter(|o| !used.contains_key(*o)).count();
+        if used.len() + new > max {
+            return false;
         }
+        for order in orders {
+            used.insert(order.clone(), now);
+        }
+        true
     }
 
     /// Orders no connection used for `idle`; forgets them.
-    pub fn unused_orders(&self, idle: std::time::Duration) -> Vec<SortSpec> {
+    pub fn unused_orders(&self, idle: std::time::Duration) -> Vec<ListOrder> {
         let mut used = self.orders_used.lock();
-        let stale: Vec<SortSpec> = used
+        let stale: Vec<ListOrder> = used
             .iter()
             .filter(|(_, at)| at.elapsed() >= idle)
             .map(|(spec, _)| spec.clone())

@@ -525,3 +525,63 @@ async fn notification_level_then_recency() {
     assert_eq!(ops(&moved, "all"), ["DELETE 2", "INSERT 0 !old:test"]);
     proxy.stop().await;
 }
+
+fn encryption(sender: &str, ts: u64) -> sonic_rs::Value {
+    json!({"type": "m.room.encryption", "state_key": "", "event_id": format!("$enc{ts}"),
+           "sender": sender, "origin_server_ts": ts,
+           "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
+}
+
+/// Filters pick a list's rooms; a room that comes to match (it becomes encrypted)
+/// enters the list live, and changing the filters re-syncs the list.
+#[tokio::test]
+async fn filters_pick_the_rooms_and_a_room_that_starts_matching_enters_live() {
+    let (_db, hs, proxy) = setup().await;
+    let mut secret = new_room(ALICE, Some("Secret"), 2_000);
+    secret["state"]["events"]
+        .as_array_mut()
+        .unwrap()
+        .push(encryption(ALICE, 1_998));
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!secret:test", secret),
+            ("!plain:test", new_room(ALICE, Some("Plain coffee"), 3_000)),
+            ("!other:test", new_room(ALICE, Some("Other"), 1_000)),
+        ]),
+    );
+    let encrypted = json!({"lists": {"enc": {
+        "ranges": [[0, 9]],
+        "timeline_limit": 0,
+        "filters": {"is_encrypted": true}
+    }}});
+    let first = proxy.sync_ok("alice_token", None, 0, &encrypted).await;
+    assert_eq!(first["lists"]["enc"]["count"].as_u64(), Some(1));
+    assert_eq!(synced_ids(&first, "enc"), ["!secret:test"]);
+
+    // `!other` becomes encrypted (and is now the newest room): it enters at the top.
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!other:test",
+            joined(vec![], vec![encryption(ALICE, 4_000)]),
+        )]),
+    );
+    let live = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 3_000, &json!({}))
+        .await;
+    assert_eq!(live["lists"]["enc"]["count"].as_u64(), Some(2));
+    assert_eq!(ops(&live, "enc"), ["DELETE 1", "INSERT 0 !other:test"]);
+
+    // New filters: everything held is invalidated, the new matches synced.
+    let by_name = json!({"lists": {"enc": {
+        "ranges": [[0, 9]],
+        "filters": {"room_name_like": "COFFEE"}
+    }}});
+    let refiltered = proxy
+        .sync_ok("alice_token", Some(&pos(&live)), 0, &by_name)
+        .await;
+    assert_eq!(ops(&refiltered, "enc"), ["INVALIDATE 0-1", "SYNC 0-0"]);
+    assert_eq!(synced_ids(&refiltered, "enc"), ["!plain:test"]);
+    proxy.stop().await;
+}

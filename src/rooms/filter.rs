@@ -1,0 +1,104 @@
+//! MSC3575 list filters: predicates over what the store knows of a room and of the
+//! user's place in it. All given fields must hold (AND); an absent field filters
+//! nothing.
+
+/// A list's filters, sticky as a whole: a request that states `filters` replaces them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Filters {
+    pub is_encrypted: Option<bool>,
+    pub is_invite: Option<bool>,
+    pub is_tombstoned: Option<bool>,
+    /// Rooms whose `m.room.create` type is one of these; `None` is a room without a
+    /// type.
+    pub room_types: Option<Vec<Option<String>>>,
+    /// Rooms whose type is none of these; wins over `room_types`.
+    pub not_room_types: Vec<Option<String>>,
+    /// A case-insensitive substring of the name as the user sees it, lower-cased.
+    pub room_name_like: Option<String>,
+}
+
+/// What a filter may ask about a room, for one user.
+pub struct RoomFacts<'a> {
+    pub name: &'a str,
+    pub encrypted: bool,
+    pub tombstoned: bool,
+    pub room_type: Option<&'a str>,
+    pub invite: bool,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        *self == Filters::default()
+    }
+
+    pub fn matches(&self, room: &RoomFacts<'_>) -> bool {
+        let flag = |want: Option<bool>, have: bool| want.is_none_or(|w| w == have);
+        let room_type = room.room_type.map(str::to_owned);
+        flag(self.is_encrypted, room.encrypted)
+            && flag(self.is_invite, room.invite)
+            && flag(self.is_tombstoned, room.tombstoned)
+            && self
+                .room_types
+                .as_ref()
+                .is_none_or(|types| types.contains(&room_type))
+            && !self.not_room_types.contains(&room_type)
+            && self
+                .room_name_like
+                .as_ref()
+                .is_none_or(|like| room.name.to_lowercase().contains(like.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room<'a>(name: &'a str, room_type: Option<&'a str>) -> RoomFacts<'a> {
+        RoomFacts {
+            name,
+            encrypted: false,
+            tombstoned: false,
+            room_type,
+            invite: false,
+        }
+    }
+
+    #[test]
+    fn every_given_filter_must_hold_and_absent_ones_filter_nothing() {
+        let plain = room("Coffee Club", None);
+        assert!(Filters::default().matches(&plain));
+        let encrypted_only = Filters {
+            is_encrypted: Some(true),
+            ..Filters::default()
+        };
+        assert!(!encrypted_only.matches(&plain));
+        let named = Filters {
+            room_name_like: Some("coffee".into()),
+            is_invite: Some(false),
+            ..Filters::default()
+        };
+        assert!(named.matches(&plain));
+        assert!(!named.matches(&RoomFacts {
+            invite: true,
+            ..room("Coffee Club", None)
+        }));
+    }
+
+    #[test]
+    fn room_types_match_the_create_type_and_null_means_untyped() {
+        let space = room("S", Some("m.space"));
+        let untyped = room("R", None);
+        let untyped_only = Filters {
+            room_types: Some(vec![None]),
+            ..Filters::default()
+        };
+        assert!(untyped_only.matches(&untyped) && !untyped_only.matches(&space));
+        let not_spaces = Filters {
+            room_types: Some(vec![Some("m.space".into()), None]),
+            not_room_types: vec![Some("m.space".into())],
+            ..Filters::default()
+        };
+        assert!(!not_spaces.matches(&space), "not_room_types wins");
+        assert!(not_spaces.matches(&untyped));
+    }
+}
