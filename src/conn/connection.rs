@@ -39,12 +39,13 @@ struct ListState {
     invalidate: Vec<Range>,
 }
 
-
 /// What the client was last told about a room, to send only what changed.
 #[derive(Clone, Debug, PartialEq)]
 struct SentRoom {
     /// Timeline events up to here were sent (or predate what the client may see).
     position: Position,
+    /// The user's join: nothing before it in the timeline's order is theirs to see.
+    since: Position,
     invite: bool,
     name: String,
     joined: u32,
@@ -95,7 +96,7 @@ impl Connection {
             ranges
                 .iter()
                 .filter(|(start, _)| *start < rooms)
-                .map(|&(start, end)| end.min(rooms - 1) - start + 1)
+                .map(|&(start, end)| (end.min(rooms - 1) - start).saturating_add(1))
                 .sum()
         };
         let requested = req.iter().flat_map(|r| &r.lists).map(|(name, params)| {
@@ -175,14 +176,18 @@ impl Connection {
     }
 
     /// Merges the request's lists into the sticky ones. Returns each listed list's
-    /// ranges from before, the rooms to send whole again (their list's timeline or state
+    /// ranges from before, the rooms to send again (their list's timeline or state
     /// selection changed), and whether the request changed anything at all.
     fn merge_request(
         &mut self,
         req: Option<&SyncRequest>,
-    ) -> (BTreeMap<String, Vec<Range>>, HashSet<RoomId>, bool) {
+    ) -> (BTreeMap<String, Vec<Range>>, HashMap<RoomId, Resend>, bool) {
         let mut old_ranges = BTreeMap::new();
-        let mut resend = HashSet::new();
+        let mut resend: HashMap<RoomId, Resend> = HashMap::new();
+        let mut again = |room: &RoomId, what: Resend| {
+            let entry = resend.entry(room.clone()).or_insert(what);
+            *entry = (*entry).max(what);
+        };
         let mut changed = false;
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
             let list = self.lists.entry(name.clone()).or_default();
@@ -204,17 +209,19 @@ impl Connection {
                 list.invalidate = list.ranges.clone();
             }
             let resend_list = merge(list, params);
-            if resend_list {
-                resend.extend(list.have.values().cloned());
+            if let Some(what) = resend_list {
+                for room in list.have.values() {
+                    again(room, what);
+                }
             }
-            changed |= resend_list
+            changed |= resend_list.is_some()
                 || list.count.is_none()
                 || before != (list.ranges.clone(), list.order.clone());
         }
         for (room, sub) in req.iter().flat_map(|r| &r.room_subscriptions) {
             if self.subscriptions.get(room) != Some(sub) {
                 // New or changed: the room goes out whole, with what it asks for now.
-                resend.insert(room.clone());
+                again(room, Resend::Whole);
                 self.subscriptions.insert(room.clone(), sub.clone());
                 changed = true;
             }
@@ -338,21 +345,34 @@ impl Connection {
         &mut self,
         visible: &BTreeMap<RoomId, RoomParams>,
         changed: Option<&HashSet<RoomId>>,
-        resend: &HashSet<RoomId>,
+        resend: &HashMap<RoomId, Resend>,
         view: &View<'_>,
         resp: &mut SyncResponse,
     ) {
         for (room_id, params) in visible {
             let sent = self.sent.get(room_id);
             let is_changed = changed.is_none_or(|c| c.contains(room_id));
+            let again = resend.get(room_id).copied();
             let result = match (view.data.membership(room_id), sent) {
                 (Some(UserMembership::Join { since }), Some(s))
-                    if !s.invite && !resend.contains(room_id) =>
+                    if !s.invite && again != Some(Resend::Whole) =>
                 {
-                    if !is_changed {
-                        continue;
+                    let live = is_changed
+                        .then(|| self.live_room(room_id, *since, view))
+                        .flatten();
+                    if again == Some(Resend::State) {
+                        // The state selection changed: its state again, no timeline.
+                        (view.room)(room_id).map(|room| RoomResult {
+                            required_state: required_state::resolve(
+                                &params.required_state,
+                                &room.state,
+                                view.user_id,
+                            ),
+                            ..live.unwrap_or_default()
+                        })
+                    } else {
+                        live
                     }
-                    self.live_room(room_id, *since, view)
                 }
                 (Some(UserMembership::Join { since }), _) => {
                     self.full_room(room_id, *since, params, view)
@@ -362,6 +382,7 @@ impl Connection {
                         room_id.clone(),
                         SentRoom {
                             position: 0,
+                            since: 0,
                             invite: true,
                             name: String::new(),
                             joined: 0,
@@ -413,8 +434,13 @@ impl Connection {
             }
             let mut timeline: Vec<_> = (view.room)(&room_id)
                 .map(|room| {
-                    room.timeline_between(sent.position, ev.position, (0, 0), TIMELINE_RING)
-                        .0
+                    room.timeline_between(
+                        sent.position,
+                        ev.position,
+                        (sent.since, 0),
+                        TIMELINE_RING,
+                    )
+                    .0
                 })
                 .unwrap_or_default()
                 .into_iter()
@@ -440,10 +466,12 @@ impl Connection {
         view: &View<'_>,
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
+        if left_meanwhile(&room, view.user_id) {
+            return None;
+        }
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        let until = room.visible_until(view.user_id);
         let (timeline, gap) =
-            room.timeline_between(since.saturating_sub(1), until, (since, 0), limit);
+            room.timeline_between(since.saturating_sub(1), Position::MAX, (since, 0), limit);
         // The client has nothing of this room: the timeline is limited when the room
         // has visible history before what we return, which we know unless the oldest
         // event returned is the room's creation or the reader's join.
@@ -461,7 +489,8 @@ impl Connection {
         self.sent.insert(
             room_id.clone(),
             SentRoom {
-                position: room.meta.latest_position.min(until - 1),
+                position: room.meta.latest_position,
+                since,
                 invite: false,
                 name: name.clone(),
                 joined: room.meta.joined_count,
@@ -497,10 +526,13 @@ impl Connection {
         view: &View<'_>,
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
+        if left_meanwhile(&room, view.user_id) {
+            return None;
+        }
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let until = room.visible_until(view.user_id);
-        let (timeline, gap) = room.timeline_between(after, until, (since, 0), TIMELINE_RING);
+        let (timeline, gap) =
+            room.timeline_between(after, Position::MAX, (since, 0), TIMELINE_RING);
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
@@ -529,7 +561,7 @@ impl Connection {
             out.highlight_count = Some(unread.1);
             sent.unread = unread;
         }
-        sent.position = sent.position.max(room.meta.latest_position.min(until - 1));
+        sent.position = sent.position.max(room.meta.latest_position);
         let empty = out.timeline.is_empty()
             && out.name.is_none()
             && out.joined_count.is_none()
@@ -537,6 +569,14 @@ impl Connection {
             && out.notification_count.is_none();
         (!empty).then_some(out)
     }
+}
+
+/// Whether the room's snapshot already has the user out while the user's data, read a
+/// moment earlier, still has them joined: the step sends nothing of the room (not its
+/// timeline, name or state after the leave); the leave has bumped the user's version, so
+/// the next step says farewell.
+fn left_meanwhile(room: &RoomSnapshot, user: &str) -> bool {
+    room.visible_until(user) != Position::MAX
 }
 
 /// Drops what the client holds at `start..=end`, visiting only the entries there.
@@ -563,21 +603,35 @@ fn apply_order(order: &mut ListOrder, params: &ListParams) {
     }
 }
 
-/// Merges sticky list parameters. Returns whether rooms already shown must be sent again
-/// whole (their timeline or state selection changed).
-fn merge(list: &mut ListState, params: &ListParams) -> bool {
-    let mut resend = false;
+/// What a room already shown is sent again, when the parameters of a list or
+/// subscription showing it change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Resend {
+    /// `required_state` changed: the state again, without the timeline (as in the Go
+    /// proxy).
+    State,
+    /// `timeline_limit` changed, or a subscription: the whole room.
+    Whole,
+}
+
+/// Merges sticky list parameters. Returns what rooms already shown must be sent again.
+fn merge(list: &mut ListState, params: &ListParams) -> Option<Resend> {
+    let mut resend = None;
     if let Some(ranges) = &params.ranges {
         list.ranges = ranges.clone();
     }
     apply_order(&mut list.order, params);
-    if let Some(limit) = params.timeline_limit {
-        resend |= limit != list.timeline_limit;
-        list.timeline_limit = limit;
-    }
     if let Some(rs) = &params.required_state {
-        resend |= *rs != list.required_state;
+        if *rs != list.required_state {
+            resend = Some(Resend::State);
+        }
         list.required_state = rs.clone();
+    }
+    if let Some(limit) = params.timeline_limit {
+        if limit != list.timeline_limit {
+            resend = Some(Resend::Whole);
+        }
+        list.timeline_limit = limit;
     }
     resend
 }
@@ -866,18 +920,19 @@ mod tests {
     }
 
     /// A step that read the user's data before a kick was applied, and the room after:
-    /// nothing after the kick is sent, and the next step still says farewell with it.
+    /// nothing of the room goes out then (not the message after the kick, not the
+    /// name set after it), and the next step says farewell with what came before.
     #[tokio::test]
-    async fn a_step_racing_a_leave_sends_nothing_after_the_leave() {
+    async fn a_step_racing_a_leave_sends_nothing_of_the_room_after_the_leave() {
         let store = store();
         joined_room(&store, "!r:x", 1, 100);
         let mut conn = Connection::default();
-        step(&mut conn, &store, Some(&list(vec![(0, 9)], 5)));
-        store.apply_room(delta(
-            "!r:x",
-            vec![],
-            vec![event("m.room.message", None, "@o:x", 299)],
-        ));
+        let mut req = list(vec![(0, 9)], 5);
+        req.lists.get_mut("all").unwrap().required_state = Some(vec![("*".into(), "*".into())]);
+        step(&mut conn, &store, Some(&req));
+        let before = event("m.room.message", None, "@o:x", 299);
+        let before_json = before.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![before]));
         let user = store.user(ME).unwrap();
         let before_the_kick = user.read();
         let kick = with_membership(
@@ -885,9 +940,10 @@ mod tests {
             Membership::Leave,
         );
         let kick_json = kick.json.clone();
-        let secret = event("m.room.message", None, "@o:x", 301);
-        let secret_json = secret.json.clone();
-        store.apply_room(delta("!r:x", vec![], vec![kick, secret]));
+        let mut rename = event("m.room.name", Some(""), "@o:x", 301);
+        rename.text = Some("Secret plan".into());
+        let secret = event("m.room.message", None, "@o:x", 302);
+        store.apply_room(delta("!r:x", vec![], vec![kick, rename, secret]));
 
         let room = |id: &str| store.room(id);
         let view = View {
@@ -896,10 +952,38 @@ mod tests {
             room: &room,
         };
         let racing = conn.step(None, &view);
-        let sent = &racing.rooms["!r:x"].timeline;
-        assert_eq!(sent.len(), 1, "the message before the kick only");
-        assert!(!sent.contains(&secret_json));
+        assert!(!racing.rooms.contains_key("!r:x"), "{racing:?}");
         let farewell = step(&mut conn, &store, None);
-        assert_eq!(farewell.rooms["!r:x"].timeline, [kick_json]);
+        assert_eq!(farewell.rooms["!r:x"].timeline, [before_json, kick_json]);
+        assert!(farewell.rooms["!r:x"].name.is_none());
+    }
+
+    /// History a lagging poller fills in before the user's join is not in the farewell.
+    #[tokio::test]
+    async fn a_farewell_holds_nothing_from_before_the_join() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        let old1 = event("m.room.message", None, "@o:x", 10);
+        let old2 = event("m.room.message", None, "@o:x", 11);
+        let join = event("m.room.member", Some(ME), ME, 100);
+        let after = event("m.room.message", None, ME, 101);
+        let (o1, o2) = (old1.json.clone(), old2.json.clone());
+        let mut first = delta("!r:x", vec![], vec![join.clone(), after.clone()]);
+        first.limited = true;
+        store.apply_room(first);
+        store.confirm_join(&user, &"!r:x".into());
+        let mut conn = Connection::default();
+        step(&mut conn, &store, Some(&list(vec![(0, 9)], 5)));
+        store.apply_room(delta("!r:x", vec![], vec![old1, old2, join, after]));
+        let leave = with_membership(event("m.room.member", Some(ME), ME, 200), Membership::Leave);
+        let leave_json = leave.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![leave]));
+        let resp = step(&mut conn, &store, None);
+        let timeline = &resp.rooms["!r:x"].timeline;
+        assert!(
+            !timeline.contains(&o1) && !timeline.contains(&o2),
+            "{timeline:?}"
+        );
+        assert_eq!(timeline.last(), Some(&leave_json));
     }
 }

@@ -211,9 +211,13 @@ impl Conns {
             }
         }
         let txn_id = req.txn_id.clone();
-        let mut request = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+        // Kept until the request passes the checks below: a refused request must not
+        // lose the sticky changes of the retries before it.
+        let earlier = slot.pending.take();
+        let mut request = Some(merge_pending(&slot.conn, earlier.clone(), req));
         let rooms = user.read().index.len();
         if slot.conn.window_rooms(request.as_ref(), rooms) > MAX_WINDOW_ROOMS {
+            slot.pending = earlier;
             return Err(MatrixError::invalid_param(format!(
                 "lists: the windows of a connection may hold at most {MAX_WINDOW_ROOMS} \
                  rooms together; ask for smaller or fewer ranges"
@@ -221,14 +225,14 @@ impl Conns {
         }
         // Orders other than recency are kept only while lists use them; the first use
         // builds one (once per user, not per request).
-        store
-            .use_orders(user, &slot.conn.orders(request.as_ref()))
-            .map_err(|max| {
-                MatrixError::invalid_param(format!(
-                    "lists: an account's lists may use at most {max} different combinations \
-                     of sort and filters at once; reuse them across lists and connections"
-                ))
-            })?;
+        let orders = slot.conn.orders(request.as_ref());
+        if let Err(max) = store.use_orders(user, &orders) {
+            slot.pending = earlier;
+            return Err(MatrixError::invalid_param(format!(
+                "lists: an account's lists may use at most {max} different combinations \
+                 of sort and filters at once; reuse them across lists and connections"
+            )));
+        }
         let deadline = tokio::time::Instant::now() + wait.timeout;
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.

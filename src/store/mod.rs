@@ -415,13 +415,14 @@ impl Store {
         notification: u64,
         highlight: u64,
     ) -> bool {
-        let snapshot = self.room(room_id);
         user.update(|d| match d.rooms.get_mut(room_id) {
             Some(r) if (r.notification_count, r.highlight_count) != (notification, highlight) => {
                 r.notification_count = notification;
                 r.highlight_count = highlight;
+                // The snapshot as of now, under the user's lock: a room writer that
+                // published a newer one places the room after this.
                 d.place(room_id, || {
-                    snapshot_looks(snapshot.as_deref(), &user.user_id)
+                    snapshot_looks(self.room(room_id).as_deref(), &user.user_id)
                 });
                 d.touch(room_id);
                 true
@@ -440,36 +441,46 @@ impl Store {
             return Err(MAX_ORDERS);
         }
         for order in &orders {
-            let data = user.read();
-            if data.orders().any(|o| o == order) {
-                continue;
-            }
             let looks_of =
                 |room: &RoomId| snapshot_looks(self.room(room).as_deref(), &user.user_id);
-            let mut index = data.build_order(order, looks_of);
-            user.update(|d| {
-                let rooms: Vec<RoomId> = match d.changed_since(data.version()) {
-                    Some(rooms) => rooms,
-                    None => {
-                        index = d.build_order(order, looks_of);
-                        Vec::new()
-                    }
-                };
-                d.add_order(order.clone(), index);
-                for room in rooms {
-                    d.place(&room, || looks_of(&room));
+            // Built from one version with no lock held, then caught up under the lock
+            // with the rooms that changed meanwhile; built again if too much changed.
+            // After a few tries with more changes than the log holds, the last one builds
+            // under the lock.
+            let mut built = false;
+            for attempt in 0..3 {
+                let data = user.read();
+                if built || data.orders().any(|o| o == order) {
+                    break;
                 }
-            });
+                let index = blocking(|| data.build_order(order, looks_of));
+                user.update(|d| {
+                    match d.changed_since(data.version()) {
+                        Some(rooms) => {
+                            d.add_order(order.clone(), index);
+                            for room in rooms {
+                                d.place(&room, || looks_of(&room));
+                            }
+                        }
+                        None if attempt == 2 => {
+                            let index = d.build_order(order, looks_of);
+                            d.add_order(order.clone(), index);
+                        }
+                        None => return,
+                    }
+                    built = true;
+                });
+            }
         }
         Ok(())
     }
 
     /// Drops every order unused for `idle`, for every user.
     pub fn sweep_orders(&self, idle: std::time::Duration) {
-        for user in self.users.iter() {
-            for spec in user.unused_orders(idle) {
-                user.update(|d| d.drop_order(&spec));
-            }
+        // Not under the map's shard locks: each drop waits for that user's writer.
+        let users: Vec<Arc<UserState>> = self.users.iter().map(|u| Arc::clone(&u)).collect();
+        for user in users {
+            user.drop_unused_orders(idle);
         }
     }
 
@@ -1373,5 +1384,75 @@ mod tests {
         let (visible, _) = room.timeline_between(since - 1, Position::MAX, (since, 0), 64);
         let visible: Vec<String> = visible.iter().map(|e| e.event_id.to_string()).collect();
         assert_eq!(visible, want[1..], "nothing from before the join");
+    }
+
+    fn encrypted_only() -> ListOrder {
+        ListOrder {
+            filters: Arc::new(crate::rooms::filter::Filters {
+                is_encrypted: Some(true),
+                ..Default::default()
+            }),
+            ..ListOrder::default()
+        }
+    }
+
+    /// An invitee's lists know only the invite: a filter on the room's real name (set by
+    /// members after the invite) matches nothing.
+    #[tokio::test]
+    async fn an_invite_is_filtered_on_what_the_invitee_may_see() {
+        let store = store();
+        let other = store.user_or_insert(&"@o:x".into());
+        let me = store.user_or_insert(&"@me:x".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member("@o:x", Membership::Join), name("Secret plan")],
+        ));
+        store.confirm_join(&other, &"!r:x".into());
+        store.set_invite(&me, &"!r:x".into(), Bytes::from_static(b"[]"), 10);
+        let by_name = ListOrder {
+            filters: Arc::new(crate::rooms::filter::Filters {
+                room_name_like: Some("secret".into()),
+                ..Default::default()
+            }),
+            ..ListOrder::default()
+        };
+        store
+            .use_orders(&me, std::slice::from_ref(&by_name))
+            .unwrap();
+        assert_eq!(me.read().order(&by_name).len(), 0);
+        store.apply_room(delta("!r:x", vec![], vec![name("Secret plan 2")]));
+        assert_eq!(
+            me.read().order(&by_name).len(),
+            0,
+            "nor after a later rename"
+        );
+    }
+
+    /// A sweep that finds an order unused and a request that uses it again, at once:
+    /// the order is either kept or rebuilt, never missing while a list uses it.
+    #[tokio::test]
+    async fn an_order_in_use_survives_a_sweep_at_the_same_moment() {
+        let store = store();
+        let me = store.user_or_insert(&"@me:x".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![member("@me:x", Membership::Join)],
+            vec![],
+        ));
+        let order = encrypted_only();
+        store.use_orders(&me, std::slice::from_ref(&order)).unwrap();
+        assert_eq!(
+            me.read().order(&order).len(),
+            0,
+            "an unencrypted room is not in it"
+        );
+        me.drop_unused_orders(Duration::ZERO);
+        store.use_orders(&me, std::slice::from_ref(&order)).unwrap();
+        assert!(
+            me.read().orders().any(|o| *o == order),
+            "rebuilt for the request"
+        );
+        assert_eq!(me.read().order(&order).len(), 0);
     }
 }

@@ -134,6 +134,22 @@ impl UserData {
         })
     }
 
+    /// What the orders may know of the room: an invitee may see only the invite's
+    /// stripped state, never the room's own name or state, so an invite is placed as a
+    /// room with nothing known (filtering or sorting by the room's real name would tell
+    /// an invitee what the room is called now).
+    fn looks_for(&self, room: &str, looks: impl FnOnce() -> RoomLooks) -> RoomLooks {
+        match self.membership(room) {
+            Some(UserMembership::Invite { .. }) => RoomLooks {
+                name: String::new(),
+                encrypted: false,
+                tombstoned: false,
+                room_type: None,
+            },
+            _ => looks(),
+        }
+    }
+
     /// Whether the room belongs in `order`, and where.
     fn place_in(
         &self,
@@ -169,7 +185,7 @@ impl UserData {
             }
             return;
         }
-        let looks = (!self.orders.is_empty()).then(looks);
+        let looks = (!self.orders.is_empty()).then(|| self.looks_for(room, looks));
         let Some(inputs) = self.inputs(room, looks.as_ref()) else {
             return;
         };
@@ -212,7 +228,9 @@ impl UserData {
     ) -> SortIndex {
         let mut index = SortIndex::default();
         for room in self.index.iter() {
-            let looks = order.needs_room().then(|| looks(room));
+            let looks = order
+                .needs_room()
+                .then(|| self.looks_for(room, || looks(room)));
             let Some(inputs) = self.inputs(room, looks.as_ref()) else {
                 continue;
             };
@@ -338,18 +356,22 @@ impl UserState {
         true
     }
 
-    /// Orders no connection used for `idle`; forgets them.
-    pub fn unused_orders(&self, idle: std::time::Duration) -> Vec<ListOrder> {
-        let mut used = self.orders_used.lock();
-        let stale: Vec<ListOrder> = used
-            .iter()
-            .filter(|(_, at)| at.elapsed() >= idle)
-            .map(|(spec, _)| spec.clone())
-            .collect();
-        for spec in &stale {
-            used.remove(spec);
-        }
-        stale
+    /// Drops the orders no connection used for `idle`. Deciding and dropping happen
+    /// under the user's writer lock with the record of use held, so a request that
+    /// uses an order meanwhile either keeps it or finds it gone and builds it again.
+    pub fn drop_unused_orders(&self, idle: std::time::Duration) {
+        self.update(|d| {
+            let mut used = self.orders_used.lock();
+            let stale: Vec<ListOrder> = used
+                .iter()
+                .filter(|(_, at)| at.elapsed() >= idle)
+                .map(|(order, _)| order.clone())
+                .collect();
+            for order in &stale {
+                used.remove(order);
+                d.drop_order(order);
+            }
+        });
     }
 }
 
