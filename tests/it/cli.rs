@@ -133,12 +133,9 @@ fn an_unreachable_database_stops_startup_with_one_line() {
 
 #[tokio::test]
 async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
-    use slidesync::store::persist::Persist;
     let db = crate::support::db::TestDb::new().await;
     {
-        let store = slidesync::store::pg::PgStore::connect(&db.url, 1)
-            .await
-            .unwrap();
+        let store = db.open().await;
         let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
         let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
         store

@@ -97,7 +97,7 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 /// An event ID Postgres text cannot hold: the edge refuses that event, and everything
 /// around it is served, committed and there after a restart. (A row storage refuses
-/// anyway is split out of its batch: `pg_store::a_refused_row_is_split_out_and_the_rest_commits`.)
+/// anyway is split out of its batch: `store::postgres::a_refused_row_is_split_out_and_the_rest_commits`.)
 #[tokio::test]
 async fn an_event_postgres_could_not_store_is_refused_and_nothing_behind_it_stalls() {
     let db = TestDb::new().await;
@@ -150,7 +150,7 @@ const PG_OUTAGE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_for_ten_seconds_loses_nothing_and_clients_are_served_meanwhile() {
-    let db = TestDb::new().await;
+    let db = TestDb::postgres().await;
     let (chaos, through_chaos) = Chaos::before_postgres(&db.url).await;
     let hs = fake();
     let proxy = Proxy::start(&through_chaos, hs.clone()).await;
