@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use crate::support::binary::Binary;
 use crate::support::chaos::Chaos;
-use crate::support::db::TestDb;
+use crate::support::db::{Backend, TestDb};
 use crate::support::fake::{FakeHomeserver, Reply};
+use crate::support::on_both_stores;
 use crate::support::proxy::{self, pos, timeline_ids, Proxy};
 use crate::support::synapse::synapse;
 use crate::support::v2::*;
@@ -264,9 +265,16 @@ async fn a_homeserver_that_fails_resets_hangs_and_restarts_loses_no_event() {
     assert_eq!(timeline_after_restart(&db).await, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart() {
-    let db = TestDb::new().await;
+// Durability across a kill is the store's: the same on either.
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart
+);
+
+async fn a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart(
+    backend: Backend,
+) {
+    let db = TestDb::of(backend).await;
     let hs = fake();
     let http = hs.serve_http().await;
     let (first, hello) = new_room_with_message();

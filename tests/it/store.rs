@@ -15,28 +15,7 @@ use slidesync::store::pg::PgStore;
 use slidesync::types::{DeviceKey, Position, RoomId};
 
 use crate::support::db::{Backend, TestDb};
-
-/// Runs each named test body once per store.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-    };
-}
+use crate::support::on_both_stores;
 
 on_both_stores!(
     a_batch_round_trips,
