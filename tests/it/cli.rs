@@ -38,6 +38,7 @@ fn help_exits_zero_and_lists_every_setting() {
     for name in [
         "SYNCV3_SERVER",
         "SYNCV3_DB",
+        "SYNCV3_DATA_DIR",
         "SYNCV3_SECRET",
         "SYNCV3_BINDADDR",
         "SYNCV3_TLS_CERT",
@@ -52,6 +53,10 @@ fn help_exits_zero_and_lists_every_setting() {
     for setting in SETTINGS {
         assert!(stdout.contains(&format!("--{} ", setting.flag)), "{stdout}");
     }
+    assert!(
+        stdout.contains("Unset: the embedded store, an SQLite file in SYNCV3_DATA_DIR"),
+        "the default store is named: {stdout}"
+    );
 }
 
 #[test]
