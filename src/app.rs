@@ -41,6 +41,9 @@ pub enum StartupError {
     /// written with.
     #[error("SYNCV3_SECRET (--secret) does not decrypt any of the {stored} stored access tokens: it is not the secret this database was created with; set the original secret, or point SYNCV3_DB at a new database")]
     WrongSecret { stored: usize },
+    /// As [`StartupError::WrongSecret`], for a secret generated earlier and read back.
+    #[error("the generated secret in {} does not decrypt any of the {stored} stored access tokens: the file was replaced, or the database was moved without it; put back the original file, set SYNCV3_SECRET to the original secret, or start from a new database", .path.display())]
+    WrongGeneratedSecret { path: PathBuf, stored: usize },
     /// The listen address could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -230,8 +233,8 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     let persist = open_store(&config.db, config.max_db_conn)
         .await
         .map_err(db_error)?;
-    let secret = match &config.secret {
-        Some(secret) => secret.clone(),
+    let (secret, generated) = match &config.secret {
+        Some(secret) => (secret.clone(), None),
         None => {
             let path = secret_path(&config.db, &config.data_dir);
             let (secret, created) =
@@ -244,7 +247,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
                 created,
                 "SYNCV3_SECRET is unset: using the generated secret kept in this file; keep it with the database"
             );
-            secret
+            (secret, Some(path))
         }
     };
     let target = match &config.server {
@@ -265,7 +268,10 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         .await
         .map_err(|e| match e {
             PersistOrSecret::Persist(e) => db_error(e),
-            PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
+            PersistOrSecret::WrongSecret { stored } => match generated {
+                Some(path) => StartupError::WrongGeneratedSecret { path, stored },
+                None => StartupError::WrongSecret { stored },
+            },
         })?;
     // Only a warning, and only after every fatal check: a failed start prints one line.
     match app.api.upstream.versions().await {

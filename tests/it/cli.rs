@@ -165,3 +165,43 @@ async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
     assert!(line.starts_with("SYNCV3_SECRET (--secret)"), "{line}");
     assert!(line.contains("1 stored access tokens"), "{line}");
 }
+
+/// A generated secret that is not the one the tokens were stored under (the file was
+/// replaced) stops startup, naming the file rather than a setting nobody set.
+#[tokio::test]
+async fn a_replaced_generated_secret_stops_startup_naming_its_file() {
+    let db = crate::support::db::TestDb::sqlite();
+    {
+        let store = db.open().await;
+        let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
+        let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
+        store
+            .insert_token("hash", &cipher.encrypt("syt_token"), &device)
+            .await
+            .unwrap();
+    }
+    let db_path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+    let secret_path = db_path.with_extension("secret");
+    std::fs::write(&secret_path, "some other secret\n").unwrap();
+    let url = db.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        slidesync(
+            &["--bindaddr", "127.0.0.1:0"],
+            &[
+                ("SYNCV3_SERVER", "http://127.0.0.1:1"),
+                ("SYNCV3_DB", &url),
+                ("SYNCV3_LOG_LEVEL", "error"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let line = fails_with_one_line(&output);
+    assert!(
+        line.starts_with(&format!(
+            "the generated secret in {} does not decrypt any of the 1 stored",
+            secret_path.display()
+        )),
+        "{line}"
+    );
+}
