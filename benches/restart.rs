@@ -9,6 +9,10 @@
 //! in the system's temporary directory. Each rebuild is checked to hold every room, so a
 //! broken load fails instead of reporting a fast number. Under `cargo test` it runs once
 //! with 1,000 rooms, as a check.
+//!
+//! Measured on 2 shared cores under other builds (load average about 6), release build:
+//! Postgres 15 rebuilt in 14.4, 13.1 and 11.7 s, the SQLite file in 11.7, 11.0 and 10.3 s
+//! (filling took 52 s and 72 s). The embedded store restarts at least as fast.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
