@@ -210,7 +210,7 @@ pub async fn open_store(db: &Db, max_connections: u32) -> Result<Arc<dyn Persist
 
 /// Where a generated secret is kept: beside the SQLite file, or in the data directory when
 /// the database is elsewhere.
-pub fn secret_path(db: &Db, data_dir: &Path) -> PathBuf {
+fn secret_path(db: &Db, data_dir: &Path) -> PathBuf {
     match db {
         Db::Sqlite(path) => path.with_extension("secret"),
         Db::Postgres(_) => data_dir.join("slidesync.secret"),
