@@ -1,5 +1,7 @@
 # slidesync: build with `docker build -t slidesync .`, run with
-#   docker run -p 8008:8008 -e SYNCV3_SERVER=... -e SYNCV3_DB=... -e SYNCV3_SECRET=... slidesync
+#   docker run -p 8008:8008 -v slidesync-data:/data -e SYNCV3_SERVER=... slidesync
+# (the embedded store and generated secret in /data), or for production add
+#   -e SYNCV3_DB=postgres://... -e SYNCV3_SECRET=...
 
 FROM rust:1-bookworm AS builder
 WORKDIR /build
@@ -16,7 +18,8 @@ RUN mkdir -p src benches loadtest \
     && cargo build --release --locked \
     && rm -rf src benches loadtest
 
-# schema/ before the real build: sqlx::migrate! embeds the migrations at compile time.
+# schema/ (postgres/ and sqlite/) before the real build: sqlx::migrate! embeds the
+# migrations at compile time.
 COPY schema ./schema
 COPY benches ./benches
 COPY loadtest ./loadtest
@@ -33,9 +36,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 slidesync \
     && useradd --uid 10001 --gid slidesync --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin slidesync
+        --shell /usr/sbin/nologin slidesync \
+    && install -d -o 10001 -g 10001 -m 0700 /data
 COPY --from=builder /build/target/release/slidesync /usr/local/bin/slidesync
 USER 10001:10001
 ENV SYNCV3_BINDADDR=0.0.0.0:8008
+ENV SYNCV3_DATA_DIR=/data
+VOLUME /data
 EXPOSE 8008
 ENTRYPOINT ["/usr/local/bin/slidesync"]

@@ -24,6 +24,8 @@ mod client;
 // The tests' database per run: created on the same server (`SLIDESYNC_TEST_PG`), dropped
 // when the value is, also on a panic or Ctrl-C.
 #[path = "../tests/it/support/db.rs"]
+// Shared with the integration tests, which use the parts the load generator does not.
+#[allow(dead_code)]
 mod db;
 mod homeserver;
 mod live;
@@ -39,11 +41,10 @@ use futures_util::FutureExt;
 use slidesync::app::{App, Settings};
 use slidesync::config::{redact_db_url, BindAddr};
 use slidesync::ops::listen;
-use slidesync::store::pg::PgStore;
 use slidesync::store::tokens::TokenCipher;
 use sqlx::{Connection, PgConnection};
 
-use crate::db::TestDb;
+use crate::db::{Backend, TestDb};
 
 use crate::client::SyncClient;
 use crate::homeserver::Synthetic;
@@ -194,7 +195,8 @@ async fn main() -> ExitCode {
     }
     println!("setup: generator, proxy and synthetic homeserver share this process; HTTP/1.1 keep-alive over 127.0.0.1; Postgres on the same machine");
 
-    let db = TestDb::new().await;
+    // Postgres: the database-size and event-count checks at the end query it.
+    let db = TestDb::of(Backend::Postgres).await;
     println!("database: {}", redact_db_url(&db.url));
     // A panic anywhere in the run, or Ctrl-C, still drops the database.
     let outcome = tokio::select! {
@@ -219,11 +221,7 @@ async fn run(opts: &Options, db: &TestDb) -> Result<(), String> {
     let mut rooms = vec![opts.rooms; opts.users];
     rooms.extend(opts.late_login);
     let hs = Arc::new(Synthetic::new(&rooms));
-    let persist = Arc::new(
-        PgStore::connect(&db.url, 0)
-            .await
-            .map_err(|e| format!("connecting to the scratch database: {e}"))?,
-    );
+    let persist = db.open().await;
     let app = App::start(
         persist,
         hs.clone(),

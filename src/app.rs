@@ -1,5 +1,6 @@
 //! Wiring: builds every stage from the configuration and runs them.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,14 +9,16 @@ use hyper::body::Incoming;
 use tokio::task::JoinHandle;
 
 use crate::api::Api;
-use crate::config::{redact_db_url, Config, ServerAddr};
+use crate::config::{redact_db_url, Config, Db, ServerAddr};
 use crate::conn::Conns;
 use crate::ingest::pollers::{PollerConfig, Pollers};
 use crate::ops::listen::{self, ListenError, Listener};
 use crate::ops::tls::{self, TlsError};
 use crate::store::persist::{Persist, PersistError};
 use crate::store::pg::PgStore;
+use crate::store::secret::{self, SecretError};
 use crate::store::sessions::Sessions;
+use crate::store::sqlite::SqliteStore;
 use crate::store::tokens::TokenCipher;
 use crate::store::writer::WriteQueue;
 use crate::store::Store;
@@ -28,10 +31,19 @@ pub enum StartupError {
     /// Postgres could not be reached, migrated or read.
     #[error("SYNCV3_DB (--db) is {url:?}: {error}; check the URL and that Postgres is running and reachable")]
     Database { url: String, error: PersistError },
+    /// The embedded store's file could not be opened, migrated or read.
+    #[error("the embedded store {} (SYNCV3_DATA_DIR, or SYNCV3_DB=sqlite://PATH) cannot be used: {error}; check that its directory is writable and the file is slidesync's", .path.display())]
+    Embedded { path: PathBuf, error: PersistError },
+    /// SYNCV3_SECRET is unset and the generated one cannot be kept or read.
+    #[error("SYNCV3_SECRET (--secret) is unset and the generated secret at {} cannot be used: {error}; make its directory writable or set SYNCV3_SECRET", .path.display())]
+    Secret { path: PathBuf, error: SecretError },
     /// None of the stored tokens decrypts: the secret is not the one the database was
     /// written with.
     #[error("SYNCV3_SECRET (--secret) does not decrypt any of the {stored} stored access tokens: it is not the secret this database was created with; set the original secret, or point SYNCV3_DB at a new database")]
     WrongSecret { stored: usize },
+    /// As [`StartupError::WrongSecret`], for a secret generated earlier and read back.
+    #[error("the generated secret in {} does not decrypt any of the {stored} stored access tokens: the file was replaced, or the database was moved without it; put back the original file, set SYNCV3_SECRET to the original secret, or start from a new database", .path.display())]
+    WrongGeneratedSecret { path: PathBuf, stored: usize },
     /// The listen address could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -192,18 +204,56 @@ pub enum PersistOrSecret {
     WrongSecret { stored: usize },
 }
 
+/// Opens the store `SYNCV3_DB` names, applying its migrations.
+pub async fn open_store(db: &Db, max_connections: u32) -> Result<Arc<dyn Persist>, PersistError> {
+    Ok(match db {
+        Db::Postgres(url) => Arc::new(PgStore::connect(url, max_connections).await?),
+        Db::Sqlite(path) => Arc::new(SqliteStore::connect(path).await?),
+    })
+}
+
+/// Where a generated secret is kept: beside the SQLite file, or in the data directory when
+/// the database is elsewhere.
+fn secret_path(db: &Db, data_dir: &Path) -> PathBuf {
+    match db {
+        Db::Sqlite(path) => path.with_extension("secret"),
+        Db::Postgres(_) => data_dir.join("slidesync.secret"),
+    }
+}
+
 /// Runs the proxy until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartupError> {
-    let db_error = |error| StartupError::Database {
-        url: redact_db_url(&config.db),
-        error,
+    let db_error = |error| match &config.db {
+        Db::Postgres(url) => StartupError::Database {
+            url: redact_db_url(url),
+            error,
+        },
+        Db::Sqlite(path) => StartupError::Embedded {
+            path: path.clone(),
+            error,
+        },
     };
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
-    let persist: Arc<dyn Persist> = Arc::new(
-        PgStore::connect(&config.db, config.max_db_conn)
-            .await
-            .map_err(db_error)?,
-    );
+    let persist = open_store(&config.db, config.max_db_conn)
+        .await
+        .map_err(db_error)?;
+    let (secret, generated) = match &config.secret {
+        Some(secret) => (secret.clone(), None),
+        None => {
+            let path = secret_path(&config.db, &config.data_dir);
+            let (secret, created) =
+                secret::load_or_create(&path).map_err(|error| StartupError::Secret {
+                    path: path.clone(),
+                    error,
+                })?;
+            tracing::info!(
+                path = %path.display(),
+                created,
+                "SYNCV3_SECRET is unset: using the generated secret kept in this file; keep it with the database"
+            );
+            (secret, Some(path))
+        }
+    };
     let target = match &config.server {
         ServerAddr::Http(uri) => Target::Url(uri.clone()),
         ServerAddr::Unix(path) => Target::Unix(path.clone()),
@@ -218,17 +268,15 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         },
         ..Settings::default()
     };
-    let app = App::start(
-        persist,
-        upstream,
-        TokenCipher::new(&config.secret),
-        settings,
-    )
-    .await
-    .map_err(|e| match e {
-        PersistOrSecret::Persist(e) => db_error(e),
-        PersistOrSecret::WrongSecret { stored } => StartupError::WrongSecret { stored },
-    })?;
+    let app = App::start(persist, upstream, TokenCipher::new(&secret), settings)
+        .await
+        .map_err(|e| match e {
+            PersistOrSecret::Persist(e) => db_error(e),
+            PersistOrSecret::WrongSecret { stored } => match generated {
+                Some(path) => StartupError::WrongGeneratedSecret { path, stored },
+                None => StartupError::WrongSecret { stored },
+            },
+        })?;
     // Only a warning, and only after every fatal check: a failed start prints one line.
     match app.api.upstream.versions().await {
         Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),

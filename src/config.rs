@@ -71,10 +71,12 @@ pub struct TlsFiles {
 #[derive(Clone)]
 pub struct Config {
     pub server: ServerAddr,
-    /// A Postgres URL; may hold a password, so print it through [`redact_db_url`].
-    pub db: String,
-    /// Key material for token encryption; never printed.
-    pub secret: String,
+    pub db: Db,
+    /// Where the embedded database and a generated secret are kept.
+    pub data_dir: PathBuf,
+    /// Key material for token encryption; never printed. `None`: generate one and keep it
+    /// beside the database.
+    pub secret: Option<String>,
     pub bind: BindAddr,
     pub tls: Option<TlsFiles>,
     pub log_level: tracing::Level,
@@ -90,8 +92,9 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("server", &self.server)
-            .field("db", &redact_db_url(&self.db))
-            .field("secret", &"***")
+            .field("db", &self.db)
+            .field("data_dir", &self.data_dir)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("bind", &self.bind)
             .field("tls", &self.tls)
             .field("log_level", &self.log_level)
@@ -99,6 +102,50 @@ impl fmt::Debug for Config {
             .field("http_timeout", &self.http_timeout)
             .field("http_initial_timeout", &self.http_initial_timeout)
             .finish()
+    }
+}
+
+/// Which store holds the proxy's data.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Db {
+    /// A Postgres URL; may hold a password, so print it through [`redact_db_url`] (the
+    /// `Debug` form does).
+    Postgres(String),
+    /// The embedded store: an SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The file name of the embedded database in `SYNCV3_DATA_DIR`.
+pub const SQLITE_FILE: &str = "slidesync.db";
+
+impl Db {
+    /// `SYNCV3_DB` as given: a Postgres URL or `sqlite://PATH`.
+    pub fn parse(raw: &str) -> Result<Db, String> {
+        let lower = raw.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Ok(Db::Postgres(raw.to_owned()));
+        }
+        if lower.starts_with("sqlite://") {
+            let path = &raw["sqlite://".len()..];
+            if path.is_empty() {
+                return Err("sqlite:// names no file".to_owned());
+            }
+            return Ok(Db::Sqlite(PathBuf::from(path)));
+        }
+        Err(if raw.contains('=') && !raw.contains("://") {
+            "a libpq key=value string, not a URL".to_owned()
+        } else {
+            "neither a Postgres URL nor sqlite://PATH".to_owned()
+        })
+    }
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Db::Postgres(url) => write!(f, "{}", redact_db_url(url)),
+            Db::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
     }
 }
 
@@ -153,18 +200,27 @@ static DB: Setting = Setting {
     env: "SYNCV3_DB",
     flag: "db",
     value_name: "URL",
-    default: Fallback::Required,
-    meaning: "Postgres connection URL (postgres:// or postgresql://).",
-    fix: "set it to a Postgres URL like postgresql://user:password@localhost/syncv3",
+    default: Fallback::Unset,
+    meaning: "The store: a Postgres URL (postgres:// or postgresql://) for production or several nodes, or sqlite://PATH. Unset: the embedded store, an SQLite file in SYNCV3_DATA_DIR.",
+    fix: "set it to a Postgres URL like postgresql://user:password@localhost/syncv3, to sqlite://PATH, or unset it for the embedded store",
 };
 
 static SECRET: Setting = Setting {
     env: "SYNCV3_SECRET",
     flag: "secret",
     value_name: "SECRET",
-    default: Fallback::Required,
-    meaning: "Key for encrypting stored access tokens; must never change for the life of the database.",
+    default: Fallback::Unset,
+    meaning: "Key for encrypting stored access tokens; must never change for the life of the database. Unset: a random one is generated on first start and kept beside the database (mode 0600).",
     fix: "set it to a random string, e.g. the output of `openssl rand -hex 32`, and keep it for the life of the database",
+};
+
+static DATA_DIR: Setting = Setting {
+    env: "SYNCV3_DATA_DIR",
+    flag: "data-dir",
+    value_name: "PATH",
+    default: Fallback::Value("./slidesync-data"),
+    meaning: "Directory of the embedded store's file and, with SYNCV3_DB a Postgres URL, of the generated secret; created if missing.",
+    fix: "set it to a directory slidesync may create and write",
 };
 
 static BINDADDR: Setting = Setting {
@@ -232,9 +288,10 @@ static HTTP_INITIAL_TIMEOUT_SECS: Setting = Setting {
 };
 
 /// Every setting, in the order `--help` lists them.
-pub static SETTINGS: [&Setting; 10] = [
+pub static SETTINGS: [&Setting; 11] = [
     &SERVER,
     &DB,
+    &DATA_DIR,
     &SECRET,
     &BINDADDR,
     &TLS_CERT,
@@ -346,14 +403,17 @@ impl Values<'_> {
         let server = self.get_or_default(&SERVER)?;
         let server = parse_server(server).map_err(|problem| invalid(&SERVER, server, problem))?;
 
-        let db = self.get_or_default(&DB)?;
-        check_db(db).map_err(|problem| ConfigError::Invalid {
-            setting: &DB,
-            shown: redact_db_url(db),
-            problem,
-        })?;
+        let data_dir = PathBuf::from(self.get_or_default(&DATA_DIR)?);
+        let db = match self.get(&DB) {
+            Some(db) => Db::parse(db).map_err(|problem| ConfigError::Invalid {
+                setting: &DB,
+                shown: redact_db_url(db),
+                problem,
+            })?,
+            None => Db::Sqlite(data_dir.join(SQLITE_FILE)),
+        };
 
-        let secret = self.get_or_default(&SECRET)?.to_owned();
+        let secret = self.get(&SECRET).map(str::to_owned);
 
         let bind = self.get_or_default(&BINDADDR)?;
         let bind = parse_bind(bind).map_err(|problem| invalid(&BINDADDR, bind, problem))?;
@@ -392,7 +452,8 @@ impl Values<'_> {
 
         Ok(Config {
             server,
-            db: db.to_owned(),
+            db,
+            data_dir,
             secret,
             bind,
             tls,
@@ -448,18 +509,6 @@ fn parse_server(raw: &str) -> Result<ServerAddr, String> {
         return Err("a base URL has no query string".to_owned());
     }
     Ok(ServerAddr::Http(uri))
-}
-
-fn check_db(raw: &str) -> Result<(), String> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        return Ok(());
-    }
-    Err(if raw.contains('=') && !raw.contains("://") {
-        "a libpq key=value string, not a URL".to_owned()
-    } else {
-        "not a Postgres URL".to_owned()
-    })
 }
 
 fn parse_bind(raw: &str) -> Result<BindAddr, String> {
@@ -693,8 +742,11 @@ mod tests {
             config.server,
             ServerAddr::Http("https://matrix.example.org".parse().unwrap())
         );
-        assert_eq!(config.db, "postgres://proxy:dbpass@localhost/syncv3");
-        assert_eq!(config.secret, SECRET_VALUE);
+        assert_eq!(
+            config.db,
+            Db::Postgres("postgres://proxy:dbpass@localhost/syncv3".into())
+        );
+        assert_eq!(config.secret.as_deref(), Some(SECRET_VALUE));
         assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8008".parse().unwrap()));
         assert_eq!(config.tls, None);
         assert_eq!(config.log_level, tracing::Level::INFO);
@@ -742,7 +794,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.server.to_string(), "http://hs:8008");
-        assert_eq!(config.secret, "s");
+        assert_eq!(config.secret.as_deref(), Some("s"));
     }
 
     #[test]
@@ -784,22 +836,50 @@ mod tests {
     fn empty_values_count_as_unset() {
         let config = run(&[], &with(minimal(), "SYNCV3_BINDADDR", "")).unwrap();
         assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8008".parse().unwrap()));
-        let line = error(&[], &with(minimal(), "SYNCV3_SECRET", ""));
+        let config = run(&[], &with(minimal(), "SYNCV3_SECRET", "")).unwrap();
+        assert_eq!(
+            config.secret, None,
+            "an empty secret is generated, never used"
+        );
+    }
+
+    #[test]
+    fn a_missing_server_is_named() {
+        let mut env = minimal();
+        env.remove("SYNCV3_SERVER");
+        let line = error(&[], &env);
         assert!(
-            line.starts_with("SYNCV3_SECRET (--secret) is not set: "),
+            line.starts_with("SYNCV3_SERVER (--server) is not set: set it to"),
             "{line}"
         );
     }
 
     #[test]
-    fn each_missing_required_setting_is_named() {
-        for name in ["SYNCV3_SERVER", "SYNCV3_DB", "SYNCV3_SECRET"] {
-            let mut env = minimal();
-            env.remove(name);
-            let line = error(&[], &env);
-            assert!(line.starts_with(&format!("{name} (--")), "{line}");
-            assert!(line.contains("is not set: set it to"), "{line}");
-        }
+    fn the_server_alone_runs_on_the_embedded_store_with_a_generated_secret() {
+        let env = env(&[("SYNCV3_SERVER", "https://matrix.example.org")]);
+        let config = run(&[], &env).unwrap();
+        assert_eq!(
+            config.db,
+            Db::Sqlite(PathBuf::from("./slidesync-data").join(SQLITE_FILE))
+        );
+        assert_eq!(config.data_dir, PathBuf::from("./slidesync-data"));
+        assert_eq!(config.secret, None);
+
+        let config = run(&args(&["--data-dir", "/var/lib/slidesync"]), &env).unwrap();
+        assert_eq!(
+            config.db,
+            Db::Sqlite(PathBuf::from("/var/lib/slidesync/slidesync.db"))
+        );
+    }
+
+    #[test]
+    fn db_accepts_an_sqlite_path() {
+        let config = run(&[], &with(minimal(), "SYNCV3_DB", "sqlite:///srv/proxy.db")).unwrap();
+        assert_eq!(config.db, Db::Sqlite(PathBuf::from("/srv/proxy.db")));
+        let config = run(&[], &with(minimal(), "SYNCV3_DB", "sqlite://rel/proxy.db")).unwrap();
+        assert_eq!(config.db, Db::Sqlite(PathBuf::from("rel/proxy.db")));
+        let line = error(&[], &with(minimal(), "SYNCV3_DB", "sqlite://"));
+        assert!(line.contains("sqlite:// names no file"), "{line}");
     }
 
     #[test]
@@ -831,8 +911,10 @@ mod tests {
         let line = error(&[], &with(minimal(), "SYNCV3_DB", "mysql://u:pw123@h/db"));
         assert_eq!(
             line,
-            "SYNCV3_DB (--db) is \"mysql://u:***@h/db\": not a Postgres URL; set it to a \
-             Postgres URL like postgresql://user:password@localhost/syncv3"
+            "SYNCV3_DB (--db) is \"mysql://u:***@h/db\": neither a Postgres URL nor \
+             sqlite://PATH; set it to a Postgres URL like \
+             postgresql://user:password@localhost/syncv3, to sqlite://PATH, or unset it for \
+             the embedded store"
         );
         let line = error(
             &[],
@@ -1000,7 +1082,7 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains(SECRET_VALUE), "{debug}");
         assert!(!debug.contains("dbpass"), "{debug}");
-        assert!(debug.contains("secret: \"***\""), "{debug}");
+        assert!(debug.contains("secret: Some(\"***\")"), "{debug}");
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! - [`users`]: memberships, unread counts and the recency index per user, plus the
 //!   wake-up connections park on.
 //! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
-//!   [`persist::Persist`] (Postgres in production), and is read back once at startup.
+//!   [`persist::Persist`] (Postgres or the embedded SQLite file), and is read back once at startup.
 
 pub mod persist;
 pub mod pg;
 pub mod room;
+mod rows;
+pub mod secret;
 pub mod sessions;
+pub mod sqlite;
 pub mod state;
 #[cfg(test)]
 pub mod testing;

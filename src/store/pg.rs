@@ -1,4 +1,4 @@
-//! Postgres behind [`Persist`], with the migrations in `schema/`.
+//! Postgres behind [`Persist`], with the migrations in `schema/postgres/`.
 //!
 //! Writes come from the write-behind queue in batches. A batch is one transaction with at
 //! most one statement per table: the rows of a kind travel as array parameters and are
@@ -7,9 +7,7 @@
 //! each load runs in one read-only repeatable-read transaction, so its pages and chunks
 //! see one moment of the database.
 
-use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,9 +19,12 @@ use super::persist::{
     LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
     StoredDevice, StoredEvent, StoredToken, Write,
 };
+use super::rows::{
+    count_from_db, count_to_db, position_from_db, settle_recent_ids, Grouped, Interner,
+};
 use crate::types::{DeviceKey, Position, RoomId};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/postgres");
 
 /// Pool size when `SYNCV3_MAX_DB_CONN` is 0 (unset): the writer needs one or two, startup
 /// loading and token checks the rest.
@@ -402,15 +403,16 @@ CROSS JOIN LATERAL (
 ) e
 ORDER BY r.idx, COALESCE(e.filled_order, e.position), e.filled_sub";
 
-/// One more than asked for: a room with no more than that many is known whole.
+/// Newest first, one more than asked for: a room with no more than that many is known whole.
 const CHUNK_IDS_SQL: &str = "\
 SELECT r.idx, e.event_id
 FROM UNNEST($1::TEXT[]) WITH ORDINALITY AS r(room_id, idx)
 CROSS JOIN LATERAL (
-    SELECT event_id FROM slidesync_events e
+    SELECT event_id, position FROM slidesync_events e
     WHERE e.room_id = r.room_id
     ORDER BY e.position DESC LIMIT $2 + 1
-) e";
+) e
+ORDER BY r.idx, e.position DESC";
 
 /// How much of each room startup reads.
 struct Limits {
@@ -463,8 +465,7 @@ async fn load_room_chunk(
     }
     let ids = usize::try_from(limits.ids).unwrap_or(usize::MAX);
     for (_, room) in rooms.iter_mut() {
-        room.ids_complete = room.recent_ids.len() <= ids;
-        room.recent_ids.truncate(ids);
+        room.ids_complete = settle_recent_ids(&mut room.recent_ids, ids);
     }
 
     if limits.timeline == 0 {
@@ -537,28 +538,10 @@ fn device_key(row: &PgRow) -> Result<DeviceKey, PersistError> {
     ))
 }
 
-/// One batch split by table, ready to bind as arrays. The upserted rows sit in ordered
-/// maps so every transaction locks keys in the same order: two batches written at once
-/// then wait for each other instead of deadlocking.
-#[derive(Default)]
+/// The rows of one batch as the array parameters `UNNEST` expands.
 struct BatchRows<'a> {
     events: EventColumns<'a>,
-    /// room → (position, bytes); the highest position wins.
-    snapshots: BTreeMap<&'a str, (i64, &'a [u8])>,
-    /// The last membership per (user, room) wins.
-    memberships: BTreeMap<UserRoom<'a>, MembershipRow<'a>>,
-    /// (notifications, highlights); the last count per (user, room) wins.
-    unread: BTreeMap<UserRoom<'a>, (i64, i64)>,
-    /// (user, device) → since; the last one wins.
-    since: BTreeMap<(&'a str, &'a str), &'a str>,
-}
-
-type UserRoom<'a> = (&'a str, &'a str);
-
-struct MembershipRow<'a> {
-    kind: &'static str,
-    position: i64,
-    invite_state: Option<&'a [u8]>,
+    rows: Grouped<'a>,
 }
 
 #[derive(Default)]
@@ -577,79 +560,24 @@ struct EventColumns<'a> {
 }
 
 impl<'a> BatchRows<'a> {
-    /// Keeps one row per key for the upserted tables: Postgres refuses an
-    /// `ON CONFLICT DO UPDATE` that touches the same row twice in one statement.
     fn group(batch: &'a [Write]) -> Result<Self, PersistError> {
-        let mut rows = BatchRows::default();
-        for write in batch {
-            match write {
-                Write::Event(event) => {
-                    let e = &mut rows.events;
-                    e.position.push(position_to_db(event.position)?);
-                    e.room_id.push(&event.room_id);
-                    e.event_id.push(&event.event_id);
-                    e.in_timeline.push(event.in_timeline);
-                    e.is_state.push(event.is_state);
-                    e.prev_batch.push(event.prev_batch.as_deref());
-                    e.gap_before.push(event.gap_before);
-                    let (order, sub) = match event.filled_order {
-                        Some((order, sub)) => (Some(position_to_db(order)?), sub),
-                        None => (None, 0),
-                    };
-                    e.filled_order.push(order);
-                    e.filled_sub.push(sub);
-                    e.ts.push(event.ts.map(count_to_db));
-                    e.json.push(&event.json);
-                }
-                Write::Snapshot {
-                    room_id,
-                    position,
-                    bytes,
-                } => {
-                    let position = position_to_db(*position)?;
-                    let bytes = &bytes[..];
-                    let slot = rows.snapshots.entry(room_id).or_insert((position, bytes));
-                    if position >= slot.0 {
-                        *slot = (position, bytes);
-                    }
-                }
-                Write::Membership {
-                    user_id,
-                    room_id,
-                    kind,
-                    position,
-                    invite_state,
-                } => {
-                    rows.memberships.insert(
-                        (&**user_id, &**room_id),
-                        MembershipRow {
-                            kind: kind.as_str(),
-                            position: position_to_db(*position)?,
-                            invite_state: invite_state.as_deref(),
-                        },
-                    );
-                }
-                Write::Unread {
-                    user_id,
-                    room_id,
-                    notification_count,
-                    highlight_count,
-                } => {
-                    rows.unread.insert(
-                        (&**user_id, &**room_id),
-                        (
-                            count_to_db(*notification_count),
-                            count_to_db(*highlight_count),
-                        ),
-                    );
-                }
-                Write::DeviceSince { device, since } => {
-                    rows.since
-                        .insert((&*device.user_id, &*device.device_id), since);
-                }
-            }
+        let rows = Grouped::new(batch)?;
+        let mut e = EventColumns::default();
+        for row in &rows.events {
+            let event = row.event;
+            e.position.push(row.position);
+            e.room_id.push(&event.room_id);
+            e.event_id.push(&event.event_id);
+            e.in_timeline.push(event.in_timeline);
+            e.is_state.push(event.is_state);
+            e.prev_batch.push(event.prev_batch.as_deref());
+            e.gap_before.push(event.gap_before);
+            e.filled_order.push(row.filled_order);
+            e.filled_sub.push(row.filled_sub);
+            e.ts.push(row.ts);
+            e.json.push(&event.json);
         }
-        Ok(rows)
+        Ok(BatchRows { events: e, rows })
     }
 
     /// The `since` rows go last only for readability: the transaction is what keeps a
@@ -682,9 +610,9 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
-        if !self.snapshots.is_empty() {
+        if !self.rows.snapshots.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new());
-            for (&room_id, &(position, bytes)) in &self.snapshots {
+            for (&room_id, &(position, bytes)) in &self.rows.snapshots {
                 cols.0.push(room_id);
                 cols.1.push(position);
                 cols.2.push(bytes);
@@ -705,9 +633,9 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
-        if !self.memberships.is_empty() {
+        if !self.rows.memberships.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (&(user_id, room_id), row) in &self.memberships {
+            for (&(user_id, room_id), row) in &self.rows.memberships {
                 cols.0.push(user_id);
                 cols.1.push(room_id);
                 cols.2.push(row.kind);
@@ -733,9 +661,9 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
-        if !self.unread.is_empty() {
+        if !self.rows.unread.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (&(user_id, room_id), &(notifications, highlights)) in &self.unread {
+            for (&(user_id, room_id), &(notifications, highlights)) in &self.rows.unread {
                 cols.0.push(user_id);
                 cols.1.push(room_id);
                 cols.2.push(notifications);
@@ -757,9 +685,9 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
-        if !self.since.is_empty() {
+        if !self.rows.since.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new());
-            for (&(user_id, device_id), &since) in &self.since {
+            for (&(user_id, device_id), &since) in &self.rows.since {
                 cols.0.push(user_id);
                 cols.1.push(device_id);
                 cols.2.push(since);
@@ -776,22 +704,6 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
         Ok(())
-    }
-}
-
-/// Shares one allocation per distinct ID read back: a room ID appears once per member,
-/// and the hot state keeps every copy.
-#[derive(Default)]
-struct Interner(HashSet<Arc<str>>);
-
-impl Interner {
-    fn get(&mut self, id: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(id) {
-            return known.clone();
-        }
-        let id: Arc<str> = Arc::from(id);
-        self.0.insert(id.clone());
-        id
     }
 }
 
@@ -814,26 +726,6 @@ fn query_error(e: sqlx::Error) -> PersistError {
     } else {
         PersistError::Query(e.to_string())
     }
-}
-
-fn position_to_db(position: Position) -> Result<i64, PersistError> {
-    i64::try_from(position)
-        .map_err(|_| PersistError::Rejected(format!("position {position} does not fit a BIGINT")))
-}
-
-fn position_from_db(position: i64) -> Result<Position, PersistError> {
-    Position::try_from(position)
-        .map_err(|_| PersistError::Corrupt(format!("negative position {position}")))
-}
-
-/// Counts come from the homeserver; one past `i64::MAX` is nonsense, so it saturates
-/// rather than failing the batch it arrived in.
-fn count_to_db(count: u64) -> i64 {
-    i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-fn count_from_db(count: i64) -> Result<u64, PersistError> {
-    u64::try_from(count).map_err(|_| PersistError::Corrupt(format!("negative count {count}")))
 }
 
 /// `message` with every form of the password in `url` replaced by `***`. sqlx does not

@@ -38,6 +38,7 @@ fn help_exits_zero_and_lists_every_setting() {
     for name in [
         "SYNCV3_SERVER",
         "SYNCV3_DB",
+        "SYNCV3_DATA_DIR",
         "SYNCV3_SECRET",
         "SYNCV3_BINDADDR",
         "SYNCV3_TLS_CERT",
@@ -52,6 +53,10 @@ fn help_exits_zero_and_lists_every_setting() {
     for setting in SETTINGS {
         assert!(stdout.contains(&format!("--{} ", setting.flag)), "{stdout}");
     }
+    assert!(
+        stdout.contains("Unset: the embedded store, an SQLite file in SYNCV3_DATA_DIR"),
+        "the default store is named: {stdout}"
+    );
 }
 
 #[test]
@@ -133,12 +138,9 @@ fn an_unreachable_database_stops_startup_with_one_line() {
 
 #[tokio::test]
 async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
-    use slidesync::store::persist::Persist;
     let db = crate::support::db::TestDb::new().await;
     {
-        let store = slidesync::store::pg::PgStore::connect(&db.url, 1)
-            .await
-            .unwrap();
+        let store = db.open().await;
         let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
         let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
         store
@@ -162,4 +164,44 @@ async fn a_secret_that_does_not_decrypt_the_stored_tokens_stops_startup() {
     let line = fails_with_one_line(&output);
     assert!(line.starts_with("SYNCV3_SECRET (--secret)"), "{line}");
     assert!(line.contains("1 stored access tokens"), "{line}");
+}
+
+/// A generated secret that is not the one the tokens were stored under (the file was
+/// replaced) stops startup, naming the file rather than a setting nobody set.
+#[tokio::test]
+async fn a_replaced_generated_secret_stops_startup_naming_its_file() {
+    let db = crate::support::db::TestDb::sqlite();
+    {
+        let store = db.open().await;
+        let cipher = slidesync::store::tokens::TokenCipher::new("the original secret");
+        let device = slidesync::types::DeviceKey::new("@a:test", "DEV");
+        store
+            .insert_token("hash", &cipher.encrypt("syt_token"), &device)
+            .await
+            .unwrap();
+    }
+    let db_path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+    let secret_path = db_path.with_extension("secret");
+    std::fs::write(&secret_path, "some other secret\n").unwrap();
+    let url = db.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        slidesync(
+            &["--bindaddr", "127.0.0.1:0"],
+            &[
+                ("SYNCV3_SERVER", "http://127.0.0.1:1"),
+                ("SYNCV3_DB", &url),
+                ("SYNCV3_LOG_LEVEL", "error"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let line = fails_with_one_line(&output);
+    assert!(
+        line.starts_with(&format!(
+            "the generated secret in {} does not decrypt any of the 1 stored",
+            secret_path.display()
+        )),
+        "{line}"
+    );
 }

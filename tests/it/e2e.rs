@@ -239,6 +239,47 @@ async fn the_binary_serves_synapse_rooms_and_keeps_them_across_a_restart() {
     proxy.stop();
 }
 
+/// The README's quick start: the binary with nothing but `SYNCV3_SERVER`, on the embedded
+/// store in `./slidesync-data` and a generated secret, restarted once. The secret is made
+/// once, readable by its owner only, and the restart serves the stored rooms with the
+/// stored token (it decrypts under the same secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_with_only_a_homeserver_url_keeps_rooms_and_tokens_across_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let hs = synapse().await;
+    let erin = hs.register("erin").await;
+    room_with_message(hs, &erin, "Attic").await;
+    room_with_message(hs, &erin, "Cellar").await;
+    let dir = TestDb::sqlite();
+    let work = std::path::PathBuf::from(dir.url.trim_start_matches("sqlite://"));
+    let work = work.parent().unwrap();
+    std::fs::create_dir_all(work).unwrap();
+
+    let proxy = Binary::start_with_only_the_server(&hs.base_url, work).await;
+    let first = proxy.sync(&erin.access_token, &room_list(9)).await;
+    assert_eq!(names(&first), ["Cellar", "Attic"]);
+    proxy.stop();
+    let data = work.join("slidesync-data");
+    assert!(data.join("slidesync.db").is_file());
+    let secret = std::fs::read_to_string(data.join("slidesync.secret")).unwrap();
+    let mode = std::fs::metadata(data.join("slidesync.secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let proxy = Binary::start_with_only_the_server(&hs.base_url, work).await;
+    let again = proxy.sync(&erin.access_token, &room_list(9)).await;
+    assert_eq!(names(&again), ["Cellar", "Attic"]);
+    proxy.stop();
+    assert_eq!(
+        std::fs::read_to_string(data.join("slidesync.secret")).unwrap(),
+        secret,
+        "the same secret on the next start"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_can_use_the_proxy_as_its_homeserver_url() {
     let hs = synapse().await;

@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use crate::support::binary::Binary;
 use crate::support::chaos::Chaos;
-use crate::support::db::TestDb;
+use crate::support::db::{Backend, TestDb};
 use crate::support::fake::{FakeHomeserver, Reply};
+use crate::support::on_both_stores;
 use crate::support::proxy::{self, pos, timeline_ids, Proxy};
 use crate::support::synapse::synapse;
 use crate::support::v2::*;
@@ -97,7 +98,7 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 
 /// An event ID Postgres text cannot hold: the edge refuses that event, and everything
 /// around it is served, committed and there after a restart. (A row storage refuses
-/// anyway is split out of its batch: `pg_store::a_refused_row_is_split_out_and_the_rest_commits`.)
+/// anyway is split out of its batch: `store::postgres::a_refused_row_is_split_out_and_the_rest_commits`.)
 #[tokio::test]
 async fn an_event_postgres_could_not_store_is_refused_and_nothing_behind_it_stalls() {
     let db = TestDb::new().await;
@@ -150,7 +151,7 @@ const PG_OUTAGE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_for_ten_seconds_loses_nothing_and_clients_are_served_meanwhile() {
-    let db = TestDb::new().await;
+    let db = TestDb::postgres().await;
     let (chaos, through_chaos) = Chaos::before_postgres(&db.url).await;
     let hs = fake();
     let proxy = Proxy::start(&through_chaos, hs.clone()).await;
@@ -264,9 +265,16 @@ async fn a_homeserver_that_fails_resets_hangs_and_restarts_loses_no_event() {
     assert_eq!(timeline_after_restart(&db).await, want);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart() {
-    let db = TestDb::new().await;
+// Durability across a kill is the store's: the same on either.
+on_both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart
+);
+
+async fn a_binary_killed_mid_ingest_serves_every_delivered_event_once_after_a_restart(
+    backend: Backend,
+) {
+    let db = TestDb::of(backend).await;
     let hs = fake();
     let http = hs.serve_http().await;
     let (first, hello) = new_room_with_message();

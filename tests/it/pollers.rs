@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use sonic_rs::{json, JsonValueTrait, Value};
 
-use crate::support::db::TestDb;
+use crate::support::db::{Backend, TestDb};
 use crate::support::fake::{FakeHomeserver, Reply, SeenCall};
+use crate::support::on_both_stores;
 use crate::support::proxy::{pos, room_ids, scripted, synced_ids, timeline_ids, Proxy};
 use crate::support::v2::*;
 
@@ -445,9 +446,15 @@ async fn a_second_device_of_a_known_user_is_answered_before_its_own_first_poll()
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn a_restart_keeps_rooms_order_names_and_timelines_but_not_connections() {
-    let db = TestDb::new().await;
+// What a restart keeps is read back from storage: the same on either store.
+on_both_stores!(
+    a_restart_keeps_rooms_order_names_and_timelines_but_not_connections,
+    a_stale_pos_is_refused_after_a_restart_before_a_new_connection_too,
+    a_restarted_poller_resumes_from_the_last_next_batch,
+);
+
+async fn a_restart_keeps_rooms_order_names_and_timelines_but_not_connections(backend: Backend) {
+    let db = TestDb::of(backend).await;
     let hs = fake();
     let proxy = Proxy::start(&db.url, hs.clone()).await;
     let (m1, rename, m2) = (
@@ -507,9 +514,8 @@ async fn a_restart_keeps_rooms_order_names_and_timelines_but_not_connections() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn a_stale_pos_is_refused_after_a_restart_before_a_new_connection_too() {
-    let db = TestDb::new().await;
+async fn a_stale_pos_is_refused_after_a_restart_before_a_new_connection_too(backend: Backend) {
+    let db = TestDb::of(backend).await;
     let hs = fake();
     let proxy = Proxy::start(&db.url, hs.clone()).await;
     hs.push_rooms(
@@ -534,9 +540,8 @@ async fn a_stale_pos_is_refused_after_a_restart_before_a_new_connection_too() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn a_restarted_poller_resumes_from_the_last_next_batch() {
-    let db = TestDb::new().await;
+async fn a_restarted_poller_resumes_from_the_last_next_batch(backend: Backend) {
+    let db = TestDb::of(backend).await;
     let hs = fake();
     let proxy = Proxy::start(&db.url, hs.clone()).await;
     hs.push_rooms(

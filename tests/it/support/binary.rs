@@ -16,16 +16,31 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(server_url: &str, db_url: &str) -> Binary {
+        let mut command = command();
+        command
+            .env("SYNCV3_DB", db_url)
+            .env("SYNCV3_SECRET", "binary-e2e-secret");
+        Self::spawn(command, server_url).await
+    }
+
+    /// As the README's quick start runs it: no setting but the homeserver, in `dir`, so
+    /// the embedded store and the generated secret land in `dir/slidesync-data`.
+    pub async fn start_with_only_the_server(server_url: &str, dir: &std::path::Path) -> Binary {
+        let mut command = command();
+        command.current_dir(dir);
+        Self::spawn(command, server_url).await
+    }
+
+    /// Adds the homeserver, a free port (tests run in parallel; the default port would
+    /// clash) and quiet logs to `command`, and waits until it answers.
+    async fn spawn(mut command: std::process::Command, server_url: &str) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_slidesync"))
-            .env_clear()
+        let child = command
             .env("SYNCV3_SERVER", server_url)
-            .env("SYNCV3_DB", db_url)
-            .env("SYNCV3_SECRET", "binary-e2e-secret")
             .env("SYNCV3_BINDADDR", format!("127.0.0.1:{port}"))
             .env("SYNCV3_LOG_LEVEL", "warn")
             .stderr(std::process::Stdio::inherit())
@@ -87,6 +102,13 @@ impl Binary {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         let _ = child.wait();
     }
+}
+
+/// The binary with none of the test process' environment: only what a test sets.
+fn command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_slidesync"));
+    command.env_clear();
+    command
 }
 
 impl Drop for Binary {

@@ -1,4 +1,5 @@
-//! slidesync in-process on a free port, over a test database and any homeserver.
+//! slidesync in-process on a free port, over a test database (either store) and any
+//! homeserver.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use slidesync::app::{App, Settings};
 use slidesync::config::BindAddr;
+use slidesync::config::Db;
 use slidesync::ingest::pollers::PollerConfig;
 use slidesync::ops::listen;
-use slidesync::store::pg::PgStore;
 use slidesync::store::tokens::TokenCipher;
 use slidesync::upstream::Homeserver;
 use sonic_rs::Value;
@@ -64,7 +65,10 @@ impl Proxy {
         upstream: Arc<dyn Homeserver>,
         settings: Settings,
     ) -> Proxy {
-        let persist = Arc::new(PgStore::connect(db_url, 4).await.expect("test database"));
+        let db = Db::parse(db_url).expect("a test database URL");
+        let persist = slidesync::app::open_store(&db, 4)
+            .await
+            .expect("test database");
         let app = App::start(persist, upstream, TokenCipher::new(SECRET), settings)
             .await
             .expect("app starts");

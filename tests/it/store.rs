@@ -1,4 +1,7 @@
-//! The Postgres store against a real server: what a batch writes is what startup reads.
+//! Both stores, Postgres against a real server and SQLite in a file: what a batch writes
+//! is what startup reads, with the same rules on each. Every test body takes the backend
+//! and runs once per store (`postgres::NAME`, `sqlite::NAME`); the few that test
+//! something only one store has are plain tests.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,11 +14,27 @@ use slidesync::store::persist::{
 use slidesync::store::pg::PgStore;
 use slidesync::types::{DeviceKey, Position, RoomId};
 
-use crate::support::db::TestDb;
+use crate::support::db::{Backend, TestDb};
+use crate::support::on_both_stores;
 
-async fn store(db: &TestDb) -> PgStore {
-    PgStore::connect(&db.url, 2).await.expect("connect")
-}
+on_both_stores!(
+    a_batch_round_trips,
+    an_invite_keeps_its_stripped_state,
+    an_empty_database_loads_nothing,
+    duplicate_events_are_ignored,
+    an_older_snapshot_does_not_replace_a_newer_one,
+    many_rooms_load_in_chunks_with_progress,
+    tokens_are_inserted_found_and_deleted,
+    devices_resume_with_their_newest_token_and_since,
+    a_batch_with_a_failing_row_leaves_nothing_behind,
+    memberships_and_counts_load_across_pages,
+    events_filled_into_a_gap_load_before_the_event_after_it,
+    the_newest_event_ids_load_and_say_whether_they_are_all,
+    stored_event_ids_names_only_committed_events,
+    a_filled_gap_keeps_its_order_across_a_restart,
+    a_refused_row_is_split_out_and_the_rest_commits,
+    state_set_just_after_a_fold_survives_a_restart
+);
 
 fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
     StoredEvent {
@@ -57,17 +76,16 @@ fn device(user: &str, device: &str) -> DeviceKey {
     DeviceKey::new(user, device)
 }
 
-async fn rooms(store: &PgStore, timeline_per_room: usize) -> Vec<(RoomId, LoadedRoom)> {
+async fn rooms(store: &dyn Persist, timeline_per_room: usize) -> Vec<(RoomId, LoadedRoom)> {
     store
         .load_rooms(timeline_per_room, 16, &|_| {})
         .await
         .expect("load rooms")
 }
 
-#[tokio::test]
-async fn a_batch_round_trips() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn a_batch_round_trips(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let a = "!a:example.org";
     let b = "!b:example.org";
     let all = vec![
@@ -143,7 +161,7 @@ async fn a_batch_round_trips() {
         .await
         .expect("second batch");
 
-    let loaded = rooms(&store, 2).await;
+    let loaded = rooms(&*store, 2).await;
     let ids: Vec<&str> = loaded.iter().map(|(id, _)| &**id).collect();
     assert_eq!(ids, [a, b]);
     let room_a = &loaded[0].1;
@@ -160,7 +178,7 @@ async fn a_batch_round_trips() {
     assert_eq!(room_b.state_after_snapshot, [all[6].clone()]);
     assert_eq!(positions(&room_b.timeline), [5, 7]);
 
-    let loaded = rooms(&store, 0).await;
+    let loaded = rooms(&*store, 0).await;
     assert!(loaded.iter().all(|(_, room)| room.timeline.is_empty()));
     assert_eq!(positions(&loaded[0].1.state_after_snapshot), [4, 9]);
 
@@ -206,10 +224,9 @@ async fn a_batch_round_trips() {
     );
 }
 
-#[tokio::test]
-async fn an_invite_keeps_its_stripped_state() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn an_invite_keeps_its_stripped_state(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let invite = LoadedMembership {
         user_id: "@bob:example.org".into(),
         room_id: "!a:example.org".into(),
@@ -230,11 +247,10 @@ async fn an_invite_keeps_its_stripped_state() {
     assert_eq!(store.load_memberships().await.unwrap(), [invite]);
 }
 
-#[tokio::test]
-async fn an_empty_database_loads_nothing() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
-    assert!(rooms(&store, 10).await.is_empty());
+async fn an_empty_database_loads_nothing(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
+    assert!(rooms(&*store, 10).await.is_empty());
     assert!(store.load_memberships().await.unwrap().is_empty());
     assert!(store.load_unread().await.unwrap().is_empty());
     assert_eq!(store.max_position().await.unwrap(), 0);
@@ -242,10 +258,9 @@ async fn an_empty_database_loads_nothing() {
     store.write(&[]).await.unwrap();
 }
 
-#[tokio::test]
-async fn duplicate_events_are_ignored() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn duplicate_events_are_ignored(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let room = "!a:example.org";
     let first = timeline(room, 1);
     let mut again = first.clone();
@@ -257,15 +272,14 @@ async fn duplicate_events_are_ignored() {
         .unwrap();
     store.write(&[Write::Event(again)]).await.unwrap();
 
-    let loaded = rooms(&store, 10).await;
+    let loaded = rooms(&*store, 10).await;
     assert_eq!(loaded[0].1.timeline, [first]);
     assert_eq!(store.max_position().await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn an_older_snapshot_does_not_replace_a_newer_one() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn an_older_snapshot_does_not_replace_a_newer_one(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let snapshot = |position: Position| Write::Snapshot {
         room_id: "!a:example.org".into(),
         position,
@@ -276,18 +290,17 @@ async fn an_older_snapshot_does_not_replace_a_newer_one() {
         .await
         .unwrap();
     store.write(&[snapshot(4)]).await.unwrap();
-    let loaded = rooms(&store, 10).await;
+    let loaded = rooms(&*store, 10).await;
     assert_eq!(loaded[0].1.snapshot, Some((7, Bytes::from("state at 7"))));
 
     store.write(&[snapshot(8)]).await.unwrap();
-    let loaded = rooms(&store, 10).await;
+    let loaded = rooms(&*store, 10).await;
     assert_eq!(loaded[0].1.snapshot, Some((8, Bytes::from("state at 8"))));
 }
 
-#[tokio::test]
-async fn many_rooms_load_in_chunks_with_progress() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn many_rooms_load_in_chunks_with_progress(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let count = 2500;
     let mut batch = Vec::new();
     for i in 0..count {
@@ -333,10 +346,9 @@ async fn connecting_to_an_unreachable_port_fails_fast_without_the_password() {
     }
 }
 
-#[tokio::test]
-async fn tokens_are_inserted_found_and_deleted() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn tokens_are_inserted_found_and_deleted(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let phone = device("@alice:example.org", "PHONE");
     assert_eq!(store.token("h1").await.unwrap(), None);
 
@@ -364,10 +376,9 @@ async fn tokens_are_inserted_found_and_deleted() {
     assert!(store.devices().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn devices_resume_with_their_newest_token_and_since() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn devices_resume_with_their_newest_token_and_since(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let phone = device("@alice:example.org", "PHONE");
     let laptop = device("@alice:example.org", "LAPTOP");
     let tokenless = device("@bob:example.org", "GONE");
@@ -421,10 +432,9 @@ async fn devices_resume_with_their_newest_token_and_since() {
     assert_eq!(phone_row.since.as_deref(), Some("s_phone"));
 }
 
-#[tokio::test]
-async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn a_batch_with_a_failing_row_leaves_nothing_behind(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let room = "!a:example.org";
     let phone = device("@alice:example.org", "PHONE");
     store.insert_token("h1", "enc1", &phone).await.unwrap();
@@ -469,7 +479,7 @@ async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
     assert!(matches!(err, PersistError::Rejected(_)), "{err:?}");
 
     assert_eq!(store.max_position().await.unwrap(), 1);
-    let loaded = rooms(&store, 10).await;
+    let loaded = rooms(&*store, 10).await;
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].1.snapshot, None);
     assert_eq!(positions(&loaded[0].1.timeline), [1]);
@@ -487,8 +497,8 @@ async fn a_batch_with_a_failing_row_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn text_postgres_cannot_hold_is_refused_as_bad_data_not_retried() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
     let mut nul = timeline("!a:example.org", 1);
     nul.event_id = "$nul\u{0}here".into();
     let err = store.write(&[Write::Event(nul)]).await.unwrap_err();
@@ -500,10 +510,9 @@ async fn text_postgres_cannot_hold_is_refused_as_bad_data_not_retried() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn memberships_and_counts_load_across_pages() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn memberships_and_counts_load_across_pages(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let count = 10_050;
     let mut batch = Vec::new();
     for i in 0..count {
@@ -539,10 +548,9 @@ async fn memberships_and_counts_load_across_pages() {
     assert_eq!(total, (0..count as u64).sum::<u64>());
 }
 
-#[tokio::test]
-async fn events_filled_into_a_gap_load_before_the_event_after_it() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn events_filled_into_a_gap_load_before_the_event_after_it(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let room = "!a:example.org";
     let before = timeline(room, 5);
     let anchor = timeline(room, 10);
@@ -563,10 +571,10 @@ async fn events_filled_into_a_gap_load_before_the_event_after_it() {
         .await
         .unwrap();
 
-    let loaded = rooms(&store, 10).await;
+    let loaded = rooms(&*store, 10).await;
     assert_eq!(positions(&loaded[0].1.timeline), [5, 11, 12, 10, 13]);
     assert_eq!(loaded[0].1.timeline[1], filled_1, "the order round-trips");
-    let newest_three = rooms(&store, 3).await;
+    let newest_three = rooms(&*store, 3).await;
     assert_eq!(
         positions(&newest_three[0].1.timeline),
         [12, 10, 13],
@@ -574,10 +582,9 @@ async fn events_filled_into_a_gap_load_before_the_event_after_it() {
     );
 }
 
-#[tokio::test]
-async fn the_newest_event_ids_load_and_say_whether_they_are_all() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn the_newest_event_ids_load_and_say_whether_they_are_all(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     let small = "!small:example.org";
     let big = "!big:example.org";
     let mut events: Vec<StoredEvent> = (1..=3).map(|p| timeline(small, p)).collect();
@@ -600,10 +607,9 @@ async fn the_newest_event_ids_load_and_say_whether_they_are_all() {
     );
 }
 
-#[tokio::test]
-async fn stored_event_ids_names_only_committed_events() {
-    let db = TestDb::new().await;
-    let store = store(&db).await;
+async fn stored_event_ids_names_only_committed_events(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
     store
         .write(&writes(&[
             timeline("!a:example.org", 1),
@@ -655,15 +661,14 @@ fn timeline_ids(store: &slidesync::store::Store, room: &str) -> Vec<String> {
 /// A poller's one-event first sync leaves a gap; another poller fills it. The filled
 /// events got later positions than the event after them, and a restart reads the
 /// timeline back in the order it had.
-#[tokio::test]
-async fn a_filled_gap_keeps_its_order_across_a_restart() {
+async fn a_filled_gap_keeps_its_order_across_a_restart(backend: Backend) {
     use std::sync::Arc;
 
     use slidesync::store::writer::WriteQueue;
     use slidesync::store::Store;
 
-    let db = TestDb::new().await;
-    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let db = TestDb::of(backend).await;
+    let persist = db.open().await;
     let room = "!gap:example.org";
     // More than the timeline ring keeps: the oldest are in storage only.
     let events: Vec<_> = (1..=100)
@@ -700,21 +705,21 @@ async fn a_filled_gap_keeps_its_order_across_a_restart() {
     );
 }
 
-/// The write-behind over real Postgres: a batch holding a row Postgres refuses is split
-/// until that row stands alone; it is counted and skipped, and every other row, before
-/// and after it, commits in order.
-#[tokio::test]
-async fn a_refused_row_is_split_out_and_the_rest_commits() {
+/// The write-behind over a real store: a batch holding a row the database refuses is
+/// split until that row stands alone; it is counted and skipped, and every other row,
+/// before and after it, commits in order.
+async fn a_refused_row_is_split_out_and_the_rest_commits(backend: Backend) {
     use std::sync::Arc;
 
     use slidesync::store::writer::WriteQueue;
 
-    let db = TestDb::new().await;
-    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let db = TestDb::of(backend).await;
+    let persist = db.open().await;
     let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
     let room = "!a:example.org";
-    let mut bad = timeline(room, 3);
-    bad.event_id = "$nul\u{0}here".into();
+    // Another event at position 1: a key violation on either store, which no retry fixes.
+    let mut bad = timeline(room, 1);
+    bad.event_id = "$clash".into();
     let batch: Vec<StoredEvent> = vec![
         timeline(room, 1),
         timeline(room, 2),
@@ -732,7 +737,7 @@ async fn a_refused_row_is_split_out_and_the_rest_commits() {
     queue.push(writes(&[timeline(room, 6)]));
     queue.release(reservation);
     queue.flush().await;
-    let loaded = rooms(&store(&db).await, 10).await;
+    let loaded = rooms(&*db.open().await, 10).await;
     assert_eq!(positions(&loaded[0].1.timeline), [1, 2, 4, 5, 6]);
 }
 
@@ -745,15 +750,14 @@ fn state_event(id: &str, kind: &str, key: &str, content: &str) -> slidesync::eve
 
 /// The state event applied right after a fold of the room's state is replayed after a
 /// restart: the snapshot is valid as of the last position handed out, not the next.
-#[tokio::test]
-async fn state_set_just_after_a_fold_survives_a_restart() {
+async fn state_set_just_after_a_fold_survives_a_restart(backend: Backend) {
     use std::sync::Arc;
 
     use slidesync::store::writer::WriteQueue;
     use slidesync::store::Store;
 
-    let db = TestDb::new().await;
-    let persist: Arc<dyn Persist> = Arc::new(store(&db).await);
+    let db = TestDb::of(backend).await;
+    let persist = db.open().await;
     let room = "!fold:example.org";
     {
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 4096);

@@ -1,0 +1,634 @@
+//! SQLite behind [`Persist`], in one file, with the migrations in `schema/sqlite/`.
+//!
+//! The embedded store: the same tables, batching rules and read-back as [`super::pg`], in
+//! a file beside the proxy, in WAL mode so startup's reads and token lookups never wait
+//! for the writer. All writes go through one connection: SQLite lets one writer in at a
+//! time anyway, and queuing in the process keeps batches in order instead of polling a
+//! lock. A batch is one transaction, so a device's `since` is never committed before the
+//! data of its response. SQLite has no array parameters: rows go in multi-row `INSERT`s,
+//! and the rooms of a startup chunk travel as one JSON array that `json_each` expands.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::persist::{
+    LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
+    StoredDevice, StoredEvent, StoredToken, Write,
+};
+use super::rows::{
+    count_from_db, count_to_db, position_from_db, settle_recent_ids, Grouped, Interner,
+};
+use crate::types::{DeviceKey, Position, RoomId};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/sqlite");
+
+/// Readers at once: startup loading and token checks.
+const READERS: u32 = 4;
+/// How long a statement waits for another process holding the file's write lock before
+/// it fails (and the write-behind retries).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rooms loaded per round of queries at startup, as on Postgres: bounds the rows one
+/// query returns and sets how often progress is reported.
+const ROOMS_PER_CHUNK: usize = 1000;
+/// Rows per `INSERT`: 11 parameters an event keeps a statement far below SQLite's limit
+/// of 32 766, and few statements per batch.
+const ROWS_PER_INSERT: usize = 500;
+
+/// The SQLite store. Cloning shares the pools.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// One connection: every write, in the order it was asked for.
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if need be) the database file at `path` and
+    /// applies the migrations.
+    pub async fn connect(path: &Path) -> Result<SqliteStore, PersistError> {
+        let connect_error = |e: &dyn std::fmt::Display| {
+            PersistError::Connect(format!("cannot open {}: {e}", path.display()))
+        };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| connect_error(&e))?;
+        }
+        // FULL makes each commit durable on disk, as a Postgres commit is; a batch is one
+        // commit, so it costs one sync per batch.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // The one connection stays open: reopening it would re-read the schema.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| connect_error(&e))?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| PersistError::Migrate(format!("{}: {e}", path.display())))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_lazy_with(options);
+        Ok(SqliteStore { writer, readers })
+    }
+}
+
+#[async_trait]
+impl Persist for SqliteStore {
+    /// A later membership, unread count or `since` for the same key replaces an earlier
+    /// one, and the snapshot with the highest position wins, as on Postgres.
+    async fn write(&self, batch: &[Write]) -> Result<(), PersistError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows = Grouped::new(batch)?;
+        let mut tx = self.writer.begin().await.map_err(query_error)?;
+        insert(&rows, &mut tx).await.map_err(query_error)?;
+        // Dropping `tx` on an error above rolls the whole batch back.
+        tx.commit().await.map_err(query_error)
+    }
+
+    /// Rooms come back sorted by room ID, found as on Postgres. The whole load is one read
+    /// transaction: in WAL mode it sees one moment of the file while the writer goes on.
+    async fn load_rooms(
+        &self,
+        timeline_per_room: usize,
+        ids_per_room: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<(RoomId, LoadedRoom)>, PersistError> {
+        let limits = Limits {
+            timeline: i64::try_from(timeline_per_room).unwrap_or(i64::MAX),
+            ids: i64::try_from(ids_per_room).unwrap_or(i64::MAX),
+        };
+        let mut tx = self.readers.begin().await.map_err(query_error)?;
+        let mut room_ids: Vec<String> = sqlx::query_scalar(ROOM_IDS_SQL)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_error)?;
+        room_ids.sort_unstable();
+
+        let mut rooms = Vec::with_capacity(room_ids.len());
+        for chunk in room_ids.chunks(ROOMS_PER_CHUNK) {
+            let start = rooms.len();
+            rooms.extend(
+                chunk
+                    .iter()
+                    .map(|id| (RoomId::from(id.as_str()), LoadedRoom::default())),
+            );
+            load_room_chunk(&mut tx, chunk, &limits, &mut rooms[start..]).await?;
+            progress(rooms.len());
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(rooms)
+    }
+
+    async fn stored_event_ids(
+        &self,
+        event_ids: &[Box<str>],
+    ) -> Result<Vec<Box<str>>, PersistError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT event_id FROM slidesync_events \
+             WHERE event_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_array(event_ids)?)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(query_error)?;
+        Ok(found.into_iter().map(String::into_boxed_str).collect())
+    }
+
+    /// Streamed, so startup never holds every raw row and every decoded value at once.
+    async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError> {
+        let mut ids = Interner::default();
+        let mut rows = sqlx::query(
+            "SELECT user_id, room_id, kind, position, invite_state FROM slidesync_memberships",
+        )
+        .fetch(&self.readers);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            let kind: &str = row.try_get("kind").map_err(query_error)?;
+            let kind = MembershipKind::parse(kind)
+                .ok_or_else(|| PersistError::Corrupt(format!("membership kind {kind:?}")))?;
+            out.push(LoadedMembership {
+                user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                kind,
+                position: position_from_db(row.try_get("position").map_err(query_error)?)?,
+                invite_state: row
+                    .try_get::<Option<Vec<u8>>, _>("invite_state")
+                    .map_err(query_error)?
+                    .map(Bytes::from),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
+        let mut ids = Interner::default();
+        let mut rows = sqlx::query(
+            "SELECT user_id, room_id, notification_count, highlight_count FROM slidesync_unread",
+        )
+        .fetch(&self.readers);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            out.push(LoadedUnread {
+                user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                notification_count: count_from_db(
+                    row.try_get("notification_count").map_err(query_error)?,
+                )?,
+                highlight_count: count_from_db(
+                    row.try_get("highlight_count").map_err(query_error)?,
+                )?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn max_position(&self) -> Result<Position, PersistError> {
+        let max: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM slidesync_events")
+                .fetch_one(&self.readers)
+                .await
+                .map_err(query_error)?;
+        position_from_db(max)
+    }
+
+    async fn token(&self, token_hash: &str) -> Result<Option<StoredToken>, PersistError> {
+        let row = sqlx::query(
+            "SELECT user_id, device_id, token_encrypted FROM slidesync_tokens \
+             WHERE token_hash = ?1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(query_error)?;
+        row.map(|row| {
+            Ok(StoredToken {
+                device: device_key(&row)?,
+                token_encrypted: row.try_get("token_encrypted").map_err(query_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Seeing a token again makes it its device's newest. The device row keeps its `since`.
+    async fn insert_token(
+        &self,
+        token_hash: &str,
+        token_encrypted: &str,
+        device: &DeviceKey,
+    ) -> Result<(), PersistError> {
+        // One transaction, so the token never exists without its device row. The next
+        // `seen_seq` is read in the same statement on the only writing connection, so no
+        // two tokens get the same one.
+        let mut tx = self.writer.begin().await.map_err(query_error)?;
+        sqlx::query(
+            "INSERT INTO slidesync_tokens \
+                 (token_hash, token_encrypted, user_id, device_id, created_ms, last_seen_ms, \
+                  seen_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, \
+                     (SELECT COALESCE(MAX(seen_seq), 0) + 1 FROM slidesync_tokens)) \
+             ON CONFLICT (token_hash) DO UPDATE SET \
+                 token_encrypted = excluded.token_encrypted, \
+                 user_id = excluded.user_id, \
+                 device_id = excluded.device_id, \
+                 last_seen_ms = excluded.last_seen_ms, \
+                 seen_seq = excluded.seen_seq",
+        )
+        .bind(token_hash)
+        .bind(token_encrypted)
+        .bind(&*device.user_id)
+        .bind(&*device.device_id)
+        .bind(count_to_db(crate::types::now_ms()))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        sqlx::query(
+            "INSERT INTO slidesync_devices (user_id, device_id) VALUES (?1, ?2) \
+             ON CONFLICT (user_id, device_id) DO NOTHING",
+        )
+        .bind(&*device.user_id)
+        .bind(&*device.device_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
+    }
+
+    /// The device row stays: a new token for the same device resumes from its `since`.
+    async fn delete_token(&self, token_hash: &str) -> Result<(), PersistError> {
+        sqlx::query("DELETE FROM slidesync_tokens WHERE token_hash = ?1")
+            .bind(token_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
+        let rows = sqlx::query(
+            "SELECT user_id, device_id, token_encrypted, since FROM ( \
+                 SELECT t.user_id, t.device_id, t.token_encrypted, d.since, \
+                        ROW_NUMBER() OVER ( \
+                            PARTITION BY t.user_id, t.device_id ORDER BY t.seen_seq DESC \
+                        ) AS newest \
+                 FROM slidesync_tokens t \
+                 LEFT JOIN slidesync_devices d USING (user_id, device_id) \
+             ) WHERE newest = 1",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(query_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredDevice {
+                    device: device_key(row)?,
+                    token_encrypted: row.try_get("token_encrypted").map_err(query_error)?,
+                    since: row.try_get("since").map_err(query_error)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Every room with a snapshot, a state event or a timeline event. The recursive parts
+/// hop from one room ID to the next in the partial indexes instead of reading every
+/// event, as on Postgres.
+const ROOM_IDS_SQL: &str = "\
+WITH RECURSIVE
+timeline_rooms(room_id) AS (
+    SELECT (SELECT room_id FROM slidesync_events WHERE in_timeline ORDER BY room_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.room_id FROM slidesync_events e
+            WHERE e.in_timeline AND e.room_id > r.room_id ORDER BY e.room_id LIMIT 1)
+    FROM timeline_rooms r WHERE r.room_id IS NOT NULL
+),
+state_rooms(room_id) AS (
+    SELECT (SELECT room_id FROM slidesync_events WHERE is_state ORDER BY room_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.room_id FROM slidesync_events e
+            WHERE e.is_state AND e.room_id > r.room_id ORDER BY e.room_id LIMIT 1)
+    FROM state_rooms r WHERE r.room_id IS NOT NULL
+)
+SELECT room_id FROM timeline_rooms WHERE room_id IS NOT NULL
+UNION SELECT room_id FROM state_rooms WHERE room_id IS NOT NULL
+UNION SELECT room_id FROM slidesync_snapshots";
+
+// The chunk queries below expand the chunk's JSON array of room IDs with `json_each` and
+// return each room's index in it (`key`, 0-based) instead of the room ID: rows are placed
+// by index, with no string per row. `CROSS JOIN` keeps the rooms as the outer loop, so
+// each room costs index lookups, never a scan of the events.
+
+const CHUNK_SNAPSHOTS_SQL: &str = "\
+SELECT r.key AS idx, s.position, s.bytes
+FROM json_each(?1) AS r
+CROSS JOIN slidesync_snapshots s
+WHERE s.room_id = r.value";
+
+const CHUNK_STATE_SQL: &str = "\
+SELECT r.key AS idx, e.position, e.event_id, e.in_timeline, e.prev_batch, e.gap_before,
+       e.filled_order, e.filled_sub, e.ts, e.json
+FROM json_each(?1) AS r
+CROSS JOIN slidesync_events e
+WHERE e.is_state AND e.room_id = r.value
+  AND e.position > COALESCE(
+      (SELECT s.position FROM slidesync_snapshots s WHERE s.room_id = r.value), -1)
+ORDER BY r.key, e.position";
+
+/// In timeline order, which is position order except for events filled into a gap. The
+/// subquery is the newest `?2` of one room, as `LATERAL` is on Postgres.
+const CHUNK_TIMELINE_SQL: &str = "\
+SELECT r.key AS idx, e.position, e.event_id, e.is_state, e.prev_batch, e.gap_before,
+       e.filled_order, e.filled_sub, e.ts, e.json
+FROM json_each(?1) AS r
+CROSS JOIN slidesync_events e
+WHERE e.position IN (
+    SELECT t.position FROM slidesync_events t
+    WHERE t.in_timeline AND t.room_id = r.value
+    ORDER BY COALESCE(t.filled_order, t.position) DESC, t.filled_sub DESC LIMIT ?2)
+ORDER BY r.key, COALESCE(e.filled_order, e.position), e.filled_sub";
+
+/// One more than asked for, newest first: a room with no more than that many is known
+/// whole.
+const CHUNK_IDS_SQL: &str = "\
+SELECT r.key AS idx, e.event_id
+FROM json_each(?1) AS r
+CROSS JOIN slidesync_events e
+WHERE e.position IN (
+    SELECT t.position FROM slidesync_events t
+    WHERE t.room_id = r.value ORDER BY t.position DESC LIMIT ?2 + 1)
+ORDER BY r.key, e.position DESC";
+
+/// How much of each room startup reads.
+struct Limits {
+    timeline: i64,
+    ids: i64,
+}
+
+/// Fills `rooms` (already holding the IDs of `room_ids`, in that order) with four
+/// queries for the whole chunk.
+async fn load_room_chunk(
+    tx: &mut Transaction<'static, Sqlite>,
+    room_ids: &[String],
+    limits: &Limits,
+    rooms: &mut [(RoomId, LoadedRoom)],
+) -> Result<(), PersistError> {
+    let room_ids = json_array(room_ids)?;
+    for row in sqlx::query(CHUNK_SNAPSHOTS_SQL)
+        .bind(&room_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (_, room) = room_at(rooms, &row)?;
+        let position = position_from_db(row.try_get("position").map_err(query_error)?)?;
+        let bytes: Vec<u8> = row.try_get("bytes").map_err(query_error)?;
+        room.snapshot = Some((position, Bytes::from(bytes)));
+    }
+
+    for row in sqlx::query(CHUNK_STATE_SQL)
+        .bind(&room_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (room_id, room) = room_at(rooms, &row)?;
+        let in_timeline = row.try_get("in_timeline").map_err(query_error)?;
+        room.state_after_snapshot
+            .push(event_from_row(room_id, &row, in_timeline, true)?);
+    }
+
+    for row in sqlx::query(CHUNK_IDS_SQL)
+        .bind(&room_ids)
+        .bind(limits.ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (_, room) = room_at(rooms, &row)?;
+        let event_id: String = row.try_get("event_id").map_err(query_error)?;
+        room.recent_ids.push(event_id.into_boxed_str());
+    }
+    let ids = usize::try_from(limits.ids).unwrap_or(usize::MAX);
+    for (_, room) in rooms.iter_mut() {
+        room.ids_complete = settle_recent_ids(&mut room.recent_ids, ids);
+    }
+
+    if limits.timeline == 0 {
+        return Ok(());
+    }
+    for row in sqlx::query(CHUNK_TIMELINE_SQL)
+        .bind(&room_ids)
+        .bind(limits.timeline)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error)?
+    {
+        let (room_id, room) = room_at(rooms, &row)?;
+        let is_state = row.try_get("is_state").map_err(query_error)?;
+        room.timeline
+            .push(event_from_row(room_id, &row, true, is_state)?);
+    }
+    Ok(())
+}
+
+/// The room a chunk row belongs to, by its 0-based index in the chunk.
+fn room_at<'r>(
+    rooms: &'r mut [(RoomId, LoadedRoom)],
+    row: &SqliteRow,
+) -> Result<(RoomId, &'r mut LoadedRoom), PersistError> {
+    let idx: i64 = row.try_get("idx").map_err(query_error)?;
+    let (room_id, room) = usize::try_from(idx)
+        .ok()
+        .and_then(|i| rooms.get_mut(i))
+        .ok_or_else(|| PersistError::Corrupt(format!("room index {idx} out of range")))?;
+    Ok((room_id.clone(), room))
+}
+
+fn event_from_row(
+    room_id: RoomId,
+    row: &SqliteRow,
+    in_timeline: bool,
+    is_state: bool,
+) -> Result<StoredEvent, PersistError> {
+    let event_id: String = row.try_get("event_id").map_err(query_error)?;
+    let json: Vec<u8> = row.try_get("json").map_err(query_error)?;
+    let prev_batch: Option<String> = row.try_get("prev_batch").map_err(query_error)?;
+    let filled_order: Option<i64> = row.try_get("filled_order").map_err(query_error)?;
+    let filled_order = match filled_order {
+        Some(order) => Some((
+            position_from_db(order)?,
+            row.try_get("filled_sub").map_err(query_error)?,
+        )),
+        None => None,
+    };
+    let ts: Option<i64> = row.try_get("ts").map_err(query_error)?;
+    Ok(StoredEvent {
+        room_id,
+        position: position_from_db(row.try_get("position").map_err(query_error)?)?,
+        event_id: event_id.into_boxed_str(),
+        in_timeline,
+        is_state,
+        prev_batch: prev_batch.map(String::into_boxed_str),
+        gap_before: row.try_get("gap_before").map_err(query_error)?,
+        filled_order,
+        ts: ts.map(count_from_db).transpose()?,
+        json: Bytes::from(json),
+    })
+}
+
+fn device_key(row: &SqliteRow) -> Result<DeviceKey, PersistError> {
+    Ok(DeviceKey::new(
+        row.try_get::<String, _>("user_id").map_err(query_error)?,
+        row.try_get::<String, _>("device_id").map_err(query_error)?,
+    ))
+}
+
+/// IDs as the JSON array `json_each` reads.
+fn json_array<S: AsRef<str>>(ids: &[S]) -> Result<String, PersistError> {
+    let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+    sonic_rs::to_string(&ids).map_err(|e| PersistError::Rejected(e.to_string()))
+}
+
+/// Writes a grouped batch; the conflict rules are Postgres' (see `pg.rs`).
+async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
+    for chunk in rows.events.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_events \
+                 (position, room_id, event_id, in_timeline, is_state, prev_batch, \
+                  gap_before, filled_order, filled_sub, ts, json) ",
+        );
+        q.push_values(chunk, |mut b, row| {
+            let event = row.event;
+            b.push_bind(row.position)
+                .push_bind(&*event.room_id)
+                .push_bind(&*event.event_id)
+                .push_bind(event.in_timeline)
+                .push_bind(event.is_state)
+                .push_bind(event.prev_batch.as_deref())
+                .push_bind(event.gap_before)
+                .push_bind(row.filled_order)
+                .push_bind(row.filled_sub)
+                .push_bind(row.ts)
+                .push_bind(&event.json[..]);
+        });
+        q.push(" ON CONFLICT (event_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+
+    let snapshots: Vec<_> = rows.snapshots.iter().collect();
+    for chunk in snapshots.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_snapshots (room_id, position, bytes) ",
+        );
+        q.push_values(chunk, |mut b, &(&room_id, &(position, bytes))| {
+            b.push_bind(room_id).push_bind(position).push_bind(bytes);
+        });
+        // A snapshot older than the stored one is ignored, as on Postgres.
+        q.push(
+            " ON CONFLICT (room_id) DO UPDATE \
+                 SET position = excluded.position, bytes = excluded.bytes \
+                 WHERE slidesync_snapshots.position <= excluded.position",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+
+    let memberships: Vec<_> = rows.memberships.iter().collect();
+    for chunk in memberships.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_memberships (user_id, room_id, kind, position, invite_state) ",
+        );
+        q.push_values(chunk, |mut b, &(&(user_id, room_id), row)| {
+            b.push_bind(user_id)
+                .push_bind(room_id)
+                .push_bind(row.kind)
+                .push_bind(row.position)
+                .push_bind(row.invite_state);
+        });
+        q.push(
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET \
+                 kind = excluded.kind, \
+                 position = excluded.position, \
+                 invite_state = excluded.invite_state",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+
+    let unread: Vec<_> = rows.unread.iter().collect();
+    for chunk in unread.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_unread \
+                 (user_id, room_id, notification_count, highlight_count) ",
+        );
+        q.push_values(
+            chunk,
+            |mut b, &(&(user_id, room_id), &(notifications, highlights))| {
+                b.push_bind(user_id)
+                    .push_bind(room_id)
+                    .push_bind(notifications)
+                    .push_bind(highlights);
+            },
+        );
+        q.push(
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET \
+                 notification_count = excluded.notification_count, \
+                 highlight_count = excluded.highlight_count",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+
+    let since: Vec<_> = rows.since.iter().collect();
+    for chunk in since.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_devices (user_id, device_id, since) ",
+        );
+        q.push_values(chunk, |mut b, &(&(user_id, device_id), &since)| {
+            b.push_bind(user_id).push_bind(device_id).push_bind(since);
+        });
+        q.push(" ON CONFLICT (user_id, device_id) DO UPDATE SET since = excluded.since");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Tells a row SQLite can never store from a failure that may pass, by the primary result
+/// code: SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19: a violated key, check, NOT NULL or
+/// STRICT type) and SQLITE_MISMATCH (20) are about the data, as is a value sqlx cannot
+/// encode. Anything else (SQLITE_BUSY from another process, I/O errors, a full disk) is
+/// retried, as on Postgres: retrying a permanent error costs only log lines, skipping a
+/// transient one loses data.
+fn query_error(e: sqlx::Error) -> PersistError {
+    let rejected = match &e {
+        sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 18..=20)),
+        _ => false,
+    };
+    if rejected {
+        PersistError::Rejected(e.to_string())
+    } else {
+        PersistError::Query(e.to_string())
+    }
+}
