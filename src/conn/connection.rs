@@ -773,6 +773,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changing_required_state_resends_the_state_without_the_timeline() {
+        let store = store();
+        joined_room(&store, "!a:x", 5, 100);
+        let mut conn = Connection::default();
+        step(&mut conn, &store, Some(&list(vec![(0, 0)], 3)));
+        let mut create_only = list(vec![(0, 0)], 3);
+        let all = create_only.lists.get_mut("all").unwrap();
+        all.ranges = None;
+        all.timeline_limit = None;
+        all.required_state = Some(vec![("m.room.create".into(), "".into())]);
+        let resp = step(&mut conn, &store, Some(&create_only));
+        let room = &resp.rooms["!a:x"];
+        assert!(!room.initial);
+        assert!(room.timeline.is_empty(), "{room:?}");
+        assert_eq!(room.required_state.len(), 1);
+        assert!(resp.lists["all"].ops.is_empty());
+    }
+
+    #[tokio::test]
     async fn an_invite_shows_only_its_invite_state_until_joined() {
         let store = store();
         let user = store.user_or_insert(&ME.into());
