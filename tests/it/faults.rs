@@ -17,7 +17,7 @@ use crate::support::db::{Backend, TestDb};
 use crate::support::fake::{FakeHomeserver, Reply};
 use crate::support::on_both_stores;
 use crate::support::proxy::{self, pos, timeline_ids, Proxy};
-use crate::support::synapse::synapse;
+use crate::support::synapse::{synapse, OwnSynapse};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -372,4 +372,42 @@ async fn synapse_cut_off_and_back_loses_no_event() {
         "the restarted proxy serves them all: {:?}",
         timeline_ids(&after, &room)
     );
+}
+
+/// A real Synapse stopped and started again, on its own port and database, while a
+/// poller long-polls it and people keep talking before and after: every message
+/// arrives once, in order, and the poller resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_restart_loses_no_event() {
+    let mut own = OwnSynapse::start().await;
+    let user = own.synapse.register("restart").await;
+    let room = own
+        .synapse
+        .create_room(&user, json!({"name": "Restart", "preset": "private_chat"}))
+        .await;
+    let upstream = Arc::new(HttpHomeserver::new(
+        Target::Url(own.synapse.base_url.parse().unwrap()),
+        Duration::from_secs(10),
+    ));
+    let db = TestDb::new().await;
+    let proxy = Proxy::start_with(&db.url, upstream, proxy::settings()).await;
+    let token = &user.access_token;
+    let first = proxy.sync_ok(token, None, 0, &request()).await;
+    let mut pos = pos(&first);
+    let mut seen = Vec::new();
+    let mut sent = vec![own.synapse.send_text(&user, &room, "before").await];
+    follow_room_until(&proxy, token, &room, &mut pos, &mut seen, &sent[0]).await;
+
+    own.restart(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        sent.push(
+            own.synapse
+                .send_text(&user, &room, &format!("after {i}"))
+                .await,
+        );
+    }
+    let last = sent.last().unwrap().clone();
+    follow_room_until(&proxy, token, &room, &mut pos, &mut seen, &last).await;
+    assert_eq!(seen, sent, "each message once, in order");
+    proxy.stop().await;
 }

@@ -70,63 +70,154 @@ pub async fn synapse() -> &'static Synapse {
 }
 
 async fn start() -> Result<Synapse, String> {
-    let venv = std::env::var_os("SLIDESYNC_SYNAPSE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/synapse-venv"));
-    remove_stale_dirs();
-    let dir =
-        std::env::temp_dir().join(format!("{TEMP_PREFIX}{}-{}", std::process::id(), unique()));
-    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let port = free_port()?;
-    let config_path = write_config(&dir, port)?;
-    let base_url = format!("http://127.0.0.1:{port}");
-    let log_path = dir.join("homeserver.log");
+    let (synapse, _process) = Launch::new()?.run().await?;
+    Ok(synapse)
+}
 
-    let (launched_tx, launched_rx) = oneshot::channel();
-    let exited = Arc::new(OnceLock::new());
-    let keeper_exited = exited.clone();
-    let keeper_dir = dir.clone();
-    // PR_SET_PDEATHSIG fires when the thread that spawned the child ends, not the
-    // process: so the child is spawned from a thread that lives as long as it does,
-    // never from a test's (short-lived) runtime thread.
-    std::thread::Builder::new()
-        .name("synapse".into())
-        .spawn(move || {
-            let spawned = ensure_venv(&venv)
-                .and_then(|python| spawn_synapse(&python, &config_path, &keeper_dir));
-            let mut child = match spawned {
-                Ok(child) => child,
-                Err(err) => {
-                    let _ = launched_tx.send(Err(err));
-                    return;
-                }
-            };
-            let _ = launched_tx.send(Ok((child.id(), Instant::now())));
-            if let Ok(status) = child.wait() {
-                let _ = keeper_exited.set(status);
-            }
+/// Where and how one Synapse runs: its directory (config, SQLite database, logs) and
+/// port stay the same across restarts.
+struct Launch {
+    venv: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    config_path: PathBuf,
+}
+
+/// A running Synapse process: its pid, and its exit status once it has exited.
+struct Process {
+    pid: u32,
+    exited: Arc<OnceLock<ExitStatus>>,
+}
+
+impl Launch {
+    fn new() -> Result<Launch, String> {
+        let venv = std::env::var_os("SLIDESYNC_SYNAPSE_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/synapse-venv"));
+        remove_stale_dirs();
+        let dir =
+            std::env::temp_dir().join(format!("{TEMP_PREFIX}{}-{}", std::process::id(), unique()));
+        fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let port = free_port()?;
+        let config_path = write_config(&dir, port)?;
+        Ok(Launch {
+            venv,
+            dir,
+            port,
+            config_path,
         })
-        .map_err(|e| format!("spawn the Synapse thread: {e}"))?;
-    let (pid, spawned_at) = launched_rx
-        .await
-        .map_err(|_| "the Synapse thread died before starting Synapse".to_string())??;
+    }
 
-    let synapse = Synapse { base_url, log_path };
-    match wait_ready(&synapse.base_url, &exited).await {
-        Ok(()) => {
-            eprintln!(
-                "synapse: ready at {} in {:.2?} (dir {})",
-                synapse.base_url,
-                spawned_at.elapsed(),
-                dir.display()
-            );
-            Ok(synapse)
+    /// Starts Synapse and waits until it answers.
+    async fn run(&self) -> Result<(Synapse, Process), String> {
+        let base_url = format!("http://127.0.0.1:{}", self.port);
+        let log_path = self.dir.join("homeserver.log");
+        let (launched_tx, launched_rx) = oneshot::channel();
+        let exited = Arc::new(OnceLock::new());
+        let keeper_exited = exited.clone();
+        let keeper_dir = self.dir.clone();
+        let (venv, config_path) = (self.venv.clone(), self.config_path.clone());
+        // PR_SET_PDEATHSIG fires when the thread that spawned the child ends, not the
+        // process: so the child is spawned from a thread that lives as long as it does,
+        // never from a test's (short-lived) runtime thread.
+        std::thread::Builder::new()
+            .name("synapse".into())
+            .spawn(move || {
+                let spawned = ensure_venv(&venv)
+                    .and_then(|python| spawn_synapse(&python, &config_path, &keeper_dir));
+                let mut child = match spawned {
+                    Ok(child) => child,
+                    Err(err) => {
+                        let _ = launched_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let _ = launched_tx.send(Ok((child.id(), Instant::now())));
+                if let Ok(status) = child.wait() {
+                    let _ = keeper_exited.set(status);
+                }
+            })
+            .map_err(|e| format!("spawn the Synapse thread: {e}"))?;
+        let (pid, spawned_at) = launched_rx
+            .await
+            .map_err(|_| "the Synapse thread died before starting Synapse".to_string())??;
+        let process = Process { pid, exited };
+        let synapse = Synapse { base_url, log_path };
+        match wait_ready(&synapse.base_url, &process.exited).await {
+            Ok(()) => {
+                eprintln!(
+                    "synapse: ready at {} in {:.2?} (dir {})",
+                    synapse.base_url,
+                    spawned_at.elapsed(),
+                    self.dir.display()
+                );
+                Ok((synapse, process))
+            }
+            Err(err) => {
+                process.signal(libc::SIGKILL);
+                Err(format!(
+                    "Synapse did not start: {err}\n{}",
+                    log_tails(&self.dir)
+                ))
+            }
         }
-        Err(err) => {
-            // SAFETY: kill(2) on our own child's pid; the thread above reaps it.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            Err(format!("Synapse did not start: {err}\n{}", log_tails(&dir)))
+    }
+}
+
+impl Process {
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which its keeper thread reaps.
+        unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+    }
+
+    /// Asks Synapse to stop and waits until it has (killing it after a while).
+    async fn stop(&self) {
+        self.signal(libc::SIGTERM);
+        for _ in 0..300 {
+            if self.exited.get().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        self.signal(libc::SIGKILL);
+        while self.exited.get().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A Synapse of one test's own, which that test may restart: same port, same database,
+/// so users, rooms and tokens survive it. Killed when dropped.
+pub struct OwnSynapse {
+    pub synapse: Synapse,
+    launch: Launch,
+    process: Process,
+}
+
+impl OwnSynapse {
+    pub async fn start() -> OwnSynapse {
+        let launch = Launch::new().unwrap_or_else(|e| panic!("{e}"));
+        let (synapse, process) = launch.run().await.unwrap_or_else(|e| panic!("{e}"));
+        OwnSynapse {
+            synapse,
+            launch,
+            process,
+        }
+    }
+
+    /// Stops Synapse, waits `down` with it stopped, and starts it again.
+    pub async fn restart(&mut self, down: Duration) {
+        self.process.stop().await;
+        tokio::time::sleep(down).await;
+        let (synapse, process) = self.launch.run().await.unwrap_or_else(|e| panic!("{e}"));
+        self.synapse = synapse;
+        self.process = process;
+    }
+}
+
+impl Drop for OwnSynapse {
+    fn drop(&mut self) {
+        self.process.signal(libc::SIGKILL);
     }
 }
 
