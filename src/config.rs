@@ -210,7 +210,7 @@ static SECRET: Setting = Setting {
     flag: "secret",
     value_name: "SECRET",
     default: Fallback::Unset,
-    meaning: "Key for encrypting stored access tokens; must never change for the life of the database. Unset: a random one is generated on first start and kept beside the database (mode 0600).",
+    meaning: "Key for encrypting stored access tokens; must never change for the life of the database. Required with a Postgres SYNCV3_DB. Unset with the embedded store: a random one is generated on first start and kept beside the database (mode 0600).",
     fix: "set it to a random string, e.g. the output of `openssl rand -hex 32`, and keep it for the life of the database",
 };
 
@@ -321,6 +321,13 @@ pub enum ConfigError {
         present: &'static Setting,
         missing: &'static Setting,
     },
+    /// A Postgres database without an explicit secret: a generated one would be each
+    /// node's own, and no node could read the tokens the others stored.
+    #[error("{secret} is not set but {db} names a Postgres database: every proxy on that database must use the same secret; set it to a random string, e.g. the output of `openssl rand -hex 32`, and keep it for the life of the database")]
+    SecretRequired {
+        secret: &'static Setting,
+        db: &'static Setting,
+    },
     /// A flag came last, or was followed by another flag, instead of by its value.
     #[error("{setting} was given as a flag without a value: write --{} VALUE or --{}=VALUE", .setting.flag, .setting.flag)]
     FlagWithoutValue { setting: &'static Setting },
@@ -414,6 +421,12 @@ impl Values<'_> {
         };
 
         let secret = self.get(&SECRET).map(str::to_owned);
+        if secret.is_none() && matches!(db, Db::Postgres(_)) {
+            return Err(ConfigError::SecretRequired {
+                secret: &SECRET,
+                db: &DB,
+            });
+        }
 
         let bind = self.get_or_default(&BINDADDR)?;
         let bind = parse_bind(bind).map_err(|problem| invalid(&BINDADDR, bind, problem))?;
@@ -836,11 +849,23 @@ mod tests {
     fn empty_values_count_as_unset() {
         let config = run(&[], &with(minimal(), "SYNCV3_BINDADDR", "")).unwrap();
         assert_eq!(config.bind, BindAddr::Tcp("0.0.0.0:8008".parse().unwrap()));
-        let config = run(&[], &with(minimal(), "SYNCV3_SECRET", "")).unwrap();
+        let embedded = with(minimal(), "SYNCV3_DB", "");
+        let config = run(&[], &with(embedded, "SYNCV3_SECRET", "")).unwrap();
         assert_eq!(
             config.secret, None,
             "an empty secret is generated, never used"
         );
+    }
+
+    #[test]
+    fn a_postgres_database_needs_an_explicit_secret() {
+        let err = run(&[], &with(minimal(), "SYNCV3_SECRET", "")).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.starts_with("SYNCV3_SECRET (--secret) is not set but SYNCV3_DB (--db)"),
+            "{line}"
+        );
+        assert!(line.contains("same secret"), "{line}");
     }
 
     #[test]

@@ -8,17 +8,20 @@
 //! data of its response. SQLite has no array parameters: rows go in multi-row `INSERT`s,
 //! and the rooms of a startup chunk travel as one JSON array that `json_each` expands.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::persist::{
     LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
@@ -43,12 +46,56 @@ const ROOMS_PER_CHUNK: usize = 1000;
 /// of 32 766, and few statements per batch.
 const ROWS_PER_INSERT: usize = 500;
 
+/// One transaction on the writing connection, begun and ended here rather than by
+/// sqlx: when SQLite rolls a transaction back by itself (a full disk, an I/O error),
+/// sqlx would go on counting it as open, make the next one a savepoint inside no
+/// transaction, and report commits that never reach the file. A transaction that is
+/// not committed takes its connection with it (SQLite rolls it back as it closes),
+/// and the pool opens a fresh one.
+struct WriteTx {
+    conn: PoolConnection<Sqlite>,
+    committed: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx, PersistError> {
+        let mut conn = pool.acquire().await.map_err(query_error)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(query_error)?;
+        Ok(WriteTx {
+            conn,
+            committed: false,
+        })
+    }
+
+    async fn commit(mut self) -> Result<(), PersistError> {
+        sqlx::query("COMMIT")
+            .execute(&mut *self.conn)
+            .await
+            .map_err(query_error)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// The SQLite store. Cloning shares the pools.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// One connection: every write, in the order it was asked for.
     writer: SqlitePool,
     readers: SqlitePool,
+    /// This process's claim on the file (see [`lock_exclusively`]).
+    _lock: Arc<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -58,9 +105,22 @@ impl SqliteStore {
         let connect_error = |e: &dyn std::fmt::Display| {
             PersistError::Connect(format!("cannot open {}: {e}", path.display()))
         };
+        // The file holds every private room's events: the directory and the file are
+        // the proxy's alone (SQLite gives its -wal and -shm files the file's mode).
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| connect_error(&e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| connect_error(&e))?;
         }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| connect_error(&e))?;
+        let lock = lock_exclusively(path).map_err(|e| connect_error(&e))?;
         // FULL makes each commit durable on disk, as a Postgres commit is; a batch is one
         // commit, so it costs one sync per batch.
         let options = SqliteConnectOptions::new()
@@ -85,8 +145,36 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_lazy_with(options);
-        Ok(SqliteStore { writer, readers })
+        Ok(SqliteStore {
+            writer,
+            readers,
+            _lock: Arc::new(lock),
+        })
     }
+}
+
+/// Takes an exclusive lock beside the database file, held while the store lives: a
+/// second proxy on the same file would hand out the same positions and lose rows.
+fn lock_exclusively(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let lock_path = path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)?;
+    // SAFETY: flock(2) on a descriptor `file` keeps open; closing it unlocks.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another slidesync is using this database (it holds {}); stop it first",
+                lock_path.display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 #[async_trait]
@@ -98,10 +186,9 @@ impl Persist for SqliteStore {
             return Ok(());
         }
         let rows = Grouped::new(batch)?;
-        let mut tx = self.writer.begin().await.map_err(query_error)?;
-        insert(&rows, &mut tx).await.map_err(query_error)?;
-        // Dropping `tx` on an error above rolls the whole batch back.
-        tx.commit().await.map_err(query_error)
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        insert(&rows, &mut tx.conn).await.map_err(query_error)?;
+        tx.commit().await
     }
 
     /// Rooms come back sorted by room ID, found as on Postgres. The whole load is one read
@@ -241,7 +328,7 @@ impl Persist for SqliteStore {
         // One transaction, so the token never exists without its device row. The next
         // `seen_seq` is read in the same statement on the only writing connection, so no
         // two tokens get the same one.
-        let mut tx = self.writer.begin().await.map_err(query_error)?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         sqlx::query(
             "INSERT INTO slidesync_tokens \
                  (token_hash, token_encrypted, user_id, device_id, created_ms, last_seen_ms, \
@@ -260,7 +347,7 @@ impl Persist for SqliteStore {
         .bind(&*device.user_id)
         .bind(&*device.device_id)
         .bind(count_to_db(crate::types::now_ms()))
-        .execute(&mut *tx)
+        .execute(&mut *tx.conn)
         .await
         .map_err(query_error)?;
         sqlx::query(
@@ -269,10 +356,10 @@ impl Persist for SqliteStore {
         )
         .bind(&*device.user_id)
         .bind(&*device.device_id)
-        .execute(&mut *tx)
+        .execute(&mut *tx.conn)
         .await
         .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)
+        tx.commit().await
     }
 
     /// The device row stays: a new token for the same device resumes from its `since`.
@@ -511,7 +598,7 @@ fn json_array<S: AsRef<str>>(ids: &[S]) -> Result<String, PersistError> {
 }
 
 /// Writes a grouped batch; the conflict rules are Postgres' (see `pg.rs`).
-async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
+async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     for chunk in rows.events.chunks(ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO slidesync_events \
@@ -533,7 +620,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<
                 .push_bind(&event.json[..]);
         });
         q.push(" ON CONFLICT (event_id) DO NOTHING");
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *tx).await?;
     }
 
     let snapshots: Vec<_> = rows.snapshots.iter().collect();
@@ -550,7 +637,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<
                  SET position = excluded.position, bytes = excluded.bytes \
                  WHERE slidesync_snapshots.position <= excluded.position",
         );
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *tx).await?;
     }
 
     let memberships: Vec<_> = rows.memberships.iter().collect();
@@ -571,7 +658,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<
                  position = excluded.position, \
                  invite_state = excluded.invite_state",
         );
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *tx).await?;
     }
 
     let unread: Vec<_> = rows.unread.iter().collect();
@@ -594,7 +681,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<
                  notification_count = excluded.notification_count, \
                  highlight_count = excluded.highlight_count",
         );
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *tx).await?;
     }
 
     let since: Vec<_> = rows.since.iter().collect();
@@ -606,7 +693,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut Transaction<'_, Sqlite>) -> Result<
             b.push_bind(user_id).push_bind(device_id).push_bind(since);
         });
         q.push(" ON CONFLICT (user_id, device_id) DO UPDATE SET since = excluded.since");
-        q.build().execute(&mut **tx).await?;
+        q.build().execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -630,5 +717,79 @@ fn query_error(e: sqlx::Error) -> PersistError {
         PersistError::Rejected(e.to_string())
     } else {
         PersistError::Query(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::persist::StoredEvent;
+
+    fn event(position: Position, size: usize) -> Write {
+        Write::Event(StoredEvent {
+            room_id: "!r:x".into(),
+            position,
+            event_id: format!("$e{position}").into(),
+            in_timeline: true,
+            is_state: false,
+            prev_batch: None,
+            gap_before: false,
+            filled_order: None,
+            ts: None,
+            json: Bytes::from(vec![b'x'; size]),
+        })
+    }
+
+    /// A full disk makes SQLite roll the batch back by itself. The writes after it must
+    /// reach the file again, a refused row among them, not vanish into a transaction
+    /// that never ends.
+    #[tokio::test]
+    async fn writes_after_a_full_disk_reach_the_file() {
+        let dir = std::env::temp_dir().join(format!("slidesync-full-{}", rand::random::<u64>()));
+        let store = SqliteStore::connect(&dir.join("db.sqlite")).await.unwrap();
+        store.write(&[event(1, 10)]).await.unwrap();
+        // The disk is full: the writing connection may not grow the file.
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert!(store.write(&[event(2, 1 << 20)]).await.is_err());
+        // A refused row (another event at position 1), then plain writes.
+        let mut clash = event(1, 10);
+        if let Write::Event(e) = &mut clash {
+            e.event_id = "$clash".into();
+        }
+        let refused = store.write(&[event(3, 10), clash]).await;
+        assert!(
+            matches!(refused, Err(PersistError::Rejected(_))),
+            "{refused:?}"
+        );
+        store.write(&[event(4, 10)]).await.unwrap();
+        drop(store);
+
+        let reopened = SqliteStore::connect(&dir.join("db.sqlite")).await.unwrap();
+        assert_eq!(reopened.max_position().await.unwrap(), 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn one_database_file_serves_one_proxy() {
+        let dir = std::env::temp_dir().join(format!("slidesync-lock-{}", rand::random::<u64>()));
+        let path = dir.join("db.sqlite");
+        let first = SqliteStore::connect(&path).await.unwrap();
+        let second = SqliteStore::connect(&path).await.unwrap_err();
+        assert!(second.to_string().contains("another slidesync"), "{second}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the file is the proxy's alone");
+        drop(first);
+        SqliteStore::connect(&path).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -737,7 +737,7 @@ async fn a_refused_row_is_split_out_and_the_rest_commits(backend: Backend) {
     queue.push(writes(&[timeline(room, 6)]));
     queue.release(reservation);
     queue.flush().await;
-    let loaded = rooms(&*db.open().await, 10).await;
+    let loaded = rooms(&*persist, 10).await;
     assert_eq!(positions(&loaded[0].1.timeline), [1, 2, 4, 5, 6]);
 }
 
