@@ -130,6 +130,14 @@ impl Db {
             if path.is_empty() {
                 return Err("sqlite:// names no file".to_owned());
             }
+            // A path only: what follows `?` would become part of the file's name, and an
+            // in-memory database keeps nothing across a restart.
+            if path.contains('?') || path.starts_with(":memory:") {
+                return Err(
+                    "sqlite:// takes a file path only, with no ?options and not :memory:"
+                        .to_owned(),
+                );
+            }
             return Ok(Db::Sqlite(PathBuf::from(path)));
         }
         Err(if raw.contains('=') && !raw.contains("://") {
@@ -905,6 +913,10 @@ mod tests {
         assert_eq!(config.db, Db::Sqlite(PathBuf::from("rel/proxy.db")));
         let line = error(&[], &with(minimal(), "SYNCV3_DB", "sqlite://"));
         assert!(line.contains("sqlite:// names no file"), "{line}");
+        for odd in ["sqlite://x.db?mode=rwc", "sqlite://:memory:"] {
+            let line = error(&[], &with(minimal(), "SYNCV3_DB", odd));
+            assert!(line.contains("a file path only"), "{line}");
+        }
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), SecretError> {
     // an existing file, so of two proxies starting at once on one directory the second
     // reads the first one's secret instead of overwriting it, and nobody ever reads a
     // half-written file.
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    // Random, not the pid: in a container every start is pid 1, and a temporary left by a
+    // killed start must not be in the next one's way.
+    let temporary = path.with_extension(format!("tmp{:016x}", rand::random::<u64>()));
     let written = write_private(&temporary, &secret).and_then(|()| fs::hard_link(&temporary, path));
     let _ = fs::remove_file(&temporary);
     match written {
