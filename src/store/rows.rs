@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::persist::{PersistError, StoredEvent, Write};
-use crate::types::Position;
+use crate::types::{DeviceKey, Position, RoomId};
 
 /// One batch split by table. The upserted rows sit in ordered maps so every transaction
 /// touches keys in the same order: two batches written at once then wait for each other
@@ -159,4 +161,67 @@ pub(super) fn settle_recent_ids(recent_ids: &mut Vec<Box<str>>, ids_per_room: us
     let complete = recent_ids.len() <= ids_per_room;
     recent_ids.truncate(ids_per_room);
     complete
+}
+
+/// Column `name` of a row read back at startup; a column that is missing or of another
+/// type means the database is not one the migrations made.
+fn column<'r, R, T>(row: &'r R, name: &str) -> Result<T, PersistError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get(name)
+        .map_err(|e| PersistError::Corrupt(format!("column {name}: {e}")))
+}
+
+/// One event row, as both stores' chunk queries return it.
+pub(super) fn event_from_row<R>(
+    room_id: RoomId,
+    row: &R,
+    in_timeline: bool,
+    is_state: bool,
+) -> Result<StoredEvent, PersistError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let event_id: String = column(row, "event_id")?;
+    let json: Vec<u8> = column(row, "json")?;
+    let prev_batch: Option<String> = column(row, "prev_batch")?;
+    let filled_order = match column::<R, Option<i64>>(row, "filled_order")? {
+        Some(order) => Some((position_from_db(order)?, column(row, "filled_sub")?)),
+        None => None,
+    };
+    let ts: Option<i64> = column(row, "ts")?;
+    Ok(StoredEvent {
+        room_id,
+        position: position_from_db(column(row, "position")?)?,
+        event_id: event_id.into_boxed_str(),
+        in_timeline,
+        is_state,
+        prev_batch: prev_batch.map(String::into_boxed_str),
+        gap_before: column(row, "gap_before")?,
+        filled_order,
+        ts: ts.map(count_from_db).transpose()?,
+        json: Bytes::from(json),
+    })
+}
+
+/// A device's user and device IDs.
+pub(super) fn device_key<R>(row: &R) -> Result<DeviceKey, PersistError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(DeviceKey::new(
+        column::<R, String>(row, "user_id")?,
+        column::<R, String>(row, "device_id")?,
+    ))
 }

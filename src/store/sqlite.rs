@@ -25,10 +25,11 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::persist::{
     LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist, PersistError,
-    StoredDevice, StoredEvent, StoredToken, Write,
+    StoredDevice, StoredToken, Write,
 };
 use super::rows::{
-    count_from_db, count_to_db, position_from_db, settle_recent_ids, Grouped, Interner,
+    count_from_db, count_to_db, device_key, event_from_row, position_from_db, settle_recent_ids,
+    Grouped, Interner,
 };
 use crate::types::{DeviceKey, Position, RoomId};
 
@@ -550,45 +551,6 @@ fn room_at<'r>(
         .and_then(|i| rooms.get_mut(i))
         .ok_or_else(|| PersistError::Corrupt(format!("room index {idx} out of range")))?;
     Ok((room_id.clone(), room))
-}
-
-fn event_from_row(
-    room_id: RoomId,
-    row: &SqliteRow,
-    in_timeline: bool,
-    is_state: bool,
-) -> Result<StoredEvent, PersistError> {
-    let event_id: String = row.try_get("event_id").map_err(query_error)?;
-    let json: Vec<u8> = row.try_get("json").map_err(query_error)?;
-    let prev_batch: Option<String> = row.try_get("prev_batch").map_err(query_error)?;
-    let filled_order: Option<i64> = row.try_get("filled_order").map_err(query_error)?;
-    let filled_order = match filled_order {
-        Some(order) => Some((
-            position_from_db(order)?,
-            row.try_get("filled_sub").map_err(query_error)?,
-        )),
-        None => None,
-    };
-    let ts: Option<i64> = row.try_get("ts").map_err(query_error)?;
-    Ok(StoredEvent {
-        room_id,
-        position: position_from_db(row.try_get("position").map_err(query_error)?)?,
-        event_id: event_id.into_boxed_str(),
-        in_timeline,
-        is_state,
-        prev_batch: prev_batch.map(String::into_boxed_str),
-        gap_before: row.try_get("gap_before").map_err(query_error)?,
-        filled_order,
-        ts: ts.map(count_from_db).transpose()?,
-        json: Bytes::from(json),
-    })
-}
-
-fn device_key(row: &SqliteRow) -> Result<DeviceKey, PersistError> {
-    Ok(DeviceKey::new(
-        row.try_get::<String, _>("user_id").map_err(query_error)?,
-        row.try_get::<String, _>("device_id").map_err(query_error)?,
-    ))
 }
 
 /// IDs as the JSON array `json_each` reads.
