@@ -4,6 +4,7 @@ mod cli;
 mod e2e;
 mod errors;
 mod faults;
+mod ops;
 mod pg_store;
 mod pollers;
 mod room_list;
