@@ -17,8 +17,8 @@ use crate::ingest::pollers::{PollerConfig, Pollers};
 use crate::ops::admin::{self, Admin, BindError};
 use crate::ops::listen::{self, ListenError, Listener};
 use crate::ops::metrics::{RuntimeCollector, TaskCollector};
-use crate::ops::pprof;
 use crate::ops::tls::{self, TlsError};
+use crate::ops::{notify, pprof};
 use crate::store::persist::{Persist, PersistError};
 use crate::store::pg::PgStore;
 use crate::store::sessions::Sessions;
@@ -316,7 +316,9 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
     let listener: Listener = listen::bind(&config.bind).await?;
+    notify::notify("READY=1");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;
+    notify::notify("STOPPING=1");
     app.shutdown().await;
     let _ = stop_ops.send(true);
     for task in ops {
