@@ -253,7 +253,13 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         url: redact_db_url(&config.db),
         error,
     };
-    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let (tls, certificate) = match &config.tls {
+        Some(files) => {
+            let (tls, certificate) = tls::server_config(files)?;
+            (Some(tls), Some(certificate))
+        }
+        None => (None, None),
+    };
     // The operator's listeners start first and stop last: `/health` answers (503) while
     // the store loads, and metrics cover the shutdown.
     let (stop_ops, ops_stopped) = tokio::sync::watch::channel(false);
@@ -316,6 +322,9 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
     let listener: Listener = listen::bind(&config.bind).await?;
+    if let Some(certificate) = certificate {
+        tokio::spawn(reload_on_sighup(certificate));
+    }
     notify::notify("READY=1");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;
     notify::notify("STOPPING=1");
@@ -325,6 +334,26 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Reloads the TLS certificate on each SIGHUP, as certificate renewal tools expect.
+async fn reload_on_sighup(certificate: Arc<tls::Certificate>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match certificate.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the one in use")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
