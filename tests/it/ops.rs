@@ -195,6 +195,49 @@ async fn metrics_keep_the_go_proxy_names_and_types_and_count_a_sync() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn health_and_metrics_show_a_device_waiting_for_its_first_poll() {
+    let (_db, hs, proxy) = scripted(&[(TOKEN, ALICE, "ALICEDEV")]).await;
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![(ROOM, new_room(ALICE, Some("Ops"), 1_000))]),
+    );
+    hs.hold(TOKEN);
+    let waiting = proxy.spawn_sync(TOKEN, None, 0, &request());
+    hs.wait_for_calls(TOKEN, 1).await;
+
+    let (status, body) = get(&format!("{}/health", proxy.ops_url)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sonic_rs::from_str::<Value>(&body).unwrap()["pollers_catching_up"].as_u64(),
+        Some(1)
+    );
+    let scrape = Scrape::parse(&get(&format!("{}/metrics", proxy.ops_url)).await.1);
+    assert_eq!(scrape.value("slidesync_poller_catching_up"), 1.0);
+    assert_eq!(
+        scrape.value("sliding_sync_poller_num_outstanding_sync_v2_reqs"),
+        1.0
+    );
+    assert_eq!(
+        scrape.value("sliding_sync_api_num_devices_pending_ensure_polling"),
+        1.0
+    );
+
+    hs.release(TOKEN);
+    assert_eq!(waiting.await.unwrap().status, 200);
+    let (_, body) = get(&format!("{}/health", proxy.ops_url)).await;
+    assert_eq!(
+        sonic_rs::from_str::<Value>(&body).unwrap()["pollers_catching_up"].as_u64(),
+        Some(0)
+    );
+    let scrape = Scrape::parse(&get(&format!("{}/metrics", proxy.ops_url)).await.1);
+    assert_eq!(
+        scrape.value("sliding_sync_api_num_devices_pending_ensure_polling"),
+        0.0
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_come_as_pprof_protobuf_and_as_an_svg_flame_graph() {
     let listener = listen::bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))
