@@ -461,6 +461,7 @@ mod tests {
         assert_eq!(*persist.committed.lock(), writes);
         assert_eq!(queue.rejected(), 0);
         assert_eq!(persist.transient_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(queue.metrics().failures.get(), 2, "each failed try is counted");
     }
 
     #[tokio::test]
@@ -484,5 +485,29 @@ mod tests {
             *persist.committed.lock(),
             [since("1"), since("2"), since("3"), since("4")]
         );
+    }
+
+    #[tokio::test]
+    async fn the_queue_reports_its_depth_credits_and_oldest_write_until_committed() {
+        let persist = Arc::new(TestPersist::stalled());
+        let (queue, _task) = WriteQueue::spawn(persist.clone(), 8);
+        assert_eq!(queue.oldest_uncommitted(), Duration::ZERO);
+        let r = queue.reserve(3).await;
+        queue.push([since("1"), since("2")]);
+        queue.release(r);
+        let r = queue.reserve(1).await;
+        queue.push([since("3")]);
+        queue.release(r);
+
+        assert_eq!(queue.depth(), 3);
+        assert_eq!(queue.credits_in_use(), 4);
+        assert!(queue.oldest_uncommitted() > Duration::ZERO);
+
+        persist.resume();
+        queue.flush().await;
+        assert_eq!(queue.depth(), 0);
+        assert_eq!(queue.credits_in_use(), 0);
+        assert_eq!(queue.oldest_uncommitted(), Duration::ZERO);
+        assert_eq!(queue.metrics().failures.get(), 0);
     }
 }
