@@ -157,6 +157,7 @@ impl App {
         let mut tasks = TaskCollector::default();
         tasks.add("poller", pollers.task_monitor());
         tasks.add("request", requests.clone());
+        tasks.add("writer", store.queue().metrics().task.clone());
         registry.register_collector(Box::new(tasks));
         registry.register_collector(Box::new(RuntimeCollector::current()));
         let api = Arc::new(Api {

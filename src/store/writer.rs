@@ -95,6 +95,8 @@ pub struct WriterMetrics {
     pub commit_duration: Histogram,
     /// Transactions that failed (and were retried or split).
     pub failures: Counter,
+    /// The writer task runs under it, so its cost shows in the metrics.
+    pub task: tokio_metrics::TaskMonitor,
 }
 
 impl Default for WriterMetrics {
@@ -104,6 +106,7 @@ impl Default for WriterMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             failures: Counter::default(),
+            task: tokio_metrics::TaskMonitor::new(),
         }
     }
 }
@@ -143,11 +146,11 @@ impl WriteQueue {
         });
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let credits = Arc::new(Semaphore::new(capacity as usize));
-        let task = tokio::spawn(run(
+        let task = tokio::spawn(shared.metrics.task.instrument(run(
             Arc::clone(&persist),
             Arc::clone(&shared),
             Arc::clone(&credits),
-        ));
+        )));
         let queue = Self {
             persist,
             _senders: Arc::new(Senders(Arc::clone(&shared))),
@@ -461,7 +464,11 @@ mod tests {
         assert_eq!(*persist.committed.lock(), writes);
         assert_eq!(queue.rejected(), 0);
         assert_eq!(persist.transient_failures.load(Ordering::Relaxed), 0);
-        assert_eq!(queue.metrics().failures.get(), 2, "each failed try is counted");
+        assert_eq!(
+            queue.metrics().failures.get(),
+            2,
+            "each failed try is counted"
+        );
     }
 
     #[tokio::test]

@@ -178,6 +178,10 @@ async fn metrics_keep_the_go_proxy_names_and_types_and_count_a_sync() {
     assert_eq!(scrape.value("slidesync_api_parked_long_polls"), 0.0);
     assert!(scrape.value(r#"slidesync_task_instrumented_total{task="poller"}"#) >= 1.0);
     assert!(scrape.value(r#"slidesync_task_instrumented_total{task="request"}"#) >= 1.0);
+    assert_eq!(
+        scrape.value(r#"slidesync_task_instrumented_total{task="writer"}"#),
+        1.0
+    );
     assert!(scrape.value("slidesync_tokio_workers") >= 1.0);
 
     let (status, body) = get(&format!("{}/health", proxy.ops_url)).await;
