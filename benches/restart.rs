@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use sonic_rs::json;
 
+use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
@@ -71,7 +72,7 @@ async fn measure(backend: Backend, rooms: usize, rebuilds: usize) -> (Duration, 
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), QUEUE);
         let store = Store::new(queue, 1);
         let user = store.user_or_insert(&UserId::from(ME));
-        process(&store, &user, &body(rooms))
+        process(&store, &user, &body(rooms), &PollerMetrics::default())
             .await
             .expect("v2 body applies");
         store.queue().flush().await;

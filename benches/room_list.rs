@@ -27,6 +27,7 @@ use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
 use slidesync::api::msc3575;
 use slidesync::conn::connection::{Connection, View};
 use slidesync::conn::request::{Op, SyncRequest, SyncResponse};
+use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::persist::{Persist, Write};
 use slidesync::store::users::{UserMembership, UserState};
@@ -109,7 +110,7 @@ fn fixture() -> Fixture {
     let user = store.user_or_insert(&UserId::from(ME));
     let body = initial_sync_body();
     rt.block_on(async {
-        process(&store, &user, &body)
+        process(&store, &user, &body, &PollerMetrics::default())
             .await
             .expect("v2 body applies");
         store.queue().flush().await;

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release --example loadtest -- [--users N] [--rooms R] [--clients C] \
-//!     [--seconds S] [--rate M] [--warm W] [--late-login R]
+//!     [--seconds S] [--rate M] [--warm W] [--late-login R] [--pprof HOST:PORT]
 //! ```
 //!
 //! # Layout
@@ -55,7 +55,7 @@ use crate::report::{machine, proc_status, section};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: cargo run --release --example loadtest -- [--users N] [--rooms R] [--clients C] [--seconds S] [--rate M] [--warm W] [--late-login R]
+const USAGE: &str = "usage: cargo run --release --example loadtest -- [--users N] [--rooms R] [--clients C] [--seconds S] [--rate M] [--warm W] [--late-login R] [--pprof HOST:PORT]
 
   --users N     users of the synthetic homeserver, one device each (default 8)
   --rooms R     rooms per user, not shared between users (default 1000)
@@ -65,6 +65,8 @@ const USAGE: &str = "usage: cargo run --release --example loadtest -- [--users N
   --warm W      sequential warm new-connection requests in phase a (default 500)
   --late-login R  2 s into phase d, one more user with R rooms makes its first request
                 (default: none)
+  --pprof HOST:PORT  serve the proxy's profiling endpoints there (as SYNCV3_PPROF) and
+                print a line on stderr as each phase starts, to profile one phase
 
 Postgres: postgres://postgres@127.0.0.1:5432 (trust), or SLIDESYNC_TEST_PG (a URL
 without a database name). A scratch database is created and dropped.";
@@ -83,6 +85,8 @@ pub struct Options {
     pub warm: usize,
     /// Rooms of a user who logs in during phase d, if any.
     pub late_login: Option<usize>,
+    /// Where to serve the profiling endpoints, if anywhere.
+    pub pprof: Option<SocketAddr>,
 }
 
 impl Options {
@@ -95,6 +99,7 @@ impl Options {
             rate: 200,
             warm: 500,
             late_login: None,
+            pprof: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -108,6 +113,14 @@ impl Options {
             let value = inline
                 .or_else(|| args.next().cloned())
                 .ok_or_else(|| format!("{name} needs a value"))?;
+            if name == "--pprof" {
+                o.pprof = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--pprof must be host:port, not {value:?}"))?,
+                );
+                continue;
+            }
             let number: u64 =
                 value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                     format!("{name} must be a whole number above 0, not {value:?}")
@@ -238,6 +251,16 @@ async fn run(opts: &Options, db: &TestDb) -> Result<(), String> {
     let server = tokio::spawn(listen::serve(listener, None, app.handler(), async {
         let _ = stopped.await;
     }));
+    let (stop_pprof, pprof_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = opts.pprof {
+        let listener = slidesync::ops::admin::bind("--pprof", addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("pprof: http://{addr}/debug/pprof/");
+        tokio::spawn(slidesync::ops::pprof::serve(listener, async {
+            let _ = pprof_stopped.await;
+        }));
+    }
 
     let ctx = Run {
         opts: opts.clone(),
@@ -251,6 +274,7 @@ async fn run(opts: &Options, db: &TestDb) -> Result<(), String> {
     drop(ctx);
 
     let _ = stop.send(());
+    let _ = stop_pprof.send(());
     let _ = server.await;
     app.shutdown().await;
     outcome.map_err(|Failed(phase)| format!("phase \"{phase}\" failed"))?;
@@ -277,9 +301,19 @@ async fn run(opts: &Options, db: &TestDb) -> Result<(), String> {
 }
 
 async fn phases(run: &Run) -> Result<(), Failed> {
+    // With --pprof, a marker on stderr as each phase starts, so a profile can be aimed.
+    let starts = |phase: &str| {
+        if run.opts.pprof.is_some() {
+            eprintln!("phase {phase} starts");
+        }
+    };
+    starts("a");
     phases::initial_window(run).await?;
+    starts("b");
     phases::no_change(run).await?;
+    starts("c");
     phases::big_list(run).await?;
+    starts("d");
     live::live_delivery(run).await
 }
 

@@ -6,14 +6,20 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
+use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
+use tokio_metrics::TaskMonitor;
 
+use crate::api::metrics::ApiMetrics;
 use crate::api::Api;
 use crate::config::{redact_db_url, Config, Db, ServerAddr};
 use crate::conn::Conns;
 use crate::ingest::pollers::{PollerConfig, Pollers};
+use crate::ops::admin::{self, Admin, BindError};
 use crate::ops::listen::{self, ListenError, Listener};
+use crate::ops::metrics::{RuntimeCollector, TaskCollector};
 use crate::ops::tls::{self, TlsError};
+use crate::ops::{notify, pprof};
 use crate::store::persist::{Persist, PersistError};
 use crate::store::pg::PgStore;
 use crate::store::secret::{self, SecretError};
@@ -50,6 +56,9 @@ pub enum StartupError {
     /// The TLS certificate or key could not be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The metrics or profiling address could not be bound.
+    #[error(transparent)]
+    OpsListen(#[from] BindError),
 }
 
 /// Tunables that are not operator settings (yet).
@@ -68,6 +77,8 @@ pub struct Settings {
     pub write_queue: usize,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
+    /// The longest shutdown waits for queued writes to commit.
+    pub flush_limit: Duration,
 }
 
 impl Default for Settings {
@@ -80,6 +91,7 @@ impl Default for Settings {
             rejected_ttl: Duration::from_secs(30),
             write_queue: 16 * 1024,
             body_timeout: Duration::from_secs(30),
+            flush_limit: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +99,11 @@ impl Default for Settings {
 /// A running proxy without its listener: tests serve it on their own socket.
 pub struct App {
     pub api: Arc<Api>,
+    /// Every component's metrics, for the `/metrics` listener.
+    pub registry: Arc<Registry>,
+    /// Every request runs under this monitor, so their cost shows in the metrics.
+    requests: TaskMonitor,
+    flush_limit: Duration,
     writer: JoinHandle<()>,
     janitor: JoinHandle<()>,
 }
@@ -132,20 +149,33 @@ impl App {
         }
         tracing::info!(resumed, "pollers resuming in the background");
         let conns = Arc::new(Conns::new(settings.conn_idle));
+        let metrics = ApiMetrics::default();
         let janitor = {
             let conns = Arc::clone(&conns);
             let store = Arc::clone(&store);
             // An order outlives the connections that used it by their idle time.
             let idle = settings.conn_idle;
+            let expired = metrics.expiry_conn_timed_out.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tick.tick().await;
-                    conns.sweep();
+                    expired.inc_by(conns.sweep() as u64);
                     store.sweep_orders(idle);
                 }
             })
         };
+        let requests = TaskMonitor::new();
+        let mut registry = Registry::default();
+        metrics.register(&conns, &mut registry);
+        pollers.register_metrics(&mut registry);
+        crate::store::metrics::register(&store, &mut registry);
+        let mut tasks = TaskCollector::default();
+        tasks.add("poller", pollers.task_monitor());
+        tasks.add("request", requests.clone());
+        tasks.add("writer", store.queue().metrics().task.clone());
+        registry.register_collector(Box::new(tasks));
+        registry.register_collector(Box::new(RuntimeCollector::current()));
         let api = Arc::new(Api {
             store,
             conns,
@@ -159,9 +189,13 @@ impl App {
             // As long as the first poll's own deadline: a request waiting longer would
             // only wait for the retry.
             first_sync_wait: settings.poller.initial_timeout,
+            metrics,
         });
         Ok(App {
             api,
+            registry: Arc::new(registry),
+            requests,
+            flush_limit: settings.flush_limit,
             writer,
             janitor,
         })
@@ -179,14 +213,40 @@ impl App {
            + Sync
            + 'static {
         let api = Arc::clone(&self.api);
-        move |req| Box::pin(Arc::clone(&api).handle(req))
+        let monitor = self.requests.clone();
+        move |req| Box::pin(monitor.instrument(Arc::clone(&api).handle(req)))
     }
 
-    /// Stops pollers and waits until every queued write is committed.
+    /// Stops pollers and waits until every queued write is committed, each device's
+    /// newest `since` included, or until `settings.flush_limit` has passed: storage that
+    /// is down must not hold a restart hostage, and nothing is lost by giving up, since
+    /// a device's `since` is committed only after its data and its poller resumes from
+    /// the last committed one.
     pub async fn shutdown(self) {
+        let started = std::time::Instant::now();
         self.janitor.abort();
+        let pollers = self.api.pollers.count();
         self.api.pollers.stop_all();
-        self.api.store.queue().flush().await;
+        let queue = self.api.store.queue().clone();
+        let queued = queue.depth();
+        tracing::info!(
+            pollers,
+            queued,
+            "shutting down: pollers stopped, committing queued writes"
+        );
+        match tokio::time::timeout(self.flush_limit, queue.flush()).await {
+            Ok(()) => tracing::info!(
+                committed = queued,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "every queued write and since is committed"
+            ),
+            Err(_) => tracing::error!(
+                uncommitted = queue.depth(),
+                limit_secs = self.flush_limit.as_secs(),
+                "storage did not commit the queued writes in time; exiting without them: the devices concerned repeat their last polls after the restart"
+            ),
+        }
+        drop(queue);
         let App { api, writer, .. } = self;
         drop(api);
         // The writer ends once the last queue handle (held by the store) is gone; other
@@ -233,7 +293,36 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             error,
         },
     };
-    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let (tls, certificate) = match &config.tls {
+        Some(files) => {
+            let (tls, certificate) = tls::server_config(files)?;
+            (Some(tls), Some(certificate))
+        }
+        None => (None, None),
+    };
+    // The operator's listeners start first and stop last: `/health` answers (503) while
+    // the store loads, and metrics cover the shutdown.
+    let (stop_ops, ops_stopped) = tokio::sync::watch::channel(false);
+    let stopped = || {
+        let mut stopped = ops_stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let admin = Arc::new(Admin::default());
+    let mut ops = Vec::new();
+    if let Some(addr) = config.prom {
+        let listener = admin::bind("SYNCV3_PROM (--prom)", addr).await?;
+        ops.push(tokio::spawn(admin::serve(
+            listener,
+            Arc::clone(&admin),
+            stopped(),
+        )));
+    }
+    if let Some(addr) = config.pprof {
+        let listener = admin::bind("SYNCV3_PPROF (--pprof)", addr).await?;
+        ops.push(tokio::spawn(pprof::serve(listener, stopped())));
+    }
     let persist = open_store(&config.db, config.max_db_conn)
         .await
         .map_err(db_error)?;
@@ -277,6 +366,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
                 None => StartupError::WrongSecret { stored },
             },
         })?;
+    admin.loaded(Arc::clone(&app.registry), Arc::clone(&app.api.pollers));
     // Only a warning, and only after every fatal check: a failed start prints one line.
     match app.api.upstream.versions().await {
         Ok(_) => tracing::info!(server = %config.server, "homeserver reachable"),
@@ -285,10 +375,38 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         }
     }
     let listener: Listener = listen::bind(&config.bind).await?;
+    if let Some(certificate) = certificate {
+        tokio::spawn(reload_on_sighup(certificate));
+    }
+    notify::notify("READY=1");
     listen::serve(listener, tls, app.handler(), shutdown_signal()).await;
-    tracing::info!("shutting down: flushing writes");
+    notify::notify("STOPPING=1");
     app.shutdown().await;
+    let _ = stop_ops.send(true);
+    for task in ops {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// Reloads the TLS certificate on each SIGHUP, as certificate renewal tools expect.
+async fn reload_on_sighup(certificate: Arc<tls::Certificate>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match certificate.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the one in use")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

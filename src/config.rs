@@ -15,6 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::ops::logging::LogFormat;
+
 /// Where the homeserver's client API is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerAddr {
@@ -86,6 +88,11 @@ pub struct Config {
     pub http_timeout: Duration,
     /// Timeout of a poller's first `/sync`, which can take minutes on a big account.
     pub http_initial_timeout: Duration,
+    /// Where to serve `/metrics` and `/health`; off when unset.
+    pub prom: Option<SocketAddr>,
+    /// Where to serve `/debug/pprof/*`; off when unset.
+    pub pprof: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 impl fmt::Debug for Config {
@@ -101,6 +108,9 @@ impl fmt::Debug for Config {
             .field("max_db_conn", &self.max_db_conn)
             .field("http_timeout", &self.http_timeout)
             .field("http_initial_timeout", &self.http_initial_timeout)
+            .field("prom", &self.prom)
+            .field("pprof", &self.pprof)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -295,8 +305,35 @@ static HTTP_INITIAL_TIMEOUT_SECS: Setting = Setting {
     fix: "set it to a whole number of seconds greater than 0, like 1800",
 };
 
+static PROM: Setting = Setting {
+    env: "SYNCV3_PROM",
+    flag: "prom",
+    value_name: "HOST:PORT",
+    default: Fallback::Unset,
+    meaning: "Serve Prometheus metrics on /metrics and a health check on /health at this address, apart from the public listener.",
+    fix: "set it to host:port like 127.0.0.1:2112, or leave it unset to serve no metrics",
+};
+
+static PPROF: Setting = Setting {
+    env: "SYNCV3_PPROF",
+    flag: "pprof",
+    value_name: "HOST:PORT",
+    default: Fallback::Unset,
+    meaning: "Serve CPU profiles, flame graphs and a memory summary on /debug/pprof/ at this address, apart from the public listener.",
+    fix: "set it to host:port like 127.0.0.1:6060, or leave it unset to serve no profiles",
+};
+
+static LOG_FORMAT: Setting = Setting {
+    env: "SYNCV3_LOG_FORMAT",
+    flag: "log-format",
+    value_name: "FORMAT",
+    default: Fallback::Value("text"),
+    meaning: "Log lines as key=value text, or json for one JSON object per line.",
+    fix: "set it to text or json",
+};
+
 /// Every setting, in the order `--help` lists them.
-pub static SETTINGS: [&Setting; 11] = [
+pub static SETTINGS: [&Setting; 14] = [
     &SERVER,
     &DB,
     &DATA_DIR,
@@ -308,6 +345,9 @@ pub static SETTINGS: [&Setting; 11] = [
     &MAX_DB_CONN,
     &HTTP_TIMEOUT_SECS,
     &HTTP_INITIAL_TIMEOUT_SECS,
+    &PROM,
+    &PPROF,
+    &LOG_FORMAT,
 ];
 
 /// Why the settings cannot be used. Display is one line that says what to do.
@@ -471,6 +511,25 @@ impl Values<'_> {
         let http_timeout = self.seconds(&HTTP_TIMEOUT_SECS)?;
         let http_initial_timeout = self.seconds(&HTTP_INITIAL_TIMEOUT_SECS)?;
 
+        let prom = self.tcp(&PROM)?;
+        let pprof = self.tcp(&PPROF)?;
+        if let (Some(prom), Some(pprof)) = (prom, pprof) {
+            if prom == pprof {
+                return Err(invalid(
+                    &PPROF,
+                    &pprof.to_string(),
+                    "the same address as SYNCV3_PROM; each needs its own port",
+                ));
+            }
+        }
+
+        let format = self.get_or_default(&LOG_FORMAT)?;
+        let log_format = match format.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(invalid(&LOG_FORMAT, format, "unknown log format")),
+        };
+
         Ok(Config {
             server,
             db,
@@ -482,7 +541,25 @@ impl Values<'_> {
             max_db_conn,
             http_timeout,
             http_initial_timeout,
+            prom,
+            pprof,
+            log_format,
         })
+    }
+
+    /// An optional host:port; a unix socket path is refused (these listeners are for
+    /// scrapers and profilers on the network).
+    fn tcp(&self, setting: &'static Setting) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(raw) = self.get(setting) else {
+            return Ok(None);
+        };
+        match parse_bind(raw) {
+            Ok(BindAddr::Tcp(addr)) => Ok(Some(addr)),
+            Ok(BindAddr::Unix(_)) => {
+                Err(invalid(setting, raw, "a unix socket is not supported here"))
+            }
+            Err(problem) => Err(invalid(setting, raw, problem)),
+        }
     }
 
     fn seconds(&self, setting: &'static Setting) -> Result<Duration, ConfigError> {
@@ -1011,6 +1088,41 @@ mod tests {
             &with(minimal(), "SYNCV3_HTTP_INITIAL_TIMEOUT_SECS", "1.5"),
         );
         assert!(line.contains("not a whole number of seconds"), "{line}");
+    }
+
+    #[test]
+    fn ops_listeners_take_host_port_and_need_their_own_ports() {
+        let config = run(&[], &minimal()).unwrap();
+        assert_eq!((config.prom, config.pprof), (None, None));
+        assert_eq!(config.log_format, LogFormat::Text);
+        let env = with(minimal(), "SYNCV3_PROM", ":2112");
+        let env = with(env, "SYNCV3_PPROF", "127.0.0.1:6060");
+        let env = with(env, "SYNCV3_LOG_FORMAT", "JSON");
+        let config = run(&[], &env).unwrap();
+        assert_eq!(config.prom, Some("0.0.0.0:2112".parse().unwrap()));
+        assert_eq!(config.pprof, Some("127.0.0.1:6060".parse().unwrap()));
+        assert_eq!(config.log_format, LogFormat::Json);
+
+        let line = error(&[], &with(minimal(), "SYNCV3_PROM", "2112"));
+        assert_eq!(
+            line,
+            "SYNCV3_PROM (--prom) is \"2112\": not host:port; set it to host:port like \
+             127.0.0.1:2112, or leave it unset to serve no metrics"
+        );
+        let line = error(&[], &with(minimal(), "SYNCV3_PPROF", "/run/pprof.sock"));
+        assert!(
+            line.starts_with("SYNCV3_PPROF (--pprof) is \"/run/pprof.sock\": a unix socket"),
+            "{line}"
+        );
+        let same = with(minimal(), "SYNCV3_PROM", "127.0.0.1:7000");
+        let line = error(&[], &with(same, "SYNCV3_PPROF", "127.0.0.1:7000"));
+        assert!(line.contains("the same address as SYNCV3_PROM"), "{line}");
+        let line = error(&[], &with(minimal(), "SYNCV3_LOG_FORMAT", "xml"));
+        assert_eq!(
+            line,
+            "SYNCV3_LOG_FORMAT (--log-format) is \"xml\": unknown log format; set it to text \
+             or json"
+        );
     }
 
     #[test]

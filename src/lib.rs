@@ -11,7 +11,7 @@
 //! - [`rooms`]: per-user sort indexes and room naming over the store.
 //! - [`conn`]: one sliding sync connection: sticky request, windows, ops, long-poll.
 //! - [`api`]: the HTTP surface: authentication and the wire dialects over [`conn`].
-//! - [`ops`]: listeners, TLS, logging.
+//! - [`ops`]: listeners, TLS, logging, metrics, profiling, health.
 //!
 //! [`config`] composes the settings, [`app`] wires the stages together, [`nesting`]
 //! keeps hostile JSON from overflowing the stack at both edges.

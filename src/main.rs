@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
 
-    slidesync::ops::logging::init(config.log_level);
+    slidesync::ops::logging::init(config.log_level, config.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
@@ -44,11 +45,12 @@ fuzz_target!(|body: &[u8]| {
     // A fresh store per input, so an input's outcome does not depend on the ones before.
     let store = Store::new(queue.clone(), 1);
     let user = store.user_or_insert(&UserId::from(ME));
+    let metrics = PollerMetrics::default();
     rt.block_on(async {
-        if process(&store, &user, body).await.is_ok() {
+        if process(&store, &user, body, &metrics).await.is_ok() {
             // The same response again, as a second poller in the room delivers it:
             // every event is now a duplicate.
-            process(&store, &user, body)
+            process(&store, &user, body, &metrics)
                 .await
                 .expect("a response that applied once applies again");
         }

@@ -8,6 +8,7 @@ use http::HeaderMap;
 use super::Api;
 use crate::error::MatrixError;
 use crate::ingest::pollers::PollState;
+use crate::ops::metrics::Held;
 use crate::store::sessions::Lookup;
 use crate::store::tokens::token_hash;
 use crate::store::users::UserState;
@@ -112,6 +113,11 @@ impl Api {
                  one of them is answered",
             ));
         };
+        self.metrics
+            .payloads
+            .get_or_create(&[("payload_type", "V3EnsurePolling")])
+            .inc();
+        let _pending = Held::new(&self.metrics.pending_ensure_polling);
         let first_poll = async {
             let polled = state.wait_for(|s| *s != PollState::Starting).await;
             polled.map(|s| *s)

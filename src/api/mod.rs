@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod json;
+pub mod metrics;
 pub mod msc3575;
 
 use std::collections::HashMap;
@@ -19,11 +20,14 @@ use tracing::Instrument;
 use crate::conn::{ConnKey, Conns, Wait};
 use crate::error::MatrixError;
 use crate::ingest::pollers::Pollers;
+use crate::ops::metrics::Held;
 use crate::store::persist::Persist;
 use crate::store::sessions::Sessions;
 use crate::store::tokens::TokenCipher;
 use crate::store::Store;
 use crate::upstream::{full, Homeserver};
+
+use self::metrics::{ApiMetrics, SLOW_REQUEST};
 
 pub const MSC3575_PATH: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
 /// Request bodies larger than this get 413: a sliding sync request is a few KiB.
@@ -50,6 +54,16 @@ pub struct Api {
     /// The longest a request waits for its device's first poll (then 504; the poll goes
     /// on and a retry waits for the same one).
     pub first_sync_wait: Duration,
+    pub metrics: ApiMetrics,
+}
+
+/// Where a sync request's time went, handed from the handler to the access line.
+#[derive(Clone, Copy)]
+struct Timing {
+    setup: Duration,
+    processing: Duration,
+    /// The long-poll time the request allowed: waiting that long is not slowness.
+    wait: Duration,
 }
 
 impl Api {
@@ -61,15 +75,18 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        // One access-log line per request; the sync handler fills in who and where.
+        // One access-log line per request with the Go proxy's field names; the sync
+        // handler fills in who and where.
         let span = tracing::info_span!(
             "request",
-            user = tracing::field::Empty,
-            device = tracing::field::Empty,
-            conn = tracing::field::Empty,
-            pos = tracing::field::Empty,
-            next_pos = tracing::field::Empty,
-            rooms = tracing::field::Empty,
+            u = tracing::field::Empty,
+            dev = tracing::field::Empty,
+            c = tracing::field::Empty,
+            p = tracing::field::Empty,
+            q = tracing::field::Empty,
+            t = tracing::field::Empty,
+            r = tracing::field::Empty,
+            l = tracing::field::Empty,
         );
         // A bug must cost one request a 500, not the connection or the process.
         let routed = std::panic::AssertUnwindSafe(self.route(req).instrument(span.clone()))
@@ -88,8 +105,30 @@ impl Api {
                 ))
             }
         };
+        let total = started.elapsed();
+        let timing = resp.extensions().get::<Timing>().copied();
+        if is_slow(total, timing.map_or(Duration::ZERO, |t| t.wait)) {
+            self.metrics.slow_requests.inc();
+            tracing::warn!(%method, %path, duration_secs = total.as_secs_f64(), "slow request");
+        }
         if method != Method::OPTIONS {
-            tracing::info!(%method, %path, status = resp.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "request");
+            // "total(setup+processing)" seconds, as the Go proxy wrote it.
+            let duration = match timing {
+                Some(t) => format!(
+                    "{:.3}({:.3}+{:.3})",
+                    total.as_secs_f64(),
+                    t.setup.as_secs_f64(),
+                    t.processing.as_secs_f64()
+                ),
+                None => format!("{:.3}", total.as_secs_f64()),
+            };
+            let size = http_body::Body::size_hint(resp.body()).exact();
+            let status = resp.status().as_u16();
+            if path == MSC3575_PATH {
+                tracing::info!(status, size, %duration, "request");
+            } else {
+                tracing::info!(%method, %path, status, size, %duration, "request");
+            }
         }
         with_cors(resp)
     }
@@ -139,6 +178,7 @@ impl Api {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let arrived = Instant::now();
         let (parts, body) = req.into_parts();
         let query = parse_query(parts.uri.query());
         let token = auth::token(&parts.headers, &query)?;
@@ -156,20 +196,49 @@ impl Api {
             return Err(MatrixError::unknown_pos());
         }
         let span = tracing::Span::current();
-        span.record("user", &*device.user_id);
-        span.record("device", &*device.device_id);
-        span.record("conn", key.conn_id.as_str());
+        span.record("u", &*device.user_id);
+        span.record("dev", &*device.device_id);
+        span.record("c", key.conn_id.as_str());
         if let Some(pos) = pos {
-            span.record("pos", pos);
+            span.record("p", pos);
+        }
+        if let Some(txn_id) = &request.txn_id {
+            span.record("t", txn_id.as_str());
+        }
+        if !request.lists.is_empty() {
+            span.record("l", request.lists.len());
         }
         let user = self.ready_user(&device, token).await?;
-        let resp = self
-            .conns
-            .sync(key, pos, request, Wait { timeout }, &user, &self.store)
-            .await?;
-        span.record("next_pos", resp.pos.as_str());
-        span.record("rooms", resp.rooms.len());
-        Ok(json_response(StatusCode::OK, msc3575::serialize(&resp)))
+        let setup = arrived.elapsed();
+        let initial = ApiMetrics::initial(pos);
+        self.metrics
+            .setup_duration
+            .get_or_create(&initial)
+            .observe(setup.as_secs_f64());
+        let computing = Instant::now();
+        let resp = {
+            let _parked = Held::new(&self.metrics.parked);
+            self.conns
+                .sync(key, pos, request, Wait { timeout }, &user, &self.store)
+                .await?
+        };
+        let processing = computing.elapsed();
+        // Only requests that cannot long-poll: a long-poll's time is mostly waiting.
+        if pos.is_none() || timeout.is_zero() {
+            self.metrics
+                .process_duration
+                .get_or_create(&initial)
+                .observe(processing.as_secs_f64());
+        }
+        span.record("q", resp.pos.as_str());
+        span.record("r", resp.rooms.len());
+        let mut response = json_response(StatusCode::OK, msc3575::serialize(&resp));
+        response.extensions_mut().insert(Timing {
+            setup,
+            processing,
+            wait: timeout,
+        });
+        Ok(response)
     }
 
     /// The homeserver's `/versions`, advertising sliding sync.
@@ -195,6 +264,12 @@ impl Api {
         let out = sonic_rs::to_vec(&value).map_err(|e| MatrixError::upstream(e.to_string()))?;
         Ok(json_response(StatusCode::OK, out))
     }
+}
+
+/// A request is slow when it took [`SLOW_REQUEST`] longer than the long-poll time it
+/// asked for.
+fn is_slow(total: Duration, wait: Duration) -> bool {
+    total >= wait + SLOW_REQUEST
 }
 
 async fn read_body<B>(body: B, deadline: Duration) -> Result<Bytes, MatrixError>
@@ -289,6 +364,16 @@ fn with_cors(mut resp: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_slow_only_past_its_long_poll_time() {
+        let secs = Duration::from_secs;
+        assert!(!is_slow(secs(49), Duration::ZERO));
+        assert!(is_slow(secs(50), Duration::ZERO));
+        assert!(!is_slow(secs(120), secs(120)));
+        assert!(!is_slow(secs(169), secs(120)));
+        assert!(is_slow(secs(170), secs(120)));
+    }
 
     #[test]
     fn query_parameters_are_decoded() {

@@ -118,8 +118,8 @@ impl Conns {
         self.map.contains_key(key)
     }
 
-    /// Drops connections idle for longer than the configured time.
-    pub fn sweep(&self) {
+    /// Drops connections idle for longer than the configured time; returns how many.
+    pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let idle = self.idle;
         let mut removed = Vec::new();
@@ -130,12 +130,14 @@ impl Conns {
             }
             keep
         });
+        let count = removed.len();
         for key in removed {
             if let Some(mut ids) = self.per_device.get_mut(&key.device) {
                 ids.retain(|id| *id != key.conn_id);
             }
         }
         self.per_device.retain(|_, ids| !ids.is_empty());
+        count
     }
 
     fn open(&self, key: &ConnKey) -> Arc<Entry> {

@@ -1,21 +1,25 @@
 //! The pollers: at most one per device, each a task that long-polls `/sync` with the
 //! device's token and feeds the store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::{watch, Semaphore};
+use tokio_metrics::TaskMonitor;
 
+use super::metrics::{PollerCollector, PollerMetrics};
 use super::v2;
+use crate::ops::metrics::{flag, Held};
 use crate::store::persist::{Persist, StoredDevice, Write};
 use crate::store::sessions::Sessions;
 use crate::store::tokens::{token_hash, TokenCipher};
 use crate::store::Store;
-use crate::types::DeviceKey;
+use crate::types::{now_ms, DeviceKey};
 use crate::upstream::{Homeserver, SyncCall, UpstreamError};
 
 /// The first poll of a device without `since` asks for one event per room: the room list
@@ -75,6 +79,10 @@ struct Handle {
     token: Arc<Mutex<String>>,
     state: watch::Receiver<PollState>,
     task: tokio::task::AbortHandle,
+    /// When the last poll was applied (ms since the epoch; the start until then), for
+    /// the lag metric. Written by the poller, read by scrapes: a relaxed atomic is enough
+    /// for a number that is only reported.
+    last_ok: Arc<AtomicU64>,
 }
 
 pub struct Pollers {
@@ -88,6 +96,9 @@ pub struct Pollers {
     /// previous token stopped instead of doing a full initial sync.
     since: DashMap<DeviceKey, String>,
     resume_permits: Arc<Semaphore>,
+    metrics: PollerMetrics,
+    /// Every poller task runs under this monitor, so their cost shows in the metrics.
+    tasks: TaskMonitor,
 }
 
 impl Pollers {
@@ -107,11 +118,48 @@ impl Pollers {
             running: DashMap::new(),
             since: DashMap::new(),
             resume_permits: Arc::new(Semaphore::new(RESUME_CONCURRENCY)),
+            metrics: PollerMetrics::default(),
+            tasks: TaskMonitor::new(),
         })
     }
 
     pub fn count(&self) -> usize {
         self.running.len()
+    }
+
+    pub fn metrics(&self) -> &PollerMetrics {
+        &self.metrics
+    }
+
+    /// Registers the pollers' families and their scrape-time state.
+    pub fn register_metrics(
+        self: &Arc<Self>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        self.metrics.register(registry);
+        registry.register_collector(Box::new(PollerCollector(Arc::clone(self))));
+    }
+
+    pub fn task_monitor(&self) -> TaskMonitor {
+        self.tasks.clone()
+    }
+
+    /// Pollers whose first poll has not completed yet.
+    pub fn catching_up(&self) -> usize {
+        self.running
+            .iter()
+            .filter(|h| *h.state.borrow() == PollState::Starting)
+            .count()
+    }
+
+    /// Each poller's time since its last applied poll (since its start before the
+    /// first), in seconds.
+    pub fn lags(&self) -> Vec<f64> {
+        let now = now_ms();
+        self.running
+            .iter()
+            .map(|h| now.saturating_sub(h.last_ok.load(Ordering::Relaxed)) as f64 / 1000.0)
+            .collect()
     }
 
     /// Starts the device's poller unless one runs; a running one takes the token if it
@@ -139,15 +187,23 @@ impl Pollers {
                 let (tx, rx) = watch::channel(PollState::Starting);
                 let token = Arc::new(Mutex::new(token.to_owned()));
                 let since = self.since.get(device).map(|s| s.clone());
+                let last_ok = Arc::new(AtomicU64::new(now_ms()));
                 let this = Arc::clone(self);
-                let task =
-                    tokio::spawn(this.run(device.clone(), Arc::clone(&token), since, tx, resumed));
+                let task = tokio::spawn(self.tasks.instrument(this.run(
+                    device.clone(),
+                    Arc::clone(&token),
+                    since,
+                    tx,
+                    resumed,
+                    Arc::clone(&last_ok),
+                )));
                 // The vacant entry holds the shard lock, so the task cannot remove its
                 // handle (on an expired token) before it is inserted.
                 e.insert(Handle {
                     token,
                     state: rx.clone(),
                     task: task.abort_handle(),
+                    last_ok,
                 });
                 rx
             }
@@ -194,6 +250,7 @@ impl Pollers {
         mut since: Option<String>,
         state: watch::Sender<PollState>,
         resumed: bool,
+        last_ok: Arc<AtomicU64>,
     ) {
         let user = self.store.user_or_insert(&device.user_id);
         let mut failures: u32 = 0;
@@ -217,6 +274,7 @@ impl Pollers {
             } else {
                 None
             };
+            let in_flight = Held::new(&self.metrics.outstanding_requests);
             let result = self
                 .upstream
                 .sync(SyncCall {
@@ -227,11 +285,22 @@ impl Pollers {
                     deadline,
                 })
                 .await;
+            drop(in_flight);
             drop(permit);
+            self.metrics.total_num_polls.inc();
             let outcome = match result {
-                Ok(body) => v2::process(&self.store, &user, &body)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(body) => {
+                    let started = Instant::now();
+                    let processed = v2::process(&self.store, &user, &body, &self.metrics).await;
+                    self.metrics
+                        .process_duration
+                        .get_or_create(&[
+                            ("initial", flag(since.is_none())),
+                            ("first", flag(first)),
+                        ])
+                        .observe(started.elapsed().as_secs_f64());
+                    processed.map_err(|e| e.to_string())
+                }
                 Err(UpstreamError::Unauthorized) => {
                     if !self.expire(&device, &token_now).await {
                         // The device presented a new token while this request was out
@@ -240,6 +309,7 @@ impl Pollers {
                         continue;
                     }
                     tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
+                    self.metrics.payload("V2ExpiredToken");
                     state.send_replace(PollState::Expired);
                     return;
                 }
@@ -247,6 +317,10 @@ impl Pollers {
             };
             match outcome {
                 Ok(next_batch) => {
+                    last_ok.store(now_ms(), Ordering::Relaxed);
+                    if first {
+                        self.metrics.payload("V2InitialSyncComplete");
+                    }
                     failures = 0;
                     failing_since = None;
                     first = false;

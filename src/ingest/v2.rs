@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
@@ -30,7 +31,13 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
 
 /// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
 /// Its writes are queued before this returns, so the caller's `since` comes after them.
-pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<String, ProcessError> {
+/// Counts what it applies in `metrics`.
+pub async fn process(
+    store: &Store,
+    user: &UserState,
+    body: &[u8],
+    metrics: &PollerMetrics,
+) -> Result<String, ProcessError> {
     let body = wire::clamp(body);
     let resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
@@ -53,10 +60,12 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
             limited: joined.timeline.limited,
             stored: Default::default(),
         };
+        observe_room(metrics, &delta);
         delta.stored = store.stored_copies(&delta).await;
         store.apply_room(delta);
         store.confirm_join(user, &room_id);
         if let Some(unread) = joined.unread_notifications {
+            metrics.payload("V2UnreadCounts");
             store.set_unread(
                 user,
                 &room_id,
@@ -82,6 +91,7 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
         let now = now_ms();
         let ts = wire::invite_ts(&state, &user.user_id).map_or(now, |ts| ts.min(now));
         store.set_invite(user, &room_id, Bytes::from(state), ts);
+        metrics.payload("V2InviteRoom");
         queue.release(reservation);
     }
     for (room_id, left) in rooms.leave {
@@ -110,9 +120,33 @@ pub async fn process(store: &Store, user: &UserState, body: &[u8]) -> Result<Str
         store.apply_room(delta);
         let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
         store.set_left(user, &room_id, leave_event);
+        metrics.payload("V2LeaveRoom");
         queue.release(reservation);
     }
     Ok(resp.next_batch)
+}
+
+/// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and
+/// its `V2Accumulate` a timeline.
+fn observe_room(metrics: &PollerMetrics, delta: &RoomDelta) {
+    let limited = if delta.limited {
+        "limited"
+    } else {
+        "unlimited"
+    };
+    metrics
+        .timeline_size
+        .get_or_create(&[("limited", limited)])
+        .observe(delta.timeline.len() as f64);
+    if delta.limited && !delta.state.is_empty() {
+        metrics.gappy_state_size.observe(delta.state.len() as f64);
+    }
+    if !delta.state.is_empty() {
+        metrics.payload("V2Initialise");
+    }
+    if !delta.timeline.is_empty() {
+        metrics.payload("V2Accumulate");
+    }
 }
 
 fn find_timeline_event(store: &Store, room_id: &str, event_id: &str) -> Option<Arc<Event>> {
@@ -137,7 +171,12 @@ mod tests {
     async fn a_response_is_applied_to_rooms_and_memberships() {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
-        assert_eq!(process(&store, &user, BODY).await.unwrap(), "s1");
+        assert_eq!(
+            process(&store, &user, BODY, &PollerMetrics::default())
+                .await
+                .unwrap(),
+            "s1"
+        );
         let room = store.room("!r:x").unwrap();
         assert_eq!(room.timeline.len(), 2);
         assert!(
@@ -166,7 +205,12 @@ mod tests {
         let body = format!(
             r#"{{"next_batch":"s1","rooms":{{"join":{{"!r:x":{{"timeline":{{"events":[{{"type":"m.room.message","event_id":"$deep","sender":"@b:x","content":{{"body":"hi","x":{deep}}}}}]}}}}}}}}}}"#
         );
-        assert_eq!(process(&store, &user, body.as_bytes()).await.unwrap(), "s1");
+        assert_eq!(
+            process(&store, &user, body.as_bytes(), &PollerMetrics::default())
+                .await
+                .unwrap(),
+            "s1"
+        );
         let room = store.room("!r:x").unwrap();
         let stored: sonic_rs::Value = sonic_rs::from_slice(&room.timeline[0].json).unwrap();
         use sonic_rs::JsonValueTrait;
@@ -187,7 +231,12 @@ mod tests {
             br#"b"}}]}}}}}"#,
         ]
         .concat();
-        assert_eq!(process(&store, &user, &body).await.unwrap(), "s1");
+        assert_eq!(
+            process(&store, &user, &body, &PollerMetrics::default())
+                .await
+                .unwrap(),
+            "s1"
+        );
         let room = store.room("!r:x").unwrap();
         let stored: sonic_rs::Value = sonic_rs::from_slice(&room.timeline[0].json).unwrap();
         use sonic_rs::JsonValueTrait;
@@ -209,7 +258,7 @@ mod tests {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
             }
-            let _ = process(&store, &user, &body).await;
+            let _ = process(&store, &user, &body, &PollerMetrics::default()).await;
         }
     }
 }

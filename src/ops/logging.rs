@@ -1,4 +1,9 @@
-//! Logs: `tracing` events as `key=value` lines on stderr.
+//! Logs: `tracing` events on stderr, as `key=value` lines or (`SYNCV3_LOG_FORMAT=json`)
+//! one JSON object per line, for log shippers.
+//!
+//! Each request ends with one access line (`api`) carrying the Go proxy's field names
+//! (`u`, `dev`, `c`, `p`, `q`, `t`, `r`, `l`, `status`, `size`, `duration`), so log
+//! queries written for it keep working.
 //!
 //! The level comes from `SYNCV3_LOG_LEVEL`; `RUST_LOG`, when set, wins, so a developer can
 //! turn on one module (`RUST_LOG=slidesync::ingest=trace`) without touching deployment
@@ -12,8 +17,17 @@ fn default_filter(level: tracing::Level) -> EnvFilter {
     EnvFilter::new(format!("{level},sqlx=warn"))
 }
 
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line: the event's fields, its level, target and time, and the
+    /// fields of the span it happened in (`span`), such as a request's user and device.
+    Json,
+}
+
 /// Installs the global subscriber. A second call (tests, embedding) keeps the first one.
-pub fn init(level: tracing::Level) {
+pub fn init(level: tracing::Level, format: LogFormat) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
             .unwrap_or_else(|e| {
@@ -24,10 +38,20 @@ pub fn init(level: tracing::Level) {
             }),
         _ => default_filter(level),
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in files or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .try_init();
+        .with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder
+            // Colour codes only for a person at a terminal, not in files or journald.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The innermost span carries the request's fields; the whole list would repeat
+        // them.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

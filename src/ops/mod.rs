@@ -1,5 +1,11 @@
-//! Operations: the public listener (TCP or unix socket, optionally TLS) and logging.
+//! Operations: the public listener (TCP or unix socket, optionally TLS), logging, and
+//! the operator's listeners: metrics and health (`admin`), profiles (`pprof`); readiness
+//! for systemd (`notify`).
 
+pub mod admin;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod pprof;
 pub mod tls;

@@ -1,12 +1,16 @@
 //! HTTPS for the public listener: the certificate chain and key from `SYNCV3_TLS_CERT` and
-//! `SYNCV3_TLS_KEY`, loaded once at startup.
+//! `SYNCV3_TLS_KEY`, loaded at startup and again on SIGHUP ([`Certificate::reload`]), so
+//! a renewed certificate is used without dropping a connection.
 
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use crate::config::TlsFiles;
 
@@ -38,31 +42,78 @@ pub enum TlsError {
     },
 }
 
-/// A rustls server configuration for `files`, offering HTTP/2 and HTTP/1.1 through ALPN.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = load_certs(&files.cert)?;
-    let key = load_key(&files.key)?;
-    let unusable = |problem: String| TlsError::Unusable {
+/// The certificate handshakes use. Handshakes read it without a lock; a reload swaps it,
+/// so connections already open keep theirs and new ones get the new one.
+#[derive(Debug)]
+pub struct Certificate {
+    files: TlsFiles,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl Certificate {
+    /// Reads the files again. On an error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.current.store(Arc::new(certified_key(&self.files)?));
+        Ok(())
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A rustls server configuration for `files`, offering HTTP/2 and HTTP/1.1 through ALPN,
+/// and its certificate to reload.
+pub fn server_config(
+    files: &TlsFiles,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<Certificate>), TlsError> {
+    let certificate = Arc::new(Certificate {
+        files: files.clone(),
+        current: ArcSwap::from_pointee(certified_key(files)?),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unusable(files, e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), certificate))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn unusable(files: &TlsFiles, problem: String) -> TlsError {
+    TlsError::Unusable {
         cert: files.cert.clone(),
         key: files.key.clone(),
         problem,
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unusable(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            unusable(match e {
+    }
+}
+
+/// The chain and key of `files`, checked to belong together.
+fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| {
+        unusable(
+            files,
+            match e {
                 rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
                     "the key does not match the certificate".to_owned()
                 }
                 other => format!("rejected by rustls ({other})"),
-            })
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+            },
+        )
+    })
 }
 
 fn open(setting: &'static str, path: &Path) -> Result<BufReader<File>, TlsError> {
@@ -139,7 +190,7 @@ mod tests {
             cert: dir.write("cert.pem", &pair.cert.pem()),
             key: dir.write("key.pem", &pair.key_pair.serialize_pem()),
         };
-        let config = server_config(&files).unwrap();
+        let (config, _) = server_config(&files).unwrap();
         assert_eq!(
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -181,5 +232,29 @@ mod tests {
             line.contains("the key does not match the certificate"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_reload_takes_the_new_pair_and_a_bad_one_keeps_the_old() {
+        let dir = Scratch::new("reload");
+        let first = self_signed();
+        let files = TlsFiles {
+            cert: dir.write("cert.pem", &first.cert.pem()),
+            key: dir.write("key.pem", &first.key_pair.serialize_pem()),
+        };
+        let (_, certificate) = server_config(&files).unwrap();
+        assert_eq!(certificate.current().cert[0], *first.cert.der());
+
+        let renewed = self_signed();
+        dir.write("cert.pem", &renewed.cert.pem());
+        dir.write("key.pem", &renewed.key_pair.serialize_pem());
+        certificate.reload().unwrap();
+        assert_eq!(certificate.current().cert[0], *renewed.cert.der());
+
+        // Half-written renewal: the new certificate with the old key.
+        dir.write("cert.pem", &self_signed().cert.pem());
+        let line = certificate.reload().unwrap_err().to_string();
+        assert!(line.contains("does not match"), "{line}");
+        assert_eq!(certificate.current().cert[0], *renewed.cert.der());
     }
 }

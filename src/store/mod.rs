@@ -7,6 +7,7 @@
 //! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
 //!   [`persist::Persist`] (Postgres or the embedded SQLite file), and is read back once at startup.
 
+pub mod metrics;
 pub mod persist;
 pub mod pg;
 pub mod room;

@@ -121,7 +121,9 @@ impl SqliteStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| connect_error(&e))?;
-        let lock = lock_exclusively(path).map_err(|e| connect_error(&e))?;
+        let lock = lock_exclusively(path)
+            .await
+            .map_err(|e| connect_error(&e))?;
         // FULL makes each commit durable on disk, as a Postgres commit is; a batch is one
         // commit, so it costs one sync per batch.
         let options = SqliteConnectOptions::new()
@@ -154,9 +156,13 @@ impl SqliteStore {
     }
 }
 
+/// How long opening waits for another process to let go of the database file: a
+/// restarted service may start before the old process has finished exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Takes an exclusive lock beside the database file, held while the store lives: a
 /// second proxy on the same file would hand out the same positions and lose rows.
-fn lock_exclusively(path: &Path) -> std::io::Result<std::fs::File> {
+async fn lock_exclusively(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let lock_path = path.with_extension("lock");
     let file = std::fs::OpenOptions::new()
@@ -165,15 +171,20 @@ fn lock_exclusively(path: &Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .mode(0o600)
         .open(&lock_path)?;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     // SAFETY: flock(2) on a descriptor `file` keeps open; closing it unlocks.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!(
-                "another slidesync is using this database (it holds {}); stop it first",
-                lock_path.display()
-            ),
-        ));
+    let try_lock = || unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    while !try_lock() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "another slidesync is using this database (it holds {}); stop it first",
+                    lock_path.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(file)
 }

@@ -81,6 +81,11 @@ impl StateBase {
         Bytes::copy_from_slice(&self.bytes)
     }
 
+    /// The archive's size in memory.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
     fn find(&self, kind: &str, key: &str) -> Option<&ArchivedStateEntry> {
         let entries = &self.archived().entries;
         entries

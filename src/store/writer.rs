@@ -25,9 +25,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -69,6 +71,44 @@ struct Shared {
     /// Rows the database refused and the writer skipped. Only ever counted up and read
     /// for reporting, so relaxed atomics suffice.
     rejected: AtomicU64,
+    /// When the oldest write not yet committed was queued. Its own lock, always taken
+    /// after `items`' (never the other way), so `push` and the writer's take see the
+    /// queue and its age change together.
+    oldest: Mutex<Oldest>,
+    metrics: WriterMetrics,
+}
+
+/// The queue's age at chunk granularity: the writer takes everything queued at once, and
+/// the first write of that chunk is the oldest until the whole chunk is committed.
+#[derive(Default)]
+struct Oldest {
+    /// First write queued since the writer last took the queue.
+    queued: Option<Instant>,
+    /// First write of the chunk the writer is committing.
+    committing: Option<Instant>,
+}
+
+/// How the writer's batches fare. Clones share the same counters.
+#[derive(Clone)]
+pub struct WriterMetrics {
+    /// Seconds per transaction that committed.
+    pub commit_duration: Histogram,
+    /// Transactions that failed (and were retried or split).
+    pub failures: Counter,
+    /// The writer task runs under it, so its cost shows in the metrics.
+    pub task: tokio_metrics::TaskMonitor,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        Self {
+            commit_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            failures: Counter::default(),
+            task: tokio_metrics::TaskMonitor::new(),
+        }
+    }
 }
 
 /// Dropped with the last `WriteQueue` clone: tells the writer to drain and stop.
@@ -101,14 +141,16 @@ impl WriteQueue {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
+            oldest: Mutex::new(Oldest::default()),
+            metrics: WriterMetrics::default(),
         });
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let credits = Arc::new(Semaphore::new(capacity as usize));
-        let task = tokio::spawn(run(
+        let task = tokio::spawn(shared.metrics.task.instrument(run(
             Arc::clone(&persist),
             Arc::clone(&shared),
             Arc::clone(&credits),
-        ));
+        )));
         let queue = Self {
             persist,
             _senders: Arc::new(Senders(Arc::clone(&shared))),
@@ -139,6 +181,13 @@ impl WriteQueue {
         let before = items.len();
         items.extend(writes.into_iter().map(Item::Write));
         let added = (items.len() - before) as u64;
+        if added > 0 {
+            self.shared
+                .oldest
+                .lock()
+                .queued
+                .get_or_insert_with(Instant::now);
+        }
         self.shared.pushed.fetch_add(added, Ordering::Relaxed) + added
     }
 
@@ -172,6 +221,33 @@ impl WriteQueue {
         self.shared.rejected.load(Ordering::Relaxed)
     }
 
+    /// Writes queued and not yet committed.
+    pub fn depth(&self) -> u64 {
+        let committed = self.shared.committed.load(Ordering::Acquire);
+        self.shared
+            .pushed
+            .load(Ordering::Relaxed)
+            .saturating_sub(committed)
+    }
+
+    /// Credits reserved and not yet returned: how full the queue is.
+    pub fn credits_in_use(&self) -> u64 {
+        u64::from(self.capacity).saturating_sub(self.credits.available_permits() as u64)
+    }
+
+    /// How long the oldest write not yet committed has waited.
+    pub fn oldest_uncommitted(&self) -> Duration {
+        let oldest = self.shared.oldest.lock();
+        oldest
+            .committing
+            .or(oldest.queued)
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    pub fn metrics(&self) -> &WriterMetrics {
+        &self.shared.metrics
+    }
+
     fn send(&self, item: Item) {
         self.shared.items.lock().push(item);
         self.shared.wake.notify_one();
@@ -183,7 +259,12 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
     let mut returned = 0usize;
     let mut waiters = Vec::new();
     loop {
-        let items = std::mem::take(&mut *shared.items.lock());
+        let items = {
+            let mut items = shared.items.lock();
+            let mut oldest = shared.oldest.lock();
+            oldest.committing = oldest.queued.take();
+            std::mem::take(&mut *items)
+        };
         if items.is_empty() {
             if shared.closed.load(Ordering::Acquire) {
                 return;
@@ -196,7 +277,7 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
                 Item::Write(w) => {
                     batch.push(w);
                     if batch.len() >= BATCH {
-                        commit(&*persist, &batch, &shared.rejected).await;
+                        commit(&*persist, &batch, &shared).await;
                         shared
                             .committed
                             .fetch_add(batch.len() as u64, Ordering::Release);
@@ -209,12 +290,13 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
             }
         }
         if !batch.is_empty() {
-            commit(&*persist, &batch, &shared.rejected).await;
+            commit(&*persist, &batch, &shared).await;
             shared
                 .committed
                 .fetch_add(batch.len() as u64, Ordering::Release);
             batch.clear();
         }
+        shared.oldest.lock().committing = None;
         credits.add_permits(std::mem::take(&mut returned));
         for w in waiters.drain(..) {
             let _ = w.send(());
@@ -225,18 +307,18 @@ async fn run(persist: Arc<dyn Persist>, shared: Arc<Shared>, credits: Arc<Semaph
 /// Commits `batch` in order, retrying failures that may pass until they commit, and
 /// narrowing a refused batch down to its refused rows, which are logged, counted and
 /// skipped. Never called with an empty batch.
-async fn commit(persist: &dyn Persist, batch: &[Write], rejected: &AtomicU64) {
+async fn commit(persist: &dyn Persist, batch: &[Write], shared: &Shared) {
     // The parts still to commit, the next one on top: a refused part's right half is
     // pushed before its left, so parts commit in queue order.
     let mut parts = vec![batch];
     while let Some(part) = parts.pop() {
-        let Err(error) = commit_retrying(persist, part).await else {
+        let Err(error) = commit_retrying(persist, part, &shared.metrics).await else {
             continue;
         };
         match part {
             [row] => {
                 log_rejected(row, &error);
-                rejected.fetch_add(1, Ordering::Relaxed);
+                shared.rejected.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 let (left, right) = part.split_at(part.len() / 2);
@@ -249,10 +331,23 @@ async fn commit(persist: &dyn Persist, batch: &[Write], rejected: &AtomicU64) {
 
 /// Commits one batch, retrying with back-off until it commits or the database refuses
 /// its data.
-async fn commit_retrying(persist: &dyn Persist, batch: &[Write]) -> Result<(), PersistError> {
+async fn commit_retrying(
+    persist: &dyn Persist,
+    batch: &[Write],
+    metrics: &WriterMetrics,
+) -> Result<(), PersistError> {
     let mut delay = RETRY_FIRST;
     loop {
-        match persist.write(batch).await {
+        let started = Instant::now();
+        let written = persist.write(batch).await;
+        if written.is_ok() {
+            metrics
+                .commit_duration
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            metrics.failures.inc();
+        }
+        match written {
             Ok(()) => return Ok(()),
             Err(refused @ PersistError::Rejected(_)) => return Err(refused),
             Err(e) => {
@@ -369,6 +464,11 @@ mod tests {
         assert_eq!(*persist.committed.lock(), writes);
         assert_eq!(queue.rejected(), 0);
         assert_eq!(persist.transient_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            queue.metrics().failures.get(),
+            2,
+            "each failed try is counted"
+        );
     }
 
     #[tokio::test]
@@ -392,5 +492,29 @@ mod tests {
             *persist.committed.lock(),
             [since("1"), since("2"), since("3"), since("4")]
         );
+    }
+
+    #[tokio::test]
+    async fn the_queue_reports_its_depth_credits_and_oldest_write_until_committed() {
+        let persist = Arc::new(TestPersist::stalled());
+        let (queue, _task) = WriteQueue::spawn(persist.clone(), 8);
+        assert_eq!(queue.oldest_uncommitted(), Duration::ZERO);
+        let r = queue.reserve(3).await;
+        queue.push([since("1"), since("2")]);
+        queue.release(r);
+        let r = queue.reserve(1).await;
+        queue.push([since("3")]);
+        queue.release(r);
+
+        assert_eq!(queue.depth(), 3);
+        assert_eq!(queue.credits_in_use(), 4);
+        assert!(queue.oldest_uncommitted() > Duration::ZERO);
+
+        persist.resume();
+        queue.flush().await;
+        assert_eq!(queue.depth(), 0);
+        assert_eq!(queue.credits_in_use(), 0);
+        assert_eq!(queue.oldest_uncommitted(), Duration::ZERO);
+        assert_eq!(queue.metrics().failures.get(), 0);
     }
 }

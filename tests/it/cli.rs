@@ -47,6 +47,9 @@ fn help_exits_zero_and_lists_every_setting() {
         "SYNCV3_MAX_DB_CONN",
         "SYNCV3_HTTP_TIMEOUT_SECS",
         "SYNCV3_HTTP_INITIAL_TIMEOUT_SECS",
+        "SYNCV3_PROM",
+        "SYNCV3_PPROF",
+        "SYNCV3_LOG_FORMAT",
     ] {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }
@@ -201,6 +204,34 @@ async fn a_replaced_generated_secret_stops_startup_naming_its_file() {
         line.starts_with(&format!(
             "the generated secret in {} does not decrypt any of the 1 stored",
             secret_path.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_metrics_address_that_is_not_host_port_is_one_line_naming_it() {
+    let line = fails_with_one_line(&slidesync(
+        &[],
+        &[SERVER, DB, SECRET, ("SYNCV3_PROM", "2112")],
+    ));
+    assert!(
+        line.starts_with("SYNCV3_PROM (--prom) is \"2112\": not host:port; "),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_taken_profiling_port_is_one_line_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let line = fails_with_one_line(&slidesync(
+        &[],
+        &[SERVER, DB, SECRET, ("SYNCV3_PPROF", &addr)],
+    ));
+    assert!(
+        line.starts_with(&format!(
+            "SYNCV3_PPROF (--pprof) is \"{addr}\": cannot listen"
         )),
         "{line}"
     );

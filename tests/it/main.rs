@@ -4,6 +4,7 @@ mod cli;
 mod e2e;
 mod errors;
 mod faults;
+mod ops;
 mod pollers;
 mod room_list;
 mod security;

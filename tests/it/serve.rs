@@ -135,7 +135,7 @@ async fn tls_echo_server(
     cert: &Certificate,
     alpn: &[u8],
 ) -> (Running, tokio_rustls::client::TlsStream<TcpStream>) {
-    let config = tls::server_config(&cert.files).unwrap();
+    let (config, _) = tls::server_config(&cert.files).unwrap();
     let server = start(
         BindAddr::Tcp("127.0.0.1:0".parse().unwrap()),
         Some(config),
@@ -190,10 +190,63 @@ async fn https_negotiates_http2_through_alpn() {
 }
 
 #[tokio::test]
+async fn a_reloaded_certificate_serves_new_connections_and_keeps_open_ones() {
+    let scratch = Scratch::new();
+    let old = Certificate::new(&scratch);
+    let (config, certificate) = tls::server_config(&old.files).unwrap();
+    let server = start(
+        BindAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        Some(config),
+        echo_path,
+    )
+    .await;
+    let localhost = || ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(&server.addr).await.unwrap();
+    let stream = old
+        .connector(b"http/1.1")
+        .connect(localhost(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let response = sender.send_request(get("/before")).await.unwrap();
+    assert_eq!(body_text(response).await, "HTTP/1.1 /before");
+
+    // Renewed in place, as certbot does, then SIGHUP's reload.
+    let renewed = Certificate::new(&scratch);
+    certificate.reload().unwrap();
+
+    let response = sender.send_request(get("/after")).await.unwrap();
+    assert_eq!(
+        body_text(response).await,
+        "HTTP/1.1 /after",
+        "the open connection goes on"
+    );
+    let tcp = TcpStream::connect(&server.addr).await.unwrap();
+    renewed
+        .connector(b"http/1.1")
+        .connect(localhost(), tcp)
+        .await
+        .expect("a new connection gets the renewed certificate");
+    let tcp = TcpStream::connect(&server.addr).await.unwrap();
+    assert!(old
+        .connector(b"http/1.1")
+        .connect(localhost(), tcp)
+        .await
+        .is_err());
+
+    drop(sender);
+    server.stop().await;
+    let _ = conn.await;
+}
+
+#[tokio::test]
 async fn a_failed_handshake_does_not_stop_the_server() {
     let scratch = Scratch::new();
     let cert = Certificate::new(&scratch);
-    let config = tls::server_config(&cert.files).unwrap();
+    let (config, _) = tls::server_config(&cert.files).unwrap();
     let server = start(
         BindAddr::Tcp("127.0.0.1:0".parse().unwrap()),
         Some(config),

@@ -12,15 +12,37 @@ use super::proxy::MSC3575;
 pub struct Binary {
     child: Option<std::process::Child>,
     pub url: String,
+    /// Where its stderr goes, when the test reads its logs.
+    log: Option<std::path::PathBuf>,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Binary {
     pub async fn start(server_url: &str, db_url: &str) -> Binary {
+        Self::start_with(server_url, db_url, &[], None).await
+    }
+
+    /// With more settings in `env`, its stderr in `log` (else inherited).
+    pub async fn start_with(
+        server_url: &str,
+        db_url: &str,
+        env: &[(&str, &str)],
+        log: Option<std::path::PathBuf>,
+    ) -> Binary {
         let mut command = command();
         command
             .env("SYNCV3_DB", db_url)
-            .env("SYNCV3_SECRET", "binary-e2e-secret");
-        Self::spawn(command, server_url).await
+            .env("SYNCV3_SECRET", "binary-e2e-secret")
+            .envs(env.iter().copied());
+        Self::spawn(command, server_url, log).await
     }
 
     /// As the README's quick start runs it: no setting but the homeserver, in `dir`, so
@@ -28,22 +50,30 @@ impl Binary {
     pub async fn start_with_only_the_server(server_url: &str, dir: &std::path::Path) -> Binary {
         let mut command = command();
         command.current_dir(dir);
-        Self::spawn(command, server_url).await
+        Self::spawn(command, server_url, None).await
     }
 
     /// Adds the homeserver, a free port (tests run in parallel; the default port would
-    /// clash) and quiet logs to `command`, and waits until it answers.
-    async fn spawn(mut command: std::process::Command, server_url: &str) -> Binary {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    /// clash) and quiet logs (unless `command` sets a level) to `command`, and waits
+    /// until it answers.
+    async fn spawn(
+        mut command: std::process::Command,
+        server_url: &str,
+        log: Option<std::path::PathBuf>,
+    ) -> Binary {
+        let port = free_port();
+        let stderr = match &log {
+            Some(path) => std::fs::File::create(path).expect("log file").into(),
+            None => std::process::Stdio::inherit(),
+        };
+        let quiet = !command.get_envs().any(|(key, _)| key == "SYNCV3_LOG_LEVEL");
+        if quiet {
+            command.env("SYNCV3_LOG_LEVEL", "warn");
+        }
         let child = command
             .env("SYNCV3_SERVER", server_url)
             .env("SYNCV3_BINDADDR", format!("127.0.0.1:{port}"))
-            .env("SYNCV3_LOG_LEVEL", "warn")
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the slidesync binary starts");
         let url = format!("http://127.0.0.1:{port}");
@@ -61,6 +91,7 @@ impl Binary {
                 return Binary {
                     child: Some(child),
                     url,
+                    log,
                 };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,14 +115,18 @@ impl Binary {
         resp.json()
     }
 
-    /// SIGTERM, as a service manager stops it; it must exit cleanly.
-    pub fn stop(mut self) {
+    /// SIGTERM, as a service manager stops it; it must exit cleanly. Returns its log
+    /// when it was started with one.
+    pub fn stop(mut self) -> Option<String> {
         let mut child = self.child.take().expect("running");
         let pid = child.id() as libc::pid_t;
         // SAFETY: plain kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let status = child.wait().unwrap();
         assert!(status.success(), "slidesync exited with {status}");
+        self.log
+            .take()
+            .map(|path| std::fs::read_to_string(path).expect("the log"))
     }
 
     /// SIGKILL: the process dies wherever it is, with writes still queued.

@@ -13,6 +13,7 @@ use slidesync::app::{App, Settings};
 use slidesync::config::BindAddr;
 use slidesync::config::Db;
 use slidesync::ingest::pollers::PollerConfig;
+use slidesync::ops::admin::{self, Admin};
 use slidesync::ops::listen;
 use slidesync::store::tokens::TokenCipher;
 use slidesync::upstream::Homeserver;
@@ -29,8 +30,12 @@ pub const MSC3575: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
 
 pub struct Proxy {
     pub url: String,
+    /// The operator's listener (`/metrics`, `/health`), as `SYNCV3_PROM` serves it.
+    pub ops_url: String,
     pub client: HttpClient,
     stop: Option<oneshot::Sender<()>>,
+    /// Dropped with the proxy, which stops the operator's listener.
+    _stop_ops: oneshot::Sender<()>,
     server: Option<JoinHandle<App>>,
 }
 
@@ -76,6 +81,16 @@ impl Proxy {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr());
+        let ops_listener = listen::bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("bind");
+        let ops_url = format!("http://{}", ops_listener.local_addr());
+        let ops = Arc::new(Admin::default());
+        ops.loaded(Arc::clone(&app.registry), Arc::clone(&app.api.pollers));
+        let (stop_ops, ops_stopped) = oneshot::channel::<()>();
+        tokio::spawn(admin::serve(ops_listener, ops, async {
+            let _ = ops_stopped.await;
+        }));
         let (stop, stopped) = oneshot::channel::<()>();
         let handler = app.handler();
         let server = tokio::spawn(async move {
@@ -87,8 +102,10 @@ impl Proxy {
         });
         Proxy {
             url,
+            ops_url,
             client: HttpClient::new(),
             stop: Some(stop),
+            _stop_ops: stop_ops,
             server: Some(server),
         }
     }
