@@ -104,7 +104,6 @@ pub struct App {
     /// Every request runs under this monitor, so their cost shows in the metrics.
     requests: TaskMonitor,
     flush_limit: Duration,
-    writer: JoinHandle<()>,
     janitor: JoinHandle<()>,
 }
 
@@ -127,7 +126,7 @@ impl App {
                 stored: devices.len(),
             });
         }
-        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), settings.write_queue);
+        let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), settings.write_queue);
         let started = std::time::Instant::now();
         let store = Arc::new(Store::load(&*persist, queue, &crate::upstream::wire::DECODER).await?);
         tracing::info!(
@@ -196,7 +195,6 @@ impl App {
             registry: Arc::new(registry),
             requests,
             flush_limit: settings.flush_limit,
-            writer,
             janitor,
         })
     }
@@ -246,12 +244,9 @@ impl App {
                 "storage did not commit the queued writes in time; exiting without them: the devices concerned repeat their last polls after the restart"
             ),
         }
-        drop(queue);
-        let App { api, writer, .. } = self;
-        drop(api);
-        // The writer ends once the last queue handle (held by the store) is gone; other
-        // handles may still live in request tasks, so do not wait for it forever.
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        // Everything queued before the flush is committed. Stopped pollers may still
+        // queue a little while their tasks end; that is never a `since` without its
+        // data (see `writer`), so the writer is not waited for: it ends with the runtime.
     }
 }
 

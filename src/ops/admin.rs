@@ -46,7 +46,9 @@ pub async fn bind(setting: &'static str, addr: SocketAddr) -> Result<Listener, B
 /// What the listener serves once the store is loaded.
 struct Loaded {
     registry: Arc<Registry>,
-    pollers: Arc<Pollers>,
+    /// Weak: the listener stops last, and a strong handle would keep the pollers, and
+    /// through them the store and its write queue, alive through the shutdown.
+    pollers: std::sync::Weak<Pollers>,
 }
 
 /// The listener's state: empty until [`Admin::loaded`].
@@ -59,6 +61,7 @@ pub struct Admin {
 impl Admin {
     /// The store is loaded: `/health` answers 200 and `/metrics` serves `registry`.
     pub fn loaded(&self, registry: Arc<Registry>, pollers: Arc<Pollers>) {
+        let pollers = Arc::downgrade(&pollers);
         let _ = self.loaded.set(Loaded { registry, pollers });
     }
 
@@ -76,7 +79,7 @@ impl Admin {
                 "application/json",
                 format!(
                     "{{\"status\":\"ok\",\"pollers_catching_up\":{}}}\n",
-                    loaded.pollers.catching_up()
+                    loaded.pollers.upgrade().map_or(0, |p| p.catching_up())
                 ),
             ),
             ("/metrics" | "/health", None) => reply(

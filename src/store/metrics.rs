@@ -27,10 +27,12 @@ pub fn register(store: &Arc<Store>, registry: &mut Registry) {
         "Write-behind transactions that failed and were retried or split",
         metrics.failures.clone(),
     );
-    registry.register_collector(Box::new(StoreCollector(Arc::clone(store))));
+    registry.register_collector(Box::new(StoreCollector(Arc::downgrade(store))));
 }
 
-struct StoreCollector(Arc<Store>);
+/// Weak: the registry outlives the app at shutdown, and a strong handle would keep the
+/// store's write queue open, so its writer would never finish.
+struct StoreCollector(std::sync::Weak<Store>);
 
 impl fmt::Debug for StoreCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,7 +42,9 @@ impl fmt::Debug for StoreCollector {
 
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let store = &self.0;
+        let Some(store) = self.0.upgrade() else {
+            return Ok(());
+        };
         let queue = store.queue();
         let gauge = MetricType::Gauge;
         // One pass over the rooms, each an `Arc` load: a few milliseconds at 100,000

@@ -300,7 +300,7 @@ async fn profiles_come_as_pprof_protobuf_and_as_an_svg_flame_graph() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_every_since_and_logs_json_lines() {
-    let db = TestDb::new().await;
+    let db = TestDb::postgres().await;
     let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
     let http = hs.serve_http().await;
     hs.append_log(
@@ -372,7 +372,7 @@ async fn sigterm_commits_every_since_and_logs_json_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_storage_that_is_down_after_its_limit() {
-    let db = TestDb::new().await;
+    let db = TestDb::postgres().await;
     let (chaos, through_chaos) = Chaos::before_postgres(&db.url).await;
     let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
     let mut settings = proxy::settings();
