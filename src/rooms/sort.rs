@@ -95,8 +95,10 @@ pub enum Part {
     Name(Box<str>),
 }
 
-/// A room's key in one order: smaller comes first.
-pub type OrderKey = Box<[Part]>;
+/// A room's key in one order: smaller comes first. An `Arc`: keys sit in the index's
+/// chunks, which a change copies when the published version shares them, and a copy
+/// must cost a reference count per entry, not an allocation.
+pub type OrderKey = Arc<[Part]>;
 
 /// The key of a room with `inputs` under `spec`.
 pub fn order_key(spec: &[SortBy], inputs: &SortInputs) -> OrderKey {
