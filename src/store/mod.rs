@@ -832,6 +832,10 @@ impl Applying<'_> {
         let gap_remains = limited && chunk_start.as_deref() == Some(&*first.event_id);
         let mut closed = (*self.next.timeline[at]).clone();
         closed.gap_before = false;
+        self.writes.push(Write::GapFilled {
+            room_id: self.room_id.clone(),
+            event_id: closed.event_id.clone(),
+        });
         // Filled events sort just before the anchor, after a restart too.
         let (anchor_order, anchor_sub) = closed.timeline_order();
         self.next.timeline.set(at, Arc::new(closed));
@@ -1458,5 +1462,25 @@ mod tests {
             "rebuilt for the request"
         );
         assert_eq!(me.read().order(&order).len(), 0);
+    }
+
+    #[tokio::test]
+    async fn filling_a_gap_stores_that_the_gap_is_closed() {
+        let persist = Arc::new(TestPersist::open());
+        let store = store_over(Arc::clone(&persist));
+        let (e1, e2) = (
+            event("m.room.message", None, "@b:x", 1),
+            event("m.room.message", None, "@b:x", 2),
+        );
+        let mut first = delta("!r:x", vec![], vec![e2.clone()]);
+        first.limited = true;
+        store.apply_room(first);
+        store.apply_room(delta("!r:x", vec![], vec![e1, e2.clone()]));
+        store.queue().flush().await;
+        let closed =
+            persist.committed.lock().iter().any(
+                |w| matches!(w, Write::GapFilled { event_id, .. } if *event_id == e2.event_id),
+            );
+        assert!(closed);
     }
 }

@@ -91,6 +91,9 @@ pub struct StoredEvent {
 pub enum Write {
     /// A new event (timeline or state block). Duplicate event IDs are ignored.
     Event(StoredEvent),
+    /// Events were filled into the gap before this stored event: it no longer starts a
+    /// gap (a restart must not report the timeline as `limited` there).
+    GapFilled { room_id: RoomId, event_id: Box<str> },
     /// A room's current state folded into an rkyv archive, valid as of `position`: state
     /// events at or below it need not be replayed at startup.
     Snapshot {

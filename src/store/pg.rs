@@ -572,6 +572,16 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
+        if !self.rows.gaps_filled.is_empty() {
+            sqlx::query(
+                "UPDATE slidesync_events SET gap_before = FALSE \
+                 WHERE event_id = ANY($1::TEXT[])",
+            )
+            .bind(&self.rows.gaps_filled)
+            .execute(&mut **tx)
+            .await?;
+        }
+
         if !self.rows.snapshots.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new());
             for (&room_id, &(position, bytes)) in &self.rows.snapshots {

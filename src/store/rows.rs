@@ -20,6 +20,8 @@ use crate::types::{DeviceKey, Position, RoomId};
 pub(super) struct Grouped<'a> {
     /// In batch order; a duplicate event ID is left to the database to ignore.
     pub events: Vec<EventRow<'a>>,
+    /// Events whose gap was filled; applied after `events`, which may hold them.
+    pub gaps_filled: Vec<&'a str>,
     /// room → (position, bytes); the highest position wins.
     pub snapshots: BTreeMap<&'a str, (i64, &'a [u8])>,
     /// The last membership per (user, room) wins.
@@ -66,6 +68,7 @@ impl<'a> Grouped<'a> {
                         ts: event.ts.map(count_to_db),
                     });
                 }
+                Write::GapFilled { event_id, .. } => rows.gaps_filled.push(event_id),
                 Write::Snapshot {
                     room_id,
                     position,

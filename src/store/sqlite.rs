@@ -596,6 +596,18 @@ async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sql
         q.build().execute(&mut *tx).await?;
     }
 
+    for chunk in rows.gaps_filled.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE slidesync_events SET gap_before = 0 WHERE event_id IN (",
+        );
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+    }
+
     let snapshots: Vec<_> = rows.snapshots.iter().collect();
     for chunk in snapshots.chunks(ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(

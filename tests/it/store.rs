@@ -33,7 +33,8 @@ on_both_stores!(
     stored_event_ids_names_only_committed_events,
     a_filled_gap_keeps_its_order_across_a_restart,
     a_refused_row_is_split_out_and_the_rest_commits,
-    state_set_just_after_a_fold_survives_a_restart
+    state_set_just_after_a_fold_survives_a_restart,
+    a_filled_gap_is_no_gap_after_a_restart
 );
 
 fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
@@ -791,4 +792,35 @@ async fn state_set_just_after_a_fold_survives_a_restart(backend: Backend) {
         reloaded.room(room).unwrap().meta.name.as_deref(),
         Some("After the fold")
     );
+}
+
+/// A gap closed by events filled in front of its event is stored closed, whether the
+/// event was written in an earlier batch or in the same one.
+async fn a_filled_gap_is_no_gap_after_a_restart(backend: Backend) {
+    let db = TestDb::of(backend).await;
+    let store = db.open().await;
+    let room = "!a:example.org";
+    let filled = |position: Position| Write::GapFilled {
+        room_id: room.into(),
+        event_id: format!("$e{position}").into(),
+    };
+    // Even positions start after a gap (see `event`).
+    store.write(&writes(&[timeline(room, 2)])).await.unwrap();
+    store.write(&[filled(2)]).await.unwrap();
+    store
+        .write(&[
+            Write::Event(timeline(room, 4)),
+            filled(4),
+            Write::Event(timeline(room, 6)),
+        ])
+        .await
+        .unwrap();
+    let loaded = rooms(&*store, 10).await;
+    let gaps: Vec<(Position, bool)> = loaded[0]
+        .1
+        .timeline
+        .iter()
+        .map(|e| (e.position, e.gap_before))
+        .collect();
+    assert_eq!(gaps, [(2, false), (4, false), (6, true)]);
 }
