@@ -242,12 +242,14 @@ impl Conns {
         let first = slot.responses == 0;
         let mut resp = loop {
             let resp = {
+                let position = store.position_now();
                 let data = user.read();
                 let room = |id: &str| store.room(id);
                 let view = View {
                     user_id: &user.user_id,
                     data: &data,
                     room: &room,
+                    position,
                 };
                 slot.conn.step(request.take().as_ref(), &view)
             };
