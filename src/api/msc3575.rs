@@ -602,6 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn room_field_parameters_are_read_and_bump_types_normalised() {
+        let req = parse(
+            br#"{"lists":{"a":{"bump_event_types":["m.room.message","m.sticker","m.room.message"],"include_heroes":true,"include_old_rooms":{"timeline_limit":2,"required_state":[["m.room.create",""]]}},"b":{"bump_event_types":[]}},"room_subscriptions":{"!r:x":{"include_heroes":true}}}"#,
+        )
+        .unwrap();
+        let a = &req.lists["a"];
+        let types = a.bump_event_types.clone().flatten().unwrap();
+        let types: Vec<&str> = types.iter().map(|t| &**t).collect();
+        assert_eq!(types, ["m.room.message", "m.sticker"]);
+        assert_eq!(a.include_heroes, Some(true));
+        assert_eq!(a.include_old_rooms.as_ref().unwrap().timeline_limit, 2);
+        assert_eq!(
+            req.lists["b"].bump_event_types,
+            Some(None),
+            "an empty list bumps on everything"
+        );
+        assert!(req.room_subscriptions["!r:x"].include_heroes);
+        let many = format!(
+            r#"{{"lists":{{"a":{{"bump_event_types":{}}}}}}}"#,
+            sonic_rs::to_string(&vec!["t"; MAX_BUMP_TYPES + 1]).unwrap()
+        );
+        let err = parse(many.as_bytes()).unwrap_err();
+        assert!(err.message.contains("lists.a.bump_event_types"), "{}", err.message);
+    }
+
+    #[test]
     fn any_index_is_a_valid_range_end() {
         let req = parse(br#"{"lists":{"a":{"ranges":[[0,99999],[100000,18446744073709551615]]}}}"#)
             .unwrap();

@@ -27,6 +27,36 @@ pub struct ListParams {
     pub include_old_rooms: Option<RoomSubscription>,
 }
 
+impl ListParams {
+    /// Takes every parameter `later` states, keeping the rest: two requests' sticky
+    /// parameters as one.
+    pub fn overlay(&mut self, later: ListParams) {
+        let ListParams {
+            ranges,
+            sort,
+            filters,
+            timeline_limit,
+            required_state,
+            bump_event_types,
+            include_heroes,
+            include_old_rooms,
+        } = later;
+        fn take<T>(slot: &mut Option<T>, later: Option<T>) {
+            if later.is_some() {
+                *slot = later;
+            }
+        }
+        take(&mut self.ranges, ranges);
+        take(&mut self.sort, sort);
+        take(&mut self.filters, filters);
+        take(&mut self.timeline_limit, timeline_limit);
+        take(&mut self.required_state, required_state);
+        take(&mut self.bump_event_types, bump_event_types);
+        take(&mut self.include_heroes, include_heroes);
+        take(&mut self.include_old_rooms, include_old_rooms);
+    }
+}
+
 pub use crate::rooms::filter::Filters;
 pub use crate::rooms::sort::{BumpTypes, SortBy, SortSpec};
 pub use crate::store::room::Hero;

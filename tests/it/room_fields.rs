@@ -99,7 +99,7 @@ async fn names_come_from_heroes_disambiguated_and_empty_rooms_recall_who_left() 
             ("@sam2:test".to_owned(), Some("Sam".to_owned()), None),
             ("@kim:test".to_owned(), Some("Kim".to_owned()), None),
         ],
-        "the reader is not among the heroes"
+        "the reader is not among the heroes: {room:?}"
     );
     assert_eq!(room["invited_count"].as_u64(), Some(1));
 
