@@ -624,7 +624,11 @@ mod tests {
             sonic_rs::to_string(&vec!["t"; MAX_BUMP_TYPES + 1]).unwrap()
         );
         let err = parse(many.as_bytes()).unwrap_err();
-        assert!(err.message.contains("lists.a.bump_event_types"), "{}", err.message);
+        assert!(
+            err.message.contains("lists.a.bump_event_types"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
