@@ -217,22 +217,18 @@ impl RoomSnapshot {
                 self.count_member(ev.membership, 1);
                 let user: Box<str> = key.into();
                 let is_member = ev.membership.is_some_and(Membership::is_member);
-                let was_member = before.is_some_and(Membership::is_member);
-                // A leave event rarely repeats the profile: one who left is remembered
-                // by the name they had.
-                let previous = self.state.get("m.room.member", key);
-                let keep = |now: &Option<Box<str>>, then: Option<&str>| {
-                    now.clone()
-                        .or_else(|| then.filter(|_| !is_member).map(Into::into))
-                };
+                // Named by their current member event, a leave too, as the spec's
+                // name calculation (and a client reading Synapse's summary) does.
                 let hero = Hero {
                     user_id: user,
-                    displayname: keep(&ev.text, previous.and_then(|p| p.text())),
-                    avatar_url: keep(&ev.detail, previous.and_then(|p| p.detail())),
+                    displayname: ev.text.clone(),
+                    avatar_url: ev.detail.clone(),
                 };
+                let gone = matches!(ev.membership, Some(Membership::Leave | Membership::Ban));
+                let key = (ev.origin_server_ts, ev.position);
                 self.state.set(ev);
-                self.update_former(&hero, was_member, is_member);
-                self.update_heroes(hero, is_member);
+                self.update_former(&hero, gone);
+                self.update_heroes(hero, key, is_member);
                 return;
             }
             _ => {}
@@ -249,12 +245,12 @@ impl RoomSnapshot {
         *slot = (*slot as i64 + delta).max(0) as u32;
     }
 
-    /// A member who leaves is remembered as a former member; one who comes back is not.
-    fn update_former(&mut self, hero: &Hero, was_member: bool, is_member: bool) {
-        if is_member || was_member {
-            self.meta.former.retain(|h| h.user_id != hero.user_id);
-        }
-        if was_member && !is_member {
+    /// One who left or was banned is a former member, the latest last (as Synapse's
+    /// summary counts them: a ban of someone who never joined too); one who comes back
+    /// is not.
+    fn update_former(&mut self, hero: &Hero, gone: bool) {
+        self.meta.former.retain(|h| h.user_id != hero.user_id);
+        if gone {
             if self.meta.former.len() >= MAX_FORMER {
                 self.meta.former.remove(0);
             }
@@ -262,7 +258,11 @@ impl RoomSnapshot {
         }
     }
 
-    fn update_heroes(&mut self, hero: Hero, is_member: bool) {
+    /// Heroes are the earliest members by their member event's timestamp (then
+    /// position), as Synapse orders its summary's by stream: a state block lists members
+    /// in no particular order. A hero's later member event (a new display name) keeps
+    /// its place, which costs no pass over the members.
+    fn update_heroes(&mut self, hero: Hero, key: (u64, Position), is_member: bool) {
         let found = self
             .meta
             .heroes
@@ -277,11 +277,27 @@ impl RoomSnapshot {
                     self.recompute_heroes();
                 }
             }
-            (None, true) if self.meta.heroes.len() <= MAX_HEROES => {
-                self.meta.heroes.push(hero);
+            (None, true) => {
+                let at = self
+                    .meta
+                    .heroes
+                    .iter()
+                    .position(|h| self.member_key(&h.user_id) > key)
+                    .unwrap_or(self.meta.heroes.len());
+                if at <= MAX_HEROES {
+                    self.meta.heroes.insert(at, hero);
+                    self.meta.heroes.truncate(MAX_HEROES + 1);
+                }
             }
-            _ => {}
+            (None, false) => {}
         }
+    }
+
+    /// A member's place among heroes: their member event's timestamp and position.
+    fn member_key(&self, user: &str) -> (u64, Position) {
+        self.state
+            .get("m.room.member", user)
+            .map_or((0, 0), |m| (m.origin_server_ts(), m.position()))
     }
 
     /// Rare (a hero left a room with more members): one pass over the members.
@@ -290,7 +306,7 @@ impl RoomSnapshot {
     }
 
     /// Members (`member`) or former members, earliest or (`latest`) most recent
-    /// membership first, at most `max`.
+    /// member event first (by timestamp, then position), at most `max`.
     fn members_by_position(&self, member: bool, max: usize, latest: bool) -> Vec<Hero> {
         let mut members: Vec<_> = self
             .state
@@ -302,9 +318,10 @@ impl RoomSnapshot {
             })
             .collect();
         if latest {
-            members.sort_unstable_by_key(|m| std::cmp::Reverse(m.position()));
+            members
+                .sort_unstable_by_key(|m| std::cmp::Reverse((m.origin_server_ts(), m.position())));
         } else {
-            members.sort_unstable_by_key(|m| m.position());
+            members.sort_unstable_by_key(|m| (m.origin_server_ts(), m.position()));
         }
         members
             .into_iter()
