@@ -971,6 +971,57 @@ mod tests {
         with_membership(event("m.room.member", Some(user), user, 1), m)
     }
 
+    fn member_at(user: &str, m: Membership, ts: u64) -> Event {
+        with_membership(event("m.room.member", Some(user), user, ts), m)
+    }
+
+    fn hero_ids(store: &Store, room: &str) -> Vec<String> {
+        let room = store.room(room).unwrap();
+        room.meta
+            .heroes
+            .iter()
+            .map(|h| h.user_id.to_string())
+            .collect()
+    }
+
+    /// A state block lists members in any order; heroes are the earliest to arrive by
+    /// their member events, and stay the earliest as members come and go.
+    #[tokio::test]
+    async fn heroes_are_the_earliest_members_whatever_order_state_comes_in() {
+        let store = store();
+        let mut state: Vec<Event> = (0..10u64)
+            .map(|i| member_at(&format!("@u{i}:x"), Membership::Join, 100 + i))
+            .collect();
+        state.reverse();
+        store.apply_room(delta("!r:x", state, vec![]));
+        let first: Vec<String> = (0..7).map(|i| format!("@u{i}:x")).collect();
+        assert_eq!(hero_ids(&store, "!r:x"), first);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member_at("@u2:x", Membership::Leave, 200)],
+        ));
+        let heroes = hero_ids(&store, "!r:x");
+        assert!(!heroes.contains(&"@u2:x".to_owned()));
+        assert_eq!(
+            heroes.last().map(String::as_str),
+            Some("@u7:x"),
+            "the next earliest"
+        );
+        let room = store.room("!r:x").unwrap();
+        assert_eq!(room.meta.former.len(), 1);
+        assert_eq!(&*room.meta.former[0].user_id, "@u2:x");
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member_at("@u2:x", Membership::Join, 300)],
+        ));
+        assert!(
+            store.room("!r:x").unwrap().meta.former.is_empty(),
+            "back, so no longer a former member"
+        );
+    }
+
     #[tokio::test]
     async fn readers_never_wait_for_a_room_writer() {
         let store = Arc::new(store());
