@@ -41,6 +41,7 @@ fn member(i: usize) -> Event {
         origin_server_ts: 1_700_000_000_000 + i as u64,
         membership: Some(Membership::Join),
         text: None,
+        detail: None,
         prev_batch: None,
         gap_before: false,
         filled_order: None,

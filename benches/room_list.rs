@@ -155,12 +155,14 @@ fn request_body() -> Vec<u8> {
 
 /// One step of a connection over the user's current data, as `Conns::sync` does it.
 fn step(conn: &mut Connection, req: Option<&SyncRequest>, fx: &Fixture) -> SyncResponse {
+    let position = fx.store.position_now();
     let data = fx.user.read();
     let room = |id: &str| fx.store.room(id);
     let view = View {
         user_id: &fx.user.user_id,
         data: &data,
         room: &room,
+        position,
     };
     conn.step(req, &view)
 }

@@ -63,6 +63,9 @@ pub struct Event {
     /// `m.room.create` type, `m.room.tombstone` replacement room, `m.room.member`
     /// displayname.
     pub text: Option<Box<str>>,
+    /// The second content field the summary needs: `m.room.member` avatar_url (for
+    /// heroes and a DM's avatar), `m.room.create` predecessor room (for old rooms).
+    pub detail: Option<Box<str>>,
     /// The v2 `prev_batch` of the chunk this event starts, for back-pagination.
     pub prev_batch: Option<Box<str>>,
     /// The homeserver left out events just before this one (first event of a `limited`
@@ -98,10 +101,31 @@ pub enum EventError {
     Malformed(String),
 }
 
+/// Members an invite's facts keep: enough to name the room as heroes do.
+pub const INVITE_MEMBERS: usize = 6;
+
+/// What an invite's stripped state says of the room: all an invitee may know of it, so
+/// the invitee's lists place and name the invite from this alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InviteFacts {
+    /// When the invite was sent (the invitee's own member event).
+    pub ts: Option<u64>,
+    pub name: Option<Box<str>>,
+    pub canonical_alias: Option<Box<str>>,
+    pub avatar: Option<Box<str>>,
+    pub encrypted: bool,
+    pub room_type: Option<Box<str>>,
+    /// The invitee's member event says `is_direct`.
+    pub is_direct: bool,
+    /// Members of the stripped state other than the invitee (the inviter, usually), in
+    /// the order given: (user ID, display name, avatar URL).
+    pub members: Vec<(Box<str>, Option<Box<str>>, Option<Box<str>>)>,
+}
+
 /// Turns stored JSON back into events at startup. The store never reads the
 /// homeserver's format itself: `app` hands it `upstream::wire::DECODER`.
 pub struct Decoder {
     pub event: fn(&[u8]) -> Result<Event, EventError>,
-    /// When the invite in an invite's stripped state was sent, for the user invited.
-    pub invite_ts: fn(&[u8], &str) -> Option<u64>,
+    /// What an invite's stripped state says, for the user invited.
+    pub invite: fn(&[u8], &str) -> InviteFacts,
 }

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::json::JsonWriter;
 use crate::conn::request::{
-    Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest,
-    SyncResponse,
+    BumpTypes, Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec,
+    SyncRequest, SyncResponse,
 };
 use crate::error::MatrixError;
 
@@ -51,6 +51,8 @@ struct WireSubscription {
     timeline_limit: Option<u64>,
     #[serde(default)]
     required_state: Option<Vec<Vec<String>>>,
+    #[serde(default)]
+    include_heroes: Option<bool>,
 }
 
 /// A struct that must come as a JSON object: serde's derive also reads an array as the
@@ -86,6 +88,12 @@ struct WireList {
     required_state: Option<Vec<Vec<String>>>,
     #[serde(default)]
     filters: Option<Object<WireFilters>>,
+    #[serde(default)]
+    bump_event_types: Option<Vec<String>>,
+    #[serde(default)]
+    include_heroes: Option<bool>,
+    #[serde(default)]
+    include_old_rooms: Option<Object<WireSubscription>>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +118,11 @@ struct WireFilters {
 pub const MAX_FILTER_ENTRIES: usize = 100;
 /// `room_name_like` is matched against names: longer than a name is nonsense.
 pub const MAX_NAME_LIKE: usize = 255;
+/// Event types in one list's `bump_event_types`.
+pub const MAX_BUMP_TYPES: usize = 100;
+/// An event type longer than this cannot come from a homeserver (Synapse refuses
+/// 255-byte types), so it bumps nothing.
+pub const MAX_EVENT_TYPE: usize = 255;
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
@@ -182,11 +195,8 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
     }
     for (room_id, Object(sub)) in subscriptions {
         let field = format!("room_subscriptions.{}", room_field(&room_id)?);
-        let sub = RoomSubscription {
-            timeline_limit: timeline_limit(sub.timeline_limit).unwrap_or(0),
-            required_state: required_state(&field, sub.required_state)?.unwrap_or_default(),
-        };
-        req.room_subscriptions.insert(room_id.into(), sub);
+        req.room_subscriptions
+            .insert(room_id.into(), subscription(&field, sub)?);
     }
     for room_id in unsubscribe {
         room_field(&room_id)?;
@@ -241,6 +251,15 @@ fn room_field(room_id: &str) -> Result<&str, MatrixError> {
         )));
     }
     Ok(room_id)
+}
+
+/// A room subscription, or a list's `include_old_rooms`, named by `field` in errors.
+fn subscription(field: &str, sub: WireSubscription) -> Result<RoomSubscription, MatrixError> {
+    Ok(RoomSubscription {
+        timeline_limit: timeline_limit(sub.timeline_limit).unwrap_or(0),
+        required_state: required_state(field, sub.required_state)?.unwrap_or_default(),
+        include_heroes: sub.include_heroes.unwrap_or(false),
+    })
 }
 
 /// Larger limits are lowered to [`MAX_TIMELINE_LIMIT`], as the Go proxy did.
@@ -340,8 +359,40 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
         None => None,
         Some(Object(f)) => Some(std::sync::Arc::new(filters(name, f)?)),
     };
+    let bump_event_types = match list.bump_event_types {
+        None => None,
+        Some(types) => {
+            if types.len() > MAX_BUMP_TYPES {
+                return Err(bad(
+                    "bump_event_types",
+                    format!("at most {MAX_BUMP_TYPES} event types are allowed"),
+                ));
+            }
+            if types.iter().any(|t| t.len() > MAX_EVENT_TYPE) {
+                return Err(bad(
+                    "bump_event_types",
+                    format!("an event type is at most {MAX_EVENT_TYPE} bytes"),
+                ));
+            }
+            let mut types: Vec<Box<str>> = types.into_iter().map(Into::into).collect();
+            types.sort_unstable();
+            types.dedup();
+            // An empty list bumps on every event, as no list at all does.
+            Some((!types.is_empty()).then(|| BumpTypes::from(types)))
+        }
+    };
+    let include_old_rooms = match list.include_old_rooms {
+        None => None,
+        Some(Object(old)) => Some(subscription(
+            &format!("lists.{name}.include_old_rooms"),
+            old,
+        )?),
+    };
     Ok(ListParams {
         filters,
+        include_old_rooms,
+        bump_event_types,
+        include_heroes: list.include_heroes,
         ranges,
         sort,
         timeline_limit: timeline_limit(list.timeline_limit),
@@ -423,6 +474,30 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     w.begin_object();
     if let Some(name) = &room.name {
         w.key("name").str(name);
+    }
+    if let Some(heroes) = &room.heroes {
+        w.key("heroes").begin_array();
+        for h in heroes {
+            w.begin_object();
+            w.key("user_id").str(&h.user_id);
+            if let Some(name) = &h.displayname {
+                w.key("displayname").str(name);
+            }
+            if let Some(url) = &h.avatar_url {
+                w.key("avatar_url").str(url);
+            }
+            w.end_object();
+        }
+        w.end_array();
+    }
+    match &room.avatar {
+        Some(Some(url)) => {
+            w.key("avatar").str(url);
+        }
+        Some(None) => {
+            w.key("avatar").raw(b"null");
+        }
+        None => {}
     }
     if room.initial {
         w.key("initial").bool(true);
@@ -523,6 +598,36 @@ mod tests {
         assert_eq!(
             parse(long.as_bytes()).unwrap_err().errcode,
             "M_INVALID_PARAM"
+        );
+    }
+
+    #[test]
+    fn room_field_parameters_are_read_and_bump_types_normalised() {
+        let req = parse(
+            br#"{"lists":{"a":{"bump_event_types":["m.room.message","m.sticker","m.room.message"],"include_heroes":true,"include_old_rooms":{"timeline_limit":2,"required_state":[["m.room.create",""]]}},"b":{"bump_event_types":[]}},"room_subscriptions":{"!r:x":{"include_heroes":true}}}"#,
+        )
+        .unwrap();
+        let a = &req.lists["a"];
+        let types = a.bump_event_types.clone().flatten().unwrap();
+        let types: Vec<&str> = types.iter().map(|t| &**t).collect();
+        assert_eq!(types, ["m.room.message", "m.sticker"]);
+        assert_eq!(a.include_heroes, Some(true));
+        assert_eq!(a.include_old_rooms.as_ref().unwrap().timeline_limit, 2);
+        assert_eq!(
+            req.lists["b"].bump_event_types,
+            Some(None),
+            "an empty list bumps on everything"
+        );
+        assert!(req.room_subscriptions["!r:x"].include_heroes);
+        let many = format!(
+            r#"{{"lists":{{"a":{{"bump_event_types":{}}}}}}}"#,
+            sonic_rs::to_string(&vec!["t"; MAX_BUMP_TYPES + 1]).unwrap()
+        );
+        let err = parse(many.as_bytes()).unwrap_err();
+        assert!(
+            err.message.contains("lists.a.bump_event_types"),
+            "{}",
+            err.message
         );
     }
 

@@ -6,12 +6,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest, SyncResponse,
+    Hero, ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest,
+    SyncResponse,
 };
 use super::required_state;
 use super::window;
-use crate::rooms::name::display_name;
-use crate::rooms::sort::ListOrder;
+use crate::rooms::bump::bump_ts;
+use crate::rooms::name::{
+    avatar, display_name, heroes_for, invite_avatar, invite_heroes, invite_name,
+};
+use crate::rooms::sort::{BumpTypes, ListOrder};
 use crate::store::room::{RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
@@ -21,6 +25,9 @@ pub struct View<'a> {
     pub user_id: &'a str,
     pub data: &'a UserData,
     pub room: &'a dyn Fn(&str) -> Option<Arc<RoomSnapshot>>,
+    /// The store's last position before `data` was read: what comes after it arrived
+    /// after this step looked.
+    pub position: Position,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,6 +37,9 @@ struct ListState {
     order: ListOrder,
     timeline_limit: usize,
     required_state: Vec<(String, String)>,
+    include_heroes: bool,
+    /// What to send of the rooms the list's rooms replaced (`include_old_rooms`).
+    include_old_rooms: Option<RoomSubscription>,
     /// Index → room, for every index the client holds.
     have: BTreeMap<usize, RoomId>,
     /// The `count` last sent.
@@ -48,6 +58,10 @@ struct SentRoom {
     since: Position,
     invite: bool,
     name: String,
+    /// The heroes last sent with the name (empty: none sent).
+    heroes: Vec<Hero>,
+    avatar: Option<Box<str>>,
+    timestamp: u64,
     joined: u32,
     invited: u32,
     unread: (u64, u64),
@@ -62,14 +76,47 @@ pub struct Connection {
     sent: HashMap<RoomId, SentRoom>,
     /// The user data version this connection last looked at.
     seen_version: Option<u64>,
+    /// [`View::position`] of the last step: events after it are live to this
+    /// connection, even in a room it is sent whole (one entering a window).
+    horizon: Option<Position>,
 }
 
 /// Room parameters merged over every list showing the room: the union of
-/// `required_state`, the largest `timeline_limit`.
+/// `required_state`, the largest `timeline_limit`, heroes if any asks for them, and the
+/// union of the event types that bump it (every type if any list bumps on all).
 #[derive(Default)]
 struct RoomParams {
     timeline_limit: usize,
     required_state: Vec<(String, String)>,
+    include_heroes: bool,
+    bump: Bump,
+}
+
+/// Which events give a room's `timestamp`.
+#[derive(Default)]
+enum Bump {
+    /// Not decided yet: no list or subscription merged.
+    #[default]
+    Unset,
+    All,
+    Types(Vec<Box<str>>),
+}
+
+impl Bump {
+    fn merge(&mut self, types: Option<&BumpTypes>) {
+        match (&mut *self, types) {
+            (Bump::All, _) => {}
+            (_, None) => *self = Bump::All,
+            (Bump::Unset, Some(t)) => *self = Bump::Types(t.to_vec()),
+            (Bump::Types(have), Some(t)) => {
+                for ty in t.iter() {
+                    if !have.contains(ty) {
+                        have.push(ty.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -150,6 +197,7 @@ impl Connection {
             None => Some(HashSet::new()),
         };
         self.seen_version = Some(view.data.version());
+        let horizon = self.horizon.replace(view.position);
         let mut resp = SyncResponse::default();
         let (old_ranges, resend, params_changed) = self.merge_request(req);
         // Nothing of the user's changed and the request changed nothing: the client is up
@@ -169,8 +217,15 @@ impl Connection {
             return resp;
         }
         self.list_ops(old_ranges, view, &mut resp);
-        let visible = self.visible_rooms(view.data);
-        self.room_results(&visible, changed.as_ref(), &resend, view, &mut resp);
+        let visible = self.visible_rooms(view);
+        self.room_results(
+            &visible,
+            changed.as_ref(),
+            &resend,
+            horizon,
+            view,
+            &mut resp,
+        );
         self.farewells(&visible, view, &mut resp);
         resp
     }
@@ -250,9 +305,12 @@ impl Connection {
                 .remove(name)
                 .unwrap_or_else(|| list.ranges.clone());
             let mut ops = Vec::new();
-            for &(start, end) in
-                &window::subtract(&list.ranges, &window::subtract(&list.ranges, &old))
-            {
+            let mut kept = window::subtract(&list.ranges, &window::subtract(&list.ranges, &old));
+            // The furthest window first, as the Go proxy ordered the pairs of a move
+            // across several windows (each pair stays within its window, so any order
+            // leaves the client in the same place).
+            kept.sort_unstable_by_key(|&(start, _)| std::cmp::Reverse(start));
+            for &(start, end) in &kept {
                 // Rooms before indexes in each `zip`: the counter then stops at the last
                 // room instead of stepping toward the end of a range that may be 2^64.
                 let mut have: Vec<RoomId> = list
@@ -314,26 +372,55 @@ impl Connection {
     /// of all the lists and the subscription that show it merged. A subscription counts
     /// only while the user is joined or invited: it never shows another room, and a room
     /// the user left then gets its farewell like one leaving a window.
-    fn visible_rooms(&self, data: &UserData) -> BTreeMap<RoomId, RoomParams> {
+    fn visible_rooms(&self, view: &View<'_>) -> BTreeMap<RoomId, RoomParams> {
+        let data = view.data;
         let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
-        let mut show =
-            |room: &RoomId, timeline_limit: usize, required_state: &[(String, String)]| {
-                let p = visible.entry(room.clone()).or_default();
-                p.timeline_limit = p.timeline_limit.max(timeline_limit);
-                for rs in required_state {
-                    if !p.required_state.contains(rs) {
-                        p.required_state.push(rs.clone());
-                    }
+        let mut show = |room: &RoomId,
+                        timeline_limit: usize,
+                        required_state: &[(String, String)],
+                        include_heroes: bool,
+                        bump: Option<&BumpTypes>| {
+            let p = visible.entry(room.clone()).or_default();
+            p.timeline_limit = p.timeline_limit.max(timeline_limit);
+            for rs in required_state {
+                if !p.required_state.contains(rs) {
+                    p.required_state.push(rs.clone());
                 }
-            };
+            }
+            p.include_heroes |= include_heroes;
+            p.bump.merge(bump);
+        };
         for list in self.lists.values() {
             for room in list.have.values() {
-                show(room, list.timeline_limit, &list.required_state);
+                show(
+                    room,
+                    list.timeline_limit,
+                    &list.required_state,
+                    list.include_heroes,
+                    list.order.bump.as_ref(),
+                );
+                if let Some(old) = &list.include_old_rooms {
+                    for pred in predecessors(room, view) {
+                        show(
+                            &pred,
+                            old.timeline_limit,
+                            &old.required_state,
+                            old.include_heroes,
+                            None,
+                        );
+                    }
+                }
             }
         }
         for (room, sub) in &self.subscriptions {
             if data.membership(room).is_some_and(UserMembership::is_member) {
-                show(room, sub.timeline_limit, &sub.required_state);
+                show(
+                    room,
+                    sub.timeline_limit,
+                    &sub.required_state,
+                    sub.include_heroes,
+                    None,
+                );
             }
         }
         visible
@@ -346,6 +433,7 @@ impl Connection {
         visible: &BTreeMap<RoomId, RoomParams>,
         changed: Option<&HashSet<RoomId>>,
         resend: &HashMap<RoomId, Resend>,
+        horizon: Option<Position>,
         view: &View<'_>,
         resp: &mut SyncResponse,
     ) {
@@ -358,7 +446,7 @@ impl Connection {
                     if !s.invite && again != Some(Resend::Whole) =>
                 {
                     let live = is_changed
-                        .then(|| self.live_room(room_id, *since, view))
+                        .then(|| self.live_room(room_id, *since, params, view))
                         .flatten();
                     if again == Some(Resend::State) {
                         // The state selection changed: its state again, no timeline.
@@ -375,24 +463,47 @@ impl Connection {
                     }
                 }
                 (Some(UserMembership::Join { since }), _) => {
-                    self.full_room(room_id, *since, params, view)
+                    self.full_room(room_id, *since, params, horizon, view)
                 }
-                (Some(UserMembership::Invite { invite_state, .. }), None) => {
+                (
+                    Some(UserMembership::Invite {
+                        invite_state,
+                        facts,
+                        ts,
+                        ..
+                    }),
+                    None,
+                ) => {
+                    // All from the stripped state: the room's own name, members and
+                    // counts are not the invitee's to see. As in the Go proxy, the counts
+                    // are those of a room of the inviter and the invitee.
+                    let name = invite_name(facts);
+                    let heroes =
+                        (params.include_heroes && name.calculated).then(|| invite_heroes(facts));
                     self.sent.insert(
                         room_id.clone(),
                         SentRoom {
                             position: 0,
                             since: 0,
                             invite: true,
-                            name: String::new(),
-                            joined: 0,
-                            invited: 0,
+                            name: name.name.clone(),
+                            heroes: heroes.clone().unwrap_or_default(),
+                            avatar: None,
+                            timestamp: *ts,
+                            joined: 1,
+                            invited: 1,
                             unread: (0, 0),
                         },
                     );
                     Some(RoomResult {
                         initial: true,
+                        name: Some(name.name),
+                        heroes,
+                        avatar: Some(invite_avatar(facts)),
                         invite_state: Some(invite_state.clone()),
+                        timestamp: Some(*ts).filter(|ts| *ts > 0),
+                        joined_count: Some(1),
+                        invited_count: Some(1),
                         ..RoomResult::default()
                     })
                 }
@@ -463,6 +574,7 @@ impl Connection {
         room_id: &RoomId,
         since: Position,
         params: &RoomParams,
+        horizon: Option<Position>,
         view: &View<'_>,
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
@@ -484,7 +596,7 @@ impl Connection {
         let prev_batch = timeline
             .iter()
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
-        let name = display_name(&room.meta, view.user_id);
+        let fields = RoomFields::of(&room, params, view);
         let unread = unread(view.data, room_id);
         self.sent.insert(
             room_id.clone(),
@@ -492,7 +604,10 @@ impl Connection {
                 position: room.meta.latest_position,
                 since,
                 invite: false,
-                name: name.clone(),
+                name: fields.name.clone(),
+                heroes: fields.heroes.clone().unwrap_or_default(),
+                avatar: fields.avatar.clone(),
+                timestamp: fields.timestamp,
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
@@ -500,18 +615,21 @@ impl Connection {
         );
         Some(RoomResult {
             initial: true,
-            name: Some(name),
+            name: Some(fields.name),
+            heroes: fields.heroes,
+            avatar: Some(fields.avatar),
             required_state: required_state::resolve(
                 &params.required_state,
                 &room.state,
                 view.user_id,
             ),
+            // A room that enters a window because of new events says which are new.
+            num_live: horizon.map_or(0, |h| timeline.iter().filter(|e| e.position > h).count()),
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
-            num_live: 0,
             limited: limited && limit > 0,
             prev_batch,
             invite_state: None,
-            timestamp: Some(room.meta.latest_ts).filter(|ts| *ts > 0),
+            timestamp: Some(fields.timestamp).filter(|ts| *ts > 0),
             joined_count: Some(room.meta.joined_count),
             invited_count: Some(room.meta.invited_count),
             notification_count: Some(unread.0),
@@ -523,6 +641,7 @@ impl Connection {
         &mut self,
         room_id: &RoomId,
         since: Position,
+        params: &RoomParams,
         view: &View<'_>,
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
@@ -539,13 +658,23 @@ impl Connection {
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
             ..RoomResult::default()
         };
-        if !out.timeline.is_empty() {
-            out.timestamp = Some(room.meta.latest_ts);
+        let fields = RoomFields::of(&room, params, view);
+        if fields.timestamp != sent.timestamp {
+            out.timestamp = Some(fields.timestamp);
+            sent.timestamp = fields.timestamp;
         }
-        let name = display_name(&room.meta, view.user_id);
-        if name != sent.name {
-            out.name = Some(name.clone());
-            sent.name = name;
+        if fields.name != sent.name {
+            out.name = Some(fields.name.clone());
+            sent.name = fields.name;
+        }
+        let heroes = fields.heroes.unwrap_or_default();
+        if heroes != sent.heroes {
+            out.heroes = Some(heroes.clone()).filter(|h| !h.is_empty());
+            sent.heroes = heroes;
+        }
+        if fields.avatar != sent.avatar {
+            out.avatar = Some(fields.avatar.clone());
+            sent.avatar = fields.avatar;
         }
         if room.meta.joined_count != sent.joined {
             out.joined_count = Some(room.meta.joined_count);
@@ -564,6 +693,9 @@ impl Connection {
         sent.position = sent.position.max(room.meta.latest_position);
         let empty = out.timeline.is_empty()
             && out.name.is_none()
+            && out.heroes.is_none()
+            && out.avatar.is_none()
+            && out.timestamp.is_none()
             && out.joined_count.is_none()
             && out.invited_count.is_none()
             && out.notification_count.is_none();
@@ -577,6 +709,73 @@ impl Connection {
 /// the next step says farewell.
 fn left_meanwhile(room: &RoomSnapshot, user: &str) -> bool {
     room.visible_until(user) != Position::MAX
+}
+
+/// Rooms an upgrade chain links to, furthest back.
+const MAX_PREDECESSORS: usize = 16;
+
+/// The rooms `room` replaced (its `m.room.create` `predecessor`, that room's, ...), as
+/// far back as the user is still joined to them: MSC3575 `include_old_rooms`. A room
+/// anyone can create may name any room, or a cycle, as its predecessor: the walk stops
+/// at a room the user is not joined to, at a room already seen, and after
+/// [`MAX_PREDECESSORS`].
+fn predecessors(room: &RoomId, view: &View<'_>) -> Vec<RoomId> {
+    let mut chain: Vec<RoomId> = Vec::new();
+    let mut at = (view.room)(room);
+    while let Some(pred) = at.as_ref().and_then(|r| r.meta.predecessor.clone()) {
+        let pred: RoomId = pred.into();
+        let joined = matches!(
+            view.data.membership(&pred),
+            Some(UserMembership::Join { .. })
+        );
+        if !joined || chain.len() >= MAX_PREDECESSORS || *room == pred || chain.contains(&pred) {
+            break;
+        }
+        at = (view.room)(&pred);
+        chain.push(pred);
+    }
+    chain
+}
+
+/// The fields of a joined room that depend on who reads it and through which lists.
+struct RoomFields {
+    name: String,
+    heroes: Option<Vec<Hero>>,
+    avatar: Option<Box<str>>,
+    timestamp: u64,
+}
+
+impl RoomFields {
+    fn of(room: &RoomSnapshot, params: &RoomParams, view: &View<'_>) -> Self {
+        let name = display_name(&room.meta, view.user_id);
+        // Heroes go with a name made from them, as in the Go proxy.
+        let heroes = (params.include_heroes && name.calculated).then(|| {
+            heroes_for(&room.meta, view.user_id)
+                .into_iter()
+                .cloned()
+                .collect()
+        });
+        let timestamp = match &params.bump {
+            Bump::Types(types) => {
+                let join_ts = room
+                    .state
+                    .get("m.room.member", view.user_id)
+                    .map_or(0, |m| m.origin_server_ts());
+                bump_ts(
+                    &room.meta.latest_by_type,
+                    join_ts,
+                    types.iter().map(|t| &**t),
+                )
+            }
+            Bump::All | Bump::Unset => room.meta.latest_ts,
+        };
+        Self {
+            name: name.name,
+            heroes,
+            avatar: avatar(&room.meta, view.user_id, view.data.is_dm(&room.room_id)),
+            timestamp,
+        }
+    }
 }
 
 /// Drops what the client holds at `start..=end`, visiting only the entries there.
@@ -600,6 +799,9 @@ fn apply_order(order: &mut ListOrder, params: &ListParams) {
     }
     if let Some(filters) = &params.filters {
         order.filters = filters.clone();
+    }
+    if let Some(bump) = &params.bump_event_types {
+        order.bump = bump.clone();
     }
 }
 
@@ -626,6 +828,12 @@ fn merge(list: &mut ListState, params: &ListParams) -> Option<Resend> {
             resend = Some(Resend::State);
         }
         list.required_state = rs.clone();
+    }
+    if let Some(heroes) = params.include_heroes {
+        list.include_heroes = heroes;
+    }
+    if let Some(old) = &params.include_old_rooms {
+        list.include_old_rooms = Some(old.clone());
     }
     if let Some(limit) = params.timeline_limit {
         if limit != list.timeline_limit {
@@ -685,6 +893,7 @@ mod tests {
                 user_id: ME,
                 data: &data,
                 room: &room,
+                position: store.position_now(),
             },
         )
     }
@@ -804,13 +1013,26 @@ mod tests {
                 event("m.room.message", None, "@other:x", 3),
             ],
         ));
-        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 4);
+        store.set_invite(
+            &user,
+            &"!r:x".into(),
+            bytes::Bytes::from_static(b"[]"),
+            Default::default(),
+            4,
+        );
         let mut conn = Connection::default();
         let resp = step(&mut conn, &store, Some(&list(vec![(0, 9)], 10)));
         let invite = &resp.rooms["!r:x"];
         assert_eq!(invite.invite_state.as_deref(), Some(&b"[]"[..]));
-        assert!(
-            invite.timeline.is_empty() && invite.required_state.is_empty() && invite.name.is_none()
+        assert!(invite.timeline.is_empty() && invite.required_state.is_empty());
+        assert_eq!(
+            invite.name.as_deref(),
+            Some("Empty Room"),
+            "named from the stripped state, which names nobody"
+        );
+        assert_eq!(
+            (invite.joined_count, invite.invited_count),
+            (Some(1), Some(1))
         );
 
         store.apply_room(delta(
@@ -884,15 +1106,15 @@ mod tests {
             assert_eq!(
                 list.ops,
                 [
-                    Op::Delete { index: 4 },
-                    Op::Insert {
-                        index: 0,
-                        room_id: "!r0:x".into()
-                    },
                     Op::Delete { index: 9 },
                     Op::Insert {
                         index: 5,
                         room_id: "!r5:x".into()
+                    },
+                    Op::Delete { index: 4 },
+                    Op::Insert {
+                        index: 0,
+                        room_id: "!r0:x".into()
                     }
                 ],
                 "one pair per window, the huge one ending at the list's end"
@@ -969,6 +1191,7 @@ mod tests {
             user_id: ME,
             data: &before_the_kick,
             room: &room,
+            position: store.position_now(),
         };
         let racing = conn.step(None, &view);
         assert!(!racing.rooms.contains_key("!r:x"), "{racing:?}");

@@ -242,12 +242,14 @@ impl Conns {
         let first = slot.responses == 0;
         let mut resp = loop {
             let resp = {
+                let position = store.position_now();
                 let data = user.read();
                 let room = |id: &str| store.room(id);
                 let view = View {
                     user_id: &user.user_id,
                     data: &data,
                     room: &room,
+                    position,
                 };
                 slot.conn.step(request.take().as_ref(), &view)
             };
@@ -365,22 +367,7 @@ fn merge_pending(
     merged.conn_id = later.conn_id;
     merged.txn_id = later.txn_id;
     for (name, params) in later.lists {
-        let slot = merged.lists.entry(name).or_default();
-        if params.ranges.is_some() {
-            slot.ranges = params.ranges;
-        }
-        if params.sort.is_some() {
-            slot.sort = params.sort;
-        }
-        if params.filters.is_some() {
-            slot.filters = params.filters;
-        }
-        if params.timeline_limit.is_some() {
-            slot.timeline_limit = params.timeline_limit;
-        }
-        if params.required_state.is_some() {
-            slot.required_state = params.required_state;
-        }
+        merged.lists.entry(name).or_default().overlay(params);
     }
     merged
 }

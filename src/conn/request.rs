@@ -19,10 +19,47 @@ pub struct ListParams {
     pub filters: Option<Arc<Filters>>,
     pub timeline_limit: Option<usize>,
     pub required_state: Option<Vec<(String, String)>>,
+    /// `Some(None)`: every event bumps (an empty `bump_event_types`).
+    pub bump_event_types: Option<Option<BumpTypes>>,
+    pub include_heroes: Option<bool>,
+    /// What to send of the rooms the list's rooms replaced, as far back as the user is
+    /// joined to them.
+    pub include_old_rooms: Option<RoomSubscription>,
+}
+
+impl ListParams {
+    /// Takes every parameter `later` states, keeping the rest: two requests' sticky
+    /// parameters as one.
+    pub fn overlay(&mut self, later: ListParams) {
+        let ListParams {
+            ranges,
+            sort,
+            filters,
+            timeline_limit,
+            required_state,
+            bump_event_types,
+            include_heroes,
+            include_old_rooms,
+        } = later;
+        fn take<T>(slot: &mut Option<T>, later: Option<T>) {
+            if later.is_some() {
+                *slot = later;
+            }
+        }
+        take(&mut self.ranges, ranges);
+        take(&mut self.sort, sort);
+        take(&mut self.filters, filters);
+        take(&mut self.timeline_limit, timeline_limit);
+        take(&mut self.required_state, required_state);
+        take(&mut self.bump_event_types, bump_event_types);
+        take(&mut self.include_heroes, include_heroes);
+        take(&mut self.include_old_rooms, include_old_rooms);
+    }
 }
 
 pub use crate::rooms::filter::Filters;
-pub use crate::rooms::sort::{SortBy, SortSpec};
+pub use crate::rooms::sort::{BumpTypes, SortBy, SortSpec};
+pub use crate::store::room::Hero;
 
 /// A room subscription as a request states it. Sticky per room: a new one for the
 /// same room replaces it whole, as in the Go proxy.
@@ -30,6 +67,7 @@ pub use crate::rooms::sort::{SortBy, SortSpec};
 pub struct RoomSubscription {
     pub timeline_limit: usize,
     pub required_state: Vec<(String, String)>,
+    pub include_heroes: bool,
 }
 
 /// One request, after the dialect validated it.
@@ -62,6 +100,10 @@ pub struct ListResult {
 pub struct RoomResult {
     pub initial: bool,
     pub name: Option<String>,
+    /// Sent with a name made from them, when a list or subscription asks for heroes.
+    pub heroes: Option<Vec<Hero>>,
+    /// Absent: unchanged (or never known); `Some(None)`: no avatar (`null`).
+    pub avatar: Option<Option<Box<str>>>,
     pub required_state: Vec<Bytes>,
     pub timeline: Vec<Bytes>,
     /// Events in `timeline` that arrived live (not part of the initial window).
@@ -70,7 +112,8 @@ pub struct RoomResult {
     pub prev_batch: Option<String>,
     /// Stripped state for invites; nothing else of the room is sent to an invitee.
     pub invite_state: Option<Bytes>,
-    /// `origin_server_ts` of the newest event (the Go proxy's `timestamp`).
+    /// `origin_server_ts` of the newest event that bumps the room in the lists showing
+    /// it, never before the user's join (the Go proxy's `timestamp`).
     pub timestamp: Option<u64>,
     pub joined_count: Option<u32>,
     pub invited_count: Option<u32>,

@@ -86,6 +86,7 @@ mod tests {
                 origin_server_ts: 0,
                 membership: (kind == "m.room.member").then_some(Membership::Join),
                 text: None,
+                detail: None,
                 prev_batch: None,
                 gap_before: false,
                 filled_order: None,

@@ -93,8 +93,14 @@ pub fn diff(start: usize, len: usize, old: &mut Vec<RoomId>, new: &[RoomId], ops
                 }
             }
             None => {
-                // A room new to the window pushes the last one out (or fills a gap).
-                let from = old.len().min(len.saturating_sub(1));
+                // A room new to the window takes the place of one that left it further
+                // down (one pair for one move), else pushes the last one out (or fills
+                // a gap).
+                let from = old
+                    .iter()
+                    .skip(k)
+                    .position(|r| !new.contains(r))
+                    .map_or(old.len().min(len.saturating_sub(1)), |i| k + i);
                 ops.push(Op::Delete {
                     index: start + from,
                 });
@@ -229,6 +235,23 @@ mod tests {
         );
         let ops = check(0, 5, "a", "");
         assert_eq!(ops, vec![Op::Delete { index: 0 }]);
+    }
+
+    /// The Go proxy's multiple-window case: the room at 18 moves to the top, and each
+    /// window sees one room leave and one enter.
+    #[test]
+    fn a_room_leaving_further_down_makes_room_for_the_one_entering() {
+        let ops = check(17, 3, "qrs", "pqs");
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete { index: 18 },
+                Op::Insert {
+                    index: 17,
+                    room_id: "p".into()
+                }
+            ]
+        );
     }
 
     #[test]

@@ -89,8 +89,9 @@ pub async fn process(
         state.push(b']');
         // Any server can date an invite in the future; it must not pin the room on top.
         let now = now_ms();
-        let ts = wire::invite_ts(&state, &user.user_id).map_or(now, |ts| ts.min(now));
-        store.set_invite(user, &room_id, Bytes::from(state), ts);
+        let facts = wire::invite_facts(&state, &user.user_id);
+        let ts = facts.ts.map_or(now, |ts| ts.min(now));
+        store.set_invite(user, &room_id, Bytes::from(state), facts, ts);
         metrics.payload("V2InviteRoom");
         queue.release(reservation);
     }

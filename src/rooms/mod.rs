@@ -2,6 +2,7 @@
 //! sort indexes (maintained by the store's write path), list filters and room naming.
 //! No I/O.
 
+pub mod bump;
 pub mod filter;
 pub mod name;
 pub mod sort;

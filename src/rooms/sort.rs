@@ -44,13 +44,18 @@ pub fn by_recency() -> SortSpec {
     Arc::new([SortBy::Recency])
 }
 
-/// Which rooms a list shows and in what order: its filters and its sorts, the key of
-/// an index. Every user keeps the unfiltered recency order; any other is kept while
-/// lists use it.
+/// A list's `bump_event_types`, sorted and without repeats; absent when every event
+/// bumps.
+pub type BumpTypes = Arc<[Box<str>]>;
+
+/// Which rooms a list shows and in what order: its filters, its sorts and the events
+/// that count as activity for recency; the key of an index. Every user keeps the
+/// unfiltered recency order; any other is kept while lists use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ListOrder {
     pub sort: SortSpec,
     pub filters: Arc<Filters>,
+    pub bump: Option<BumpTypes>,
 }
 
 impl Default for ListOrder {
@@ -58,6 +63,7 @@ impl Default for ListOrder {
         Self {
             sort: by_recency(),
             filters: Arc::default(),
+            bump: None,
         }
     }
 }
@@ -65,13 +71,13 @@ impl Default for ListOrder {
 impl ListOrder {
     /// The order every user keeps anyway.
     pub fn is_recency(&self) -> bool {
-        *self.sort == [SortBy::Recency] && self.filters.is_empty()
+        *self.sort == [SortBy::Recency] && self.filters.is_empty() && self.bump.is_none()
     }
 
     /// Whether placing a room needs more than its recency stamp: its name, encryption,
-    /// type.
+    /// type, or its newest events by type.
     pub fn needs_room(&self) -> bool {
-        needs_room(&self.sort) || !self.filters.is_empty()
+        needs_room(&self.sort) || !self.filters.is_empty() || self.bump.is_some()
     }
 }
 

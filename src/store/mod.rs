@@ -34,7 +34,7 @@ use self::room::{Room, RoomSnapshot, RoomWriter, TIMELINE_RING};
 use self::state::{RoomState, StateBase};
 use self::users::{RoomLooks, UserMembership, UserRoom, UserState};
 use self::writer::WriteQueue;
-use crate::event::{Decoder, Event, Membership};
+use crate::event::{Decoder, Event, InviteFacts, Membership};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
 use crate::types::{now_ms, Position, RoomId, UserId};
@@ -152,6 +152,11 @@ impl Store {
         self.next_position.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The last position handed out: every event applied from now on comes after it.
+    pub fn position_now(&self) -> Position {
+        self.next_position.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
     /// The events of `delta` its room has applied before: those memory remembers now
     /// (one it forgets before [`Store::apply_room`] runs is still known that way), and,
     /// when memory no longer reaches back to the room's first event, those storage
@@ -262,11 +267,14 @@ impl Store {
         for user_id in &writer.locals {
             if let Some(user) = self.user(user_id) {
                 user.update(|d| {
+                    let successor_joined =
+                        next.meta.tombstone.as_deref().is_some_and(|s| d.joined(s));
                     let Some(r) = d.rooms.get_mut(&room_id) else {
                         return;
                     };
                     if matches!(r.membership, UserMembership::Join { .. }) {
                         r.stamp = latest_ts;
+                        r.replaced = successor_joined;
                     }
                     d.place(&room_id, || looks(&next, user_id));
                     d.touch(&room_id);
@@ -343,7 +351,14 @@ impl Store {
     }
 
     /// The user's own poller lists the room under `invite`.
-    pub fn set_invite(&self, user: &UserState, room_id: &RoomId, invite_state: Bytes, ts: u64) {
+    pub fn set_invite(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        invite_state: Bytes,
+        facts: InviteFacts,
+        ts: u64,
+    ) {
         let room = self.room_entry(room_id);
         let mut writer = blocking_lock(&room.writer);
         let joined = room.snapshot.load().membership_of(&user.user_id) == Some(Membership::Join);
@@ -352,6 +367,7 @@ impl Store {
             let invite = UserMembership::Invite {
                 position: self.position(),
                 invite_state,
+                facts: Arc::new(facts),
                 ts,
             };
             self.set_membership(user, room_id, &room, &mut writer, invite);
@@ -517,7 +533,7 @@ impl Store {
             position,
             invite_state,
         }]);
-        install_membership(user, room_id, room, writer, membership);
+        install_membership(self, user, room_id, room, writer, membership);
     }
 
     /// Rebuilds the hot state from storage. Snapshots load without parsing; only the
@@ -595,12 +611,12 @@ impl Store {
                 MembershipKind::Join => UserMembership::Join { since: m.position },
                 MembershipKind::Invite => {
                     let invite_state = m.invite_state.unwrap_or_default();
-                    let ts = (decoder.invite_ts)(&invite_state, &m.user_id)
-                        .unwrap_or(0)
-                        .min(loaded_at);
+                    let facts = (decoder.invite)(&invite_state, &m.user_id);
+                    let ts = facts.ts.unwrap_or(0).min(loaded_at);
                     UserMembership::Invite {
                         position: m.position,
                         invite_state,
+                        facts: Arc::new(facts),
                         ts,
                     }
                 }
@@ -612,6 +628,7 @@ impl Store {
             next_position = next_position.max(m.position + 1);
             let room = store.room_entry(&m.room_id);
             install_membership(
+                &store,
                 &user,
                 &m.room_id,
                 &room,
@@ -636,7 +653,11 @@ impl Store {
 
 /// Puts a membership into the user's data and index and the room's local users.
 /// Callers hold the room's writer lock.
+///
+/// A join also settles upgrades: a room whose successor the user joined leaves the
+/// lists, whichever of the two joins comes first (at startup, in any order).
 fn install_membership(
+    store: &Store,
     user: &UserState,
     room_id: &RoomId,
     room: &Room,
@@ -654,29 +675,62 @@ fn install_membership(
     } else {
         writer.locals.remove(&user.user_id);
     }
+    let joining = matches!(membership, UserMembership::Join { .. });
+    // The room this one replaced, if its tombstone points here.
+    let replaced_here = snapshot
+        .meta
+        .predecessor
+        .as_deref()
+        .filter(|_| joining)
+        .and_then(|p| store.room(p))
+        .filter(|p| p.meta.tombstone.as_deref() == Some(&**room_id));
     user.update(|d| {
+        let replaced = joining
+            && snapshot
+                .meta
+                .tombstone
+                .as_deref()
+                .is_some_and(|s| d.joined(s));
         let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
             membership: membership.clone(),
             notification_count: 0,
             highlight_count: 0,
             stamp: 0,
+            replaced: false,
         });
         entry.membership = membership;
+        entry.replaced = replaced;
         if let Some(stamp) = stamp {
             entry.stamp = stamp;
         }
         d.place(room_id, || looks(&snapshot, &user.user_id));
         d.touch(room_id);
+        if let Some(old) = &replaced_here {
+            if let Some(r) = d.rooms.get_mut(&old.room_id) {
+                if !r.replaced {
+                    r.replaced = true;
+                    d.place(&old.room_id, || looks(old, &user.user_id));
+                    d.touch(&old.room_id);
+                }
+            }
+        }
     });
 }
 
-/// A room's name for `user` and its encryption, for the orders that sort by them.
+/// A room's name for `user`, its encryption, type and newest events by type, for the
+/// orders that sort or filter by them.
 fn looks(snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
+    let join_ts = snapshot
+        .state
+        .get("m.room.member", user)
+        .filter(|m| m.membership() == Some(Membership::Join))
+        .map_or(0, |m| m.origin_server_ts());
     RoomLooks {
-        name: display_name(&snapshot.meta, user),
+        name: display_name(&snapshot.meta, user).name,
         encrypted: snapshot.meta.encrypted,
         tombstoned: snapshot.meta.tombstone.is_some(),
         room_type: snapshot.meta.room_type.clone(),
+        bumps: Some((snapshot.meta.latest_by_type.clone(), join_ts)),
     }
 }
 
@@ -684,12 +738,7 @@ fn looks(snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
 fn snapshot_looks(snapshot: Option<&RoomSnapshot>, user: &str) -> RoomLooks {
     match snapshot {
         Some(snapshot) => looks(snapshot, user),
-        None => RoomLooks {
-            name: String::new(),
-            encrypted: false,
-            tombstoned: false,
-            room_type: None,
-        },
+        None => RoomLooks::default(),
     }
 }
 
@@ -920,6 +969,57 @@ mod tests {
 
     fn member(user: &str, m: Membership) -> Event {
         with_membership(event("m.room.member", Some(user), user, 1), m)
+    }
+
+    fn member_at(user: &str, m: Membership, ts: u64) -> Event {
+        with_membership(event("m.room.member", Some(user), user, ts), m)
+    }
+
+    fn hero_ids(store: &Store, room: &str) -> Vec<String> {
+        let room = store.room(room).unwrap();
+        room.meta
+            .heroes
+            .iter()
+            .map(|h| h.user_id.to_string())
+            .collect()
+    }
+
+    /// A state block lists members in any order; heroes are the earliest to arrive by
+    /// their member events, and stay the earliest as members come and go.
+    #[tokio::test]
+    async fn heroes_are_the_earliest_members_whatever_order_state_comes_in() {
+        let store = store();
+        let mut state: Vec<Event> = (0..10u64)
+            .map(|i| member_at(&format!("@u{i}:x"), Membership::Join, 100 + i))
+            .collect();
+        state.reverse();
+        store.apply_room(delta("!r:x", state, vec![]));
+        let first: Vec<String> = (0..7).map(|i| format!("@u{i}:x")).collect();
+        assert_eq!(hero_ids(&store, "!r:x"), first);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member_at("@u2:x", Membership::Leave, 200)],
+        ));
+        let heroes = hero_ids(&store, "!r:x");
+        assert!(!heroes.contains(&"@u2:x".to_owned()));
+        assert_eq!(
+            heroes.last().map(String::as_str),
+            Some("@u7:x"),
+            "the next earliest"
+        );
+        let room = store.room("!r:x").unwrap();
+        assert_eq!(room.meta.former.len(), 1);
+        assert_eq!(&*room.meta.former[0].user_id, "@u2:x");
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member_at("@u2:x", Membership::Join, 300)],
+        ));
+        assert!(
+            store.room("!r:x").unwrap().meta.former.is_empty(),
+            "back, so no longer a former member"
+        );
     }
 
     #[tokio::test]
@@ -1417,7 +1517,13 @@ mod tests {
             vec![member("@o:x", Membership::Join), name("Secret plan")],
         ));
         store.confirm_join(&other, &"!r:x".into());
-        store.set_invite(&me, &"!r:x".into(), Bytes::from_static(b"[]"), 10);
+        store.set_invite(
+            &me,
+            &"!r:x".into(),
+            Bytes::from_static(b"[]"),
+            Default::default(),
+            10,
+        );
         let by_name = ListOrder {
             filters: Arc::new(crate::rooms::filter::Filters {
                 room_name_like: Some("secret".into()),

@@ -20,10 +20,69 @@ pub const MAX_HEROES: usize = 6;
 /// Event IDs remembered per room to drop the copies other pollers deliver.
 pub const SEEN_IDS: usize = 4096;
 
+/// Former members remembered for naming a room everyone else left ("Empty Room (was
+/// ...)"): as many as heroes.
+pub const MAX_FORMER: usize = MAX_HEROES + 1;
+/// Event types whose newest timeline event a room remembers, for lists that bump only
+/// on some types. Any member can send events of any type, so this is bounded: past it
+/// the type seen longest ago is forgotten, and a list bumping only on that type then
+/// places the room as of the user's join.
+pub const BUMP_TYPES: usize = 32;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hero {
     pub user_id: Box<str>,
     pub displayname: Option<Box<str>>,
+    pub avatar_url: Option<Box<str>>,
+}
+
+/// Where a room's newest event of one type sits: its position and timestamp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub position: Position,
+    pub ts: u64,
+}
+
+/// The newest timeline event of each type (at most [`BUMP_TYPES`] types), for
+/// `bump_event_types` and `bump_stamp`. Shared between snapshots: a new event copies
+/// the few entries, and cloning a snapshot copies none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatestByType(Arc<Vec<(Arc<str>, Stamp)>>);
+
+impl LatestByType {
+    fn record(&mut self, kind: &str, stamp: Stamp) {
+        if self
+            .0
+            .iter()
+            .any(|(k, s)| &**k == kind && s.position >= stamp.position)
+        {
+            return;
+        }
+        let types = Arc::make_mut(&mut self.0);
+        if let Some(entry) = types.iter_mut().find(|(k, _)| &**k == kind) {
+            entry.1 = stamp;
+            return;
+        }
+        if types.len() >= BUMP_TYPES {
+            let oldest = types
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, s))| s.position)
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                types.swap_remove(i);
+            }
+        }
+        types.push((kind.into(), stamp));
+    }
+
+    /// The newest event of any of `types`.
+    pub fn newest_of<'a>(&self, types: impl IntoIterator<Item = &'a str>) -> Option<Stamp> {
+        types
+            .into_iter()
+            .filter_map(|t| self.0.iter().find(|(k, _)| &**k == t).map(|(_, s)| *s))
+            .max_by_key(|s| s.position)
+    }
 }
 
 /// What the room list needs about a room, kept up to date incrementally.
@@ -37,24 +96,34 @@ pub struct RoomMeta {
     /// Earliest members (joined or invited), at most `MAX_HEROES + 1` so one can be the
     /// reader.
     pub heroes: Vec<Hero>,
+    /// Members who left or were banned, most recent last, at most [`MAX_FORMER`]: a
+    /// room everyone else left is named after them.
+    pub former: Vec<Hero>,
+    /// The room this one replaced (`m.room.create` `predecessor`).
+    pub predecessor: Option<Box<str>>,
     pub encrypted: bool,
     pub room_type: Option<Box<str>>,
     pub tombstone: Option<Box<str>>,
     /// `origin_server_ts` of the newest timeline event: the recency sort key.
     pub latest_ts: u64,
+    /// The newest timeline event of each type: recency for lists with
+    /// `bump_event_types`.
+    pub latest_by_type: LatestByType,
     /// The highest position in the timeline: readers that sent up to here sent it all.
     /// (Usually the newest event's; a filled gap adds older events with newer positions.)
     pub latest_position: Position,
 }
 
 impl RoomMeta {
-    /// Whether the room's name (as any reader sees it), encryption, tombstone and type
-    /// are the same: what the room orders, filters and a client's room fields depend on
-    /// besides the timeline.
+    /// Whether the room's name and avatar (as any reader sees them), encryption,
+    /// tombstone and type are the same: what the room orders, filters and a client's
+    /// room fields depend on besides the timeline.
     pub fn looks_like(&self, other: &RoomMeta) -> bool {
         self.name == other.name
             && self.canonical_alias == other.canonical_alias
+            && self.avatar == other.avatar
             && self.heroes == other.heroes
+            && self.former == other.former
             && self.joined_count == other.joined_count
             && self.invited_count == other.invited_count
             && self.encrypted == other.encrypted
@@ -136,7 +205,10 @@ impl RoomSnapshot {
             "m.room.name" => self.meta.name = text,
             "m.room.canonical_alias" => self.meta.canonical_alias = text,
             "m.room.avatar" => self.meta.avatar = text,
-            "m.room.create" => self.meta.room_type = text,
+            "m.room.create" => {
+                self.meta.room_type = text;
+                self.meta.predecessor = ev.detail.clone();
+            }
             "m.room.tombstone" => self.meta.tombstone = text,
             "m.room.encryption" => self.meta.encrypted = true,
             "m.room.member" => {
@@ -145,9 +217,18 @@ impl RoomSnapshot {
                 self.count_member(ev.membership, 1);
                 let user: Box<str> = key.into();
                 let is_member = ev.membership.is_some_and(Membership::is_member);
-                let displayname = ev.text.clone();
+                // Named by their current member event, a leave too, as the spec's
+                // name calculation (and a client reading Synapse's summary) does.
+                let hero = Hero {
+                    user_id: user,
+                    displayname: ev.text.clone(),
+                    avatar_url: ev.detail.clone(),
+                };
+                let gone = matches!(ev.membership, Some(Membership::Leave | Membership::Ban));
+                let key = (ev.origin_server_ts, ev.position);
                 self.state.set(ev);
-                self.update_heroes(user, is_member, displayname);
+                self.update_former(&hero, gone);
+                self.update_heroes(hero, key, is_member);
                 return;
             }
             _ => {}
@@ -164,10 +245,31 @@ impl RoomSnapshot {
         *slot = (*slot as i64 + delta).max(0) as u32;
     }
 
-    fn update_heroes(&mut self, user: Box<str>, is_member: bool, displayname: Option<Box<str>>) {
-        let found = self.meta.heroes.iter().position(|h| h.user_id == user);
+    /// One who left or was banned is a former member, the latest last (as Synapse's
+    /// summary counts them: a ban of someone who never joined too); one who comes back
+    /// is not.
+    fn update_former(&mut self, hero: &Hero, gone: bool) {
+        self.meta.former.retain(|h| h.user_id != hero.user_id);
+        if gone {
+            if self.meta.former.len() >= MAX_FORMER {
+                self.meta.former.remove(0);
+            }
+            self.meta.former.push(hero.clone());
+        }
+    }
+
+    /// Heroes are the earliest members by their member event's timestamp (then
+    /// position), as Synapse orders its summary's by stream: a state block lists members
+    /// in no particular order. A hero's later member event (a new display name) keeps
+    /// its place, which costs no pass over the members.
+    fn update_heroes(&mut self, hero: Hero, key: (u64, Position), is_member: bool) {
+        let found = self
+            .meta
+            .heroes
+            .iter()
+            .position(|h| h.user_id == hero.user_id);
         match (found, is_member) {
-            (Some(i), true) => self.meta.heroes[i].displayname = displayname,
+            (Some(i), true) => self.meta.heroes[i] = hero,
             (Some(i), false) => {
                 self.meta.heroes.remove(i);
                 let members = (self.meta.joined_count + self.meta.invited_count) as usize;
@@ -175,43 +277,69 @@ impl RoomSnapshot {
                     self.recompute_heroes();
                 }
             }
-            (None, true) if self.meta.heroes.len() <= MAX_HEROES => {
-                self.meta.heroes.push(Hero {
-                    user_id: user,
-                    displayname,
-                });
+            (None, true) => {
+                let at = self
+                    .meta
+                    .heroes
+                    .iter()
+                    .position(|h| self.member_key(&h.user_id) > key)
+                    .unwrap_or(self.meta.heroes.len());
+                if at <= MAX_HEROES {
+                    self.meta.heroes.insert(at, hero);
+                    self.meta.heroes.truncate(MAX_HEROES + 1);
+                }
             }
-            _ => {}
+            (None, false) => {}
         }
+    }
+
+    /// A member's place among heroes: their member event's timestamp and position.
+    fn member_key(&self, user: &str) -> (u64, Position) {
+        self.state
+            .get("m.room.member", user)
+            .map_or((0, 0), |m| (m.origin_server_ts(), m.position()))
     }
 
     /// Rare (a hero left a room with more members): one pass over the members.
     fn recompute_heroes(&mut self) {
+        self.meta.heroes = self.members_by_position(true, MAX_HEROES + 1, false);
+    }
+
+    /// Members (`member`) or former members, earliest or (`latest`) most recent
+    /// member event first (by timestamp, then position), at most `max`.
+    fn members_by_position(&self, member: bool, max: usize, latest: bool) -> Vec<Hero> {
         let mut members: Vec<_> = self
             .state
             .of_kind("m.room.member")
             .into_iter()
-            .filter(|m| m.membership().is_some_and(Membership::is_member))
-            .map(|m| (m.position(), m.state_key(), m.text()))
-            .collect();
-        members.sort_unstable_by_key(|m| m.0);
-        self.meta.heroes = members
-            .into_iter()
-            .take(MAX_HEROES + 1)
-            .map(|(_, user, name)| Hero {
-                user_id: user.into(),
-                displayname: name.map(Into::into),
+            .filter(|m| {
+                m.membership()
+                    .is_some_and(|m| m.is_member() == member && m != Membership::Knock)
             })
             .collect();
+        if latest {
+            members
+                .sort_unstable_by_key(|m| std::cmp::Reverse((m.origin_server_ts(), m.position())));
+        } else {
+            members.sort_unstable_by_key(|m| (m.origin_server_ts(), m.position()));
+        }
+        members
+            .into_iter()
+            .take(max)
+            .map(|m| Hero {
+                user_id: m.state_key().into(),
+                displayname: m.text().map(Into::into),
+                avatar_url: m.detail().map(Into::into),
+            })
+            .collect()
     }
 
     /// Rebuilds the summary from state, for a room loaded at startup.
     pub(super) fn recompute_meta(&mut self) {
-        let latest_ts = self.meta.latest_ts;
-        let latest_position = self.meta.latest_position;
         self.meta = RoomMeta {
-            latest_ts,
-            latest_position,
+            latest_ts: self.meta.latest_ts,
+            latest_position: self.meta.latest_position,
+            latest_by_type: std::mem::take(&mut self.meta.latest_by_type),
             ..RoomMeta::default()
         };
         let text = |kind: &str| {
@@ -225,6 +353,11 @@ impl RoomSnapshot {
         self.meta.canonical_alias = text("m.room.canonical_alias");
         self.meta.avatar = text("m.room.avatar");
         self.meta.room_type = text("m.room.create");
+        self.meta.predecessor = self
+            .state
+            .get("m.room.create", "")
+            .and_then(|s| s.detail())
+            .map(Into::into);
         self.meta.tombstone = text("m.room.tombstone");
         self.meta.encrypted = self.state.get("m.room.encryption", "").is_some();
         for m in self.state.of_kind("m.room.member") {
@@ -235,10 +368,23 @@ impl RoomSnapshot {
             }
         }
         self.recompute_heroes();
+        let mut former = self.members_by_position(false, MAX_FORMER, true);
+        former.reverse();
+        self.meta.former = former;
     }
 
     pub(super) fn push_timeline(&mut self, ev: Arc<Event>) {
         self.meta.latest_ts = self.meta.latest_ts.max(ev.origin_server_ts);
+        // An event filled into a gap (read back at startup) is older than its position.
+        if ev.filled_order.is_none() {
+            self.meta.latest_by_type.record(
+                &ev.kind,
+                Stamp {
+                    position: ev.position,
+                    ts: ev.origin_server_ts,
+                },
+            );
+        }
         self.meta.latest_position = self.meta.latest_position.max(ev.position);
         self.timeline.push_back(ev);
         self.trim_timeline();

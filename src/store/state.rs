@@ -29,6 +29,8 @@ pub struct StateEntry {
     /// [`Membership`] as u8 for member events, 0 otherwise.
     pub membership: u8,
     pub text: Option<String>,
+    /// [`Event::detail`].
+    pub detail: Option<String>,
     pub json: Vec<u8>,
 }
 
@@ -152,6 +154,18 @@ impl<'a> StateRef<'a> {
             StateRef::Overlay(e) => e.text.as_deref(),
         }
     }
+    pub fn detail(&self) -> Option<&'a str> {
+        match self {
+            StateRef::Base(e) => e.detail.as_ref().map(|t| t.as_str()),
+            StateRef::Overlay(e) => e.detail.as_deref(),
+        }
+    }
+    pub fn origin_server_ts(&self) -> u64 {
+        match self {
+            StateRef::Base(e) => e.origin_server_ts.to_native(),
+            StateRef::Overlay(e) => e.origin_server_ts,
+        }
+    }
 
     fn to_entry(self) -> StateEntry {
         match self {
@@ -164,6 +178,7 @@ impl<'a> StateRef<'a> {
                 sender: e.sender.to_string(),
                 membership: e.membership,
                 text: e.text.as_ref().map(|t| t.to_string()),
+                detail: e.detail.as_ref().map(|t| t.to_string()),
                 json: e.json.to_vec(),
             },
             StateRef::Overlay(e) => StateEntry {
@@ -175,6 +190,7 @@ impl<'a> StateRef<'a> {
                 sender: e.sender.to_string(),
                 membership: e.membership.map_or(0, |m| m as u8),
                 text: e.text.as_deref().map(str::to_owned),
+                detail: e.detail.as_deref().map(str::to_owned),
                 json: e.json.to_vec(),
             },
         }
@@ -321,6 +337,7 @@ mod tests {
             origin_server_ts: pos,
             membership: (kind == "m.room.member").then_some(Membership::Join),
             text: None,
+            detail: None,
             prev_batch: None,
             gap_before: false,
             filled_order: None,

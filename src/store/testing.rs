@@ -152,6 +152,7 @@ pub fn event(kind: &str, state_key: Option<&str>, sender: &str, ts: u64) -> Even
         origin_server_ts: ts,
         membership,
         text: None,
+        detail: None,
         prev_batch: None,
         gap_before: false,
         filled_order: None,

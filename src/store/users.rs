@@ -9,9 +9,12 @@ use imbl::{HashMap, Vector};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::event::Event;
+use crate::event::{Event, InviteFacts};
+use crate::rooms::bump::bump_ts;
 use crate::rooms::filter::RoomFacts;
+use crate::rooms::name::invite_name;
 use crate::rooms::sort::{order_key, ListOrder, OrderKey, SortBy, SortIndex, SortInputs};
+use crate::store::room::LatestByType;
 use crate::types::{Position, RoomId, UserId};
 
 /// Room changes remembered per user. A connection further behind than this rebuilds its
@@ -26,6 +29,8 @@ pub enum UserMembership {
     Invite {
         position: Position,
         invite_state: Bytes,
+        /// What `invite_state` says, read once.
+        facts: Arc<InviteFacts>,
         ts: u64,
     },
     /// Left, kicked or banned; `event` is the leave event to end the stream with.
@@ -48,14 +53,22 @@ pub struct UserRoom {
     pub highlight_count: u64,
     /// Recency: the newest event's timestamp while joined, the invite's while invited.
     pub stamp: u64,
+    /// The room was upgraded and the user joined its successor: it leaves every list,
+    /// as in the Go proxy (a list's `include_old_rooms` still shows it).
+    pub replaced: bool,
 }
 
 /// What the room orders and filters need of a room's snapshot, for one user.
+#[derive(Default)]
 pub struct RoomLooks {
     pub name: String,
     pub encrypted: bool,
     pub tombstoned: bool,
     pub room_type: Option<Box<str>>,
+    /// The room's newest timeline event by type and the user's join's timestamp:
+    /// recency for lists with `bump_event_types`. `None` for an invite, placed by the
+    /// invite in every order.
+    pub bumps: Option<(LatestByType, u64)>,
 }
 
 /// One published version of a user's data. Persistent maps and shared chunks: a clone
@@ -113,6 +126,17 @@ impl UserData {
         self.rooms.get(room).map(|r| &r.membership)
     }
 
+    /// Whether the user joined `successor`, the room a tombstone points to.
+    pub fn joined(&self, room: &str) -> bool {
+        matches!(self.membership(room), Some(UserMembership::Join { .. }))
+    }
+
+    /// Whether the room is a direct chat: an invite's own member event says
+    /// `is_direct`.
+    pub fn is_dm(&self, room: &str) -> bool {
+        matches!(self.membership(room), Some(UserMembership::Invite { facts, .. }) if facts.is_direct)
+    }
+
     /// The rooms of `order`, in it; by recency while that order is not kept.
     pub fn order(&self, order: &ListOrder) -> &SortIndex {
         self.orders.get(order).unwrap_or(&self.index)
@@ -135,16 +159,17 @@ impl UserData {
     }
 
     /// What the orders may know of the room: an invitee may see only the invite's
-    /// stripped state, never the room's own name or state, so an invite is placed as a
-    /// room with nothing known (filtering or sorting by the room's real name would tell
-    /// an invitee what the room is called now).
+    /// stripped state, never the room's own name or state, so an invite is placed by
+    /// what its stripped state says (filtering or sorting by the room's real name would
+    /// tell an invitee what the room is called now).
     fn looks_for(&self, room: &str, looks: impl FnOnce() -> RoomLooks) -> RoomLooks {
         match self.membership(room) {
-            Some(UserMembership::Invite { .. }) => RoomLooks {
-                name: String::new(),
-                encrypted: false,
+            Some(UserMembership::Invite { facts, .. }) => RoomLooks {
+                name: invite_name(facts).name,
+                encrypted: facts.encrypted,
                 tombstoned: false,
-                room_type: None,
+                room_type: facts.room_type.clone(),
+                bumps: None,
             },
             _ => looks(),
         }
@@ -171,6 +196,16 @@ impl UserData {
                 return None;
             }
         }
+        if let (Some(types), Some((latest, join_ts))) =
+            (&order.bump, looks.and_then(|l| l.bumps.as_ref()))
+        {
+            let stamp = bump_ts(latest, *join_ts, types.iter().map(|t| &**t));
+            let inputs = SortInputs {
+                stamp,
+                ..inputs.clone()
+            };
+            return Some(order_key(&order.sort, &inputs));
+        }
         Some(order_key(&order.sort, inputs))
     }
 
@@ -178,7 +213,11 @@ impl UserData {
     /// user is no longer in it. `looks` is called only if an order other than recency is
     /// kept, so the common case computes no name.
     pub fn place(&mut self, room: &RoomId, looks: impl FnOnce() -> RoomLooks) {
-        if !self.membership(room).is_some_and(UserMembership::is_member) {
+        let listed = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.membership.is_member() && !r.replaced);
+        if !listed {
             self.index.remove(room);
             for (_, index) in self.orders.iter_mut() {
                 index.remove(room);

@@ -8,13 +8,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sonic_rs::{JsonValueMutTrait, JsonValueTrait, LazyValue};
 
-use crate::event::{Decoder, Event, EventError, Membership};
+use crate::event::{Decoder, Event, EventError, InviteFacts, Membership};
 
 /// How the store reads back what it stored: this format's parsers, handed over at
 /// startup.
 pub const DECODER: Decoder = Decoder {
     event: parse_event,
-    invite_ts,
+    invite: invite_facts,
 };
 
 #[derive(Deserialize)]
@@ -171,6 +171,15 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         v.as_str().map(Into::into)
     };
     let mut membership = None;
+    let detail = match &*f.kind {
+        "m.room.member" => field("avatar_url"),
+        "m.room.create" => f
+            .content
+            .as_ref()
+            .and_then(|c| c.get("predecessor"))
+            .and_then(|p| p.get("room_id").and_then(|r| r.as_str().map(Into::into))),
+        _ => None,
+    };
     let text = match &*f.kind {
         "m.room.member" => {
             membership = Some(
@@ -207,6 +216,7 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         origin_server_ts: f.origin_server_ts,
         membership,
         text,
+        detail,
         prev_batch: None,
         gap_before: false,
         filled_order: None,
@@ -228,9 +238,9 @@ fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
         .map_err(|e| EventError::Malformed(e.to_string()))
 }
 
-/// `origin_server_ts` of the user's own member event in an invite's stripped state: the
-/// invite's place in the room list.
-pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
+/// What an invite's stripped state says of the room, for the user invited. Stripped
+/// state the homeserver sends broken gives an invite nothing is known of.
+pub fn invite_facts(invite_state: &[u8], user_id: &str) -> InviteFacts {
     #[derive(Deserialize)]
     struct Stripped<'a> {
         #[serde(rename = "type", borrow)]
@@ -239,12 +249,55 @@ pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
         state_key: Option<Cow<'a, str>>,
         #[serde(default)]
         origin_server_ts: Option<u64>,
+        #[serde(borrow, default)]
+        content: Option<LazyValue<'a>>,
     }
-    let events: Vec<Stripped> = sonic_rs::from_slice(invite_state).ok()?;
-    events
-        .iter()
-        .find(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user_id))
-        .and_then(|e| e.origin_server_ts)
+    let mut facts = InviteFacts::default();
+    let Ok(events) = sonic_rs::from_slice::<Vec<Stripped>>(invite_state) else {
+        return facts;
+    };
+    for e in &events {
+        let field = |key: &str| -> Option<Box<str>> {
+            e.content
+                .as_ref()?
+                .get(key)?
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(Into::into)
+        };
+        match (&*e.kind, e.state_key.as_deref()) {
+            ("m.room.member", Some(user)) if user == user_id => {
+                facts.ts = e.origin_server_ts;
+                facts.is_direct = e
+                    .content
+                    .as_ref()
+                    .and_then(|c| c.get("is_direct"))
+                    .and_then(|d| d.as_bool())
+                    .unwrap_or(false);
+            }
+            ("m.room.member", Some(user)) => {
+                let member = field("membership");
+                if member
+                    .as_deref()
+                    .and_then(Membership::parse)
+                    .is_some_and(Membership::is_member)
+                    && !facts.members.iter().any(|m| &*m.0 == user)
+                    && facts.members.len() < crate::event::INVITE_MEMBERS
+                {
+                    facts
+                        .members
+                        .push((user.into(), field("displayname"), field("avatar_url")));
+                }
+            }
+            ("m.room.name", Some("")) => facts.name = field("name"),
+            ("m.room.canonical_alias", Some("")) => facts.canonical_alias = field("alias"),
+            ("m.room.avatar", Some("")) => facts.avatar = field("url"),
+            ("m.room.encryption", Some("")) => facts.encrypted = true,
+            ("m.room.create", Some("")) => facts.room_type = field("type"),
+            _ => {}
+        }
+    }
+    facts
 }
 
 #[cfg(test)]

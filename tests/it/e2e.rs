@@ -398,3 +398,147 @@ async fn an_unnamed_room_is_named_after_the_other_member_and_invites_show_only_i
     assert_eq!(room["joined_count"].as_u64(), Some(2));
     proxy.stop().await;
 }
+
+/// What a client reading Synapse's own `/sync` room summary would call the room: the
+/// spec's name calculation over `m.heroes`, the hero's member events and the counts.
+fn name_from_synapse_summary(room: &Value) -> (String, Vec<String>) {
+    let summary = &room["summary"];
+    let heroes: Vec<String> = summary["m.heroes"]
+        .as_array()
+        .map(|h| h.iter().map(|u| u.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    let members = summary["m.joined_member_count"].as_u64().unwrap_or(0)
+        + summary["m.invited_member_count"].as_u64().unwrap_or(0);
+    let events = room["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(room["timeline"]["events"].as_array().into_iter().flatten());
+    let mut displaynames = std::collections::HashMap::new();
+    for e in events {
+        if e["type"].as_str() == Some("m.room.member") {
+            let user = e["state_key"].as_str().unwrap().to_owned();
+            let name = e["content"]["displayname"].as_str().map(str::to_owned);
+            displaynames.insert(user, name);
+        }
+    }
+    let label = |u: &String| {
+        displaynames
+            .get(u)
+            .cloned()
+            .flatten()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| u.clone())
+    };
+    let labels: Vec<String> = heroes.iter().map(label).collect();
+    let names: Vec<String> = labels
+        .iter()
+        .zip(&heroes)
+        .map(|(l, u)| {
+            if labels.iter().filter(|o| *o == l).count() > 1 {
+                format!("{l} ({u})")
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let others = members.saturating_sub(1) as usize;
+    let listed = match names.as_slice() {
+        [] => return ("Empty Room".to_owned(), heroes),
+        [one] if others <= 1 => one.clone(),
+        all if all.len() >= others => format!(
+            "{} and {}",
+            all[..all.len() - 1].join(", "),
+            all[all.len() - 1]
+        ),
+        some => {
+            let shown = &some[..some.len().min(5)];
+            format!("{} and {} others", shown.join(", "), others - shown.len())
+        }
+    };
+    let name = if others == 0 {
+        format!("Empty Room (was {listed})")
+    } else {
+        listed
+    };
+    (name, heroes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_names_and_heroes_match_what_synapse_summaries_imply() {
+    let hs = synapse().await;
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let carol = hs.register("carol").await;
+    let dave = hs.register("dave").await;
+    let public = json!({"preset": "public_chat"});
+    // Bob alone with Alice; then Bob, and two members who both call themselves Sam.
+    let pair = hs.create_room(&alice, public.clone()).await;
+    let group = hs.create_room(&alice, public.clone()).await;
+    let emptied = hs.create_room(&alice, public).await;
+    for room in [&pair, &group, &emptied] {
+        hs.join(&bob, room).await;
+    }
+    for user in [&carol, &dave] {
+        hs.join(user, &group).await;
+        hs.send_state(
+            user,
+            &group,
+            "m.room.member",
+            &user.user_id,
+            json!({"membership": "join", "displayname": "Sam"}),
+        )
+        .await;
+    }
+    hs.leave(&bob, &emptied).await;
+    hs.send_text(&alice, &pair, "hi").await;
+
+    // Synapse's summary is computed for lazy-loading clients.
+    let filter = r#"{"room":{"state":{"lazy_load_members":true}}}"#;
+    let url = format!(
+        "{}/_matrix/client/v3/sync?timeout=0&filter={}",
+        hs.base_url,
+        crate::support::http::encode(filter)
+    );
+    let v2 = HttpClient::new()
+        .request(Method::GET, &url, Some(&alice.access_token), None)
+        .await
+        .json();
+
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let body = json!({"lists": {"all": {"ranges": [[0, 9]], "include_heroes": true}}});
+    let rooms = [&pair, &group, &emptied];
+    let mut resp = Value::new();
+    for _ in 0..50 {
+        resp = proxy.sync_ok(&alice.access_token, None, 0, &body).await;
+        if resp["lists"]["all"]["count"].as_u64() == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for room in rooms {
+        let (want, heroes) = name_from_synapse_summary(&v2["rooms"]["join"][room.as_str()]);
+        let got = &resp["rooms"][room.as_str()];
+        assert_eq!(got["name"].as_str(), Some(want.as_str()), "{room}: {got:?}");
+        let got_heroes: Vec<String> = got["heroes"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|h| h["user_id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(got_heroes, heroes, "{room}");
+    }
+    let group_name = resp["rooms"][group.as_str()]["name"].as_str().unwrap();
+    assert!(group_name.contains("Sam (@"), "disambiguated: {group_name}");
+    assert!(
+        resp["rooms"][emptied.as_str()]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Empty Room (was "),
+        "{resp:?}"
+    );
+    proxy.stop().await;
+}

@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod ops;
 mod pollers;
+mod room_fields;
 mod room_list;
 mod security;
 mod serve;

@@ -585,3 +585,171 @@ async fn filters_pick_the_rooms_and_a_room_that_starts_matching_enters_live() {
     assert_eq!(synced_ids(&refiltered, "enc"), ["!plain:test"]);
     proxy.stop().await;
 }
+
+/// `n` rooms, `!r0` newest: `!r{i}` is at index i.
+fn numbered_rooms(hs: &FakeHomeserver, n: u64) {
+    let rooms: Vec<(String, sonic_rs::Value)> = (0..n)
+        .map(|i| {
+            (
+                format!("!r{i}:test"),
+                new_room(ALICE, None, 100_000 - i * 100),
+            )
+        })
+        .collect();
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(
+            rooms
+                .iter()
+                .map(|(id, r)| (id.as_str(), r.clone()))
+                .collect(),
+        ),
+    );
+}
+
+fn windows(ranges: sonic_rs::Value) -> sonic_rs::Value {
+    json!({"lists": {"all": {"ranges": ranges, "timeline_limit": 1}}})
+}
+
+/// The Go proxy's multiple-window case: the room at 18 moves to the top; each window
+/// loses one room and gains one, one DELETE/INSERT pair each, the furthest first.
+#[tokio::test]
+async fn a_move_across_three_windows_is_one_pair_per_window() {
+    let (_db, hs, proxy) = setup().await;
+    numbered_rooms(&hs, 20);
+    let first = proxy
+        .sync_ok(
+            "alice_token",
+            None,
+            0,
+            &windows(json!([[0, 2], [10, 12], [17, 19]])),
+        )
+        .await;
+    assert_eq!(ops(&first, "all"), ["SYNC 0-2", "SYNC 10-12", "SYNC 17-19"]);
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!r18:test",
+            joined(vec![], vec![message(ALICE, "up", 200_000)]),
+        )]),
+    );
+    let live = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 5_000, &json!({}))
+        .await;
+    assert_eq!(
+        ops(&live, "all"),
+        [
+            "DELETE 18",
+            "INSERT 17 !r16:test",
+            "DELETE 12",
+            "INSERT 10 !r9:test",
+            "DELETE 2",
+            "INSERT 0 !r18:test"
+        ]
+    );
+    for entering in ["!r16:test", "!r9:test"] {
+        assert_eq!(live["rooms"][entering]["initial"].as_bool(), Some(true));
+    }
+    let moved = &live["rooms"]["!r18:test"];
+    assert!(
+        moved.get("initial").is_none(),
+        "the client had it: {moved:?}"
+    );
+    assert_eq!(moved["num_live"].as_u64(), Some(1));
+    proxy.stop().await;
+}
+
+/// A room a live event brings into a window is new to the client: it comes whole,
+/// and `num_live` says which of its events are the live ones.
+#[tokio::test]
+async fn a_room_entering_a_window_live_comes_whole_with_its_live_events_counted() {
+    let (_db, hs, proxy) = setup().await;
+    numbered_rooms(&hs, 3);
+    let first = proxy
+        .sync_ok(
+            "alice_token",
+            None,
+            0,
+            &json!({"lists": {"all": {"ranges": [[0, 1]], "timeline_limit": 3}}}),
+        )
+        .await;
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!r2:test",
+            joined(vec![], vec![message(ALICE, "in", 200_000)]),
+        )]),
+    );
+    let live = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 5_000, &json!({}))
+        .await;
+    assert_eq!(ops(&live, "all"), ["DELETE 1", "INSERT 0 !r2:test"]);
+    let room = &live["rooms"]["!r2:test"];
+    assert_eq!(room["initial"].as_bool(), Some(true));
+    let timeline = room["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 2, "the first message and the live one");
+    assert_eq!(timeline[1]["content"]["body"].as_str(), Some("in"));
+    assert_eq!(room["num_live"].as_u64(), Some(1));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shrinking_a_range_past_the_list_invalidates_only_what_the_client_holds() {
+    let (_db, hs, proxy) = setup().await;
+    numbered_rooms(&hs, 6);
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &windows(json!([[0, 20]])))
+        .await;
+    assert_eq!(ops(&first, "all"), ["SYNC 0-5"], "clamped to the list");
+    let shrunk = proxy
+        .sync_ok(
+            "alice_token",
+            Some(&pos(&first)),
+            0,
+            &windows(json!([[2, 3]])),
+        )
+        .await;
+    assert_eq!(ops(&shrunk, "all"), ["INVALIDATE 0-1", "INVALIDATE 4-5"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_list_left_out_of_a_request_keeps_its_windows_live() {
+    let (_db, hs, proxy) = setup().await;
+    numbered_rooms(&hs, 4);
+    let first = proxy
+        .sync_ok(
+            "alice_token",
+            None,
+            0,
+            &json!({"lists": {
+                "top": {"ranges": [[0, 1]], "timeline_limit": 1},
+                "all": {"ranges": [[0, 3]], "timeline_limit": 1}
+            }}),
+        )
+        .await;
+    let only_top = proxy
+        .sync_ok(
+            "alice_token",
+            Some(&pos(&first)),
+            0,
+            &json!({"lists": {"top": {"ranges": [[0, 2]]}}}),
+        )
+        .await;
+    assert_eq!(ops(&only_top, "top"), ["SYNC 2-2"]);
+    assert!(ops(&only_top, "all").is_empty());
+    assert_eq!(only_top["lists"]["all"]["count"].as_u64(), Some(4));
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!r3:test",
+            joined(vec![], vec![message(ALICE, "up", 200_000)]),
+        )]),
+    );
+    let live = proxy
+        .sync_ok("alice_token", Some(&pos(&only_top)), 5_000, &json!({}))
+        .await;
+    assert_eq!(ops(&live, "all"), ["DELETE 3", "INSERT 0 !r3:test"]);
+    assert_eq!(ops(&live, "top"), ["DELETE 2", "INSERT 0 !r3:test"]);
+    proxy.stop().await;
+}

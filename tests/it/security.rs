@@ -280,17 +280,17 @@ async fn an_invited_user_sees_only_the_invite_state() {
         "the invite state, as delivered"
     );
     let keys: Vec<&str> = room.as_object().unwrap().iter().map(|(k, _)| k).collect();
-    for leak in [
-        "timeline",
-        "required_state",
-        "name",
-        "prev_batch",
-        "joined_count",
-        "invited_count",
-        "num_live",
-    ] {
+    for leak in ["timeline", "required_state", "prev_batch", "num_live"] {
         assert!(!keys.contains(&leak), "an invitee got {leak}: {room:?}");
     }
+    assert_eq!(
+        room["name"].as_str(),
+        Some("Empty Room"),
+        "named from what the invite shares, which names nobody"
+    );
+    // The Go proxy's fixed counts: the inviter and the invitee, whatever the room holds.
+    assert_eq!(room["joined_count"].as_u64(), Some(1));
+    assert_eq!(room["invited_count"].as_u64(), Some(1));
 
     // Bob's poller keeps delivering the room's life; Alice, still only invited, hears
     // none of it.
@@ -494,9 +494,11 @@ async fn after_a_restart_left_rooms_stay_gone_and_invites_stay_invites() {
         invited["invite_state"],
         sonic_rs::to_value(&invite_state).unwrap()
     );
-    assert!(
-        invited.get("timeline").is_none() && invited.get("name").is_none(),
-        "{invited:?}"
+    assert!(invited.get("timeline").is_none(), "{invited:?}");
+    assert_eq!(
+        invited["name"].as_str(),
+        Some("Empty Room"),
+        "named from the stripped state read back, not from the room"
     );
     proxy.stop().await;
 }
@@ -561,6 +563,151 @@ async fn a_subscription_shows_only_rooms_the_user_is_in() {
         )]),
     );
     let after = parked.await.unwrap().json();
+    assert!(after["rooms"].get(ROOM).is_none(), "{after:?}");
+    proxy.stop().await;
+}
+
+/// Alice's view of one room through its whole membership story, each step live on one
+/// connection: invited, rejected, invited again, joined, kicked, joined again, banned.
+/// Each change reaches the list at once; a room she leaves ends with the event that
+/// made her leave, and nothing of the room comes between her leaving and rejoining.
+#[tokio::test]
+async fn invite_reject_join_kick_rejoin_and_ban_are_each_shown_live() {
+    let (_db, hs, proxy) = setup().await;
+    let base = vec![
+        create(BOB, 900),
+        member(BOB, "join", 901),
+        name(BOB, "Shared", 902),
+    ];
+    hs.push_rooms(
+        "bob_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(base.clone(), vec![message(BOB, "hi", 903)]),
+        )]),
+    );
+    let bob = proxy.sync_ok("bob_token", None, 0, &list_request(5)).await;
+    let bob_pos = pos(&bob);
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!own:test", new_room(ALICE, Some("Own"), 500))]),
+    );
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &list_request(5))
+        .await;
+    let mut p = pos(&first);
+    let next = |p: String, rooms: Value| {
+        hs.push_rooms("alice_token", rooms);
+        let proxy = &proxy;
+        async move {
+            proxy
+                .sync_ok("alice_token", Some(&p), 5_000, &json!({}))
+                .await
+        }
+    };
+    let invite = |ts: u64| {
+        rooms_invite(
+            ROOM,
+            vec![
+                json!({"type": "m.room.member", "state_key": ALICE, "sender": BOB,
+                        "origin_server_ts": ts, "content": {"membership": "invite"}}),
+            ],
+        )
+    };
+
+    let invited = next(p.clone(), invite(1_000)).await;
+    assert_eq!(ops(&invited, "all"), ["DELETE 1", "INSERT 0 !shared:test"]);
+    assert!(invited["rooms"][ROOM]["invite_state"].is_array());
+    p = pos(&invited);
+
+    let rejected = next(
+        p.clone(),
+        rooms_leave(ROOM, vec![member(ALICE, "leave", 1_100)]),
+    )
+    .await;
+    assert_eq!(ops(&rejected, "all"), ["DELETE 0"]);
+    assert!(
+        rejected["rooms"].get(ROOM).is_none(),
+        "an invitee is told nothing of the room on rejecting: {rejected:?}"
+    );
+    p = pos(&rejected);
+
+    let invited = next(p.clone(), invite(1_200)).await;
+    assert_eq!(ops(&invited, "all"), ["DELETE 1", "INSERT 0 !shared:test"]);
+    p = pos(&invited);
+
+    let join = member(ALICE, "join", 1_300);
+    let joined_resp = next(
+        p.clone(),
+        rooms_join(vec![(
+            ROOM,
+            joined(base, vec![join.clone(), message(BOB, "welcome", 1_301)]),
+        )]),
+    )
+    .await;
+    let room = &joined_resp["rooms"][ROOM];
+    assert_eq!(room["initial"].as_bool(), Some(true), "{joined_resp:?}");
+    assert_eq!(room["name"].as_str(), Some("Shared"));
+    assert!(room.get("invite_state").is_none());
+    assert_eq!(timeline_ids(&joined_resp, ROOM)[0], id_of(&join));
+    p = pos(&joined_resp);
+
+    let kick = member_by(BOB, ALICE, "leave", 1_400);
+    let kicked = next(p.clone(), rooms_leave(ROOM, vec![kick.clone()])).await;
+    assert_eq!(ops(&kicked, "all"), ["DELETE 0"]);
+    assert_eq!(timeline_ids(&kicked, ROOM), [id_of(&kick)]);
+    assert!(kicked["rooms"][ROOM].get("name").is_none());
+    p = pos(&kicked);
+
+    // Bob's poller keeps the room going while Alice is out: none of it is hers.
+    hs.push_rooms(
+        "bob_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(vec![], vec![message(BOB, "while you were out", 1_450)]),
+        )]),
+    );
+    let bob_pos = bob_sees(&proxy, &bob_pos, "while you were out").await;
+    let rejoin = member(ALICE, "join", 1_500);
+    let rejoined = next(
+        p.clone(),
+        rooms_join(vec![(
+            ROOM,
+            joined(
+                vec![],
+                vec![rejoin.clone(), message(BOB, "welcome back", 1_501)],
+            ),
+        )]),
+    )
+    .await;
+    assert_eq!(ops(&rejoined, "all"), ["DELETE 1", "INSERT 0 !shared:test"]);
+    assert_eq!(rejoined["rooms"][ROOM]["initial"].as_bool(), Some(true));
+    let timeline = timeline_ids(&rejoined, ROOM);
+    assert_eq!(timeline[0], id_of(&rejoin), "history starts at the rejoin");
+    assert_eq!(
+        timeline.len(),
+        2,
+        "nothing from while she was out: {rejoined:?}"
+    );
+    p = pos(&rejoined);
+
+    let ban = member_by(BOB, ALICE, "ban", 1_600);
+    let banned = next(p.clone(), rooms_leave(ROOM, vec![ban.clone()])).await;
+    assert_eq!(ops(&banned, "all"), ["DELETE 0"]);
+    assert_eq!(timeline_ids(&banned, ROOM), [id_of(&ban)]);
+    p = pos(&banned);
+
+    hs.push_rooms(
+        "bob_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(vec![], vec![message(BOB, "gone", 1_700)]),
+        )]),
+    );
+    bob_sees(&proxy, &bob_pos, "gone").await;
+    let after = proxy
+        .sync_ok("alice_token", Some(&p), 100, &json!({}))
+        .await;
     assert!(after["rooms"].get(ROOM).is_none(), "{after:?}");
     proxy.stop().await;
 }

@@ -34,7 +34,8 @@ on_both_stores!(
     a_filled_gap_keeps_its_order_across_a_restart,
     a_refused_row_is_split_out_and_the_rest_commits,
     state_set_just_after_a_fold_survives_a_restart,
-    a_filled_gap_is_no_gap_after_a_restart
+    a_filled_gap_is_no_gap_after_a_restart,
+    room_fields_survive_a_restart
 );
 
 fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
@@ -823,4 +824,68 @@ async fn a_filled_gap_is_no_gap_after_a_restart(backend: Backend) {
         .map(|e| (e.position, e.gap_before))
         .collect();
     assert_eq!(gaps, [(2, false), (4, false), (6, true)]);
+}
+
+/// What names, avatars, old rooms and bump types read from a room's state and timeline
+/// is rebuilt at startup as it was: the snapshot's archive keeps a member's avatar and a
+/// room's predecessor.
+async fn room_fields_survive_a_restart(backend: Backend) {
+    use std::sync::Arc;
+
+    use slidesync::store::writer::WriteQueue;
+    use slidesync::store::Store;
+    use slidesync::upstream::wire::parse_event;
+
+    let db = TestDb::of(backend).await;
+    let persist = db.open().await;
+    let room = "!fields:example.org";
+    let raw = |json: String| parse_event(json.as_bytes()).expect("valid event");
+    let member = |id: &str, user: &str, membership: &str, ts: u64| {
+        raw(format!(
+            r#"{{"type":"m.room.member","state_key":"{user}","event_id":"{id}","sender":"{user}","origin_server_ts":{ts},"content":{{"membership":"{membership}","displayname":"N{ts}","avatar_url":"mxc://x/{ts}"}}}}"#
+        ))
+    };
+    let state = vec![
+        raw(r#"{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","origin_server_ts":1,"content":{"predecessor":{"room_id":"!older:x","event_id":"$t"}}}"#.into()),
+        member("$a", "@a:x", "join", 2),
+        member("$b", "@b:x", "join", 3),
+        member("$gone", "@c:x", "leave", 4),
+    ];
+    let timeline = vec![
+        raw(r#"{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{}}"#.into()),
+        raw(r#"{"type":"m.room.topic","state_key":"","event_id":"$t2","sender":"@a:x","origin_server_ts":6,"content":{}}"#.into()),
+    ];
+    let before = {
+        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+        let hot = Store::new(queue, 1);
+        hot.apply_room(slidesync::store::RoomDelta {
+            room_id: room.into(),
+            state,
+            timeline,
+            prev_batch: None,
+            limited: false,
+            stored: Default::default(),
+        });
+        hot.queue().flush().await;
+        let meta = hot.room(room).expect("the room").meta.clone();
+        drop(hot);
+        writer.await.unwrap();
+        meta
+    };
+    assert_eq!(before.heroes[1].avatar_url.as_deref(), Some("mxc://x/3"));
+    assert_eq!(before.former[0].user_id.as_ref(), "@c:x");
+    assert_eq!(before.predecessor.as_deref(), Some("!older:x"));
+
+    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
+    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
+        .await
+        .expect("load");
+    let after = reloaded.room(room).expect("the room").meta.clone();
+    assert_eq!(after.heroes, before.heroes);
+    assert_eq!(after.former, before.former);
+    assert_eq!(after.predecessor, before.predecessor);
+    assert_eq!(
+        after.latest_by_type.newest_of(["m.room.topic"]),
+        before.latest_by_type.newest_of(["m.room.topic"])
+    );
 }
