@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
+use crate::store::devices::DeviceState;
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
 use crate::types::{now_ms, RoomId};
@@ -35,14 +36,16 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
 pub async fn process(
     store: &Store,
     user: &UserState,
+    device: &DeviceState,
     body: &[u8],
     metrics: &PollerMetrics,
 ) -> Result<String, ProcessError> {
     let body = wire::clamp(body);
-    let resp: SyncResponse<'_> =
+    let mut resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
-    let rooms = resp.rooms.unwrap_or_default();
     let queue = store.queue();
+    device_data(store, device, &resp, metrics).await;
+    let rooms = resp.rooms.take().unwrap_or_default();
     // Credits are reserved room by room, not for the whole response: a big account's
     // initial sync must not take every credit and make all other pollers wait until
     // Postgres has committed it. Each room needs a row per event and a few more
@@ -126,6 +129,50 @@ pub async fn process(
     Ok(resp.next_batch)
 }
 
+/// The device's part of a response: key counts, device-list changes and to-device
+/// messages, queued (with credits, like rooms) before the caller queues `since`.
+async fn device_data(
+    store: &Store,
+    device: &DeviceState,
+    resp: &SyncResponse<'_>,
+    metrics: &PollerMetrics,
+) {
+    let lists = resp.device_lists.as_ref();
+    let list_changes = lists.map_or(0, |l| l.changed.len() + l.left.len());
+    let messages: Vec<_> = resp
+        .to_device
+        .iter()
+        .flat_map(|t| &t.events)
+        .filter_map(|raw| {
+            let parsed = wire::parse_to_device(raw.as_raw_str().as_bytes());
+            if parsed.is_none() {
+                tracing::debug!(device = %device.key, "dropping a malformed to-device event");
+            }
+            parsed
+        })
+        .collect();
+    let reservation = store
+        .queue()
+        .reserve(messages.len() + list_changes + 1)
+        .await;
+    store.set_device_keys(device, resp.otk_counts(), resp.fallback_key_types());
+    if let Some(lists) = lists {
+        if list_changes > 0 {
+            metrics.payload("V2DeviceData");
+        }
+        store.add_device_lists(
+            device,
+            lists.changed.iter().map(|u| u.as_str().into()).collect(),
+            lists.left.iter().map(|u| u.as_str().into()).collect(),
+        );
+    }
+    if !messages.is_empty() {
+        metrics.payload("V2DeviceMessages");
+        store.add_to_device(device, messages);
+    }
+    store.queue().release(reservation);
+}
+
 /// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and
 /// its `V2Accumulate` a timeline.
 fn observe_room(metrics: &PollerMetrics, delta: &RoomDelta) {
@@ -164,6 +211,11 @@ mod tests {
 
     use super::*;
     use crate::store::testing::store;
+    use crate::types::DeviceKey;
+
+    fn device(store: &crate::store::Store) -> Arc<DeviceState> {
+        store.device(&DeviceKey::new("@a:x", "DEV"))
+    }
 
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
 
@@ -172,9 +224,15 @@ mod tests {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         assert_eq!(
-            process(&store, &user, BODY, &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(&store),
+                BODY,
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -206,9 +264,15 @@ mod tests {
             r#"{{"next_batch":"s1","rooms":{{"join":{{"!r:x":{{"timeline":{{"events":[{{"type":"m.room.message","event_id":"$deep","sender":"@b:x","content":{{"body":"hi","x":{deep}}}}}]}}}}}}}}}}"#
         );
         assert_eq!(
-            process(&store, &user, body.as_bytes(), &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(&store),
+                body.as_bytes(),
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -232,9 +296,15 @@ mod tests {
         ]
         .concat();
         assert_eq!(
-            process(&store, &user, &body, &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(&store),
+                &body,
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -258,7 +328,14 @@ mod tests {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
             }
-            let _ = process(&store, &user, &body, &PollerMetrics::default()).await;
+            let _ = process(
+                &store,
+                &user,
+                &device(&store),
+                &body,
+                &PollerMetrics::default(),
+            )
+            .await;
         }
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod e2e;
 mod errors;
+mod extensions;
 mod faults;
 mod ops;
 mod pollers;
