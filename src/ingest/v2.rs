@@ -30,8 +30,18 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
-/// Its writes are queued before this returns, so the caller's `since` comes after them.
+/// What a response left for the poller to do.
+#[derive(Debug)]
+pub struct Processed {
+    pub next_batch: String,
+    /// The response carried to-device messages or device-list changes. The homeserver
+    /// deletes those once it is polled with `next_batch`, so they must be committed
+    /// before it is (DESIGN invariant 2): storage is then the only copy.
+    pub device_data: bool,
+}
+
+/// Applies one response for `user` and `device` and queues its durable writes. Its
+/// writes are queued before this returns, so the caller's `since` comes after them.
 /// Counts what it applies in `metrics`.
 pub async fn process(
     store: &Store,
@@ -39,12 +49,12 @@ pub async fn process(
     device: &DeviceState,
     body: &[u8],
     metrics: &PollerMetrics,
-) -> Result<String, ProcessError> {
+) -> Result<Processed, ProcessError> {
     let body = wire::clamp(body);
     let mut resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
     let queue = store.queue();
-    device_data(store, device, &resp, metrics).await;
+    let device_data = device_data(store, device, &resp, metrics).await;
     let rooms = resp.rooms.take().unwrap_or_default();
     // Credits are reserved room by room, not for the whole response: a big account's
     // initial sync must not take every credit and make all other pollers wait until
@@ -126,17 +136,21 @@ pub async fn process(
         metrics.payload("V2LeaveRoom");
         queue.release(reservation);
     }
-    Ok(resp.next_batch)
+    Ok(Processed {
+        next_batch: resp.next_batch,
+        device_data,
+    })
 }
 
 /// The device's part of a response: key counts, device-list changes and to-device
 /// messages, queued (with credits, like rooms) before the caller queues `since`.
+/// Returns whether there were messages or device-list changes.
 async fn device_data(
     store: &Store,
     device: &DeviceState,
     resp: &SyncResponse<'_>,
     metrics: &PollerMetrics,
-) {
+) -> bool {
     let lists = resp.device_lists.as_ref();
     let list_changes = lists.map_or(0, |l| l.changed.len() + l.left.len());
     let messages: Vec<_> = resp
@@ -166,11 +180,13 @@ async fn device_data(
             lists.left.iter().map(|u| u.as_str().into()).collect(),
         );
     }
+    let delivered = !messages.is_empty() || list_changes > 0;
     if !messages.is_empty() {
         metrics.payload("V2DeviceMessages");
         store.add_to_device(device, messages);
     }
     store.queue().release(reservation);
+    delivered
 }
 
 /// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and

@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod e2e_devices;
 mod errors;
 mod extensions;
 mod faults;
