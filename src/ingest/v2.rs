@@ -248,7 +248,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -288,7 +289,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -320,7 +322,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();

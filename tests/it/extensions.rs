@@ -600,7 +600,11 @@ async fn the_homeserver_is_not_polled_past_to_device_messages_before_they_are_co
             &to_device_request(Some(&next_batch(&first)), None),
         )
         .await;
-    assert_eq!(message_numbers(&served), [0], "served from memory meanwhile");
+    assert_eq!(
+        message_numbers(&served),
+        [0],
+        "served from memory meanwhile"
+    );
     for _ in 0..1_000 {
         if chaos.refused() >= 2 {
             break;

@@ -615,8 +615,14 @@ impl Synapse {
             Self::txn_id()
         );
         let body = json!({ "messages": messages });
-        self.call("send to device", Method::PUT, &path, Some(sender), Some(&body))
-            .await;
+        self.call(
+            "send to device",
+            Method::PUT,
+            &path,
+            Some(sender),
+            Some(&body),
+        )
+        .await;
     }
 
     /// `POST /keys/upload` for the user's device: its identity keys, `one_time_keys`
