@@ -303,7 +303,13 @@ async fn e2ee_sends_key_counts_and_an_empty_fallback_list_is_a_value() {
             "device_unused_fallback_key_types": ["signed_curve25519"],
         }))),
     );
-    let first = proxy.sync_ok("alice_token", None, 0, &e2ee_request()).await;
+    // An initial request answers at once, whatever long-poll time it asks for.
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.sync_ok("alice_token", None, 60_000, &e2ee_request()),
+    )
+    .await
+    .expect("an initial request with extension data answers at once");
     let e2ee = &first["extensions"]["e2ee"];
     assert_eq!(
         e2ee["device_one_time_keys_count"]["signed_curve25519"].as_u64(),
