@@ -151,8 +151,12 @@ async fn device_data(
     resp: &SyncResponse<'_>,
     metrics: &PollerMetrics,
 ) -> bool {
-    let lists = resp.device_lists.as_ref();
-    let list_changes = lists.map_or(0, |l| l.changed.len() + l.left.len());
+    let (changed, left) = resp
+        .device_lists
+        .as_ref()
+        .map(wire::DeviceLists::users)
+        .unwrap_or_default();
+    let list_changes = changed.len() + left.len();
     let messages: Vec<_> = resp
         .to_device
         .iter()
@@ -170,15 +174,9 @@ async fn device_data(
         .reserve(messages.len() + list_changes + 1)
         .await;
     store.set_device_keys(device, resp.otk_counts(), resp.fallback_key_types());
-    if let Some(lists) = lists {
-        if list_changes > 0 {
-            metrics.payload("V2DeviceData");
-        }
-        store.add_device_lists(
-            device,
-            lists.changed.iter().map(|u| u.as_str().into()).collect(),
-            lists.left.iter().map(|u| u.as_str().into()).collect(),
-        );
+    if list_changes > 0 {
+        metrics.payload("V2DeviceData");
+        store.add_device_lists(device, changed, left);
     }
     let delivered = !messages.is_empty() || list_changes > 0;
     if !messages.is_empty() {
@@ -234,6 +232,31 @@ mod tests {
     }
 
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
+
+    #[tokio::test]
+    async fn device_data_is_read_and_a_bad_device_list_entry_is_skipped() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = br#"{"next_batch":"s1","to_device":{"events":[{"type":"m.test","sender":"@b:x","content":{}},"not an event"]},"device_lists":{"changed":["@b:x",5,null],"left":[]},"org.matrix.msc2732.device_unused_fallback_key_types":[]}"#;
+        let processed = process(
+            &store,
+            &user,
+            &device(&store),
+            body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .unwrap();
+        assert!(processed.device_data);
+        let data = device(&store).read();
+        assert_eq!(data.to_device.len(), 1, "the string is no event");
+        assert_eq!(
+            data.lists_new.keys().map(|u| &**u).collect::<Vec<_>>(),
+            ["@b:x"]
+        );
+        assert_eq!(data.fallback_types.as_deref(), Some(&b"[]"[..]));
+        assert!(data.otk_counts.is_none(), "absent, not empty");
+    }
 
     #[tokio::test]
     async fn a_response_is_applied_to_rooms_and_memberships() {
@@ -335,14 +358,16 @@ mod tests {
         );
     }
 
-    /// Random byte edits of a valid response: applied, or refused, never a panic.
+    const DEVICE_BODY: &[u8] = br#"{"next_batch":"s2","to_device":{"events":[{"type":"m.room_key_request","sender":"@b:x","content":{"action":"request","request_id":"r","requesting_device_id":"D"}},{"type":"m.room.encrypted","sender":"@b:x","content":{"ciphertext":"x"}}]},"device_lists":{"changed":["@b:x"],"left":["@c:x"]},"device_one_time_keys_count":{"signed_curve25519":5},"device_unused_fallback_key_types":[]}"#;
+
+    /// Random byte edits of valid responses: applied, or refused, never a panic.
     #[tokio::test]
     async fn mangled_responses_never_panic() {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        for _ in 0..3_000 {
-            let mut body = BODY.to_vec();
+        for i in 0..6_000 {
+            let mut body = if i % 2 == 0 { BODY } else { DEVICE_BODY }.to_vec();
             for _ in 0..rng.gen_range(1..4) {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
