@@ -12,9 +12,10 @@
 pub mod e2ee;
 pub mod to_device;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::conn::request::RoomResult;
 use crate::store::devices::DeviceState;
 use crate::store::room::RoomSnapshot;
 use crate::store::users::{UserData, UserMembership};
@@ -194,6 +195,9 @@ pub struct Context<'a> {
     pub windows: &'a dyn Windows,
     /// The connection's first response: extensions send their whole current data.
     pub initial: bool,
+    /// The rooms this response carries (`initial` ones are new to the client), for
+    /// extensions that send data of the rooms a response shows.
+    pub response_rooms: &'a BTreeMap<RoomId, RoomResult>,
     /// Where device data is acknowledged.
     pub store: &'a Store,
 }
