@@ -226,7 +226,7 @@ on_both_stores!(
 /// messages and Alice syncs and acknowledges them; restarted on the same database. Every
 /// message reaches Alice at least once: again is allowed, never is not.
 async fn a_binary_killed_while_to_device_messages_flow_loses_none(backend: Backend) {
-    const TOTAL: u64 = 120;
+    const TOTAL: u64 = 200;
     let hs = synapse().await;
     let alice = hs.register("alice").await;
     let bob = hs.register("bob").await;
@@ -235,43 +235,45 @@ async fn a_binary_killed_while_to_device_messages_flow_loses_none(backend: Backe
     let binary = Binary::start(&hs.base_url, &db.url).await;
     let mut client = Client::new(&alice);
     client.sync(&binary.url, 0).await;
+    // Bob sends all along: before, during and after the kill.
+    let sender = {
+        let (bob, alice) = (bob.clone(), alice.clone());
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                hs.send_to_device(&bob, KIND, to(&alice, json!({"n": n})))
+                    .await;
+            }
+        })
+    };
     let mut got = BTreeSet::new();
-    let mut next = 0;
-    // Half of them while the client follows, the last few not yet fetched by it.
-    while next < TOTAL / 2 {
-        for _ in 0..10 {
-            hs.send_to_device(&bob, KIND, to(&alice, json!({"n": next})))
-                .await;
-            next += 1;
-        }
+    // Killed in the middle of delivery, while the client syncs and acknowledges.
+    while (got.len() as u64) < TOTAL / 3 {
         got.extend(client.numbers(&binary.url, 1_000).await);
     }
     binary.kill();
+    let killed_at = got.len();
 
-    // Sent while the proxy is down: the homeserver keeps them for the device.
-    for _ in 0..10 {
-        hs.send_to_device(&bob, KIND, to(&alice, json!({"n": next})))
-            .await;
-        next += 1;
-    }
     let binary = Binary::start(&hs.base_url, &db.url).await;
     // A new connection, with the `since` the client kept, as a client after an error.
     client.pos = None;
-    while next < TOTAL {
-        hs.send_to_device(&bob, KIND, to(&alice, json!({"n": next})))
-            .await;
-        next += 1;
-        if next % 10 == 0 {
-            got.extend(client.numbers(&binary.url, 1_000).await);
+    for _ in 0..200 {
+        if got.len() as u64 == TOTAL {
+            break;
         }
+        got.extend(client.numbers(&binary.url, 2_000).await);
     }
-    for _ in 0..60 {
+    sender.await.expect("every message was sent");
+    for _ in 0..30 {
         if got.len() as u64 == TOTAL {
             break;
         }
         got.extend(client.numbers(&binary.url, 2_000).await);
     }
     binary.stop();
+    assert!(
+        killed_at < TOTAL as usize,
+        "killed before the end of delivery"
+    );
     let missing: Vec<u64> = (0..TOTAL).filter(|n| !got.contains(n)).collect();
     assert!(missing.is_empty(), "lost across the kill: {missing:?}");
 }
