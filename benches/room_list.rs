@@ -110,9 +110,15 @@ fn fixture() -> Fixture {
     let user = store.user_or_insert(&UserId::from(ME));
     let body = initial_sync_body();
     rt.block_on(async {
-        process(&store, &user, &body, &PollerMetrics::default())
-            .await
-            .expect("v2 body applies");
+        process(
+            &store,
+            &user,
+            &store.device(&slidesync::types::DeviceKey::new(ME, "BENCH")),
+            &body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .expect("v2 body applies");
         store.queue().flush().await;
     });
 

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use slidesync::store::persist::{
-    LoadedMembership, LoadedRoom, LoadedUnread, Persist, PersistError, StoredDevice, StoredToken,
-    Write,
+    LoadedDevice, LoadedMembership, LoadedRoom, LoadedUnread, Persist, PersistError, StoredDevice,
+    StoredToDevice, StoredToken, Write,
 };
 use slidesync::types::{DeviceKey, Position, RoomId};
 
@@ -60,6 +60,17 @@ impl Persist for Discard {
         Ok(())
     }
     async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn to_device_after(
+        &self,
+        _device: &DeviceKey,
+        _after: Position,
+        _limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError> {
         Ok(Vec::new())
     }
 }

@@ -43,6 +43,8 @@ struct Body {
     room_subscriptions: Option<HashMap<String, Object<WireSubscription>>>,
     #[serde(default)]
     unsubscribe_rooms: Option<Vec<String>>,
+    #[serde(default)]
+    extensions: Option<super::extensions::WireExtensions>,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +204,7 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         room_field(&room_id)?;
         req.unsubscribe_rooms.push(room_id.into());
     }
+    req.extensions = super::extensions::parse(wire.extensions.unwrap_or_default())?;
     Ok(req)
 }
 
@@ -428,7 +431,8 @@ pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
         write_room(&mut w, room);
     }
     w.end_object();
-    w.key("extensions").begin_object().end_object();
+    w.key("extensions");
+    super::extensions::write(&mut w, &resp.extensions);
     w.end_object();
     w.finish()
 }
@@ -678,7 +682,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_before_it_reaches_the_parser() {
-        let deep = |n: usize| format!("{{\"extensions\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        let deep = |n: usize| format!("{{\"unknown_field\":{}{}}}", "[".repeat(n), "]".repeat(n));
         assert!(parse(deep(MAX_DEPTH - 1).as_bytes()).is_ok());
         let err = parse(deep(MAX_DEPTH).as_bytes()).unwrap_err();
         assert_eq!(err.errcode, "M_BAD_JSON");
@@ -767,7 +771,8 @@ mod robustness {
 
     use super::*;
 
-    const SEEDS: [&[u8]; 3] = [
+    const SEEDS: [&[u8]; 4] = [
+        br#"{"extensions":{"to_device":{"enabled":true,"since":"5","limit":10,"lists":["a"]},"e2ee":{"enabled":true,"rooms":["!r:x","*"]}}}"#,
         br#"{"conn_id":"c","txn_id":"t","lists":{"a":{"ranges":[[0,19],[30,39]],"sort":["by_recency"],"timeline_limit":5,"required_state":[["*","*"],["m.room.member","$ME"]]}}}"#,
         br#"{"lists":{"a":{"ranges":[[0,0]]},"b":{"timeline_limit":0}}}"#,
         b"{}",

@@ -7,6 +7,7 @@
 //! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
 //!   [`persist::Persist`] (Postgres or the embedded SQLite file), and is read back once at startup.
 
+pub mod devices;
 pub mod metrics;
 pub mod persist;
 pub mod pg;
@@ -37,7 +38,7 @@ use self::writer::WriteQueue;
 use crate::event::{Decoder, Event, InviteFacts, Membership};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
-use crate::types::{now_ms, Position, RoomId, UserId};
+use crate::types::{now_ms, DeviceKey, Position, RoomId, UserId};
 
 /// Orders (sorts and filters) kept for one user besides recency: each indexes all of
 /// the user's rooms and is updated with every change, so a client naming a new filter
@@ -81,7 +82,12 @@ pub struct Store {
     /// and readers load the room's snapshot pointer without any lock (see [`Room`]).
     rooms: DashMap<RoomId, Arc<Room>>,
     users: DashMap<UserId, Arc<UserState>>,
+    /// Devices' to-device queues, key data and device-list changes.
+    devices: DashMap<DeviceKey, Arc<devices::DeviceState>>,
     next_position: AtomicU64,
+    /// The next to-device position: above every one stored or acknowledged, so a
+    /// client's `since` never names a message it has not seen.
+    next_to_device: AtomicU64,
     queue: WriteQueue,
 }
 
@@ -105,7 +111,9 @@ impl Store {
         Self {
             rooms: DashMap::new(),
             users: DashMap::new(),
+            devices: DashMap::new(),
             next_position: AtomicU64::new(next_position.max(1)),
+            next_to_device: AtomicU64::new(1),
             queue,
         }
     }
@@ -646,7 +654,24 @@ impl Store {
                 store.apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
             }
         }
-        tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
+        let mut last_to_device = 0;
+        let devices = persist.load_device_data().await?;
+        let device_count = devices.len();
+        for loaded in devices {
+            last_to_device = last_to_device.max(loaded.acked).max(loaded.to_device_max);
+            let data = devices::DeviceData::from_loaded(&loaded);
+            let state = devices::DeviceState::new(loaded.device.clone(), data);
+            store.devices.insert(loaded.device, Arc::new(state));
+        }
+        store
+            .next_to_device
+            .store(last_to_device + 1, Ordering::Relaxed);
+        tracing::info!(
+            rooms = total,
+            memberships = users,
+            devices = device_count,
+            "hot state rebuilt"
+        );
         Ok(store)
     }
 }

@@ -2,7 +2,9 @@
 
 mod cli;
 mod e2e;
+mod e2e_devices;
 mod errors;
+mod extensions;
 mod faults;
 mod ops;
 mod pollers;
