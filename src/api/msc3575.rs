@@ -102,14 +102,22 @@ struct WireFilters {
     not_room_types: Option<Vec<Option<String>>>,
     #[serde(default)]
     room_name_like: Option<String>,
-    // `is_dm`, `spaces`, `tags` and `not_tags` are not applied yet (see README); like
-    // any unknown field, they are skipped.
+    #[serde(default)]
+    is_dm: Option<bool>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    not_tags: Option<Vec<String>>,
+    #[serde(default)]
+    spaces: Option<Vec<String>>,
 }
 
 /// Entries one filter array may hold.
 pub const MAX_FILTER_ENTRIES: usize = 100;
 /// `room_name_like` is matched against names: longer than a name is nonsense.
 pub const MAX_NAME_LIKE: usize = 255;
+/// A tag name in `tags` / `not_tags`, like a Matrix ID, is at most this long.
+pub const MAX_TAG: usize = 255;
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
@@ -199,12 +207,16 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
     let bad = |field: &str, msg: String| {
         MatrixError::invalid_param(format!("lists.{list}.filters.{field}: {msg}"))
     };
+    let count = |v: &Option<Vec<String>>| v.as_ref().map_or(0, Vec::len);
     let lengths = [
         ("room_types", f.room_types.as_ref().map_or(0, Vec::len)),
         (
             "not_room_types",
             f.not_room_types.as_ref().map_or(0, Vec::len),
         ),
+        ("tags", count(&f.tags)),
+        ("not_tags", count(&f.not_tags)),
+        ("spaces", count(&f.spaces)),
     ];
     for (field, len) in lengths {
         if len > MAX_FILTER_ENTRIES {
@@ -212,6 +224,15 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
                 field,
                 format!("at most {MAX_FILTER_ENTRIES} entries are allowed"),
             ));
+        }
+    }
+    for (field, entries, max) in [
+        ("tags", &f.tags, MAX_TAG),
+        ("not_tags", &f.not_tags, MAX_TAG),
+        ("spaces", &f.spaces, MAX_ROOM_ID),
+    ] {
+        if entries.iter().flatten().any(|e| e.len() > max) {
+            return Err(bad(field, format!("entries are at most {max} bytes")));
         }
     }
     if f.room_name_like
@@ -230,6 +251,15 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
         room_types: f.room_types,
         not_room_types: f.not_room_types.unwrap_or_default(),
         room_name_like: f.room_name_like.map(|l| l.to_lowercase()),
+        is_dm: f.is_dm,
+        tags: f.tags.unwrap_or_default(),
+        not_tags: f.not_tags.unwrap_or_default(),
+        spaces: f
+            .spaces
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     })
 }
 
@@ -426,6 +456,9 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     }
     if room.initial {
         w.key("initial").bool(true);
+    }
+    if let Some(dm) = room.is_dm {
+        w.key("is_dm").bool(dm);
     }
     if let Some(invite_state) = &room.invite_state {
         w.key("invite_state").raw(invite_state);

@@ -10,6 +10,7 @@ use super::request::{
 };
 use super::required_state;
 use super::window;
+use crate::event::{Event, TimelineOrder};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
 use crate::store::room::{RoomSnapshot, TIMELINE_RING};
@@ -48,6 +49,7 @@ struct SentRoom {
     since: Position,
     invite: bool,
     name: String,
+    dm: bool,
     joined: u32,
     invited: u32,
     unread: (u64, u64),
@@ -385,6 +387,7 @@ impl Connection {
                             since: 0,
                             invite: true,
                             name: String::new(),
+                            dm: view.data.is_dm(room_id),
                             joined: 0,
                             invited: 0,
                             unread: (0, 0),
@@ -392,6 +395,8 @@ impl Connection {
                     );
                     Some(RoomResult {
                         initial: true,
+                        // Omitted when false, as the Go proxy did.
+                        is_dm: view.data.is_dm(room_id).then_some(true),
                         invite_state: Some(invite_state.clone()),
                         ..RoomResult::default()
                     })
@@ -434,7 +439,9 @@ impl Connection {
             }
             let mut timeline: Vec<_> = (view.room)(&room_id)
                 .map(|room| {
-                    room.timeline_between(
+                    visible_timeline(
+                        &room,
+                        view.data,
                         sent.position,
                         ev.position,
                         (sent.since, 0),
@@ -470,8 +477,14 @@ impl Connection {
             return None;
         }
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        let (timeline, gap) =
-            room.timeline_between(since.saturating_sub(1), Position::MAX, (since, 0), limit);
+        let (timeline, gap) = visible_timeline(
+            &room,
+            view.data,
+            since.saturating_sub(1),
+            Position::MAX,
+            (since, 0),
+            limit,
+        );
         // The client has nothing of this room: the timeline is limited when the room
         // has visible history before what we return, which we know unless the oldest
         // event returned is the room's creation or the reader's join.
@@ -486,6 +499,7 @@ impl Connection {
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
         let name = display_name(&room.meta, view.user_id);
         let unread = unread(view.data, room_id);
+        let dm = view.data.is_dm(room_id);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -493,6 +507,7 @@ impl Connection {
                 since,
                 invite: false,
                 name: name.clone(),
+                dm,
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
@@ -500,6 +515,7 @@ impl Connection {
         );
         Some(RoomResult {
             initial: true,
+            is_dm: dm.then_some(true),
             name: Some(name),
             required_state: required_state::resolve(
                 &params.required_state,
@@ -531,8 +547,14 @@ impl Connection {
         }
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let (timeline, gap) =
-            room.timeline_between(after, Position::MAX, (since, 0), TIMELINE_RING);
+        let (timeline, gap) = visible_timeline(
+            &room,
+            view.data,
+            after,
+            Position::MAX,
+            (since, 0),
+            TIMELINE_RING,
+        );
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
@@ -546,6 +568,13 @@ impl Connection {
         if name != sent.name {
             out.name = Some(name.clone());
             sent.name = name;
+        }
+        // The Go proxy never sent a changed DM flag (its bug 10); clients keep the one
+        // they were sent, so a change is sent like a rename.
+        let dm = view.data.is_dm(room_id);
+        if dm != sent.dm {
+            out.is_dm = Some(dm);
+            sent.dm = dm;
         }
         if room.meta.joined_count != sent.joined {
             out.joined_count = Some(room.meta.joined_count);
@@ -564,6 +593,7 @@ impl Connection {
         sent.position = sent.position.max(room.meta.latest_position);
         let empty = out.timeline.is_empty()
             && out.name.is_none()
+            && out.is_dm.is_none()
             && out.joined_count.is_none()
             && out.invited_count.is_none()
             && out.notification_count.is_none();
@@ -577,6 +607,28 @@ impl Connection {
 /// the next step says farewell.
 fn left_meanwhile(room: &RoomSnapshot, user: &str) -> bool {
     room.visible_until(user) != Position::MAX
+}
+
+/// [`RoomSnapshot::timeline_between`] without the messages of users the reader ignores
+/// (`m.ignored_user_list`); their state events stay, since they change the room.
+fn visible_timeline(
+    room: &RoomSnapshot,
+    data: &UserData,
+    after: Position,
+    until: Position,
+    from: TimelineOrder,
+    limit: usize,
+) -> (Vec<Arc<Event>>, bool) {
+    if !data.account.ignores_anyone() {
+        return room.timeline_between(after, until, from, limit);
+    }
+    let (all, gap) = room.timeline_between(after, until, from, TIMELINE_RING);
+    let kept: Vec<Arc<Event>> = all
+        .into_iter()
+        .filter(|e| e.is_state() || !data.account.ignores(&e.sender))
+        .collect();
+    let skip = kept.len().saturating_sub(limit);
+    (kept[skip..].to_vec(), gap || skip > 0)
 }
 
 /// Drops what the client holds at `start..=end`, visiting only the entries there.
@@ -804,7 +856,13 @@ mod tests {
                 event("m.room.message", None, "@other:x", 3),
             ],
         ));
-        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 4);
+        store.set_invite(
+            &user,
+            &"!r:x".into(),
+            bytes::Bytes::from_static(b"[]"),
+            4,
+            false,
+        );
         let mut conn = Connection::default();
         let resp = step(&mut conn, &store, Some(&list(vec![(0, 9)], 10)));
         let invite = &resp.rooms["!r:x"];

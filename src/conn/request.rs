@@ -61,6 +61,8 @@ pub struct ListResult {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoomResult {
     pub initial: bool,
+    /// A DM: `Some(true)` with a DM's initial data, and either value when it changes.
+    pub is_dm: Option<bool>,
     pub name: Option<String>,
     pub required_state: Vec<Bytes>,
     pub timeline: Vec<Bytes>,

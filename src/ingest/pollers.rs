@@ -291,7 +291,8 @@ impl Pollers {
             let outcome = match result {
                 Ok(body) => {
                     let started = Instant::now();
-                    let processed = v2::process(&self.store, &user, &body, &self.metrics).await;
+                    let processed =
+                        v2::process(&self.store, &user, &device, &body, &self.metrics).await;
                     self.metrics
                         .process_duration
                         .get_or_create(&[
@@ -310,6 +311,7 @@ impl Pollers {
                     }
                     tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
                     self.metrics.payload("V2ExpiredToken");
+                    self.store.poller_stopped(&device);
                     state.send_replace(PollState::Expired);
                     return;
                 }
@@ -351,6 +353,7 @@ impl Pollers {
                         // new one if this one was replaced.
                         self.running
                             .remove_if(&device, |_, h| Arc::ptr_eq(&h.token, &token));
+                        self.store.poller_stopped(&device);
                         state.send_replace(PollState::Failed);
                         return;
                     }

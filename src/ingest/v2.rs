@@ -8,7 +8,7 @@ use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
-use crate::types::{now_ms, RoomId};
+use crate::types::{now_ms, DeviceKey, RoomId};
 use crate::upstream::wire::{self, SyncResponse};
 
 /// A response we could not use at all (not the v2 shape).
@@ -29,12 +29,13 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
-/// Its writes are queued before this returns, so the caller's `since` comes after them.
-/// Counts what it applies in `metrics`.
+/// Applies one response for `device` (of `user`) and queues its durable writes. Returns
+/// `next_batch`. Its writes are queued before this returns, so the caller's `since` comes
+/// after them. Counts what it applies in `metrics`.
 pub async fn process(
     store: &Store,
     user: &UserState,
+    device: &DeviceKey,
     body: &[u8],
     metrics: &PollerMetrics,
 ) -> Result<String, ProcessError> {
@@ -43,13 +44,19 @@ pub async fn process(
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
     let rooms = resp.rooms.unwrap_or_default();
     let queue = store.queue();
+    account_data(store, user, None, &resp.account_data.events, metrics).await;
     // Credits are reserved room by room, not for the whole response: a big account's
     // initial sync must not take every credit and make all other pollers wait until
     // Postgres has committed it. Each room needs a row per event and a few more
     // (membership, unread, snapshot).
     for (room_id, joined) in rooms.join {
         let reservation = queue
-            .reserve(joined.state.events.len() + joined.timeline.events.len() + 3)
+            .reserve(
+                joined.state.events.len()
+                    + joined.timeline.events.len()
+                    + joined.ephemeral.events.len()
+                    + 3,
+            )
             .await;
         let room_id: RoomId = room_id.into();
         let mut delta = RoomDelta {
@@ -73,7 +80,17 @@ pub async fn process(
                 unread.highlight_count.unwrap_or(0),
             );
         }
+        ephemeral(
+            store,
+            user,
+            device,
+            &room_id,
+            &joined.ephemeral.events,
+            metrics,
+        );
         queue.release(reservation);
+        let room = Some(&room_id);
+        account_data(store, user, room, &joined.account_data.events, metrics).await;
     }
     for (room_id, invited) in rooms.invite {
         let reservation = queue.reserve(1).await;
@@ -90,7 +107,8 @@ pub async fn process(
         // Any server can date an invite in the future; it must not pin the room on top.
         let now = now_ms();
         let ts = wire::invite_ts(&state, &user.user_id).map_or(now, |ts| ts.min(now));
-        store.set_invite(user, &room_id, Bytes::from(state), ts);
+        let is_direct = wire::invite_is_direct(&state, &user.user_id);
+        store.set_invite(user, &room_id, Bytes::from(state), ts, is_direct);
         metrics.payload("V2InviteRoom");
         queue.release(reservation);
     }
@@ -124,6 +142,53 @@ pub async fn process(
         queue.release(reservation);
     }
     Ok(resp.next_batch)
+}
+
+/// Account data events, global (`room` `None`) or of a joined room: one write each at
+/// most, reserved like any other.
+async fn account_data(
+    store: &Store,
+    user: &UserState,
+    room: Option<&RoomId>,
+    events: &[sonic_rs::LazyValue<'_>],
+    metrics: &PollerMetrics,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let queue = store.queue();
+    let reservation = queue.reserve(events.len()).await;
+    for raw in events {
+        match wire::parse_account(raw.as_raw_str().as_bytes()) {
+            Some(ev) => {
+                metrics.payload("V2AccountData");
+                store.set_account_data(user, room, ev);
+            }
+            None => tracing::debug!(room = ?room, "dropping malformed account data"),
+        }
+    }
+    queue.release(reservation);
+}
+
+/// A joined room's `m.receipt` and `m.typing` EDUs.
+fn ephemeral(
+    store: &Store,
+    user: &UserState,
+    device: &DeviceKey,
+    room_id: &RoomId,
+    events: &[sonic_rs::LazyValue<'_>],
+    metrics: &PollerMetrics,
+) {
+    for raw in events {
+        let raw = raw.as_raw_str().as_bytes();
+        if let Some(receipts) = wire::parse_receipts(raw) {
+            metrics.payload("V2Receipt");
+            store.set_receipts(user, room_id, receipts);
+        } else if let Some(users) = wire::parse_typing(raw) {
+            metrics.payload("V2Typing");
+            store.set_typing(device, room_id, users);
+        }
+    }
 }
 
 /// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and
@@ -165,6 +230,10 @@ mod tests {
     use super::*;
     use crate::store::testing::store;
 
+    fn device() -> DeviceKey {
+        DeviceKey::new("@a:x", "A")
+    }
+
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
 
     #[tokio::test]
@@ -172,7 +241,7 @@ mod tests {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         assert_eq!(
-            process(&store, &user, BODY, &PollerMetrics::default())
+            process(&store, &user, &device(), BODY, &PollerMetrics::default())
                 .await
                 .unwrap(),
             "s1"
@@ -206,9 +275,15 @@ mod tests {
             r#"{{"next_batch":"s1","rooms":{{"join":{{"!r:x":{{"timeline":{{"events":[{{"type":"m.room.message","event_id":"$deep","sender":"@b:x","content":{{"body":"hi","x":{deep}}}}}]}}}}}}}}}}"#
         );
         assert_eq!(
-            process(&store, &user, body.as_bytes(), &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(),
+                body.as_bytes(),
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -232,7 +307,7 @@ mod tests {
         ]
         .concat();
         assert_eq!(
-            process(&store, &user, &body, &PollerMetrics::default())
+            process(&store, &user, &device(), &body, &PollerMetrics::default())
                 .await
                 .unwrap(),
             "s1"
@@ -258,7 +333,7 @@ mod tests {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
             }
-            let _ = process(&store, &user, &body, &PollerMetrics::default()).await;
+            let _ = process(&store, &user, &device(), &body, &PollerMetrics::default()).await;
         }
     }
 }

@@ -9,6 +9,7 @@ use imbl::{HashMap, Vector};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::account::AccountData;
 use crate::event::Event;
 use crate::rooms::filter::RoomFacts;
 use crate::rooms::sort::{order_key, ListOrder, OrderKey, SortBy, SortIndex, SortInputs};
@@ -27,6 +28,8 @@ pub enum UserMembership {
         position: Position,
         invite_state: Bytes,
         ts: u64,
+        /// The invite's own member event says `is_direct`: a DM until joined.
+        is_direct: bool,
     },
     /// Left, kicked or banned; `event` is the leave event to end the stream with.
     Leave {
@@ -56,6 +59,9 @@ pub struct RoomLooks {
     pub encrypted: bool,
     pub tombstoned: bool,
     pub room_type: Option<Box<str>>,
+    /// Spaces whose `m.space.child` state lists the room (whether or not the user is
+    /// in them: [`UserData`] checks that).
+    pub parents: Vec<RoomId>,
 }
 
 /// One published version of a user's data. Persistent maps and shared chunks: a clone
@@ -68,8 +74,11 @@ pub struct UserData {
     pub index: SortIndex,
     /// The other orders this user's lists use, each kept in step with `index`.
     orders: HashMap<ListOrder, SortIndex>,
+    pub account: AccountData,
     version: u64,
     changes: Vector<(u64, RoomId)>,
+    /// The log holds every room change after this version.
+    log_start: u64,
 }
 
 impl UserData {
@@ -82,8 +91,16 @@ impl UserData {
         self.version += 1;
         self.changes.push_back((self.version, room.clone()));
         if self.changes.len() > CHANGE_LOG {
-            self.changes.pop_front();
+            if let Some((v, _)) = self.changes.pop_front() {
+                self.log_start = v;
+            }
         }
+    }
+
+    /// Records that something not about one room changed (global account data): a new
+    /// version wakes the user's connections, and no room counts as changed.
+    pub fn bump(&mut self) {
+        self.version += 1;
     }
 
     /// Rooms changed after `version`, or `None` when the log no longer reaches back that
@@ -92,9 +109,8 @@ impl UserData {
         if version >= self.version {
             return Some(Vec::new());
         }
-        match self.changes.front() {
-            Some((oldest, _)) if *oldest <= version + 1 => {}
-            _ => return None,
+        if version < self.log_start {
+            return None;
         }
         // Newest last: walk back only over the changes this caller has not seen.
         let mut rooms: Vec<RoomId> = self
@@ -111,6 +127,23 @@ impl UserData {
 
     pub fn membership(&self, room: &str) -> Option<&UserMembership> {
         self.rooms.get(room).map(|r| &r.membership)
+    }
+
+    /// A DM for this user: listed in `m.direct`, or invited to as a DM.
+    pub fn is_dm(&self, room: &str) -> bool {
+        self.account.is_dm(room)
+            || matches!(
+                self.membership(room),
+                Some(UserMembership::Invite {
+                    is_direct: true,
+                    ..
+                })
+            )
+    }
+
+    /// Whether any of this user's lists filters by space.
+    pub fn filters_spaces(&self) -> bool {
+        self.orders.keys().any(|o| !o.filters.spaces.is_empty())
     }
 
     /// The rooms of `order`, in it; by recency while that order is not kept.
@@ -145,6 +178,7 @@ impl UserData {
                 encrypted: false,
                 tombstoned: false,
                 room_type: None,
+                parents: Vec::new(),
             },
             _ => looks(),
         }
@@ -160,12 +194,23 @@ impl UserData {
     ) -> Option<OrderKey> {
         if !order.filters.is_empty() {
             let looks = looks?;
+            // Only spaces the user is joined to count: a space's children must not tell
+            // anyone else what the space holds.
+            let parents: Vec<RoomId> = looks
+                .parents
+                .iter()
+                .filter(|s| matches!(self.membership(s), Some(UserMembership::Join { .. })))
+                .cloned()
+                .collect();
             let facts = RoomFacts {
                 name: &looks.name,
                 encrypted: looks.encrypted,
                 tombstoned: looks.tombstoned,
                 room_type: looks.room_type.as_deref(),
                 invite: matches!(self.membership(room), Some(UserMembership::Invite { .. })),
+                dm: self.is_dm(room),
+                tags: self.account.tags(room),
+                parents: &parents,
             };
             if !order.filters.matches(&facts) {
                 return None;

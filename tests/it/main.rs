@@ -1,5 +1,6 @@
 //! The one integration test binary: linked once, modules per area.
 
+mod account_data;
 mod cli;
 mod e2e;
 mod errors;
