@@ -265,6 +265,54 @@ mod tests {
         assert_eq!(data.rooms["!r:x"].notification_count, 2);
     }
 
+    #[tokio::test]
+    async fn account_data_receipts_and_typing_are_kept_and_typing_has_one_source() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = br#"{"next_batch":"s1","account_data":{"events":[{"type":"m.direct","content":{"@b:x":["!r:x"]}}]},"rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}}]},"account_data":{"events":[{"type":"m.tag","content":{"tags":{"u.x":{}}}}]},"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@b:x"]}},{"type":"m.receipt","content":{"$j":{"m.read":{"@b:x":{"ts":1}},"m.read.private":{"@a:x":{"ts":2},"@b:x":{"ts":3}}}}}]}}}}}"#;
+        process(&store, &user, &device(), body, &PollerMetrics::default())
+            .await
+            .unwrap();
+        let data = user.read();
+        assert!(data.is_dm("!r:x"));
+        assert_eq!(data.account.tags("!r:x"), [Box::<str>::from("u.x")]);
+        let room = store.ephemeral("!r:x").unwrap();
+        assert_eq!(&*room.typing.users, [crate::types::UserId::from("@b:x")]);
+        let seen = |viewer: &str| {
+            let mut r: Vec<(String, bool)> = room
+                .receipts
+                .initial(["$j"], viewer)
+                .iter()
+                .map(|r| (r.user_id.to_string(), r.private))
+                .collect();
+            r.sort();
+            r
+        };
+        assert_eq!(
+            seen("@a:x"),
+            [("@a:x".into(), true), ("@b:x".into(), false)],
+            "another user's private receipt in a's response is not kept"
+        );
+        assert_eq!(seen("@c:x"), [("@b:x".into(), false)]);
+
+        // Another poller in the room reports no typing: it is not the room's source.
+        let other = DeviceKey::new("@c:x", "C");
+        let c = store.user_or_insert(&"@c:x".into());
+        let no_typing = br#"{"next_batch":"s2","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":[]}}]}}}}}"#;
+        process(&store, &c, &other, no_typing, &PollerMetrics::default())
+            .await
+            .unwrap();
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
+        // Once a's poller stops, the next poller to report typing is the source.
+        store.poller_stopped(&device());
+        assert!(store.ephemeral("!r:x").unwrap().typing.users.is_empty());
+        let typing = br#"{"next_batch":"s3","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@c:x"]}}]}}}}}"#;
+        process(&store, &c, &other, typing, &PollerMetrics::default())
+            .await
+            .unwrap();
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
+    }
+
     /// Any federated server can send an event that nests 30,000 levels deep.
     #[tokio::test]
     async fn a_deeply_nested_event_is_stored_clamped_instead_of_crashing() {

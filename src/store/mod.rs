@@ -877,11 +877,16 @@ impl Store {
                 store.apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
             }
         }
+        let mut receipts: std::collections::HashMap<RoomId, RoomEphemeral> = Default::default();
         for r in persist.load_receipts().await? {
-            if let Some(room) = store.rooms.get(&r.room_id) {
-                let mut next = RoomEphemeral::clone(&room.ephemeral.load());
-                next.set_receipt(r.receipt);
-                room.ephemeral.store(Arc::new(next));
+            receipts
+                .entry(r.room_id)
+                .or_default()
+                .set_receipt(r.receipt);
+        }
+        for (room_id, ephemeral) in receipts {
+            if let Some(room) = store.rooms.get(&room_id) {
+                room.ephemeral.store(Arc::new(ephemeral));
             }
         }
         for a in persist.load_account_data().await? {
