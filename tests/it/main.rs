@@ -3,6 +3,7 @@
 mod account_data;
 mod cli;
 mod e2e;
+mod e2e_account;
 mod errors;
 mod faults;
 mod ops;
