@@ -1744,6 +1744,35 @@ mod tests {
         assert_eq!(me.read().order(&order).len(), 0);
     }
 
+    /// A poller of a user who left a room reports nothing more about it: the room
+    /// takes typing from the next poller that reports it.
+    #[tokio::test]
+    async fn a_typing_source_that_leaves_the_room_gives_it_up() {
+        let store = store();
+        let a = store.user_or_insert(&"@a:x".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![member("@a:x", Membership::Join)],
+            vec![],
+        ));
+        store.confirm_join(&a, &"!r:x".into());
+        let (dev_a, dev_b) = (DeviceKey::new("@a:x", "A"), DeviceKey::new("@b:x", "B"));
+        store.set_typing(&dev_a, &"!r:x".into(), vec!["@c:x".into()]);
+        store.set_typing(&dev_b, &"!r:x".into(), vec![]);
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member("@a:x", Membership::Leave)],
+        ));
+        assert!(store.ephemeral("!r:x").unwrap().typing.users.is_empty());
+        store.set_typing(&dev_b, &"!r:x".into(), vec!["@d:x".into()]);
+        assert_eq!(
+            &*store.ephemeral("!r:x").unwrap().typing.users,
+            [UserId::from("@d:x")]
+        );
+    }
+
     #[tokio::test]
     async fn filling_a_gap_stores_that_the_gap_is_closed() {
         let persist = Arc::new(TestPersist::open());
