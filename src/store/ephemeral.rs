@@ -202,7 +202,7 @@ impl Receipts {
 
     /// Every receipt, for tests and for nothing else (it is O(room)).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.latest.len()
     }
 }
