@@ -23,7 +23,7 @@ use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
-use slidesync::types::{DeviceKey, UserId};
+use slidesync::types::UserId;
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): startup allocates per room and per event.
@@ -75,7 +75,7 @@ async fn measure(backend: Backend, rooms: usize, rebuilds: usize) -> (Duration, 
         process(
             &store,
             &user,
-            &DeviceKey::new(ME, "BENCH"),
+            &store.device(&slidesync::types::DeviceKey::new(ME, "BENCH")),
             &body(rooms),
             &PollerMetrics::default(),
         )

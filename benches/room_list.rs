@@ -33,7 +33,7 @@ use slidesync::store::persist::{Persist, Write};
 use slidesync::store::users::{UserMembership, UserState};
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::{RoomDelta, Store};
-use slidesync::types::{DeviceKey, UserId};
+use slidesync::types::UserId;
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): the hot path allocates per event and per
@@ -113,7 +113,7 @@ fn fixture() -> Fixture {
         process(
             &store,
             &user,
-            &DeviceKey::new(ME, "BENCH"),
+            &store.device(&slidesync::types::DeviceKey::new(ME, "BENCH")),
             &body,
             &PollerMetrics::default(),
         )

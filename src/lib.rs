@@ -10,6 +10,8 @@
 //!   write-behind persistence to Postgres.
 //! - [`rooms`]: per-user sort indexes and room naming over the store.
 //! - [`conn`]: one sliding sync connection: sticky request, windows, ops, long-poll.
+//! - [`extensions`]: the sliding sync extensions (to-device, e2ee, ...), one module each,
+//!   stepped by [`conn`] beside the lists.
 //! - [`api`]: the HTTP surface: authentication and the wire dialects over [`conn`].
 //! - [`ops`]: listeners, TLS, logging, metrics, profiling, health.
 //!
@@ -22,6 +24,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod event;
+pub mod extensions;
 pub mod ingest;
 pub mod nesting;
 pub mod ops;

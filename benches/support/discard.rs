@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use slidesync::store::persist::{
-    LoadedAccountData, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread, Persist,
-    PersistError, StoredDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use slidesync::types::{DeviceKey, Position, RoomId};
 
@@ -66,6 +66,17 @@ impl Persist for Discard {
         Ok(())
     }
     async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn to_device_after(
+        &self,
+        _device: &DeviceKey,
+        _after: Position,
+        _limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError> {
         Ok(Vec::new())
     }
 }

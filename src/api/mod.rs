@@ -2,6 +2,7 @@
 //! over the one engine in `conn`.
 
 pub mod auth;
+pub mod extensions;
 pub mod json;
 pub mod metrics;
 pub mod msc3575;

@@ -43,6 +43,8 @@ struct Body {
     room_subscriptions: Option<HashMap<String, Object<WireSubscription>>>,
     #[serde(default)]
     unsubscribe_rooms: Option<Vec<String>>,
+    #[serde(default)]
+    extensions: Option<super::extensions::WireExtensions>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +202,7 @@ pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
         room_field(&room_id)?;
         req.unsubscribe_rooms.push(room_id.into());
     }
+    req.extensions = super::extensions::parse(wire.extensions.unwrap_or_default())?;
     Ok(req)
 }
 
@@ -407,7 +410,8 @@ pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
         write_room(&mut w, room);
     }
     w.end_object();
-    w.key("extensions").begin_object().end_object();
+    w.key("extensions");
+    super::extensions::write(&mut w, &resp.extensions);
     w.end_object();
     w.finish()
 }
@@ -606,7 +610,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused_before_it_reaches_the_parser() {
-        let deep = |n: usize| format!("{{\"extensions\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        let deep = |n: usize| format!("{{\"unknown_field\":{}{}}}", "[".repeat(n), "]".repeat(n));
         assert!(parse(deep(MAX_DEPTH - 1).as_bytes()).is_ok());
         let err = parse(deep(MAX_DEPTH).as_bytes()).unwrap_err();
         assert_eq!(err.errcode, "M_BAD_JSON");

@@ -601,6 +601,24 @@ impl Connection {
     }
 }
 
+/// What the extensions' scope reads: each list's window as the client holds it.
+impl crate::extensions::Windows for Connection {
+    fn list_names(&self) -> Vec<&str> {
+        self.lists.keys().map(String::as_str).collect()
+    }
+
+    fn window(&self, list: &str) -> Vec<RoomId> {
+        self.lists
+            .get(list)
+            .map(|l| l.have.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn subscriptions(&self) -> Vec<RoomId> {
+        self.subscriptions.keys().cloned().collect()
+    }
+}
+
 /// Whether the room's snapshot already has the user out while the user's data, read a
 /// moment earlier, still has them joined: the step sends nothing of the room (not its
 /// timeline, name or state after the leave); the leave has bumped the user's version, so

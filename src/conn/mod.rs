@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use self::connection::{Connection, View};
 use self::request::{SyncRequest, SyncResponse};
 use crate::error::MatrixError;
+use crate::extensions::{self, Applied, Extensions};
 use crate::store::users::UserState;
 use crate::store::Store;
 use crate::types::{DeviceKey, RoomId};
@@ -46,6 +47,7 @@ pub struct ConnKey {
 
 struct Slot {
     conn: Connection,
+    extensions: Extensions,
     /// The `pos` of the newest response, and of the one before (a client that did not
     /// receive the newest retries with the older one and gets it again).
     pos: u64,
@@ -144,6 +146,7 @@ impl Conns {
         let entry = Arc::new(Entry {
             slot: tokio::sync::Mutex::new(Slot {
                 conn: Connection::default(),
+                extensions: Extensions::default(),
                 pos: 0,
                 prev_pos: 0,
                 last: None,
@@ -236,11 +239,19 @@ impl Conns {
             )));
         }
         let deadline = tokio::time::Instant::now() + wait.timeout;
+        let device = store.device(&key.device);
         // Subscribe before the first read: a change landing between the read and the
         // wait bumps the version we wait on, so it is never missed.
         let mut woken = user.subscribe();
+        let mut device_woken = device.subscribe();
         let first = slot.responses == 0;
+        let mut applied = slot
+            .extensions
+            .apply(request.as_ref().map(|r| &r.extensions));
         let mut resp = loop {
+            if slot.extensions.wants_to_device() {
+                store.refill_to_device(&device).await;
+            }
             let resp = {
                 let data = user.read();
                 let room = |id: &str| store.room(id);
@@ -249,7 +260,20 @@ impl Conns {
                     data: &data,
                     room: &room,
                 };
-                slot.conn.step(request.take().as_ref(), &view)
+                let mut resp = slot.conn.step(request.take().as_ref(), &view);
+                let ctx = extensions::Context {
+                    user_id: &user.user_id,
+                    device: &device,
+                    data: &data,
+                    room: &room,
+                    windows: &slot.conn,
+                    initial: first,
+                    store,
+                };
+                resp.extensions = slot.extensions.step(&applied, &ctx);
+                // Only the first step of a request sees what it turned on.
+                applied = Applied::default();
+                resp
             };
             // A timeout of 0 (or one already over) answers now, not at the next timer tick.
             if first || resp.has_data() || tokio::time::Instant::now() >= deadline {
@@ -261,8 +285,12 @@ impl Conns {
             if entry.generation.load(Ordering::SeqCst) != generation {
                 break resp;
             }
+            let wants_device = slot.extensions.wants_device();
             tokio::select! {
                 changed = woken.changed() => if changed.is_err() { break resp },
+                changed = device_woken.changed(), if wants_device => {
+                    if changed.is_err() { break resp }
+                }
                 _ = tokio::time::sleep_until(deadline) => break resp,
                 _ = cancelled => break resp,
             }
@@ -364,6 +392,7 @@ fn merge_pending(
     }
     merged.conn_id = later.conn_id;
     merged.txn_id = later.txn_id;
+    merged.extensions.merge(&later.extensions);
     for (name, params) in later.lists {
         let slot = merged.lists.entry(name).or_default();
         if params.ranges.is_some() {

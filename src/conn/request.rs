@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::extensions::{ExtensionsRequest, ExtensionsResponse};
 use crate::types::RoomId;
 
 /// An inclusive range of list indexes, as clients send them.
@@ -41,6 +42,7 @@ pub struct SyncRequest {
     pub room_subscriptions: BTreeMap<RoomId, RoomSubscription>,
     /// Applied after `room_subscriptions`: a room in both ends up unsubscribed.
     pub unsubscribe_rooms: Vec<RoomId>,
+    pub extensions: ExtensionsRequest,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +91,7 @@ pub struct SyncResponse {
     /// A list's `count` differs from the last response (not serialized: every response
     /// carries the counts).
     pub counts_changed: bool,
+    pub extensions: ExtensionsResponse,
 }
 
 impl SyncResponse {
@@ -97,5 +100,6 @@ impl SyncResponse {
         self.counts_changed
             || !self.rooms.is_empty()
             || self.lists.values().any(|l| !l.ops.is_empty())
+            || self.extensions.has_data()
     }
 }

@@ -25,6 +25,11 @@ use crate::upstream::{Homeserver, SyncCall, UpstreamError};
 /// The first poll of a device without `since` asks for one event per room: the room list
 /// needs only the newest event, and a small initial sync is what keeps it fast.
 const FILTER_INITIAL: &str = r#"{"room":{"timeline":{"limit":1}},"presence":{"not_types":["*"]}}"#;
+/// The first poll of a device whose user's rooms are already known (another device of
+/// theirs is polled) asks for no rooms, as the Go proxy's did: a new login is then fast,
+/// and its to-device messages and key counts arrive at once.
+const FILTER_TO_DEVICE_ONLY: &str =
+    r#"{"room":{"rooms":[],"timeline":{"limit":1}},"presence":{"not_types":["*"]}}"#;
 /// Later polls ask for the most Synapse allows, so gaps stay rare.
 const FILTER_LIVE: &str = r#"{"room":{"timeline":{"limit":50}},"presence":{"not_types":["*"]}}"#;
 /// Long-poll time of a caught-up poller.
@@ -253,16 +258,20 @@ impl Pollers {
         last_ok: Arc<AtomicU64>,
     ) {
         let user = self.store.user_or_insert(&device.user_id);
+        let device_state = self.store.device(&device);
+        // Decided once: a device started while its user's rooms are known never needs
+        // them from its own poller.
+        let rooms_known = !resumed && since.is_none() && user.is_ready();
         let mut failures: u32 = 0;
         let mut failing_since = None;
         let mut first = true;
         tracing::info!(user = %device.user_id, device = %device.device_id, resumed, has_since = since.is_some(), "poller started");
         loop {
             let token_now = token.lock().clone();
-            let filter = if since.is_none() {
-                FILTER_INITIAL
-            } else {
-                FILTER_LIVE
+            let filter = match since {
+                None if rooms_known => FILTER_TO_DEVICE_ONLY,
+                None => FILTER_INITIAL,
+                Some(_) => FILTER_LIVE,
             };
             let (timeout_ms, deadline) = if first {
                 (0, self.config.initial_timeout)
@@ -292,7 +301,7 @@ impl Pollers {
                 Ok(body) => {
                     let started = Instant::now();
                     let processed =
-                        v2::process(&self.store, &user, &device, &body, &self.metrics).await;
+                        v2::process(&self.store, &user, &device_state, &body, &self.metrics).await;
                     self.metrics
                         .process_duration
                         .get_or_create(&[

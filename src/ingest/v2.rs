@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
+use crate::store::devices::DeviceState;
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
 use crate::types::{now_ms, DeviceKey, RoomId};
@@ -35,15 +36,16 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
 pub async fn process(
     store: &Store,
     user: &UserState,
-    device: &DeviceKey,
+    device: &DeviceState,
     body: &[u8],
     metrics: &PollerMetrics,
 ) -> Result<String, ProcessError> {
     let body = wire::clamp(body);
-    let resp: SyncResponse<'_> =
+    let mut resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
-    let rooms = resp.rooms.unwrap_or_default();
     let queue = store.queue();
+    device_data(store, device, &resp, metrics).await;
+    let rooms = resp.rooms.take().unwrap_or_default();
     account_data(store, user, None, &resp.account_data.events, metrics).await;
     // Credits are reserved room by room, not for the whole response: a big account's
     // initial sync must not take every credit and make all other pollers wait until
@@ -83,7 +85,7 @@ pub async fn process(
         ephemeral(
             store,
             user,
-            device,
+            &device.key,
             &room_id,
             &joined.ephemeral.events,
             metrics,
@@ -191,6 +193,50 @@ fn ephemeral(
     }
 }
 
+/// The device's part of a response: key counts, device-list changes and to-device
+/// messages, queued (with credits, like rooms) before the caller queues `since`.
+async fn device_data(
+    store: &Store,
+    device: &DeviceState,
+    resp: &SyncResponse<'_>,
+    metrics: &PollerMetrics,
+) {
+    let lists = resp.device_lists.as_ref();
+    let list_changes = lists.map_or(0, |l| l.changed.len() + l.left.len());
+    let messages: Vec<_> = resp
+        .to_device
+        .iter()
+        .flat_map(|t| &t.events)
+        .filter_map(|raw| {
+            let parsed = wire::parse_to_device(raw.as_raw_str().as_bytes());
+            if parsed.is_none() {
+                tracing::debug!(device = %device.key, "dropping a malformed to-device event");
+            }
+            parsed
+        })
+        .collect();
+    let reservation = store
+        .queue()
+        .reserve(messages.len() + list_changes + 1)
+        .await;
+    store.set_device_keys(device, resp.otk_counts(), resp.fallback_key_types());
+    if let Some(lists) = lists {
+        if list_changes > 0 {
+            metrics.payload("V2DeviceData");
+        }
+        store.add_device_lists(
+            device,
+            lists.changed.iter().map(|u| u.as_str().into()).collect(),
+            lists.left.iter().map(|u| u.as_str().into()).collect(),
+        );
+    }
+    if !messages.is_empty() {
+        metrics.payload("V2DeviceMessages");
+        store.add_to_device(device, messages);
+    }
+    store.queue().release(reservation);
+}
+
 /// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and
 /// its `V2Accumulate` a timeline.
 fn observe_room(metrics: &PollerMetrics, delta: &RoomDelta) {
@@ -229,9 +275,10 @@ mod tests {
 
     use super::*;
     use crate::store::testing::store;
+    use crate::types::DeviceKey;
 
-    fn device() -> DeviceKey {
-        DeviceKey::new("@a:x", "A")
+    fn device(store: &crate::store::Store) -> Arc<DeviceState> {
+        store.device(&DeviceKey::new("@a:x", "DEV"))
     }
 
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
@@ -241,9 +288,15 @@ mod tests {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         assert_eq!(
-            process(&store, &user, &device(), BODY, &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(&store),
+                BODY,
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -270,9 +323,15 @@ mod tests {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         let body = br#"{"next_batch":"s1","account_data":{"events":[{"type":"m.direct","content":{"@b:x":["!r:x"]}}]},"rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}}]},"account_data":{"events":[{"type":"m.tag","content":{"tags":{"u.x":{}}}}]},"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@b:x"]}},{"type":"m.receipt","content":{"$j":{"m.read":{"@b:x":{"ts":1}},"m.read.private":{"@a:x":{"ts":2},"@b:x":{"ts":3}}}}}]}}}}}"#;
-        process(&store, &user, &device(), body, &PollerMetrics::default())
-            .await
-            .unwrap();
+        process(
+            &store,
+            &user,
+            &device(&store),
+            body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .unwrap();
         let data = user.read();
         assert!(data.is_dm("!r:x"));
         assert_eq!(data.account.tags("!r:x"), [Box::<str>::from("u.x")]);
@@ -296,7 +355,7 @@ mod tests {
         assert_eq!(seen("@c:x"), [("@b:x".into(), false)]);
 
         // Another poller in the room reports no typing: it is not the room's source.
-        let other = DeviceKey::new("@c:x", "C");
+        let other = store.device(&DeviceKey::new("@c:x", "C"));
         let c = store.user_or_insert(&"@c:x".into());
         let no_typing = br#"{"next_batch":"s2","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":[]}}]}}}}}"#;
         process(&store, &c, &other, no_typing, &PollerMetrics::default())
@@ -304,7 +363,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
         // Once a's poller stops, the next poller to report typing is the source.
-        store.poller_stopped(&device());
+        store.poller_stopped(&device(&store).key);
         assert!(store.ephemeral("!r:x").unwrap().typing.users.is_empty());
         let typing = br#"{"next_batch":"s3","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@c:x"]}}]}}}}}"#;
         process(&store, &c, &other, typing, &PollerMetrics::default())
@@ -326,7 +385,7 @@ mod tests {
             process(
                 &store,
                 &user,
-                &device(),
+                &device(&store),
                 body.as_bytes(),
                 &PollerMetrics::default()
             )
@@ -355,9 +414,15 @@ mod tests {
         ]
         .concat();
         assert_eq!(
-            process(&store, &user, &device(), &body, &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(&store),
+                &body,
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -381,7 +446,14 @@ mod tests {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
             }
-            let _ = process(&store, &user, &device(), &body, &PollerMetrics::default()).await;
+            let _ = process(
+                &store,
+                &user,
+                &device(&store),
+                &body,
+                &PollerMetrics::default(),
+            )
+            .await;
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   [`persist::Persist`] (Postgres or the embedded SQLite file), and is read back once at startup.
 
 pub mod account;
+pub mod devices;
 pub mod ephemeral;
 pub mod metrics;
 pub mod persist;
@@ -88,7 +89,12 @@ pub struct Store {
     /// `spaces` filter. Written under the space's writer lock; a shard lock is held only
     /// to read or change one entry.
     space_parents: DashMap<RoomId, Vec<RoomId>>,
+    /// Devices' to-device queues, key data and device-list changes.
+    devices: DashMap<DeviceKey, Arc<devices::DeviceState>>,
     next_position: AtomicU64,
+    /// The next to-device position: above every one stored or acknowledged, so a
+    /// client's `since` never names a message it has not seen.
+    next_to_device: AtomicU64,
     queue: WriteQueue,
 }
 
@@ -113,7 +119,9 @@ impl Store {
             rooms: DashMap::new(),
             users: DashMap::new(),
             space_parents: DashMap::new(),
+            devices: DashMap::new(),
             next_position: AtomicU64::new(next_position.max(1)),
+            next_to_device: AtomicU64::new(1),
             queue,
         }
     }
@@ -903,7 +911,24 @@ impl Store {
                 }
             });
         }
-        tracing::info!(rooms = total, memberships = users, "hot state rebuilt");
+        let mut last_to_device = 0;
+        let devices = persist.load_device_data().await?;
+        let device_count = devices.len();
+        for loaded in devices {
+            last_to_device = last_to_device.max(loaded.acked).max(loaded.to_device_max);
+            let data = devices::DeviceData::from_loaded(&loaded);
+            let state = devices::DeviceState::new(loaded.device.clone(), data);
+            store.devices.insert(loaded.device, Arc::new(state));
+        }
+        store
+            .next_to_device
+            .store(last_to_device + 1, Ordering::Relaxed);
+        tracing::info!(
+            rooms = total,
+            memberships = users,
+            devices = device_count,
+            "hot state rebuilt"
+        );
         Ok(store)
     }
 }

@@ -132,6 +132,41 @@ pub enum Write {
     /// The device's v2 `since` token. Queued after the data that response delivered, so it
     /// is committed in the same transaction or a later one, never before.
     DeviceSince { device: DeviceKey, since: String },
+    /// A to-device message for the device, at its position.
+    ToDevice {
+        device: DeviceKey,
+        position: Position,
+        json: Bytes,
+        /// What a cancellation of this room key request would name.
+        key_request: Option<Box<str>>,
+    },
+    /// The client acknowledged the device's messages up to `position`: they go, and
+    /// positions up to it are never handed out again.
+    ToDeviceAck {
+        device: DeviceKey,
+        position: Position,
+    },
+    /// One message dropped before delivery (a cancelled room key request).
+    ToDeviceDrop {
+        device: DeviceKey,
+        position: Position,
+    },
+    /// The device's newest one-time-key counts and unused fallback key types, as JSON.
+    DeviceKeys {
+        device: DeviceKey,
+        otk_counts: Option<Bytes>,
+        fallback_types: Option<Bytes>,
+    },
+    /// A device-list change not yet delivered to the device; replaces an earlier one
+    /// about the same user.
+    DeviceListChange {
+        device: DeviceKey,
+        user_id: UserId,
+        change: crate::store::devices::ListChange,
+    },
+    /// The device's undelivered device-list changes were delivered: they replace the
+    /// ones delivered before.
+    DeviceListsDelivered { device: DeviceKey },
 }
 
 /// A room as it is read back at startup.
@@ -182,6 +217,28 @@ pub struct LoadedAccountData {
 pub struct LoadedReceipt {
     pub room_id: RoomId,
     pub receipt: Receipt,
+}
+
+/// A device's extension data as read back at startup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedDevice {
+    pub device: DeviceKey,
+    /// The highest acknowledged to-device position.
+    pub acked: Position,
+    /// The newest stored to-device message (0: none); memory reads them back on demand.
+    pub to_device_max: Position,
+    pub otk_counts: Option<Bytes>,
+    pub fallback_types: Option<Bytes>,
+    /// Device-list changes: (user, change, whether it was delivered last).
+    pub lists: Vec<(UserId, crate::store::devices::ListChange, bool)>,
+}
+
+/// A stored to-device message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredToDevice {
+    pub position: Position,
+    pub json: Bytes,
+    pub key_request: Option<Box<str>>,
 }
 
 /// A device the proxy polls for, with its newest token (still encrypted) and `since`.
@@ -235,4 +292,16 @@ pub trait Persist: Send + Sync + 'static {
     async fn delete_token(&self, token_hash: &str) -> Result<(), PersistError>;
     /// Every device with a token, for resuming pollers.
     async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError>;
+
+    /// Every device with extension data (acknowledged position, key data, device-list
+    /// changes, or stored messages).
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError>;
+    /// The device's committed to-device messages after `after`, oldest first, at most
+    /// `limit`. Read after startup, when memory has handed out what it holds.
+    async fn to_device_after(
+        &self,
+        device: &DeviceKey,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError>;
 }

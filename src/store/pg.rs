@@ -17,12 +17,13 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::persist::{
-    LoadedAccountData, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread, MembershipKind,
-    Persist, PersistError, StoredDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    MembershipKind, Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use super::rows::{
-    count_from_db, count_to_db, device_key, event_from_row, position_from_db, settle_recent_ids,
-    Grouped, Interner,
+    count_from_db, count_to_db, device_key, event_from_row, loaded_devices, position_from_db,
+    position_to_db, settle_recent_ids, stored_to_device, DeviceDataRow, DeviceListRow, Grouped,
+    Interner, ListStep, ToDeviceMaxRow, ToDeviceMessageRow,
 };
 use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId};
@@ -390,6 +391,54 @@ impl Persist for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
+        let mut tx = self.read_only().await?;
+        let data: Vec<DeviceDataRow> = sqlx::query_as(
+            "SELECT user_id, device_id, to_device_acked, otk_counts, fallback_types \
+             FROM slidesync_device_data",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let maxes: Vec<ToDeviceMaxRow> = sqlx::query_as(
+            "SELECT user_id, device_id, MAX(position) FROM slidesync_to_device \
+             GROUP BY user_id, device_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let lists: Vec<DeviceListRow> = sqlx::query_as(
+            "SELECT user_id, device_id, target_user_id, change, sent \
+             FROM slidesync_device_lists",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        loaded_devices(data, maxes, lists)
+    }
+
+    async fn to_device_after(
+        &self,
+        device: &DeviceKey,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError> {
+        let rows: Vec<ToDeviceMessageRow> = sqlx::query_as(
+            "SELECT position, json, key_request FROM slidesync_to_device \
+             WHERE user_id = $1 AND device_id = $2 AND position > $3 \
+             ORDER BY position LIMIT $4",
+        )
+        .bind(&*device.user_id)
+        .bind(&*device.device_id)
+        .bind(position_to_db(after)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error)?;
+        stored_to_device(rows)
     }
 }
 
@@ -760,6 +809,7 @@ impl<'a> BatchRows<'a> {
             .execute(&mut **tx)
             .await?;
         }
+        self.insert_device_data(tx).await?;
 
         if !self.rows.since.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new());
@@ -778,6 +828,158 @@ impl<'a> BatchRows<'a> {
             .bind(cols.2)
             .execute(&mut **tx)
             .await?;
+        }
+        Ok(())
+    }
+}
+
+impl BatchRows<'_> {
+    /// To-device messages (then what drops or acknowledges them), key data, and
+    /// device-list steps in batch order.
+    async fn insert_device_data(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        let rows = &self.rows;
+        if !rows.to_device.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for row in &rows.to_device {
+                cols.0.push(row.device.0);
+                cols.1.push(row.device.1);
+                cols.2.push(row.position);
+                cols.3.push(row.json);
+                cols.4.push(row.key_request);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_to_device \
+                     (user_id, device_id, position, json, key_request) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], \
+                                      $4::BYTEA[], $5::TEXT[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .bind(cols.4)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !rows.to_device_drops.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for &((user_id, device_id), position) in &rows.to_device_drops {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(position);
+            }
+            sqlx::query(
+                "DELETE FROM slidesync_to_device t \
+                 USING UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS d(u, dev, p) \
+                 WHERE t.user_id = d.u AND t.device_id = d.dev AND t.position = d.p",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !rows.to_device_acks.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &position) in &rows.to_device_acks {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(position);
+            }
+            sqlx::query(
+                "DELETE FROM slidesync_to_device t \
+                 USING UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS a(u, dev, p) \
+                 WHERE t.user_id = a.u AND t.device_id = a.dev AND t.position <= a.p",
+            )
+            .bind(&cols.0)
+            .bind(&cols.1)
+            .bind(&cols.2)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO slidesync_device_data (user_id, device_id, to_device_acked) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_acked = \
+                     GREATEST(slidesync_device_data.to_device_acked, excluded.to_device_acked)",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if !rows.device_keys.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &(otk, fallback)) in &rows.device_keys {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(otk);
+                cols.3.push(fallback);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_device_data \
+                     (user_id, device_id, otk_counts, fallback_types) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::BYTEA[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                     otk_counts = excluded.otk_counts, \
+                     fallback_types = excluded.fallback_types",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for step in &rows.device_lists {
+            match step {
+                ListStep::Changes(changes) => {
+                    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                    for (&((user_id, device_id), target), &change) in changes {
+                        cols.0.push(user_id);
+                        cols.1.push(device_id);
+                        cols.2.push(target);
+                        cols.3.push(change);
+                    }
+                    sqlx::query(
+                        "INSERT INTO slidesync_device_lists \
+                             (user_id, device_id, target_user_id, change, sent) \
+                         SELECT u, d, t, c, FALSE \
+                         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[]) \
+                             AS x(u, d, t, c) \
+                         ON CONFLICT (user_id, device_id, sent, target_user_id) \
+                         DO UPDATE SET change = excluded.change",
+                    )
+                    .bind(cols.0)
+                    .bind(cols.1)
+                    .bind(cols.2)
+                    .bind(cols.3)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                ListStep::Delivered((user_id, device_id)) => {
+                    sqlx::query(
+                        "DELETE FROM slidesync_device_lists \
+                         WHERE user_id = $1 AND device_id = $2 AND sent",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(&mut **tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE slidesync_device_lists SET sent = TRUE \
+                         WHERE user_id = $1 AND device_id = $2 AND NOT sent",
+                    )
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
         }
         Ok(())
     }

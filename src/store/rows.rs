@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::persist::{PersistError, StoredEvent, Write};
+use super::devices::ListChange;
+use super::persist::{LoadedDevice, PersistError, StoredEvent, StoredToDevice, Write};
 use crate::types::{DeviceKey, Position, RoomId};
 
 /// One batch split by table. The upserted rows sit in ordered maps so every transaction
@@ -34,9 +35,38 @@ pub(super) struct Grouped<'a> {
     pub account_data: BTreeMap<(&'a str, &'a str, &'a str), &'a [u8]>,
     /// (room, user, private, thread or '') → (event ID, ts); the last one wins.
     pub receipts: BTreeMap<(&'a str, &'a str, bool, &'a str), (&'a str, i64)>,
+    /// To-device messages, in batch order.
+    pub to_device: Vec<ToDeviceRow<'a>>,
+    /// Messages dropped before delivery; applied after `to_device`, which may hold them.
+    pub to_device_drops: Vec<(UserDevice<'a>, i64)>,
+    /// The highest acknowledged position per device; applied after `to_device` (a
+    /// client acknowledges only messages queued before).
+    pub to_device_acks: BTreeMap<UserDevice<'a>, i64>,
+    /// (one-time-key counts, fallback key types); the last per device wins.
+    pub device_keys: BTreeMap<UserDevice<'a>, KeysRow<'a>>,
+    /// Device-list changes and deliveries, in batch order: a delivery moves only the
+    /// changes before it.
+    pub device_lists: Vec<ListStep<'a>>,
 }
 
 pub(super) type UserRoom<'a> = (&'a str, &'a str);
+pub(super) type UserDevice<'a> = (&'a str, &'a str);
+/// A device's (one-time-key counts, fallback key types), as JSON.
+pub(super) type KeysRow<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+pub(super) struct ToDeviceRow<'a> {
+    pub device: UserDevice<'a>,
+    pub position: i64,
+    pub json: &'a [u8],
+    pub key_request: Option<&'a str>,
+}
+
+/// A run of device-list changes (the last per device and user wins, as `changed` or
+/// `left`), or the delivery of a device's undelivered ones.
+pub(super) enum ListStep<'a> {
+    Changes(BTreeMap<(UserDevice<'a>, &'a str), &'static str>),
+    Delivered(UserDevice<'a>),
+}
 
 /// An event with its integers already in database form.
 pub(super) struct EventRow<'a> {
@@ -116,8 +146,7 @@ impl<'a> Grouped<'a> {
                     );
                 }
                 Write::DeviceSince { device, since } => {
-                    rows.since
-                        .insert((&*device.user_id, &*device.device_id), since);
+                    rows.since.insert(user_device(device), since);
                 }
                 Write::AccountData {
                     user_id,
@@ -135,10 +164,58 @@ impl<'a> Grouped<'a> {
                         (&receipt.event_id, count_to_db(receipt.ts)),
                     );
                 }
+                Write::ToDevice {
+                    device,
+                    position,
+                    json,
+                    key_request,
+                } => rows.to_device.push(ToDeviceRow {
+                    device: user_device(device),
+                    position: position_to_db(*position)?,
+                    json,
+                    key_request: key_request.as_deref(),
+                }),
+                Write::ToDeviceDrop { device, position } => rows
+                    .to_device_drops
+                    .push((user_device(device), position_to_db(*position)?)),
+                Write::ToDeviceAck { device, position } => {
+                    let position = position_to_db(*position)?;
+                    let acked = rows.to_device_acks.entry(user_device(device)).or_default();
+                    *acked = (*acked).max(position);
+                }
+                Write::DeviceKeys {
+                    device,
+                    otk_counts,
+                    fallback_types,
+                } => {
+                    rows.device_keys.insert(
+                        user_device(device),
+                        (otk_counts.as_deref(), fallback_types.as_deref()),
+                    );
+                }
+                Write::DeviceListChange {
+                    device,
+                    user_id,
+                    change,
+                } => {
+                    if !matches!(rows.device_lists.last(), Some(ListStep::Changes(_))) {
+                        rows.device_lists.push(ListStep::Changes(BTreeMap::new()));
+                    }
+                    if let Some(ListStep::Changes(changes)) = rows.device_lists.last_mut() {
+                        changes.insert((user_device(device), user_id), change.as_str());
+                    }
+                }
+                Write::DeviceListsDelivered { device } => rows
+                    .device_lists
+                    .push(ListStep::Delivered(user_device(device))),
             }
         }
         Ok(rows)
     }
+}
+
+fn user_device(device: &DeviceKey) -> UserDevice<'_> {
+    (&device.user_id, &device.device_id)
 }
 
 /// Shares one allocation per distinct ID read back: a room ID appears once per member,
@@ -247,4 +324,73 @@ where
         column::<R, String>(row, "user_id")?,
         column::<R, String>(row, "device_id")?,
     ))
+}
+
+/// A `slidesync_device_data` row: (user, device, acknowledged, otk counts, fallback types).
+pub(super) type DeviceDataRow = (String, String, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// (user, device, newest stored to-device position).
+pub(super) type ToDeviceMaxRow = (String, String, i64);
+/// A `slidesync_device_lists` row: (user, device, target user, change, sent).
+pub(super) type DeviceListRow = (String, String, String, String, bool);
+
+/// Both stores' device rows, one [`LoadedDevice`] per device.
+pub(super) fn loaded_devices(
+    data: Vec<DeviceDataRow>,
+    maxes: Vec<ToDeviceMaxRow>,
+    lists: Vec<DeviceListRow>,
+) -> Result<Vec<LoadedDevice>, PersistError> {
+    let mut ids = Interner::default();
+    let mut out: BTreeMap<DeviceKey, LoadedDevice> = BTreeMap::new();
+    for (user, device, acked, otk, fallback) in data {
+        let d = device_entry(&mut out, &mut ids, &user, &device);
+        d.acked = position_from_db(acked)?;
+        d.otk_counts = otk.map(Bytes::from);
+        d.fallback_types = fallback.map(Bytes::from);
+    }
+    for (user, device, max) in maxes {
+        device_entry(&mut out, &mut ids, &user, &device).to_device_max = position_from_db(max)?;
+    }
+    for (user, device, target, change, sent) in lists {
+        let change = ListChange::parse(&change)
+            .ok_or_else(|| PersistError::Corrupt(format!("device-list change {change:?}")))?;
+        let target = ids.get(&target);
+        device_entry(&mut out, &mut ids, &user, &device)
+            .lists
+            .push((target, change, sent));
+    }
+    Ok(out.into_values().collect())
+}
+
+fn device_entry<'m>(
+    out: &'m mut BTreeMap<DeviceKey, LoadedDevice>,
+    ids: &mut Interner,
+    user: &str,
+    device: &str,
+) -> &'m mut LoadedDevice {
+    let key = DeviceKey::new(ids.get(user), ids.get(device));
+    out.entry(key.clone()).or_insert_with(|| LoadedDevice {
+        device: key,
+        acked: 0,
+        to_device_max: 0,
+        otk_counts: None,
+        fallback_types: None,
+        lists: Vec::new(),
+    })
+}
+
+/// A stored to-device message: (position, json, key request).
+pub(super) type ToDeviceMessageRow = (i64, Vec<u8>, Option<String>);
+
+pub(super) fn stored_to_device(
+    rows: Vec<ToDeviceMessageRow>,
+) -> Result<Vec<StoredToDevice>, PersistError> {
+    rows.into_iter()
+        .map(|(position, json, key_request)| {
+            Ok(StoredToDevice {
+                position: position_from_db(position)?,
+                json: Bytes::from(json),
+                key_request: key_request.map(String::into_boxed_str),
+            })
+        })
+        .collect()
 }

@@ -24,12 +24,13 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::persist::{
-    LoadedAccountData, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread, MembershipKind,
-    Persist, PersistError, StoredDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    MembershipKind, Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use super::rows::{
-    count_from_db, count_to_db, device_key, event_from_row, position_from_db, settle_recent_ids,
-    Grouped, Interner,
+    count_from_db, count_to_db, device_key, event_from_row, loaded_devices, position_from_db,
+    position_to_db, settle_recent_ids, stored_to_device, DeviceDataRow, DeviceListRow, Grouped,
+    Interner, ListStep, ToDeviceMaxRow, ToDeviceMessageRow,
 };
 use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId};
@@ -449,6 +450,54 @@ impl Persist for SqliteStore {
             })
             .collect()
     }
+
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
+        let mut tx = self.readers.begin().await.map_err(query_error)?;
+        let data: Vec<DeviceDataRow> = sqlx::query_as(
+            "SELECT user_id, device_id, to_device_acked, otk_counts, fallback_types \
+             FROM slidesync_device_data",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let maxes: Vec<ToDeviceMaxRow> = sqlx::query_as(
+            "SELECT user_id, device_id, MAX(position) FROM slidesync_to_device \
+             GROUP BY user_id, device_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        let lists: Vec<DeviceListRow> = sqlx::query_as(
+            "SELECT user_id, device_id, target_user_id, change, sent \
+             FROM slidesync_device_lists",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        loaded_devices(data, maxes, lists)
+    }
+
+    async fn to_device_after(
+        &self,
+        device: &DeviceKey,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError> {
+        let rows: Vec<ToDeviceMessageRow> = sqlx::query_as(
+            "SELECT position, json, key_request FROM slidesync_to_device \
+             WHERE user_id = ?1 AND device_id = ?2 AND position > ?3 \
+             ORDER BY position LIMIT ?4",
+        )
+        .bind(&*device.user_id)
+        .bind(&*device.device_id)
+        .bind(position_to_db(after)?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(query_error)?;
+        stored_to_device(rows)
+    }
 }
 
 /// Every room with a snapshot, a state event or a timeline event. The recursive parts
@@ -748,6 +797,7 @@ async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sql
         );
         q.build().execute(&mut *tx).await?;
     }
+    insert_device_data(rows, tx).await?;
 
     let since: Vec<_> = rows.since.iter().collect();
     for chunk in since.chunks(ROWS_PER_INSERT) {
@@ -759,6 +809,123 @@ async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sql
         });
         q.push(" ON CONFLICT (user_id, device_id) DO UPDATE SET since = excluded.since");
         q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// To-device messages (then what drops or acknowledges them), key data, and device-list
+/// steps in batch order, as on Postgres.
+async fn insert_device_data(
+    rows: &Grouped<'_>,
+    tx: &mut SqliteConnection,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.to_device.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_to_device \
+                 (user_id, device_id, position, json, key_request) ",
+        );
+        q.push_values(chunk, |mut b, row| {
+            b.push_bind(row.device.0)
+                .push_bind(row.device.1)
+                .push_bind(row.position)
+                .push_bind(row.json)
+                .push_bind(row.key_request);
+        });
+        q.push(" ON CONFLICT DO NOTHING");
+        q.build().execute(&mut *tx).await?;
+    }
+    for &((user_id, device_id), position) in &rows.to_device_drops {
+        sqlx::query(
+            "DELETE FROM slidesync_to_device \
+             WHERE user_id = ?1 AND device_id = ?2 AND position = ?3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (&(user_id, device_id), &position) in &rows.to_device_acks {
+        sqlx::query(
+            "DELETE FROM slidesync_to_device \
+             WHERE user_id = ?1 AND device_id = ?2 AND position <= ?3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO slidesync_device_data (user_id, device_id, to_device_acked) \
+             VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_acked = \
+                 MAX(slidesync_device_data.to_device_acked, excluded.to_device_acked)",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (&(user_id, device_id), &(otk, fallback)) in &rows.device_keys {
+        sqlx::query(
+            "INSERT INTO slidesync_device_data \
+                 (user_id, device_id, otk_counts, fallback_types) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                 otk_counts = excluded.otk_counts, fallback_types = excluded.fallback_types",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(otk)
+        .bind(fallback)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for step in &rows.device_lists {
+        match step {
+            ListStep::Changes(changes) => {
+                let changes: Vec<_> = changes.iter().collect();
+                for chunk in changes.chunks(ROWS_PER_INSERT) {
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO slidesync_device_lists \
+                             (user_id, device_id, target_user_id, change, sent) ",
+                    );
+                    q.push_values(
+                        chunk,
+                        |mut b, &(&((user_id, device_id), target), &change)| {
+                            b.push_bind(user_id)
+                                .push_bind(device_id)
+                                .push_bind(target)
+                                .push_bind(change)
+                                .push_bind(false);
+                        },
+                    );
+                    q.push(
+                        " ON CONFLICT (user_id, device_id, sent, target_user_id) \
+                         DO UPDATE SET change = excluded.change",
+                    );
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            ListStep::Delivered((user_id, device_id)) => {
+                sqlx::query(
+                    "DELETE FROM slidesync_device_lists \
+                     WHERE user_id = ?1 AND device_id = ?2 AND sent",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE slidesync_device_lists SET sent = 1 \
+                     WHERE user_id = ?1 AND device_id = ?2 AND NOT sent",
+                )
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
     }
     Ok(())
 }

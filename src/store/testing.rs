@@ -133,6 +133,49 @@ impl Persist for TestPersist {
     async fn devices(&self) -> Result<Vec<StoredDevice>, PersistError> {
         Ok(Vec::new())
     }
+    async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
+        Ok(Vec::new())
+    }
+    /// What the committed writes leave of the device's messages.
+    async fn to_device_after(
+        &self,
+        device: &DeviceKey,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredToDevice>, PersistError> {
+        let committed = self.committed.lock();
+        let mut out: Vec<StoredToDevice> = Vec::new();
+        for write in committed.iter() {
+            match write {
+                Write::ToDevice {
+                    device: d,
+                    position,
+                    json,
+                    key_request,
+                } if d == device => out.push(StoredToDevice {
+                    position: *position,
+                    json: json.clone(),
+                    key_request: key_request.clone(),
+                }),
+                Write::ToDeviceDrop {
+                    device: d,
+                    position,
+                } if d == device => {
+                    out.retain(|m| m.position != *position);
+                }
+                Write::ToDeviceAck {
+                    device: d,
+                    position,
+                } if d == device => {
+                    out.retain(|m| m.position > *position);
+                }
+                _ => {}
+            }
+        }
+        out.retain(|m| m.position > after);
+        out.truncate(limit);
+        Ok(out)
+    }
 }
 
 /// A store over an open [`TestPersist`]; needs a tokio runtime for its writer task.

@@ -395,6 +395,25 @@ fn log_rejected(row: &Write, error: &PersistError) {
         Write::Receipt { room_id, receipt } => {
             tracing::error!(room = ?room_id, user = ?receipt.user_id, event = ?receipt.event_id, kind = "receipt", %error, "{what}")
         }
+        Write::ToDevice {
+            device, position, ..
+        } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, to_device_position = position, %error, "{what}")
+        }
+        Write::ToDeviceAck { device, position } | Write::ToDeviceDrop { device, position } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, to_device_position = position, kind = "to-device deletion", %error, "{what}")
+        }
+        Write::DeviceKeys { device, .. } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, kind = "device keys", %error, "{what}")
+        }
+        Write::DeviceListChange {
+            device, user_id, ..
+        } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, target = ?user_id, kind = "device list", %error, "{what}")
+        }
+        Write::DeviceListsDelivered { device } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, kind = "device lists delivered", %error, "{what}")
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, LazyValue};
 
 use crate::event::{AccountEvent, AccountMeaning, Decoder, Event, EventError, Membership, Receipt};
+use crate::store::devices::{IncomingToDevice, KeyRequest};
 use crate::types::{RoomId, UserId};
 
 /// How the store reads back what it stored: this format's parsers, handed over at
@@ -28,6 +29,94 @@ pub struct SyncResponse<'a> {
     /// Global account data.
     #[serde(borrow, default)]
     pub account_data: Events<'a>,
+    #[serde(borrow, default)]
+    pub to_device: Option<Events<'a>>,
+    #[serde(default)]
+    pub device_lists: Option<DeviceLists>,
+    #[serde(borrow, default)]
+    pub device_one_time_keys_count: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    pub device_unused_fallback_key_types: Option<LazyValue<'a>>,
+    /// The name Synapse also sends, from before MSC2732 was merged.
+    #[serde(
+        borrow,
+        default,
+        rename = "org.matrix.msc2732.device_unused_fallback_key_types"
+    )]
+    pub unstable_fallback_key_types: Option<LazyValue<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct DeviceLists {
+    #[serde(default)]
+    pub changed: Vec<String>,
+    #[serde(default)]
+    pub left: Vec<String>,
+}
+
+impl SyncResponse<'_> {
+    /// `device_one_time_keys_count` as sent, if it is a JSON object of counts.
+    pub fn otk_counts(&self) -> Option<Bytes> {
+        let raw = self.device_one_time_keys_count.as_ref()?.as_raw_str();
+        sonic_rs::from_str::<HashMap<String, u64>>(raw).ok()?;
+        Some(Bytes::copy_from_slice(raw.as_bytes()))
+    }
+
+    /// The unused fallback key types as sent, if a JSON array of strings. An empty array
+    /// is a value (the fallback key was used), unlike an absent field.
+    pub fn fallback_key_types(&self) -> Option<Bytes> {
+        let value = self
+            .device_unused_fallback_key_types
+            .as_ref()
+            .or(self.unstable_fallback_key_types.as_ref())?;
+        let raw = value.as_raw_str();
+        sonic_rs::from_str::<Vec<String>>(raw).ok()?;
+        Some(Bytes::copy_from_slice(raw.as_bytes()))
+    }
+}
+
+/// One to-device event: kept whole, with what a room key request or its cancellation
+/// names read out. `None` if it is not an event object.
+pub fn parse_to_device(raw: &[u8]) -> Option<IncomingToDevice> {
+    #[derive(Deserialize)]
+    struct ToDevice<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        sender: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        content: Option<KeyRequestContent<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct KeyRequestContent<'a> {
+        #[serde(borrow, default)]
+        action: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        request_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        requesting_device_id: Option<Cow<'a, str>>,
+    }
+    let ev: ToDevice = sonic_rs::from_slice(raw).ok()?;
+    let key_request = match (&*ev.kind, &ev.sender, &ev.content) {
+        ("m.room_key_request", Some(sender), Some(content)) => {
+            match (&content.request_id, &content.requesting_device_id) {
+                (Some(request), Some(device)) => {
+                    let key: Box<str> = format!("{sender}|{device}|{request}").into();
+                    match content.action.as_deref() {
+                        Some("request") => Some(KeyRequest::Request(key)),
+                        Some("request_cancellation") => Some(KeyRequest::Cancellation(key)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Some(IncomingToDevice {
+        json: Bytes::copy_from_slice(raw),
+        key_request,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +189,10 @@ pub const MAX_DEPTH: usize = 128;
 /// hold are left out, and such `prev_batch` tokens dropped (see [`storable`]).
 pub fn parse_sync(body: &[u8]) -> Result<SyncResponse<'_>, sonic_rs::Error> {
     let mut resp: SyncResponse<'_> = sonic_rs::from_slice(body)?;
+    if let Some(lists) = &mut resp.device_lists {
+        lists.changed.retain(|u| storable(u));
+        lists.left.retain(|u| storable(u));
+    }
     if let Some(rooms) = &mut resp.rooms {
         rooms.join.retain(|id, _| storable(id));
         rooms.invite.retain(|id, _| storable(id));

@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod e2e_account;
 mod errors;
+mod extensions;
 mod faults;
 mod ops;
 mod pollers;

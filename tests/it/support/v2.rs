@@ -164,3 +164,30 @@ pub fn id_of(event: &Value) -> String {
         .expect("an event with an event_id")
         .to_owned()
 }
+
+/// A to-device event as the homeserver delivers it.
+pub fn to_device(sender: &str, kind: &str, content: Value) -> Value {
+    json!({"type": kind, "sender": sender, "content": content})
+}
+
+/// An `m.room_key_request` (`action` "request" or "request_cancellation").
+pub fn key_request(sender: &str, device: &str, request_id: &str, action: &str) -> Value {
+    to_device(
+        sender,
+        "m.room_key_request",
+        json!({"action": action, "request_id": request_id, "requesting_device_id": device}),
+    )
+}
+
+static BATCH: AtomicU64 = AtomicU64::new(1);
+
+/// A whole `/sync` body: `fields` (`to_device`, `device_lists`, `rooms`, ...) and a fresh
+/// `next_batch`.
+pub fn sync_body(mut fields: Value) -> String {
+    use sonic_rs::JsonValueMutTrait;
+    let next = format!("dev_batch_{}", BATCH.fetch_add(1, Ordering::Relaxed));
+    if let Some(object) = fields.as_object_mut() {
+        object.insert("next_batch", Value::from(next.as_str()));
+    }
+    fields.to_string()
+}

@@ -1,0 +1,154 @@
+//! The `extensions` object of a sync request and response, the same in both dialects
+//! (MSC3575's extension MSCs and MSC4186 share the shapes): parsed into the engine's
+//! [`ExtensionsRequest`] with every limit checked, and written from
+//! [`ExtensionsResponse`].
+
+use serde::Deserialize;
+
+use super::json::JsonWriter;
+use crate::error::MatrixError;
+use crate::extensions::{
+    to_device, Common, ExtensionRequest, ExtensionsRequest, ExtensionsResponse,
+};
+
+/// Entries an extension's `lists` or `rooms` may hold: they are sticky, so each is
+/// capped like the lists and subscriptions they name.
+pub const MAX_SCOPE_ENTRIES: usize = 100;
+/// List names and room IDs in `lists`/`rooms`, as elsewhere in a request.
+const MAX_LIST_NAME: usize = 64;
+const MAX_ROOM_ID: usize = 255;
+
+#[derive(Deserialize, Default)]
+pub struct WireExtensions {
+    #[serde(default)]
+    to_device: Option<WireToDevice>,
+    #[serde(default)]
+    e2ee: Option<WireCommon>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireCommon {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    lists: Option<Vec<String>>,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireToDevice {
+    #[serde(flatten)]
+    common: WireCommon,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// Checks and converts what one request states of the extensions.
+pub fn parse(wire: WireExtensions) -> Result<ExtensionsRequest, MatrixError> {
+    let to_device = match wire.to_device {
+        None => None,
+        Some(t) => {
+            let field = "extensions.to_device";
+            let since = match t.since.as_deref() {
+                None | Some("") => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    MatrixError::invalid_param(format!(
+                        "{field}.since: must be a next_batch this server returned, not '{}'",
+                        s.chars().take(32).collect::<String>()
+                    ))
+                })?),
+            };
+            Some(ExtensionRequest {
+                common: common(field, t.common)?,
+                params: to_device::Params {
+                    since,
+                    // Lowered to the most a response carries, as `timeline_limit` is.
+                    limit: t.limit.map(|l| {
+                        usize::try_from(l)
+                            .unwrap_or(usize::MAX)
+                            .min(to_device::MAX_LIMIT)
+                    }),
+                },
+            })
+        }
+    };
+    let e2ee = match wire.e2ee {
+        None => None,
+        Some(e) => Some(ExtensionRequest {
+            common: common("extensions.e2ee", e)?,
+            params: (),
+        }),
+    };
+    Ok(ExtensionsRequest { to_device, e2ee })
+}
+
+fn common(field: &str, wire: WireCommon) -> Result<Common, MatrixError> {
+    let bad =
+        |what: &str, msg: String| MatrixError::invalid_param(format!("{field}.{what}: {msg}"));
+    for (what, entries, max_len) in [
+        ("lists", &wire.lists, MAX_LIST_NAME),
+        ("rooms", &wire.rooms, MAX_ROOM_ID),
+    ] {
+        let Some(entries) = entries else {
+            continue;
+        };
+        if entries.len() > MAX_SCOPE_ENTRIES {
+            return Err(bad(
+                what,
+                format!("at most {MAX_SCOPE_ENTRIES} entries are allowed"),
+            ));
+        }
+        if entries.iter().any(|e| e.len() > max_len) {
+            return Err(bad(what, format!("entries are at most {max_len} bytes")));
+        }
+    }
+    Ok(Common {
+        enabled: wire.enabled,
+        lists: wire.lists,
+        rooms: wire
+            .rooms
+            .map(|rooms| rooms.into_iter().map(Into::into).collect()),
+    })
+}
+
+/// Writes the `extensions` object: each enabled extension's part.
+pub fn write(w: &mut JsonWriter, ext: &ExtensionsResponse) {
+    w.begin_object();
+    if let Some(t) = &ext.to_device {
+        w.key("to_device").begin_object();
+        w.key("next_batch")
+            .str(itoa::Buffer::new().format(t.next_batch));
+        w.key("events").begin_array();
+        for ev in &t.events {
+            w.raw(ev);
+        }
+        w.end_array();
+        w.end_object();
+    }
+    if let Some(e) = &ext.e2ee {
+        w.key("e2ee").begin_object();
+        if let Some(otk) = &e.otk_counts {
+            w.key("device_one_time_keys_count").raw(otk);
+        }
+        if let Some(fallback) = &e.fallback_types {
+            w.key("device_unused_fallback_key_types").raw(fallback);
+        }
+        // Both arrays, never null, and left out when both are empty, as in the Go proxy.
+        if !e.changed.is_empty() || !e.left.is_empty() {
+            w.key("device_lists").begin_object();
+            for (name, users) in [("changed", &e.changed), ("left", &e.left)] {
+                w.key(name).begin_array();
+                for user in users {
+                    w.str(user);
+                }
+                w.end_array();
+            }
+            w.end_object();
+        }
+        w.end_object();
+    }
+    w.end_object();
+}
