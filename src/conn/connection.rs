@@ -523,6 +523,7 @@ impl Connection {
                 view.user_id,
             ),
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            timeline_ids: timeline.iter().map(|e| e.event_id.clone()).collect(),
             num_live: 0,
             limited: limited && limit > 0,
             prev_batch,

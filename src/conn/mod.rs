@@ -269,6 +269,7 @@ impl Conns {
                     windows: &slot.conn,
                     initial: first,
                     store,
+                    rooms: &resp.rooms,
                 };
                 resp.extensions = slot.extensions.step(&applied, &ctx);
                 // Only the first step of a request sees what it turned on.

@@ -68,6 +68,9 @@ pub struct RoomResult {
     pub name: Option<String>,
     pub required_state: Vec<Bytes>,
     pub timeline: Vec<Bytes>,
+    /// The event IDs of `timeline` when the room is `initial` (not serialized: the
+    /// receipts extension sends the receipts on them).
+    pub timeline_ids: Vec<Box<str>>,
     /// Events in `timeline` that arrived live (not part of the initial window).
     pub num_live: usize,
     pub limited: bool,

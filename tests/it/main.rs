@@ -9,6 +9,7 @@ mod extensions;
 mod faults;
 mod ops;
 mod pollers;
+mod room_extensions;
 mod room_list;
 mod security;
 mod serve;
