@@ -210,6 +210,26 @@ pub struct Context<'a> {
     pub rooms: &'a BTreeMap<RoomId, RoomResult>,
 }
 
+/// A room-bound extension's response: something per room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerRoom<T> {
+    pub rooms: BTreeMap<RoomId, T>,
+}
+
+impl<T> Default for PerRoom<T> {
+    fn default() -> Self {
+        Self {
+            rooms: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> PerRoom<T> {
+    pub fn has_data(&self) -> bool {
+        !self.rooms.is_empty()
+    }
+}
+
 /// What a room-bound extension sent of each room in its scope, so that a step looks only
 /// at rooms new to it and rooms whose user data changed, not at every room in scope.
 /// Holds at most the rooms in scope: one leaving scope is forgotten, and sent whole if

@@ -3,26 +3,17 @@
 //! scope without them), plus all of the user's own; later, each receipt that changes.
 //! Private receipts (`m.read.private`) only ever reach their owner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{Context, RoomsSent};
+use super::{Context, PerRoom, RoomsSent};
 use crate::event::Receipt;
 use crate::store::room::TIMELINE_RING;
 use crate::store::users::UserMembership;
 use crate::types::{Position, RoomId};
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Response {
-    /// Each room's receipts, to be sent as one `m.receipt` EDU.
-    pub rooms: BTreeMap<RoomId, Vec<Arc<Receipt>>>,
-}
-
-impl Response {
-    pub fn has_data(&self) -> bool {
-        !self.rooms.is_empty()
-    }
-}
+/// Each room's receipts, to be sent as one `m.receipt` EDU.
+pub type Response = PerRoom<Vec<Arc<Receipt>>>;
 
 /// `sent` records each room's `RoomEphemeral::seq`.
 pub fn step(sent: &mut RoomsSent, scope: &BTreeSet<RoomId>, ctx: &Context<'_>) -> Response {

@@ -1,23 +1,14 @@
 //! MSC3961 typing of the rooms in scope: a room new to the connection gets its typing
 //! users if anyone types; later, each change (an empty list when typing stops).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{Context, RoomsSent};
+use super::{Context, PerRoom, RoomsSent};
 use crate::types::{RoomId, UserId};
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Response {
-    /// Each room's typing users, to be sent as one `m.typing` EDU.
-    pub rooms: BTreeMap<RoomId, Arc<[UserId]>>,
-}
-
-impl Response {
-    pub fn has_data(&self) -> bool {
-        !self.rooms.is_empty()
-    }
-}
+/// Each room's typing users, to be sent as one `m.typing` EDU.
+pub type Response = PerRoom<Arc<[UserId]>>;
 
 /// `sent` records each room's `Typing::seq`.
 pub fn step(sent: &mut RoomsSent, scope: &BTreeSet<RoomId>, ctx: &Context<'_>) -> Response {

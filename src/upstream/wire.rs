@@ -339,50 +339,52 @@ fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
         .map_err(|e| EventError::Malformed(e.to_string()))
 }
 
-/// `origin_server_ts` of the user's own member event in an invite's stripped state: the
-/// invite's place in the room list.
-pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Stripped<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow, default)]
-        state_key: Option<Cow<'a, str>>,
-        #[serde(default)]
-        origin_server_ts: Option<u64>,
-    }
+/// A stripped state event of an invite, with what the room list reads of the
+/// invitee's own member event.
+#[derive(Deserialize)]
+struct Stripped<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    state_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    origin_server_ts: Option<u64>,
+    #[serde(default)]
+    content: Option<StrippedContent>,
+}
+
+#[derive(Deserialize)]
+struct StrippedContent {
+    #[serde(default)]
+    is_direct: Option<sonic_rs::Value>,
+}
+
+/// Reads `read` off the user's own member event in an invite's stripped state.
+fn own_invite_member<R>(
+    invite_state: &[u8],
+    user_id: &str,
+    read: impl FnOnce(&Stripped<'_>) -> Option<R>,
+) -> Option<R> {
     let events: Vec<Stripped> = sonic_rs::from_slice(invite_state).ok()?;
     events
         .iter()
         .find(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user_id))
-        .and_then(|e| e.origin_server_ts)
+        .and_then(read)
+}
+
+/// `origin_server_ts` of the user's own member event in an invite's stripped state: the
+/// invite's place in the room list.
+pub fn invite_ts(invite_state: &[u8], user_id: &str) -> Option<u64> {
+    own_invite_member(invite_state, user_id, |e| e.origin_server_ts)
 }
 
 /// Whether the user's own member event in an invite's stripped state has
 /// `content.is_direct: true`: the inviter made it a DM.
 pub fn invite_is_direct(invite_state: &[u8], user_id: &str) -> bool {
-    #[derive(Deserialize)]
-    struct Stripped<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow, default)]
-        state_key: Option<Cow<'a, str>>,
-        #[serde(default)]
-        content: Option<Content>,
-    }
-    #[derive(Deserialize)]
-    struct Content {
-        #[serde(default)]
-        is_direct: Option<sonic_rs::Value>,
-    }
-    let Ok(events) = sonic_rs::from_slice::<Vec<Stripped>>(invite_state) else {
-        return false;
-    };
-    events
-        .iter()
-        .find(|e| e.kind == "m.room.member" && e.state_key.as_deref() == Some(user_id))
-        .and_then(|e| e.content.as_ref()?.is_direct.as_ref()?.as_bool())
-        .unwrap_or(false)
+    own_invite_member(invite_state, user_id, |e| {
+        e.content.as_ref()?.is_direct.as_ref()?.as_bool()
+    })
+    .unwrap_or(false)
 }
 
 /// Reads an account data event (`{type, content}`) and what the room lists need of it.

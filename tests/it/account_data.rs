@@ -156,26 +156,24 @@ async fn tagging_a_room_moves_it_between_lists_by_tags_and_not_tags() {
     proxy.stop().await;
 }
 
+/// A space of Bob's that lists `!a:test`, delivered by Bob's poller; returns it as
+/// delivered.
+async fn bobs_space(hs: &FakeHomeserver, proxy: &Proxy, id: &str) -> Value {
+    let space = new_space(BOB, 500, &["!a:test"]);
+    hs.push_rooms("bob_token", rooms_join(vec![(id, space.clone())]));
+    proxy
+        .sync_ok("bob_token", None, 0, &json!({"lists": {}}))
+        .await;
+    space
+}
+
 /// Bob's space lists a room Alice is in; Alice is not in Bob's space. Naming it in
 /// `spaces` must not tell Alice what it holds.
 #[tokio::test]
 async fn the_spaces_filter_shows_children_of_joined_spaces_only() {
     let (_db, hs, proxy) = setup().await;
-    let mut bobs = new_space(BOB, 500);
-    bobs["state"]["events"]
-        .as_array_mut()
-        .unwrap()
-        .push(space_child(BOB, "!a:test", &["test"], 499));
-    hs.push_rooms("bob_token", rooms_join(vec![("!bobs:test", bobs)]));
-    proxy
-        .sync_ok("bob_token", None, 0, &json!({"lists": {}}))
-        .await;
-
-    let mut mine = new_space(ALICE, 600);
-    mine["state"]["events"]
-        .as_array_mut()
-        .unwrap()
-        .push(space_child(ALICE, "!b:test", &["test"], 599));
+    bobs_space(&hs, &proxy, "!bobs:test").await;
+    let mine = new_space(ALICE, 600, &["!b:test"]);
     hs.push_rooms(
         "alice_token",
         rooms_join(vec![
@@ -215,15 +213,7 @@ async fn the_spaces_filter_shows_children_of_joined_spaces_only() {
 #[tokio::test]
 async fn joining_a_space_brings_its_children_into_a_list_filtered_by_it() {
     let (_db, hs, proxy) = setup().await;
-    let mut bobs = new_space(BOB, 500);
-    bobs["state"]["events"]
-        .as_array_mut()
-        .unwrap()
-        .push(space_child(BOB, "!a:test", &["test"], 499));
-    hs.push_rooms("bob_token", rooms_join(vec![("!space:test", bobs.clone())]));
-    proxy
-        .sync_ok("bob_token", None, 0, &json!({"lists": {}}))
-        .await;
+    let bobs = bobs_space(&hs, &proxy, "!space:test").await;
     hs.push_rooms("alice_token", two_rooms());
     let body =
         json!({"lists": {"space": {"ranges": [[0, 9]], "filters": {"spaces": ["!space:test"]}}}});

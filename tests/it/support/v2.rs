@@ -113,14 +113,18 @@ pub fn space_child(sender: &str, child: &str, via: &[&str], ts: u64) -> Value {
            "origin_server_ts": ts, "content": {"via": via.to_vec()}})
 }
 
-/// A space: like [`new_room`], with the create event's `type` `m.space`.
-pub fn new_space(user: &str, ts: u64) -> Value {
+/// A space with these children: like [`new_room`], with the create event's `type`
+/// `m.space`.
+pub fn new_space(user: &str, ts: u64, children: &[&str]) -> Value {
     let create = json!({"type": "m.room.create", "state_key": "", "event_id": event_id(), "sender": user,
-           "origin_server_ts": ts - 2, "content": {"creator": user, "room_version": "10", "type": "m.space"}});
-    joined(
-        vec![create, member(user, "join", ts - 1)],
-        vec![message(user, "hello", ts)],
-    )
+           "origin_server_ts": ts - 3, "content": {"creator": user, "room_version": "10", "type": "m.space"}});
+    let mut state = vec![create, member(user, "join", ts - 2)];
+    state.extend(
+        children
+            .iter()
+            .map(|c| space_child(user, c, &["test"], ts - 1)),
+    );
+    joined(state, vec![message(user, "hello", ts)])
 }
 
 /// An `m.receipt` EDU: (event, receipt type, user, thread) each.
