@@ -441,6 +441,47 @@ mod tests {
         }
     }
 
+    /// A step looks at rooms new to the extension and rooms that changed, not at every
+    /// room in scope.
+    #[tokio::test]
+    async fn a_room_bound_extension_looks_only_at_new_and_changed_rooms() {
+        let store = crate::store::testing::store();
+        let device = store.device(&crate::types::DeviceKey::new("@a:x", "D"));
+        let mut data = joined(&["!a1:x", "!a2:x", "!b1:x"]);
+        let room = |_: &str| None;
+        let rooms = BTreeMap::new();
+        let scope: BTreeSet<RoomId> = ["!a1:x", "!a2:x", "!b1:x"]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let mut sent = RoomsSent::default();
+        let mut look = |data: &UserData, sent: &mut RoomsSent| {
+            let ctx = Context {
+                user_id: "@a:x",
+                device: &device,
+                data,
+                room: &room,
+                windows: &Shown,
+                initial: false,
+                store: &store,
+                rooms: &rooms,
+            };
+            let looked = sent.to_look_at(&scope, &ctx);
+            for (room, _) in &looked {
+                sent.sent(room.clone(), 1);
+            }
+            looked
+        };
+        assert_eq!(look(&data, &mut sent).len(), 3, "all new");
+        assert!(look(&data, &mut sent).is_empty(), "nothing changed");
+        data.touch(&"!a2:x".into());
+        assert_eq!(
+            look(&data, &mut sent),
+            [(RoomId::from("!a2:x"), Some(1))],
+            "only the changed room, with how far it was sent"
+        );
+    }
+
     #[test]
     fn lists_and_rooms_default_to_everything_on_first_enable_only() {
         let mut sticky = Sticky::<()>::default();

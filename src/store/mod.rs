@@ -469,6 +469,17 @@ impl Store {
         let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
             return;
         };
+        // Most rooms take typing from another poller: no lock for those.
+        if !room
+            .ephemeral
+            .load()
+            .typing
+            .owner
+            .as_ref()
+            .is_some_and(&owner)
+        {
+            return;
+        }
         let writer = blocking_lock(&room.writer);
         self.release_typing_locked(&room, &writer, room_id, owner);
     }
