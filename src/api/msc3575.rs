@@ -699,7 +699,8 @@ mod robustness {
 
     use super::*;
 
-    const SEEDS: [&[u8]; 3] = [
+    const SEEDS: [&[u8]; 4] = [
+        br#"{"extensions":{"to_device":{"enabled":true,"since":"5","limit":10,"lists":["a"]},"e2ee":{"enabled":true,"rooms":["!r:x","*"]}}}"#,
         br#"{"conn_id":"c","txn_id":"t","lists":{"a":{"ranges":[[0,19],[30,39]],"sort":["by_recency"],"timeline_limit":5,"required_state":[["*","*"],["m.room.member","$ME"]]}}}"#,
         br#"{"lists":{"a":{"ranges":[[0,0]]},"b":{"timeline_limit":0}}}"#,
         b"{}",

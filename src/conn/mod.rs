@@ -268,10 +268,11 @@ impl Conns {
                     room: &room,
                     windows: &slot.conn,
                     initial: first,
+                    response_rooms: &resp.rooms,
                     store,
-                    rooms: &resp.rooms,
                 };
-                resp.extensions = slot.extensions.step(&applied, &ctx);
+                let extensions = slot.extensions.step(&applied, &ctx);
+                resp.extensions = extensions;
                 // Only the first step of a request sees what it turned on.
                 applied = Applied::default();
                 resp

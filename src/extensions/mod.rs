@@ -204,10 +204,11 @@ pub struct Context<'a> {
     pub windows: &'a dyn Windows,
     /// The connection's first response: extensions send their whole current data.
     pub initial: bool,
-    /// Where device data is acknowledged, and rooms' receipts and typing read.
+    /// The rooms this response carries (`initial` ones are new to the client), for
+    /// extensions that send data of the rooms a response shows.
+    pub response_rooms: &'a BTreeMap<RoomId, RoomResult>,
+    /// Where device data is acknowledged, and rooms' receipts and typing are read.
     pub store: &'a Store,
-    /// The rooms of the response the extensions are part of.
-    pub rooms: &'a BTreeMap<RoomId, RoomResult>,
 }
 
 /// A room-bound extension's response: something per room.
@@ -258,7 +259,7 @@ impl RoomsSent {
         scope
             .iter()
             .filter_map(|room| {
-                let initial = ctx.rooms.get(room).is_some_and(|r| r.initial);
+                let initial = ctx.response_rooms.get(room).is_some_and(|r| r.initial);
                 match self.rooms.get(room) {
                     Some(_) if initial => Some((room.clone(), None)),
                     Some(&sent) => changed
@@ -455,7 +456,7 @@ mod tests {
             .map(Into::into)
             .collect();
         let mut sent = RoomsSent::default();
-        let mut look = |data: &UserData, sent: &mut RoomsSent| {
+        let look = |data: &UserData, sent: &mut RoomsSent| {
             let ctx = Context {
                 user_id: "@a:x",
                 device: &device,
@@ -464,7 +465,7 @@ mod tests {
                 windows: &Shown,
                 initial: false,
                 store: &store,
-                rooms: &rooms,
+                response_rooms: &rooms,
             };
             let looked = sent.to_look_at(&scope, &ctx);
             for (room, _) in &looked {

@@ -46,7 +46,7 @@ pub fn step(sent: &mut RoomsSent, scope: &BTreeSet<RoomId>, ctx: &Context<'_>) -
 /// The timeline events the response sends of the room, or, for a room the client got
 /// earlier, the room's recent events the user may see.
 fn shown_events(room: &RoomId, ctx: &Context<'_>) -> Vec<Box<str>> {
-    if let Some(shown) = ctx.rooms.get(room).filter(|r| r.initial) {
+    if let Some(shown) = ctx.response_rooms.get(room).filter(|r| r.initial) {
         return shown.timeline_ids.clone();
     }
     let (Some(UserMembership::Join { since }), Some(snapshot)) =

@@ -327,7 +327,10 @@ impl Pollers {
                 Err(e) => Err(e.to_string()),
             };
             match outcome {
-                Ok(next_batch) => {
+                Ok(v2::Processed {
+                    next_batch,
+                    device_data,
+                }) => {
                     last_ok.store(now_ms(), Ordering::Relaxed);
                     if first {
                         self.metrics.payload("V2InitialSyncComplete");
@@ -350,6 +353,10 @@ impl Pollers {
                             since: next_batch.clone(),
                         }]);
                         queue.release(reservation);
+                        if device_data {
+                            // The next poll tells the homeserver to delete them.
+                            queue.flush().await;
+                        }
                         since = Some(next_batch);
                     }
                 }

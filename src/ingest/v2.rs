@@ -30,21 +30,31 @@ fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
         .collect()
 }
 
-/// Applies one response for `device` (of `user`) and queues its durable writes. Returns
-/// `next_batch`. Its writes are queued before this returns, so the caller's `since` comes
-/// after them. Counts what it applies in `metrics`.
+/// What a response left for the poller to do.
+#[derive(Debug)]
+pub struct Processed {
+    pub next_batch: String,
+    /// The response carried to-device messages or device-list changes. The homeserver
+    /// deletes those once it is polled with `next_batch`, so they must be committed
+    /// before it is (DESIGN invariant 2): storage is then the only copy.
+    pub device_data: bool,
+}
+
+/// Applies one response for `user` and `device` and queues its durable writes. Its
+/// writes are queued before this returns, so the caller's `since` comes after them.
+/// Counts what it applies in `metrics`.
 pub async fn process(
     store: &Store,
     user: &UserState,
     device: &DeviceState,
     body: &[u8],
     metrics: &PollerMetrics,
-) -> Result<String, ProcessError> {
+) -> Result<Processed, ProcessError> {
     let body = wire::clamp(body);
     let mut resp: SyncResponse<'_> =
         wire::parse_sync(&body).map_err(|e| ProcessError(e.to_string()))?;
     let queue = store.queue();
-    device_data(store, device, &resp, metrics).await;
+    let device_data = device_data(store, device, &resp, metrics).await;
     let rooms = resp.rooms.take().unwrap_or_default();
     account_data(store, user, None, &resp.account_data.events, metrics).await;
     // Credits are reserved room by room, not for the whole response: a big account's
@@ -143,7 +153,10 @@ pub async fn process(
         metrics.payload("V2LeaveRoom");
         queue.release(reservation);
     }
-    Ok(resp.next_batch)
+    Ok(Processed {
+        next_batch: resp.next_batch,
+        device_data,
+    })
 }
 
 /// Account data events, global (`room` `None`) or of a joined room: one write each at
@@ -195,14 +208,19 @@ fn ephemeral(
 
 /// The device's part of a response: key counts, device-list changes and to-device
 /// messages, queued (with credits, like rooms) before the caller queues `since`.
+/// Returns whether there were messages or device-list changes.
 async fn device_data(
     store: &Store,
     device: &DeviceState,
     resp: &SyncResponse<'_>,
     metrics: &PollerMetrics,
-) {
-    let lists = resp.device_lists.as_ref();
-    let list_changes = lists.map_or(0, |l| l.changed.len() + l.left.len());
+) -> bool {
+    let (changed, left) = resp
+        .device_lists
+        .as_ref()
+        .map(wire::DeviceLists::users)
+        .unwrap_or_default();
+    let list_changes = changed.len() + left.len();
     let messages: Vec<_> = resp
         .to_device
         .iter()
@@ -220,21 +238,17 @@ async fn device_data(
         .reserve(messages.len() + list_changes + 1)
         .await;
     store.set_device_keys(device, resp.otk_counts(), resp.fallback_key_types());
-    if let Some(lists) = lists {
-        if list_changes > 0 {
-            metrics.payload("V2DeviceData");
-        }
-        store.add_device_lists(
-            device,
-            lists.changed.iter().map(|u| u.as_str().into()).collect(),
-            lists.left.iter().map(|u| u.as_str().into()).collect(),
-        );
+    if list_changes > 0 {
+        metrics.payload("V2DeviceData");
+        store.add_device_lists(device, changed, left);
     }
+    let delivered = !messages.is_empty() || list_changes > 0;
     if !messages.is_empty() {
         metrics.payload("V2DeviceMessages");
         store.add_to_device(device, messages);
     }
     store.queue().release(reservation);
+    delivered
 }
 
 /// The Go proxy's per-room poller metrics: its `V2Initialise` carried a state block and
@@ -284,6 +298,31 @@ mod tests {
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
 
     #[tokio::test]
+    async fn device_data_is_read_and_a_bad_device_list_entry_is_skipped() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = br#"{"next_batch":"s1","to_device":{"events":[{"type":"m.test","sender":"@b:x","content":{}},"not an event"]},"device_lists":{"changed":["@b:x",5,null],"left":[]},"org.matrix.msc2732.device_unused_fallback_key_types":[]}"#;
+        let processed = process(
+            &store,
+            &user,
+            &device(&store),
+            body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .unwrap();
+        assert!(processed.device_data);
+        let data = device(&store).read();
+        assert_eq!(data.to_device.len(), 1, "the string is no event");
+        assert_eq!(
+            data.lists_new.keys().map(|u| &**u).collect::<Vec<_>>(),
+            ["@b:x"]
+        );
+        assert_eq!(data.fallback_types.as_deref(), Some(&b"[]"[..]));
+        assert!(data.otk_counts.is_none(), "absent, not empty");
+    }
+
+    #[tokio::test]
     async fn a_response_is_applied_to_rooms_and_memberships() {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
@@ -296,7 +335,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -390,7 +430,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -422,7 +463,8 @@ mod tests {
                 &PollerMetrics::default()
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .next_batch,
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -434,14 +476,16 @@ mod tests {
         );
     }
 
-    /// Random byte edits of a valid response: applied, or refused, never a panic.
+    const DEVICE_BODY: &[u8] = br#"{"next_batch":"s2","to_device":{"events":[{"type":"m.room_key_request","sender":"@b:x","content":{"action":"request","request_id":"r","requesting_device_id":"D"}},{"type":"m.room.encrypted","sender":"@b:x","content":{"ciphertext":"x"}}]},"device_lists":{"changed":["@b:x"],"left":["@c:x"]},"device_one_time_keys_count":{"signed_curve25519":5},"device_unused_fallback_key_types":[]}"#;
+
+    /// Random byte edits of valid responses: applied, or refused, never a panic.
     #[tokio::test]
     async fn mangled_responses_never_panic() {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        for _ in 0..3_000 {
-            let mut body = BODY.to_vec();
+        for i in 0..6_000 {
+            let mut body = if i % 2 == 0 { BODY } else { DEVICE_BODY }.to_vec();
             for _ in 0..rng.gen_range(1..4) {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];

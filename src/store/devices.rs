@@ -270,7 +270,9 @@ impl super::Store {
     }
 
     /// The client acknowledged messages up to `since`: they are deleted, in memory and
-    /// (behind) in storage. Never past what the device was handed.
+    /// (behind) in storage. Never past what the device was handed. Its one write takes no
+    /// credits: a request queues at most this and a device-list delivery, so what
+    /// requests queue is bounded by the requests in flight.
     pub fn ack_to_device(&self, device: &DeviceState, since: Position) {
         let upto = since.min(device.read().delivered);
         if upto <= device.read().acked {
@@ -470,5 +472,98 @@ impl super::Store {
             }
             (update, false)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::store;
+
+    fn messages(from: u64, to: u64) -> Vec<IncomingToDevice> {
+        (from..to)
+            .map(|n| IncomingToDevice {
+                json: Bytes::from(format!(r#"{{"type":"m.test","content":{{"n":{n}}}}}"#)),
+                key_request: None,
+            })
+            .collect()
+    }
+
+    fn positions(device: &DeviceState) -> Vec<Position> {
+        device.read().to_device.iter().map(|m| m.position).collect()
+    }
+
+    #[tokio::test]
+    async fn memory_holds_so_many_messages_and_storage_the_rest_in_order() {
+        let store = store();
+        let device = store.device(&DeviceKey::new("@a:x", "D"));
+        store.add_to_device(&device, messages(0, 1_500));
+        let held = positions(&device);
+        assert_eq!(held.len(), TO_DEVICE_IN_MEMORY, "memory is bounded");
+        let last_held = *held.last().unwrap();
+        assert!(device.read().stored_up_to > last_held);
+
+        // Nothing is read back while memory holds enough.
+        store.refill_to_device(&device).await;
+        assert_eq!(positions(&device).len(), TO_DEVICE_IN_MEMORY);
+
+        let acked = held[699];
+        store.to_device_delivered(&device, last_held);
+        store.ack_to_device(&device, acked);
+        assert_eq!(positions(&device).len(), 300);
+        store.refill_to_device(&device).await;
+        let after = positions(&device);
+        assert_eq!(after.len(), 800, "the stored 500 came back");
+        assert!(after.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(after[0], acked + 1);
+        assert_eq!(device.read().stored_up_to, 0, "memory holds them all again");
+
+        // New messages go to memory again.
+        store.add_to_device(&device, messages(1_500, 1_501));
+        assert_eq!(positions(&device).len(), 801);
+    }
+
+    #[tokio::test]
+    async fn a_since_never_acknowledges_what_was_not_handed_out() {
+        let store = store();
+        let device = store.device(&DeviceKey::new("@a:x", "D"));
+        store.add_to_device(&device, messages(0, 3));
+        let held = positions(&device);
+        store.ack_to_device(&device, u64::MAX);
+        assert_eq!(positions(&device), held, "nothing was handed out yet");
+        store.to_device_delivered(&device, held[0]);
+        store.ack_to_device(&device, u64::MAX);
+        assert_eq!(positions(&device), held[1..], "only the one handed out");
+        assert_eq!(device.read().acked, held[0]);
+    }
+
+    #[tokio::test]
+    async fn a_cancellation_drops_an_undelivered_request_and_is_kept_for_a_delivered_one() {
+        let store = store();
+        let device = store.device(&DeviceKey::new("@a:x", "D"));
+        let request = |key: &str, cancel: bool| IncomingToDevice {
+            json: Bytes::from_static(b"{}"),
+            key_request: Some(if cancel {
+                KeyRequest::Cancellation(key.into())
+            } else {
+                KeyRequest::Request(key.into())
+            }),
+        };
+        store.add_to_device(&device, vec![request("k1", false), request("k2", false)]);
+        let first = positions(&device);
+        store.to_device_delivered(&device, first[0]);
+        store.add_to_device(&device, vec![request("k1", true), request("k2", true)]);
+        let keys: Vec<Option<Box<str>>> = device
+            .read()
+            .to_device
+            .iter()
+            .map(|m| m.key_request.clone())
+            .collect();
+        assert_eq!(
+            keys,
+            [Some("k1".into()), None],
+            "k1 was delivered: it stays and its cancellation is queued; k2 and its \
+             cancellation are both gone"
+        );
     }
 }

@@ -333,8 +333,45 @@ pub(super) type ToDeviceMaxRow = (String, String, i64);
 /// A `slidesync_device_lists` row: (user, device, target user, change, sent).
 pub(super) type DeviceListRow = (String, String, String, String, bool);
 
+/// Every device's extension data, read in `conn`'s transaction: the same queries on
+/// both stores. `error` is the store's own classification of a failed query.
+pub(super) async fn load_devices<DB>(
+    conn: &mut DB::Connection,
+    error: fn(sqlx::Error) -> PersistError,
+) -> Result<Vec<LoadedDevice>, PersistError>
+where
+    DB: sqlx::Database,
+    for<'e> &'e mut DB::Connection: sqlx::Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'r> DeviceDataRow: sqlx::FromRow<'r, DB::Row>,
+    for<'r> ToDeviceMaxRow: sqlx::FromRow<'r, DB::Row>,
+    for<'r> DeviceListRow: sqlx::FromRow<'r, DB::Row>,
+{
+    let data: Vec<DeviceDataRow> = sqlx::query_as(
+        "SELECT user_id, device_id, to_device_acked, otk_counts, fallback_types \
+         FROM slidesync_device_data",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(error)?;
+    let maxes: Vec<ToDeviceMaxRow> = sqlx::query_as(
+        "SELECT user_id, device_id, MAX(position) FROM slidesync_to_device \
+         GROUP BY user_id, device_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(error)?;
+    let lists: Vec<DeviceListRow> = sqlx::query_as(
+        "SELECT user_id, device_id, target_user_id, change, sent FROM slidesync_device_lists",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(error)?;
+    loaded_devices(data, maxes, lists)
+}
+
 /// Both stores' device rows, one [`LoadedDevice`] per device.
-pub(super) fn loaded_devices(
+fn loaded_devices(
     data: Vec<DeviceDataRow>,
     maxes: Vec<ToDeviceMaxRow>,
     lists: Vec<DeviceListRow>,

@@ -28,9 +28,9 @@ use super::persist::{
     MembershipKind, Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use super::rows::{
-    count_from_db, count_to_db, device_key, event_from_row, loaded_devices, position_from_db,
-    position_to_db, settle_recent_ids, stored_to_device, DeviceDataRow, DeviceListRow, Grouped,
-    Interner, ListStep, ToDeviceMaxRow, ToDeviceMessageRow,
+    count_from_db, count_to_db, device_key, event_from_row, load_devices, position_from_db,
+    position_to_db, settle_recent_ids, stored_to_device, Grouped, Interner, ListStep,
+    ToDeviceMessageRow,
 };
 use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId};
@@ -453,29 +453,9 @@ impl Persist for SqliteStore {
 
     async fn load_device_data(&self) -> Result<Vec<LoadedDevice>, PersistError> {
         let mut tx = self.readers.begin().await.map_err(query_error)?;
-        let data: Vec<DeviceDataRow> = sqlx::query_as(
-            "SELECT user_id, device_id, to_device_acked, otk_counts, fallback_types \
-             FROM slidesync_device_data",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_error)?;
-        let maxes: Vec<ToDeviceMaxRow> = sqlx::query_as(
-            "SELECT user_id, device_id, MAX(position) FROM slidesync_to_device \
-             GROUP BY user_id, device_id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_error)?;
-        let lists: Vec<DeviceListRow> = sqlx::query_as(
-            "SELECT user_id, device_id, target_user_id, change, sent \
-             FROM slidesync_device_lists",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(query_error)?;
+        let devices = load_devices::<Sqlite>(&mut tx, query_error).await?;
         tx.commit().await.map_err(query_error)?;
-        loaded_devices(data, maxes, lists)
+        Ok(devices)
     }
 
     async fn to_device_after(

@@ -31,8 +31,8 @@ pub struct SyncResponse<'a> {
     pub account_data: Events<'a>,
     #[serde(borrow, default)]
     pub to_device: Option<Events<'a>>,
-    #[serde(default)]
-    pub device_lists: Option<DeviceLists>,
+    #[serde(borrow, default)]
+    pub device_lists: Option<DeviceLists<'a>>,
     #[serde(borrow, default)]
     pub device_one_time_keys_count: Option<LazyValue<'a>>,
     #[serde(borrow, default)]
@@ -46,12 +46,29 @@ pub struct SyncResponse<'a> {
     pub unstable_fallback_key_types: Option<LazyValue<'a>>,
 }
 
+/// User IDs are read lazily: an entry that is not a string is skipped, not a reason to
+/// refuse the response (and wedge the poller on it).
 #[derive(Deserialize, Default)]
-pub struct DeviceLists {
-    #[serde(default)]
-    pub changed: Vec<String>,
-    #[serde(default)]
-    pub left: Vec<String>,
+pub struct DeviceLists<'a> {
+    #[serde(borrow, default)]
+    pub changed: Vec<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    pub left: Vec<LazyValue<'a>>,
+}
+
+impl DeviceLists<'_> {
+    /// (changed, left): the user IDs storage can hold.
+    pub fn users(&self) -> (Vec<UserId>, Vec<UserId>) {
+        let ids = |values: &[LazyValue<'_>]| -> Vec<UserId> {
+            values
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter(|u| storable(u))
+                .map(Into::into)
+                .collect()
+        };
+        (ids(&self.changed), ids(&self.left))
+    }
 }
 
 impl SyncResponse<'_> {
@@ -189,10 +206,6 @@ pub const MAX_DEPTH: usize = 128;
 /// hold are left out, and such `prev_batch` tokens dropped (see [`storable`]).
 pub fn parse_sync(body: &[u8]) -> Result<SyncResponse<'_>, sonic_rs::Error> {
     let mut resp: SyncResponse<'_> = sonic_rs::from_slice(body)?;
-    if let Some(lists) = &mut resp.device_lists {
-        lists.changed.retain(|u| storable(u));
-        lists.left.retain(|u| storable(u));
-    }
     if let Some(rooms) = &mut resp.rooms {
         rooms.join.retain(|id, _| storable(id));
         rooms.invite.retain(|id, _| storable(id));

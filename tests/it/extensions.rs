@@ -303,7 +303,13 @@ async fn e2ee_sends_key_counts_and_an_empty_fallback_list_is_a_value() {
             "device_unused_fallback_key_types": ["signed_curve25519"],
         }))),
     );
-    let first = proxy.sync_ok("alice_token", None, 0, &e2ee_request()).await;
+    // An initial request answers at once, whatever long-poll time it asks for.
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.sync_ok("alice_token", None, 60_000, &e2ee_request()),
+    )
+    .await
+    .expect("an initial request with extension data answers at once");
     let e2ee = &first["extensions"]["e2ee"];
     assert_eq!(
         e2ee["device_one_time_keys_count"]["signed_curve25519"].as_u64(),
@@ -568,5 +574,61 @@ async fn messages_past_what_memory_holds_are_delivered_in_order(backend: Backend
         }
     }
     assert_eq!(got, (0..total).collect::<Vec<_>>());
+    proxy.stop().await;
+}
+
+/// DESIGN invariant 2: the homeserver deletes a device's to-device messages once it is
+/// polled with the `next_batch` that delivered them, so the poller must not poll with it
+/// before they are committed. Postgres is cut off meanwhile: the message is served from
+/// memory, and the poller waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_homeserver_is_not_polled_past_to_device_messages_before_they_are_committed() {
+    let db = TestDb::postgres().await;
+    let (chaos, through_chaos) = crate::support::chaos::Chaos::before_postgres(&db.url).await;
+    let hs = FakeHomeserver::with_devices(DEVICES);
+    let proxy = Proxy::start(&through_chaos, hs.clone()).await;
+    let first = proxy
+        .sync_ok("alice_token", None, 0, &to_device_request(None, None))
+        .await;
+
+    chaos.refuse();
+    let body = sync_body(json!({"to_device": {"events": numbered(0, 1)}}));
+    let batch = sonic_rs::from_str::<Value>(&body).unwrap()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    hs.push("alice_token", Reply::Body(body));
+    let served = proxy
+        .sync_ok(
+            "alice_token",
+            Some(&pos(&first)),
+            5_000,
+            &to_device_request(Some(&next_batch(&first)), None),
+        )
+        .await;
+    assert_eq!(
+        message_numbers(&served),
+        [0],
+        "served from memory meanwhile"
+    );
+    for _ in 0..1_000 {
+        if chaos.refused() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(chaos.refused() >= 2, "the writer tried Postgres again");
+    assert!(
+        hs.calls_for("alice_token")
+            .iter()
+            .all(|c| c.since.as_deref() != Some(&*batch)),
+        "polled past uncommitted messages"
+    );
+
+    chaos.restore();
+    hs.wait_for_call("alice_token", "once the messages are committed", |c| {
+        c.since.as_deref() == Some(&*batch)
+    })
+    .await;
     proxy.stop().await;
 }

@@ -4,6 +4,7 @@ mod account_data;
 mod cli;
 mod e2e;
 mod e2e_account;
+mod e2e_devices;
 mod errors;
 mod extensions;
 mod faults;

@@ -34,7 +34,8 @@ on_both_stores!(
     a_filled_gap_keeps_its_order_across_a_restart,
     a_refused_row_is_split_out_and_the_rest_commits,
     state_set_just_after_a_fold_survives_a_restart,
-    a_filled_gap_is_no_gap_after_a_restart
+    a_filled_gap_is_no_gap_after_a_restart,
+    device_data_round_trips_in_batch_order
 );
 
 fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
@@ -256,6 +257,7 @@ async fn an_empty_database_loads_nothing(backend: Backend) {
     assert!(store.load_unread().await.unwrap().is_empty());
     assert_eq!(store.max_position().await.unwrap(), 0);
     assert!(store.devices().await.unwrap().is_empty());
+    assert!(store.load_device_data().await.unwrap().is_empty());
     store.write(&[]).await.unwrap();
 }
 
@@ -823,4 +825,103 @@ async fn a_filled_gap_is_no_gap_after_a_restart(backend: Backend) {
         .map(|e| (e.position, e.gap_before))
         .collect();
     assert_eq!(gaps, [(2, false), (4, false), (6, true)]);
+}
+
+/// To-device messages, acknowledgements, drops, key data and device-list steps: what a
+/// batch writes in one order is what startup reads, whether the writes came in one batch
+/// or one at a time.
+async fn device_data_round_trips_in_batch_order(backend: Backend) {
+    use slidesync::store::devices::ListChange;
+    let dev = device("@a:x", "D");
+    let other = device("@b:x", "E");
+    let message = |device: &DeviceKey, position: Position| Write::ToDevice {
+        device: device.clone(),
+        position,
+        json: Bytes::from(format!(
+            r#"{{"type":"m.test","content":{{"n":{position}}}}}"#
+        )),
+        key_request: (position == 4).then(|| "@b:x|E|r1".into()),
+    };
+    let change = |user: &str, change: ListChange| Write::DeviceListChange {
+        device: dev.clone(),
+        user_id: user.into(),
+        change,
+    };
+    let batch = vec![
+        message(&dev, 1),
+        message(&dev, 2),
+        message(&other, 3),
+        message(&dev, 4),
+        message(&dev, 5),
+        Write::ToDeviceAck {
+            device: dev.clone(),
+            position: 2,
+        },
+        Write::ToDeviceDrop {
+            device: dev.clone(),
+            position: 5,
+        },
+        Write::DeviceKeys {
+            device: dev.clone(),
+            otk_counts: Some(Bytes::from_static(br#"{"signed_curve25519":3}"#)),
+            fallback_types: Some(Bytes::from_static(b"[]")),
+        },
+        change("@carol:x", ListChange::Changed),
+        change("@dan:x", ListChange::Changed),
+        change("@dan:x", ListChange::Left),
+        Write::DeviceListsDelivered {
+            device: dev.clone(),
+        },
+        change("@erin:x", ListChange::Changed),
+    ];
+    for one_by_one in [false, true] {
+        let db = TestDb::of(backend).await;
+        let store = db.open().await;
+        if one_by_one {
+            for write in &batch {
+                store.write(std::slice::from_ref(write)).await.unwrap();
+            }
+        } else {
+            store.write(&batch).await.unwrap();
+        }
+        let loaded = store.load_device_data().await.unwrap();
+        assert_eq!(loaded.len(), 2, "{loaded:?}");
+        let d = loaded.iter().find(|d| d.device == dev).unwrap();
+        assert_eq!(
+            (d.acked, d.to_device_max),
+            (2, 4),
+            "one_by_one: {one_by_one}"
+        );
+        assert_eq!(
+            d.otk_counts.as_deref(),
+            Some(&br#"{"signed_curve25519":3}"#[..])
+        );
+        assert_eq!(
+            d.fallback_types.as_deref(),
+            Some(&b"[]"[..]),
+            "[] is a value"
+        );
+        let mut lists: Vec<(String, ListChange, bool)> = d
+            .lists
+            .iter()
+            .map(|(u, c, sent)| (u.to_string(), *c, *sent))
+            .collect();
+        lists.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            lists,
+            [
+                ("@carol:x".to_owned(), ListChange::Changed, true),
+                ("@dan:x".to_owned(), ListChange::Left, true),
+                ("@erin:x".to_owned(), ListChange::Changed, false),
+            ],
+            "one_by_one: {one_by_one}"
+        );
+        let left = store.to_device_after(&dev, 0, 10).await.unwrap();
+        let positions: Vec<Position> = left.iter().map(|m| m.position).collect();
+        assert_eq!(positions, [4], "acknowledged and dropped ones are gone");
+        assert_eq!(left[0].key_request.as_deref(), Some("@b:x|E|r1"));
+        let others = store.to_device_after(&other, 0, 10).await.unwrap();
+        assert_eq!(others.len(), 1, "another device's messages stay");
+        assert!(store.to_device_after(&dev, 4, 10).await.unwrap().is_empty());
+    }
 }

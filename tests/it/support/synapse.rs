@@ -607,6 +607,68 @@ impl Synapse {
         Self::string_field(&answer, "event_id", "send state")
     }
 
+    /// `PUT /sendToDevice`: `messages` is `{user_id: {device_id: content}}`.
+    pub async fn send_to_device(&self, sender: &TestUser, event_type: &str, messages: Value) {
+        let path = format!(
+            "/_matrix/client/v3/sendToDevice/{}/{}",
+            encode(event_type),
+            Self::txn_id()
+        );
+        let body = json!({ "messages": messages });
+        self.call(
+            "send to device",
+            Method::PUT,
+            &path,
+            Some(sender),
+            Some(&body),
+        )
+        .await;
+    }
+
+    /// `POST /keys/upload` for the user's device: its identity keys, `one_time_keys`
+    /// one-time keys and a fallback key. Returns the one-time-key counts Synapse reports.
+    /// The keys are made up: Synapse stores them without checking signatures.
+    pub async fn upload_keys(&self, user: &TestUser, one_time_keys: usize) -> Value {
+        let device = &user.device_id;
+        let key = |n: usize| format!("{:0>43}", format!("{device}{n}")).replace('-', "A");
+        let mut own_signature = json!({});
+        own_signature[format!("ed25519:{device}").as_str()] = json!("c2ln");
+        let mut signatures = json!({});
+        signatures[user.user_id.as_str()] = own_signature;
+        let mut otks = json!({});
+        for n in 0..one_time_keys {
+            otks[format!("signed_curve25519:OTK{n}").as_str()] =
+                json!({"key": key(n), "signatures": signatures.clone()});
+        }
+        let mut keys = json!({});
+        keys[format!("curve25519:{device}").as_str()] = json!(key(1000));
+        keys[format!("ed25519:{device}").as_str()] = json!(key(1001));
+        let mut fallback = json!({});
+        fallback[format!("signed_curve25519:FB{device}").as_str()] =
+            json!({"key": key(2000), "fallback": true, "signatures": signatures.clone()});
+        let body = json!({
+            "device_keys": {
+                "user_id": user.user_id,
+                "device_id": device,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                "keys": keys,
+                "signatures": signatures,
+            },
+            "one_time_keys": otks,
+            "fallback_keys": fallback,
+        });
+        let answer = self
+            .call(
+                "upload keys",
+                Method::POST,
+                "/_matrix/client/v3/keys/upload",
+                Some(user),
+                Some(&body),
+            )
+            .await;
+        answer["one_time_key_counts"].clone()
+    }
+
     /// One client-API call that must succeed; returns the JSON answer. A fresh client
     /// per call: a pooled connection would belong to the runtime of an earlier test.
     pub async fn call(
