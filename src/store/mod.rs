@@ -469,15 +469,9 @@ impl Store {
         let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
             return;
         };
-        // Most rooms take typing from another poller: no lock for those.
-        if !room
-            .ephemeral
-            .load()
-            .typing
-            .owner
-            .as_ref()
-            .is_some_and(&owner)
-        {
+        // Most rooms take typing from another poller: no lock for those. (Checked again
+        // under the lock, where it counts.)
+        if !takes_typing_from(&room, &owner) {
             return;
         }
         let writer = blocking_lock(&room.writer);
@@ -492,14 +486,7 @@ impl Store {
         room_id: &RoomId,
         owner: impl Fn(&DeviceKey) -> bool,
     ) {
-        if !room
-            .ephemeral
-            .load()
-            .typing
-            .owner
-            .as_ref()
-            .is_some_and(&owner)
-        {
+        if !takes_typing_from(room, &owner) {
             return;
         }
         let mut next = RoomEphemeral::clone(&room.ephemeral.load());
@@ -995,6 +982,16 @@ impl Store {
             }
         });
     }
+}
+
+/// Whether the room's typing source is a poller `owner` picks.
+fn takes_typing_from(room: &Room, owner: impl Fn(&DeviceKey) -> bool) -> bool {
+    room.ephemeral
+        .load()
+        .typing
+        .owner
+        .as_ref()
+        .is_some_and(owner)
 }
 
 /// One room being updated under its lock: the next snapshot and what to do after.
