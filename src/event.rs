@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::types::Position;
+use crate::types::{Position, RoomId, UserId};
 
 /// A member event's `content.membership`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ pub struct Event {
     /// The one content field the room summary needs from this event type:
     /// `m.room.name` name, `m.room.canonical_alias` alias, `m.room.avatar` url,
     /// `m.room.create` type, `m.room.tombstone` replacement room, `m.room.member`
-    /// displayname.
+    /// displayname, `m.space.child` the first `via` server (absent: not a child).
     pub text: Option<Box<str>>,
     /// The second content field the summary needs: `m.room.member` avatar_url (for
     /// heroes and a DM's avatar), `m.room.create` predecessor room (for old rooms).
@@ -122,10 +122,47 @@ pub struct InviteFacts {
     pub members: Vec<(Box<str>, Option<Box<str>>, Option<Box<str>>)>,
 }
 
+/// One account data event (`{type, content}`, global or of a room), kept as the
+/// homeserver sent it, with what the room lists derive from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountEvent {
+    pub kind: Box<str>,
+    pub json: Bytes,
+    pub meaning: AccountMeaning,
+}
+
+/// What an account data event means to the room lists and timelines.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccountMeaning {
+    /// `m.direct`: every room listed under any user is a DM.
+    Direct(Vec<RoomId>),
+    /// `m.tag` of a room: its tag names.
+    Tags(Vec<Box<str>>),
+    /// `m.ignored_user_list`: whose messages the user does not see.
+    Ignored(Vec<UserId>),
+    /// Anything else: only passed on.
+    Other,
+}
+
+/// One read receipt from a room's `m.receipt` EDU: the latest per (user, private,
+/// thread) counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Receipt {
+    pub event_id: Box<str>,
+    pub user_id: UserId,
+    /// `m.read.private`: only its owner may see it.
+    pub private: bool,
+    /// `None` for an unthreaded receipt.
+    pub thread_id: Option<Box<str>>,
+    pub ts: u64,
+}
+
 /// Turns stored JSON back into events at startup. The store never reads the
 /// homeserver's format itself: `app` hands it `upstream::wire::DECODER`.
 pub struct Decoder {
     pub event: fn(&[u8]) -> Result<Event, EventError>,
     /// What an invite's stripped state says, for the user invited.
     pub invite: fn(&[u8], &str) -> InviteFacts,
+    /// A stored account data event.
+    pub account: fn(&[u8]) -> Option<AccountEvent>,
 }

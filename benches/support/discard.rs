@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use slidesync::store::persist::{
-    LoadedDevice, LoadedMembership, LoadedRoom, LoadedUnread, Persist, PersistError, StoredDevice,
-    StoredToDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use slidesync::types::{DeviceKey, Position, RoomId};
 
@@ -40,6 +40,12 @@ impl Persist for Discard {
         Ok(Vec::new())
     }
     async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn load_account_data(&self) -> Result<Vec<LoadedAccountData>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn load_receipts(&self) -> Result<Vec<LoadedReceipt>, PersistError> {
         Ok(Vec::new())
     }
     async fn max_position(&self) -> Result<Position, PersistError> {

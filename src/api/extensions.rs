@@ -3,10 +3,14 @@
 //! [`ExtensionsRequest`] with every limit checked, and written from
 //! [`ExtensionsResponse`].
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::json::JsonWriter;
 use crate::error::MatrixError;
+use crate::event::Receipt;
 use crate::extensions::{
     to_device, Common, ExtensionRequest, ExtensionsRequest, ExtensionsResponse,
 };
@@ -24,6 +28,12 @@ pub struct WireExtensions {
     to_device: Option<WireToDevice>,
     #[serde(default)]
     e2ee: Option<WireCommon>,
+    #[serde(default)]
+    account_data: Option<WireCommon>,
+    #[serde(default)]
+    receipts: Option<WireCommon>,
+    #[serde(default)]
+    typing: Option<WireCommon>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,14 +85,22 @@ pub fn parse(wire: WireExtensions) -> Result<ExtensionsRequest, MatrixError> {
             })
         }
     };
-    let e2ee = match wire.e2ee {
-        None => None,
-        Some(e) => Some(ExtensionRequest {
-            common: common("extensions.e2ee", e)?,
-            params: (),
-        }),
+    let only_common = |name: &str, wire: Option<WireCommon>| {
+        wire.map(|c| {
+            Ok::<_, MatrixError>(ExtensionRequest {
+                common: common(&format!("extensions.{name}"), c)?,
+                params: (),
+            })
+        })
+        .transpose()
     };
-    Ok(ExtensionsRequest { to_device, e2ee })
+    Ok(ExtensionsRequest {
+        to_device,
+        e2ee: only_common("e2ee", wire.e2ee)?,
+        account_data: only_common("account_data", wire.account_data)?,
+        receipts: only_common("receipts", wire.receipts)?,
+        typing: only_common("typing", wire.typing)?,
+    })
 }
 
 fn common(field: &str, wire: WireCommon) -> Result<Common, MatrixError> {
@@ -112,6 +130,51 @@ fn common(field: &str, wire: WireCommon) -> Result<Common, MatrixError> {
             .rooms
             .map(|rooms| rooms.into_iter().map(Into::into).collect()),
     })
+}
+
+/// One room's receipts as the `m.receipt` EDU of v2 `/sync`:
+/// `{event_id: {receipt_type: {user_id: {ts, thread_id}}}}`. A user has one entry per
+/// event and type, so where a user's unthreaded and threaded receipts are on the same
+/// event the unthreaded one is sent (MSC4102, as the Go proxy did).
+fn write_receipts(w: &mut JsonWriter, receipts: &[Arc<Receipt>]) {
+    let mut by_event: BTreeMap<&str, BTreeMap<&str, BTreeMap<&str, &Receipt>>> = BTreeMap::new();
+    for r in receipts {
+        let kind = if r.private {
+            "m.read.private"
+        } else {
+            "m.read"
+        };
+        let users = by_event
+            .entry(&r.event_id)
+            .or_default()
+            .entry(kind)
+            .or_default();
+        let slot = users.entry(&r.user_id).or_insert(r);
+        if slot.thread_id.is_some() && r.thread_id.is_none() {
+            *slot = r;
+        }
+    }
+    w.begin_object();
+    w.key("type").str("m.receipt");
+    w.key("content").begin_object();
+    for (event, kinds) in by_event {
+        w.key(event).begin_object();
+        for (kind, users) in kinds {
+            w.key(kind).begin_object();
+            for (user, r) in users {
+                w.key(user).begin_object();
+                w.key("ts").u64(r.ts);
+                if let Some(thread) = &r.thread_id {
+                    w.key("thread_id").str(thread);
+                }
+                w.end_object();
+            }
+            w.end_object();
+        }
+        w.end_object();
+    }
+    w.end_object();
+    w.end_object();
 }
 
 /// Writes the `extensions` object: each enabled extension's part.
@@ -148,6 +211,52 @@ pub fn write(w: &mut JsonWriter, ext: &ExtensionsResponse) {
             }
             w.end_object();
         }
+        w.end_object();
+    }
+    if let Some(a) = &ext.account_data {
+        w.key("account_data").begin_object();
+        w.key("global").begin_array();
+        for ev in &a.global {
+            w.raw(ev);
+        }
+        w.end_array();
+        w.key("rooms").begin_object();
+        for (room, events) in &a.rooms {
+            w.key(room).begin_array();
+            for ev in events {
+                w.raw(ev);
+            }
+            w.end_array();
+        }
+        w.end_object();
+        w.end_object();
+    }
+    if let Some(r) = &ext.receipts {
+        w.key("receipts").begin_object();
+        w.key("rooms").begin_object();
+        for (room, receipts) in &r.rooms {
+            w.key(room);
+            write_receipts(w, receipts);
+        }
+        w.end_object();
+        w.end_object();
+    }
+    if let Some(t) = &ext.typing {
+        w.key("typing").begin_object();
+        w.key("rooms").begin_object();
+        for (room, users) in &t.rooms {
+            w.key(room).begin_object();
+            w.key("type").str("m.typing");
+            w.key("content").begin_object();
+            w.key("user_ids").begin_array();
+            for user in users.iter() {
+                w.str(user);
+            }
+            w.end_array();
+            w.end_object();
+            w.end_object();
+        }
+        w.end_object();
         w.end_object();
     }
     w.end_object();

@@ -112,8 +112,14 @@ struct WireFilters {
     not_room_types: Option<Vec<Option<String>>>,
     #[serde(default)]
     room_name_like: Option<String>,
-    // `is_dm`, `spaces`, `tags` and `not_tags` are not applied yet (see README); like
-    // any unknown field, they are skipped.
+    #[serde(default)]
+    is_dm: Option<bool>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    not_tags: Option<Vec<String>>,
+    #[serde(default)]
+    spaces: Option<Vec<String>>,
 }
 
 /// Entries one filter array may hold.
@@ -125,6 +131,8 @@ pub const MAX_BUMP_TYPES: usize = 100;
 /// An event type longer than this cannot come from a homeserver (Synapse refuses
 /// 255-byte types), so it bumps nothing.
 pub const MAX_EVENT_TYPE: usize = 255;
+/// A tag name in `tags` / `not_tags`, like a Matrix ID, is at most this long.
+pub const MAX_TAG: usize = 255;
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
@@ -212,12 +220,16 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
     let bad = |field: &str, msg: String| {
         MatrixError::invalid_param(format!("lists.{list}.filters.{field}: {msg}"))
     };
+    let count = |v: &Option<Vec<String>>| v.as_ref().map_or(0, Vec::len);
     let lengths = [
         ("room_types", f.room_types.as_ref().map_or(0, Vec::len)),
         (
             "not_room_types",
             f.not_room_types.as_ref().map_or(0, Vec::len),
         ),
+        ("tags", count(&f.tags)),
+        ("not_tags", count(&f.not_tags)),
+        ("spaces", count(&f.spaces)),
     ];
     for (field, len) in lengths {
         if len > MAX_FILTER_ENTRIES {
@@ -225,6 +237,15 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
                 field,
                 format!("at most {MAX_FILTER_ENTRIES} entries are allowed"),
             ));
+        }
+    }
+    for (field, entries, max) in [
+        ("tags", &f.tags, MAX_TAG),
+        ("not_tags", &f.not_tags, MAX_TAG),
+        ("spaces", &f.spaces, MAX_ROOM_ID),
+    ] {
+        if entries.iter().flatten().any(|e| e.len() > max) {
+            return Err(bad(field, format!("entries are at most {max} bytes")));
         }
     }
     if f.room_name_like
@@ -243,6 +264,15 @@ fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
         room_types: f.room_types,
         not_room_types: f.not_room_types.unwrap_or_default(),
         room_name_like: f.room_name_like.map(|l| l.to_lowercase()),
+        is_dm: f.is_dm,
+        tags: f.tags.unwrap_or_default(),
+        not_tags: f.not_tags.unwrap_or_default(),
+        spaces: f
+            .spaces
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     })
 }
 
@@ -505,6 +535,9 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     }
     if room.initial {
         w.key("initial").bool(true);
+    }
+    if let Some(dm) = room.is_dm {
+        w.key("is_dm").bool(dm);
     }
     if let Some(invite_state) = &room.invite_state {
         w.key("invite_state").raw(invite_state);

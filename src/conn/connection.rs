@@ -11,6 +11,7 @@ use super::request::{
 };
 use super::required_state;
 use super::window;
+use crate::event::{Event, TimelineOrder};
 use crate::rooms::bump::bump_ts;
 use crate::rooms::name::{
     avatar, display_name, heroes_for, invite_avatar, invite_heroes, invite_name,
@@ -62,6 +63,7 @@ struct SentRoom {
     heroes: Vec<Hero>,
     avatar: Option<Box<str>>,
     timestamp: u64,
+    dm: bool,
     joined: u32,
     invited: u32,
     unread: (u64, u64),
@@ -490,6 +492,7 @@ impl Connection {
                             heroes: heroes.clone().unwrap_or_default(),
                             avatar: None,
                             timestamp: *ts,
+                            dm: view.data.is_dm(room_id),
                             joined: 1,
                             invited: 1,
                             unread: (0, 0),
@@ -500,6 +503,8 @@ impl Connection {
                         name: Some(name.name),
                         heroes,
                         avatar: Some(invite_avatar(facts)),
+                        // Omitted when false, as the Go proxy did.
+                        is_dm: view.data.is_dm(room_id).then_some(true),
                         invite_state: Some(invite_state.clone()),
                         timestamp: Some(*ts).filter(|ts| *ts > 0),
                         joined_count: Some(1),
@@ -545,7 +550,9 @@ impl Connection {
             }
             let mut timeline: Vec<_> = (view.room)(&room_id)
                 .map(|room| {
-                    room.timeline_between(
+                    visible_timeline(
+                        &room,
+                        view.data,
                         sent.position,
                         ev.position,
                         (sent.since, 0),
@@ -582,8 +589,14 @@ impl Connection {
             return None;
         }
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        let (timeline, gap) =
-            room.timeline_between(since.saturating_sub(1), Position::MAX, (since, 0), limit);
+        let (timeline, gap) = visible_timeline(
+            &room,
+            view.data,
+            since.saturating_sub(1),
+            Position::MAX,
+            (since, 0),
+            limit,
+        );
         // The client has nothing of this room: the timeline is limited when the room
         // has visible history before what we return, which we know unless the oldest
         // event returned is the room's creation or the reader's join.
@@ -598,6 +611,7 @@ impl Connection {
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
         let fields = RoomFields::of(&room, params, view);
         let unread = unread(view.data, room_id);
+        let dm = view.data.is_dm(room_id);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -608,6 +622,7 @@ impl Connection {
                 heroes: fields.heroes.clone().unwrap_or_default(),
                 avatar: fields.avatar.clone(),
                 timestamp: fields.timestamp,
+                dm,
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
@@ -618,6 +633,7 @@ impl Connection {
             name: Some(fields.name),
             heroes: fields.heroes,
             avatar: Some(fields.avatar),
+            is_dm: dm.then_some(true),
             required_state: required_state::resolve(
                 &params.required_state,
                 &room.state,
@@ -626,6 +642,7 @@ impl Connection {
             // A room that enters a window because of new events says which are new.
             num_live: horizon.map_or(0, |h| timeline.iter().filter(|e| e.position > h).count()),
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            timeline_ids: timeline.iter().map(|e| e.event_id.clone()).collect(),
             limited: limited && limit > 0,
             prev_batch,
             invite_state: None,
@@ -650,8 +667,14 @@ impl Connection {
         }
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let (timeline, gap) =
-            room.timeline_between(after, Position::MAX, (since, 0), TIMELINE_RING);
+        let (timeline, gap) = visible_timeline(
+            &room,
+            view.data,
+            after,
+            Position::MAX,
+            (since, 0),
+            TIMELINE_RING,
+        );
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
@@ -676,6 +699,13 @@ impl Connection {
             out.avatar = Some(fields.avatar.clone());
             sent.avatar = fields.avatar;
         }
+        // The Go proxy never sent a changed DM flag (its bug 10); clients keep the one
+        // they were sent, so a change is sent like a rename.
+        let dm = view.data.is_dm(room_id);
+        if dm != sent.dm {
+            out.is_dm = Some(dm);
+            sent.dm = dm;
+        }
         if room.meta.joined_count != sent.joined {
             out.joined_count = Some(room.meta.joined_count);
             sent.joined = room.meta.joined_count;
@@ -696,6 +726,7 @@ impl Connection {
             && out.heroes.is_none()
             && out.avatar.is_none()
             && out.timestamp.is_none()
+            && out.is_dm.is_none()
             && out.joined_count.is_none()
             && out.invited_count.is_none()
             && out.notification_count.is_none();
@@ -794,6 +825,28 @@ impl RoomFields {
             timestamp,
         }
     }
+}
+
+/// [`RoomSnapshot::timeline_between`] without the messages of users the reader ignores
+/// (`m.ignored_user_list`); their state events stay, since they change the room.
+fn visible_timeline(
+    room: &RoomSnapshot,
+    data: &UserData,
+    after: Position,
+    until: Position,
+    from: TimelineOrder,
+    limit: usize,
+) -> (Vec<Arc<Event>>, bool) {
+    if !data.account.ignores_anyone() {
+        return room.timeline_between(after, until, from, limit);
+    }
+    let (all, gap) = room.timeline_between(after, until, from, TIMELINE_RING);
+    let kept: Vec<Arc<Event>> = all
+        .into_iter()
+        .filter(|e| e.is_state() || !data.account.ignores(&e.sender))
+        .collect();
+    let skip = kept.len().saturating_sub(limit);
+    (kept[skip..].to_vec(), gap || skip > 0)
 }
 
 /// Drops what the client holds at `start..=end`, visiting only the entries there.

@@ -101,6 +101,8 @@ pub struct ListResult {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoomResult {
     pub initial: bool,
+    /// A DM: `Some(true)` with a DM's initial data, and either value when it changes.
+    pub is_dm: Option<bool>,
     pub name: Option<String>,
     /// Sent with a name made from them, when a list or subscription asks for heroes.
     pub heroes: Option<Vec<Hero>>,
@@ -108,6 +110,9 @@ pub struct RoomResult {
     pub avatar: Option<Option<Box<str>>>,
     pub required_state: Vec<Bytes>,
     pub timeline: Vec<Bytes>,
+    /// The event IDs of `timeline` when the room is `initial` (not serialized: the
+    /// receipts extension sends the receipts on them).
+    pub timeline_ids: Vec<Box<str>>,
     /// Events in `timeline` that arrived live (not part of the initial window).
     pub num_live: usize,
     pub limited: bool,

@@ -9,10 +9,13 @@
 //! `step`, a field in [`ExtensionsRequest`], [`Extensions`] and [`ExtensionsResponse`],
 //! and its wire form in `api/extensions.rs`.
 
+pub mod account_data;
 pub mod e2ee;
+pub mod receipts;
 pub mod to_device;
+pub mod typing;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::conn::request::RoomResult;
@@ -55,6 +58,9 @@ impl Params for () {
 pub struct ExtensionsRequest {
     pub to_device: Option<ExtensionRequest<to_device::Params>>,
     pub e2ee: Option<ExtensionRequest<()>>,
+    pub account_data: Option<ExtensionRequest<()>>,
+    pub receipts: Option<ExtensionRequest<()>>,
+    pub typing: Option<ExtensionRequest<()>>,
 }
 
 impl ExtensionsRequest {
@@ -63,6 +69,9 @@ impl ExtensionsRequest {
     pub fn merge(&mut self, later: &ExtensionsRequest) {
         merge_request(&mut self.to_device, &later.to_device);
         merge_request(&mut self.e2ee, &later.e2ee);
+        merge_request(&mut self.account_data, &later.account_data);
+        merge_request(&mut self.receipts, &later.receipts);
+        merge_request(&mut self.typing, &later.typing);
     }
 }
 
@@ -198,8 +207,75 @@ pub struct Context<'a> {
     /// The rooms this response carries (`initial` ones are new to the client), for
     /// extensions that send data of the rooms a response shows.
     pub response_rooms: &'a BTreeMap<RoomId, RoomResult>,
-    /// Where device data is acknowledged.
+    /// Where device data is acknowledged, and rooms' receipts and typing are read.
     pub store: &'a Store,
+}
+
+/// A room-bound extension's response: something per room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerRoom<T> {
+    pub rooms: BTreeMap<RoomId, T>,
+}
+
+impl<T> Default for PerRoom<T> {
+    fn default() -> Self {
+        Self {
+            rooms: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> PerRoom<T> {
+    pub fn has_data(&self) -> bool {
+        !self.rooms.is_empty()
+    }
+}
+
+/// What a room-bound extension sent of each room in its scope, so that a step looks only
+/// at rooms new to it and rooms whose user data changed, not at every room in scope.
+/// Holds at most the rooms in scope: one leaving scope is forgotten, and sent whole if
+/// it comes back.
+#[derive(Debug, Default)]
+pub struct RoomsSent {
+    /// Room → how far its data was sent (a change counter; each extension says which).
+    rooms: HashMap<RoomId, u64>,
+    /// The user data version looked at last.
+    version: u64,
+}
+
+impl RoomsSent {
+    /// The rooms of `scope` to look at, each with how far it was sent, or `None` when
+    /// it is to be sent whole: new to this extension, or sent `initial` in this
+    /// response.
+    pub fn to_look_at(
+        &mut self,
+        scope: &BTreeSet<RoomId>,
+        ctx: &Context<'_>,
+    ) -> Vec<(RoomId, Option<u64>)> {
+        self.rooms.retain(|room, _| scope.contains(room));
+        // Sorted: a binary search per room in scope.
+        let changed = ctx.data.changed_since(self.version);
+        self.version = ctx.data.version();
+        scope
+            .iter()
+            .filter_map(|room| {
+                let initial = ctx.response_rooms.get(room).is_some_and(|r| r.initial);
+                match self.rooms.get(room) {
+                    Some(_) if initial => Some((room.clone(), None)),
+                    Some(&sent) => changed
+                        .as_ref()
+                        .is_none_or(|c| c.binary_search(room).is_ok())
+                        .then(|| (room.clone(), Some(sent))),
+                    None => Some((room.clone(), None)),
+                }
+            })
+            .collect()
+    }
+
+    /// Records that the room's data was sent up to `upto`.
+    pub fn sent(&mut self, room: RoomId, upto: u64) {
+        self.rooms.insert(room, upto);
+    }
 }
 
 /// The extensions' sticky state on one connection.
@@ -207,6 +283,12 @@ pub struct Context<'a> {
 pub struct Extensions {
     to_device: Sticky<to_device::Params>,
     e2ee: Sticky<()>,
+    account_data: Sticky<()>,
+    receipts: Sticky<()>,
+    typing: Sticky<()>,
+    account_data_sent: account_data::Sent,
+    receipts_sent: RoomsSent,
+    typing_sent: RoomsSent,
 }
 
 /// Each enabled extension's part of a response.
@@ -214,6 +296,9 @@ pub struct Extensions {
 pub struct ExtensionsResponse {
     pub to_device: Option<to_device::Response>,
     pub e2ee: Option<e2ee::Response>,
+    pub account_data: Option<account_data::Response>,
+    pub receipts: Option<receipts::Response>,
+    pub typing: Option<typing::Response>,
 }
 
 impl ExtensionsResponse {
@@ -223,6 +308,15 @@ impl ExtensionsResponse {
             .as_ref()
             .is_some_and(to_device::Response::has_data)
             || self.e2ee.as_ref().is_some_and(e2ee::Response::has_data)
+            || self
+                .account_data
+                .as_ref()
+                .is_some_and(account_data::Response::has_data)
+            || self
+                .receipts
+                .as_ref()
+                .is_some_and(receipts::Response::has_data)
+            || self.typing.as_ref().is_some_and(typing::Response::has_data)
     }
 }
 
@@ -233,6 +327,11 @@ impl Extensions {
         Applied {
             to_device: self.to_device.apply(req.and_then(|r| r.to_device.as_ref())),
             e2ee: self.e2ee.apply(req.and_then(|r| r.e2ee.as_ref())),
+            account_data: self
+                .account_data
+                .apply(req.and_then(|r| r.account_data.as_ref())),
+            receipts: self.receipts.apply(req.and_then(|r| r.receipts.as_ref())),
+            typing: self.typing.apply(req.and_then(|r| r.typing.as_ref())),
         }
     }
 
@@ -260,6 +359,27 @@ impl Extensions {
                 .e2ee
                 .enabled
                 .then(|| e2ee::step(initial(applied.e2ee), ctx)),
+            account_data: self.account_data.enabled.then(|| {
+                if initial(applied.account_data) {
+                    self.account_data_sent = account_data::Sent::default();
+                }
+                let scope = self.account_data.scope(ctx.windows).rooms(ctx.data);
+                account_data::step(&mut self.account_data_sent, &scope, ctx)
+            }),
+            receipts: self.receipts.enabled.then(|| {
+                if initial(applied.receipts) {
+                    self.receipts_sent = RoomsSent::default();
+                }
+                let scope = self.receipts.scope(ctx.windows).rooms(ctx.data);
+                receipts::step(&mut self.receipts_sent, &scope, ctx)
+            }),
+            typing: self.typing.enabled.then(|| {
+                if initial(applied.typing) {
+                    self.typing_sent = RoomsSent::default();
+                }
+                let scope = self.typing.scope(ctx.windows).rooms(ctx.data);
+                typing::step(&mut self.typing_sent, &scope, ctx)
+            }),
         }
     }
 }
@@ -269,6 +389,9 @@ impl Extensions {
 pub struct Applied {
     pub to_device: bool,
     pub e2ee: bool,
+    pub account_data: bool,
+    pub receipts: bool,
+    pub typing: bool,
 }
 
 #[cfg(test)]
@@ -318,6 +441,47 @@ mod tests {
             },
             params: (),
         }
+    }
+
+    /// A step looks at rooms new to the extension and rooms that changed, not at every
+    /// room in scope.
+    #[tokio::test]
+    async fn a_room_bound_extension_looks_only_at_new_and_changed_rooms() {
+        let store = crate::store::testing::store();
+        let device = store.device(&crate::types::DeviceKey::new("@a:x", "D"));
+        let mut data = joined(&["!a1:x", "!a2:x", "!b1:x"]);
+        let room = |_: &str| None;
+        let rooms = BTreeMap::new();
+        let scope: BTreeSet<RoomId> = ["!a1:x", "!a2:x", "!b1:x"]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let mut sent = RoomsSent::default();
+        let look = |data: &UserData, sent: &mut RoomsSent| {
+            let ctx = Context {
+                user_id: "@a:x",
+                device: &device,
+                data,
+                room: &room,
+                windows: &Shown,
+                initial: false,
+                store: &store,
+                response_rooms: &rooms,
+            };
+            let looked = sent.to_look_at(&scope, &ctx);
+            for (room, _) in &looked {
+                sent.sent(room.clone(), 1);
+            }
+            looked
+        };
+        assert_eq!(look(&data, &mut sent).len(), 3, "all new");
+        assert!(look(&data, &mut sent).is_empty(), "nothing changed");
+        data.touch(&"!a2:x".into());
+        assert_eq!(
+            look(&data, &mut sent),
+            [(RoomId::from("!a2:x"), Some(1))],
+            "only the changed room, with how far it was sent"
+        );
     }
 
     #[test]

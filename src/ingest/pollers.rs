@@ -321,6 +321,7 @@ impl Pollers {
                     }
                     tracing::warn!(user = %device.user_id, device = %device.device_id, "homeserver rejected the token; stopping the poller");
                     self.metrics.payload("V2ExpiredToken");
+                    self.store.poller_stopped(&device);
                     state.send_replace(PollState::Expired);
                     return;
                 }
@@ -370,6 +371,7 @@ impl Pollers {
                         // new one if this one was replaced.
                         self.running
                             .remove_if(&device, |_, h| Arc::ptr_eq(&h.token, &token));
+                        self.store.poller_stopped(&device);
                         state.send_replace(PollState::Failed);
                         return;
                     }

@@ -9,7 +9,7 @@ use crate::event::{Event, Membership};
 use crate::store::devices::DeviceState;
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
-use crate::types::{now_ms, RoomId};
+use crate::types::{now_ms, DeviceKey, RoomId};
 use crate::upstream::wire::{self, SyncResponse};
 
 /// A response we could not use at all (not the v2 shape).
@@ -56,13 +56,19 @@ pub async fn process(
     let queue = store.queue();
     let device_data = device_data(store, device, &resp, metrics).await;
     let rooms = resp.rooms.take().unwrap_or_default();
+    account_data(store, user, None, &resp.account_data.events, metrics).await;
     // Credits are reserved room by room, not for the whole response: a big account's
     // initial sync must not take every credit and make all other pollers wait until
     // Postgres has committed it. Each room needs a row per event and a few more
     // (membership, unread, snapshot).
     for (room_id, joined) in rooms.join {
         let reservation = queue
-            .reserve(joined.state.events.len() + joined.timeline.events.len() + 3)
+            .reserve(
+                joined.state.events.len()
+                    + joined.timeline.events.len()
+                    + joined.ephemeral.events.len()
+                    + 3,
+            )
             .await;
         let room_id: RoomId = room_id.into();
         let mut delta = RoomDelta {
@@ -86,7 +92,17 @@ pub async fn process(
                 unread.highlight_count.unwrap_or(0),
             );
         }
+        ephemeral(
+            store,
+            user,
+            &device.key,
+            &room_id,
+            &joined.ephemeral.events,
+            metrics,
+        );
         queue.release(reservation);
+        let room = Some(&room_id);
+        account_data(store, user, room, &joined.account_data.events, metrics).await;
     }
     for (room_id, invited) in rooms.invite {
         let reservation = queue.reserve(1).await;
@@ -141,6 +157,53 @@ pub async fn process(
         next_batch: resp.next_batch,
         device_data,
     })
+}
+
+/// Account data events, global (`room` `None`) or of a joined room: one write each at
+/// most, reserved like any other.
+async fn account_data(
+    store: &Store,
+    user: &UserState,
+    room: Option<&RoomId>,
+    events: &[sonic_rs::LazyValue<'_>],
+    metrics: &PollerMetrics,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let queue = store.queue();
+    let reservation = queue.reserve(events.len()).await;
+    for raw in events {
+        match wire::parse_account(raw.as_raw_str().as_bytes()) {
+            Some(ev) => {
+                metrics.payload("V2AccountData");
+                store.set_account_data(user, room, ev);
+            }
+            None => tracing::debug!(room = ?room, "dropping malformed account data"),
+        }
+    }
+    queue.release(reservation);
+}
+
+/// A joined room's `m.receipt` and `m.typing` EDUs.
+fn ephemeral(
+    store: &Store,
+    user: &UserState,
+    device: &DeviceKey,
+    room_id: &RoomId,
+    events: &[sonic_rs::LazyValue<'_>],
+    metrics: &PollerMetrics,
+) {
+    for raw in events {
+        let raw = raw.as_raw_str().as_bytes();
+        if let Some(receipts) = wire::parse_receipts(raw) {
+            metrics.payload("V2Receipt");
+            store.set_receipts(user, room_id, receipts);
+        } else if let Some(users) = wire::parse_typing(raw) {
+            metrics.payload("V2Typing");
+            store.set_typing(device, room_id, users);
+        }
+    }
 }
 
 /// The device's part of a response: key counts, device-list changes and to-device
@@ -293,6 +356,60 @@ mod tests {
             Some(crate::store::users::UserMembership::Invite { .. })
         ));
         assert_eq!(data.rooms["!r:x"].notification_count, 2);
+    }
+
+    #[tokio::test]
+    async fn account_data_receipts_and_typing_are_kept_and_typing_has_one_source() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = br#"{"next_batch":"s1","account_data":{"events":[{"type":"m.direct","content":{"@b:x":["!r:x"]}}]},"rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}}]},"account_data":{"events":[{"type":"m.tag","content":{"tags":{"u.x":{}}}}]},"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@b:x"]}},{"type":"m.receipt","content":{"$j":{"m.read":{"@b:x":{"ts":1}},"m.read.private":{"@a:x":{"ts":2},"@b:x":{"ts":3}}}}}]}}}}}"#;
+        process(
+            &store,
+            &user,
+            &device(&store),
+            body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .unwrap();
+        let data = user.read();
+        assert!(data.is_dm("!r:x"));
+        assert_eq!(data.account.tags("!r:x"), [Box::<str>::from("u.x")]);
+        let room = store.ephemeral("!r:x").unwrap();
+        assert_eq!(&*room.typing.users, [crate::types::UserId::from("@b:x")]);
+        let seen = |viewer: &str| {
+            let mut r: Vec<(String, bool)> = room
+                .receipts
+                .initial(["$j"], viewer)
+                .iter()
+                .map(|r| (r.user_id.to_string(), r.private))
+                .collect();
+            r.sort();
+            r
+        };
+        assert_eq!(
+            seen("@a:x"),
+            [("@a:x".into(), true), ("@b:x".into(), false)],
+            "another user's private receipt in a's response is not kept"
+        );
+        assert_eq!(seen("@c:x"), [("@b:x".into(), false)]);
+
+        // Another poller in the room reports no typing: it is not the room's source.
+        let other = store.device(&DeviceKey::new("@c:x", "C"));
+        let c = store.user_or_insert(&"@c:x".into());
+        let no_typing = br#"{"next_batch":"s2","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":[]}}]}}}}}"#;
+        process(&store, &c, &other, no_typing, &PollerMetrics::default())
+            .await
+            .unwrap();
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
+        // Once a's poller stops, the next poller to report typing is the source.
+        store.poller_stopped(&device(&store).key);
+        assert!(store.ephemeral("!r:x").unwrap().typing.users.is_empty());
+        let typing = br#"{"next_batch":"s3","rooms":{"join":{"!r:x":{"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@c:x"]}}]}}}}}"#;
+        process(&store, &c, &other, typing, &PollerMetrics::default())
+            .await
+            .unwrap();
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
     }
 
     /// Any federated server can send an event that nests 30,000 levels deep.

@@ -2,6 +2,8 @@
 //! user's place in it. All given fields must hold (AND); an absent field filters
 //! nothing.
 
+use crate::types::RoomId;
+
 /// A list's filters, sticky as a whole: a request that states `filters` replaces them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Filters {
@@ -15,6 +17,14 @@ pub struct Filters {
     pub not_room_types: Vec<Option<String>>,
     /// A case-insensitive substring of the name as the user sees it, lower-cased.
     pub room_name_like: Option<String>,
+    /// From `m.direct`, or `is_direct` on an invite.
+    pub is_dm: Option<bool>,
+    /// Rooms with at least one of these tags (`m.tag`); empty filters nothing.
+    pub tags: Vec<String>,
+    /// Rooms with none of these tags; wins over `tags`.
+    pub not_tags: Vec<String>,
+    /// Direct children (`m.space.child`) of any of these spaces; empty filters nothing.
+    pub spaces: Vec<RoomId>,
 }
 
 /// What a filter may ask about a room, for one user.
@@ -24,6 +34,10 @@ pub struct RoomFacts<'a> {
     pub tombstoned: bool,
     pub room_type: Option<&'a str>,
     pub invite: bool,
+    pub dm: bool,
+    pub tags: &'a [Box<str>],
+    /// The spaces listing the room that the user is joined to.
+    pub parents: &'a [RoomId],
 }
 
 impl Filters {
@@ -34,9 +48,14 @@ impl Filters {
     pub fn matches(&self, room: &RoomFacts<'_>) -> bool {
         let flag = |want: Option<bool>, have: bool| want.is_none_or(|w| w == have);
         let room_type = room.room_type.map(str::to_owned);
+        let tagged = |tags: &[String]| room.tags.iter().any(|t| tags.iter().any(|w| **t == **w));
         flag(self.is_encrypted, room.encrypted)
             && flag(self.is_invite, room.invite)
             && flag(self.is_tombstoned, room.tombstoned)
+            && flag(self.is_dm, room.dm)
+            && (self.tags.is_empty() || tagged(&self.tags))
+            && !tagged(&self.not_tags)
+            && (self.spaces.is_empty() || self.spaces.iter().any(|s| room.parents.contains(s)))
             && self
                 .room_types
                 .as_ref()
@@ -60,6 +79,9 @@ mod tests {
             tombstoned: false,
             room_type,
             invite: false,
+            dm: false,
+            tags: &[],
+            parents: &[],
         }
     }
 
@@ -100,5 +122,49 @@ mod tests {
         };
         assert!(!not_spaces.matches(&space), "not_room_types wins");
         assert!(not_spaces.matches(&untyped));
+    }
+
+    #[test]
+    fn tags_match_any_and_not_tags_win() {
+        let tags: Vec<Box<str>> = vec!["m.favourite".into(), "u.work".into()];
+        let tagged = RoomFacts {
+            tags: &tags,
+            ..room("R", None)
+        };
+        let favourites = Filters {
+            tags: vec!["m.favourite".into(), "m.lowpriority".into()],
+            ..Filters::default()
+        };
+        assert!(favourites.matches(&tagged));
+        assert!(!favourites.matches(&room("R", None)));
+        let not_work = Filters {
+            not_tags: vec!["u.work".into()],
+            ..favourites
+        };
+        assert!(!not_work.matches(&tagged));
+        assert!(not_work.matches(&RoomFacts {
+            tags: &tags[..1],
+            ..room("R", None)
+        }));
+    }
+
+    #[test]
+    fn spaces_match_children_of_any_given_space_and_is_dm_the_flag() {
+        let parents: Vec<RoomId> = vec!["!space:x".into()];
+        let child = RoomFacts {
+            parents: &parents,
+            dm: true,
+            ..room("R", None)
+        };
+        let in_space = Filters {
+            spaces: vec!["!other:x".into(), "!space:x".into()],
+            ..Filters::default()
+        };
+        assert!(in_space.matches(&child) && !in_space.matches(&room("R", None)));
+        let not_dm = Filters {
+            is_dm: Some(false),
+            ..Filters::default()
+        };
+        assert!(!not_dm.matches(&child) && not_dm.matches(&room("R", None)));
     }
 }

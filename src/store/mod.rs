@@ -7,7 +7,9 @@
 //! - [`writer`]: everything durable goes behind, in batches, through a bounded queue to a
 //!   [`persist::Persist`] (Postgres or the embedded SQLite file), and is read back once at startup.
 
+pub mod account;
 pub mod devices;
+pub mod ephemeral;
 pub mod metrics;
 pub mod persist;
 pub mod pg;
@@ -30,12 +32,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use self::ephemeral::RoomEphemeral;
 use self::persist::{MembershipKind, Persist, PersistError, Write};
 use self::room::{Room, RoomSnapshot, RoomWriter, TIMELINE_RING};
 use self::state::{RoomState, StateBase};
 use self::users::{RoomLooks, UserMembership, UserRoom, UserState};
 use self::writer::WriteQueue;
-use crate::event::{Decoder, Event, InviteFacts, Membership};
+use crate::event::{AccountEvent, Decoder, Event, InviteFacts, Membership, Receipt};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
 use crate::types::{now_ms, DeviceKey, Position, RoomId, UserId};
@@ -82,6 +85,10 @@ pub struct Store {
     /// and readers load the room's snapshot pointer without any lock (see [`Room`]).
     rooms: DashMap<RoomId, Arc<Room>>,
     users: DashMap<UserId, Arc<UserState>>,
+    /// Room → the spaces whose `m.space.child` state lists it (with a `via`), for the
+    /// `spaces` filter. Written under the space's writer lock; a shard lock is held only
+    /// to read or change one entry.
+    space_parents: DashMap<RoomId, Vec<RoomId>>,
     /// Devices' to-device queues, key data and device-list changes.
     devices: DashMap<DeviceKey, Arc<devices::DeviceState>>,
     next_position: AtomicU64,
@@ -111,6 +118,7 @@ impl Store {
         Self {
             rooms: DashMap::new(),
             users: DashMap::new(),
+            space_parents: DashMap::new(),
             devices: DashMap::new(),
             next_position: AtomicU64::new(next_position.max(1)),
             next_to_device: AtomicU64::new(1),
@@ -124,6 +132,11 @@ impl Store {
 
     pub fn room(&self, id: &str) -> Option<Arc<RoomSnapshot>> {
         self.rooms.get(id).map(|room| room.snapshot.load_full())
+    }
+
+    /// The room's receipts and typing users, as of now.
+    pub fn ephemeral(&self, id: &str) -> Option<Arc<RoomEphemeral>> {
+        self.rooms.get(id).map(|room| room.ephemeral.load_full())
     }
 
     pub fn room_count(&self) -> usize {
@@ -239,6 +252,7 @@ impl Store {
             received: now_ms(),
             writes: Vec::new(),
             members: Vec::new(),
+            space_children: Vec::new(),
             new_timeline: false,
         };
         // A timeline holding an event the room already has starts before the room's
@@ -253,6 +267,7 @@ impl Store {
             next,
             writes,
             members,
+            space_children,
             new_timeline,
             ..
         } = applying;
@@ -269,6 +284,9 @@ impl Store {
             };
             self.on_member_event(&user, &room_id, &room, writer, &ev);
         }
+        if !space_children.is_empty() {
+            self.on_space_children(&room_id, writer, space_children);
+        }
         if !new_timeline && !looks_changed {
             return;
         }
@@ -284,9 +302,218 @@ impl Store {
                         r.stamp = latest_ts;
                         r.replaced = successor_joined;
                     }
-                    d.place(&room_id, || looks(&next, user_id));
+                    d.place(&room_id, || self.looks(&next, user_id));
                     d.touch(&room_id);
                 });
+            }
+        }
+    }
+
+    /// The space `space` gained or lost children: the index learns it, and each of its
+    /// joined local users whose lists filter by space gets those rooms placed again.
+    /// Costs what changed, never what the space or the user holds.
+    fn on_space_children(
+        &self,
+        space: &RoomId,
+        writer: &RoomWriter,
+        children: Vec<(RoomId, bool)>,
+    ) {
+        for (child, listed) in &children {
+            let mut parents = self.space_parents.entry(child.clone()).or_default();
+            parents.retain(|p| p != space);
+            if *listed {
+                parents.push(space.clone());
+            }
+            let empty = parents.is_empty();
+            drop(parents);
+            if empty {
+                self.space_parents.remove_if(child, |_, p| p.is_empty());
+            }
+        }
+        for user_id in &writer.locals {
+            let Some(user) = self.user(user_id) else {
+                continue;
+            };
+            user.update(|d| {
+                if !d.filters_spaces() {
+                    return;
+                }
+                for (child, _) in &children {
+                    if d.rooms.contains_key(child) {
+                        d.place(child, || self.room_looks(child, user_id));
+                        d.touch(child);
+                    }
+                }
+            });
+        }
+    }
+
+    /// The spaces whose `m.space.child` state lists `room`.
+    fn parents(&self, room: &str) -> Vec<RoomId> {
+        self.space_parents
+            .get(room)
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// A room's name for `user` and the rest the orders and filters may ask about.
+    fn looks(&self, snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
+        let join_ts = snapshot
+            .state
+            .get("m.room.member", user)
+            .filter(|m| m.membership() == Some(Membership::Join))
+            .map_or(0, |m| m.origin_server_ts());
+        RoomLooks {
+            name: display_name(&snapshot.meta, user).name,
+            encrypted: snapshot.meta.encrypted,
+            tombstoned: snapshot.meta.tombstone.is_some(),
+            room_type: snapshot.meta.room_type.clone(),
+            bumps: Some((snapshot.meta.latest_by_type.clone(), join_ts)),
+            parents: self.parents(&snapshot.room_id),
+        }
+    }
+
+    /// [`Store::looks`] of a room that may not be known yet (then nameless and
+    /// unencrypted).
+    fn room_looks(&self, room: &str, user: &str) -> RoomLooks {
+        match self.room(room) {
+            Some(snapshot) => self.looks(&snapshot, user),
+            None => RoomLooks {
+                parents: self.parents(room),
+                ..RoomLooks::default()
+            },
+        }
+    }
+
+    /// Keeps a new account data event of `user` (global, or of `room`), queues it for
+    /// storage, and moves the rooms whose DM flag or tags it changed in the user's
+    /// filtered lists.
+    pub fn set_account_data(&self, user: &UserState, room: Option<&RoomId>, ev: AccountEvent) {
+        let changed = user.update(|d| {
+            let changed = d.account.set(room, &ev)?;
+            for r in &changed.rooms {
+                d.place(r, || self.room_looks(r, &user.user_id));
+                d.touch(r);
+            }
+            match room {
+                Some(room) => d.touch(room),
+                None => d.bump(),
+            }
+            Some(())
+        });
+        if changed.is_some() {
+            self.queue.push([Write::AccountData {
+                user_id: user.user_id.clone(),
+                room_id: room.cloned(),
+                kind: ev.kind,
+                json: ev.json,
+            }]);
+        }
+    }
+
+    /// Read receipts of a room, from `user`'s poller: the newer ones are kept, queued for
+    /// storage, and wake those who may see them (a private receipt only its owner, who
+    /// is the only one whose poller receives it).
+    pub fn set_receipts(&self, user: &UserState, room_id: &RoomId, receipts: Vec<Receipt>) {
+        let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
+            return;
+        };
+        let writer = blocking_lock(&room.writer);
+        let mut next = RoomEphemeral::clone(&room.ephemeral.load());
+        let mut writes = Vec::new();
+        let mut public = false;
+        for receipt in receipts {
+            if receipt.private && receipt.user_id != user.user_id {
+                continue;
+            }
+            if next.set_receipt(receipt.clone()) {
+                public |= !receipt.private;
+                writes.push(Write::Receipt {
+                    room_id: room_id.clone(),
+                    receipt,
+                });
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        room.ephemeral.store(Arc::new(next));
+        self.queue.push(writes);
+        if public {
+            self.touch_locals(&writer, room_id);
+        } else {
+            user.update(|d| d.touch(room_id));
+        }
+    }
+
+    /// The typing users of a room, as `device`'s poller reports them (see
+    /// [`RoomEphemeral::set_typing`]). Memory only: typing is stale after a restart.
+    pub fn set_typing(&self, device: &DeviceKey, room_id: &RoomId, users: Vec<UserId>) {
+        let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
+            return;
+        };
+        let writer = blocking_lock(&room.writer);
+        let mut next = RoomEphemeral::clone(&room.ephemeral.load());
+        let owned = next.typing.owner.is_some();
+        let changed = next.set_typing(device, users);
+        if changed || !owned {
+            room.ephemeral.store(Arc::new(next));
+        }
+        if changed {
+            self.touch_locals(&writer, room_id);
+        }
+    }
+
+    /// `device`'s poller stopped: the rooms it reported typing for take typing from the
+    /// next poller that reports it. Visits the user's rooms, and happens only when a
+    /// poller ends.
+    pub fn poller_stopped(&self, device: &DeviceKey) {
+        let Some(user) = self.user(&device.user_id) else {
+            return;
+        };
+        for room_id in user.read().rooms.keys() {
+            self.release_typing(room_id, |owner| owner == device);
+        }
+    }
+
+    fn release_typing(&self, room_id: &RoomId, owner: impl Fn(&DeviceKey) -> bool) {
+        let Some(room) = self.rooms.get(room_id).map(|r| Arc::clone(&r)) else {
+            return;
+        };
+        // Most rooms take typing from another poller: no lock for those. (Checked again
+        // under the lock, where it counts.)
+        if !takes_typing_from(&room, &owner) {
+            return;
+        }
+        let writer = blocking_lock(&room.writer);
+        self.release_typing_locked(&room, &writer, room_id, owner);
+    }
+
+    /// [`Store::release_typing`] for callers holding the room's writer lock.
+    fn release_typing_locked(
+        &self,
+        room: &Room,
+        writer: &RoomWriter,
+        room_id: &RoomId,
+        owner: impl Fn(&DeviceKey) -> bool,
+    ) {
+        if !takes_typing_from(room, &owner) {
+            return;
+        }
+        let mut next = RoomEphemeral::clone(&room.ephemeral.load());
+        let changed = next.release_typing(owner);
+        room.ephemeral.store(Arc::new(next));
+        if changed {
+            self.touch_locals(writer, room_id);
+        }
+    }
+
+    /// Records a change of the room for every local user in it, waking their
+    /// connections. Callers hold the room's writer lock.
+    fn touch_locals(&self, writer: &RoomWriter, room_id: &RoomId) {
+        for user_id in &writer.locals {
+            if let Some(user) = self.user(user_id) {
+                user.update(|d| d.touch(room_id));
             }
         }
     }
@@ -449,9 +676,7 @@ impl Store {
                 r.highlight_count = highlight;
                 // The snapshot as of now, under the user's lock: a room writer that
                 // published a newer one places the room after this.
-                d.place(room_id, || {
-                    snapshot_looks(self.room(room_id).as_deref(), &user.user_id)
-                });
+                d.place(room_id, || self.room_looks(room_id, &user.user_id));
                 d.touch(room_id);
                 true
             }
@@ -469,8 +694,7 @@ impl Store {
             return Err(MAX_ORDERS);
         }
         for order in &orders {
-            let looks_of =
-                |room: &RoomId| snapshot_looks(self.room(room).as_deref(), &user.user_id);
+            let looks_of = |room: &RoomId| self.room_looks(room, &user.user_id);
             // Built from one version with no lock held, then caught up under the lock
             // with the rooms that changed meanwhile; built again if too much changed.
             // After a few tries with more changes than the log holds, the last one builds
@@ -534,6 +758,12 @@ impl Store {
             ),
             UserMembership::Leave { position, .. } => (MembershipKind::Leave, *position, None),
         };
+        if kind == MembershipKind::Leave {
+            // A poller of someone out of the room reports nothing more about it.
+            self.release_typing_locked(room, writer, room_id, |owner| {
+                owner.user_id == user.user_id
+            });
+        }
         self.queue.push([Write::Membership {
             user_id: user.user_id.clone(),
             room_id: room_id.clone(),
@@ -541,7 +771,7 @@ impl Store {
             position,
             invite_state,
         }]);
-        install_membership(self, user, room_id, room, writer, membership);
+        self.install_membership(user, room_id, room, writer, membership);
     }
 
     /// Rebuilds the hot state from storage. Snapshots load without parsing; only the
@@ -607,6 +837,15 @@ impl Store {
             writer.seen.settle(0, 0);
             next_position = next_position.max(snap.state.base_position() + 1);
             snap.recompute_meta();
+            for child in snap.state.of_kind("m.space.child") {
+                if child.text().is_some_and(|t| !t.is_empty()) {
+                    store
+                        .space_parents
+                        .entry(child.state_key().into())
+                        .or_default()
+                        .push(room_id.clone());
+                }
+            }
             store
                 .rooms
                 .insert(room_id, Arc::new(Room::from_snapshot(snap, writer)));
@@ -635,8 +874,7 @@ impl Store {
             };
             next_position = next_position.max(m.position + 1);
             let room = store.room_entry(&m.room_id);
-            install_membership(
-                &store,
+            store.install_membership(
                 &user,
                 &m.room_id,
                 &room,
@@ -653,6 +891,32 @@ impl Store {
             if let Some(user) = store.user(&u.user_id) {
                 store.apply_unread(&user, &u.room_id, u.notification_count, u.highlight_count);
             }
+        }
+        let mut receipts: std::collections::HashMap<RoomId, RoomEphemeral> = Default::default();
+        for r in persist.load_receipts().await? {
+            receipts
+                .entry(r.room_id)
+                .or_default()
+                .set_receipt(r.receipt);
+        }
+        for (room_id, ephemeral) in receipts {
+            if let Some(room) = store.rooms.get(&room_id) {
+                room.ephemeral.store(Arc::new(ephemeral));
+            }
+        }
+        for a in persist.load_account_data().await? {
+            let Some(ev) = (decoder.account)(&a.json) else {
+                tracing::warn!(user = %a.user_id, "skipping unreadable stored account data");
+                continue;
+            };
+            let user = store.user_or_insert(&a.user_id);
+            user.update(|d| {
+                if let Some(changed) = d.account.set(a.room_id.as_ref(), &ev) {
+                    for r in &changed.rooms {
+                        d.place(r, || store.room_looks(r, &a.user_id));
+                    }
+                }
+            });
         }
         let mut last_to_device = 0;
         let devices = persist.load_device_data().await?;
@@ -676,95 +940,95 @@ impl Store {
     }
 }
 
-/// Puts a membership into the user's data and index and the room's local users.
-/// Callers hold the room's writer lock.
-///
-/// A join also settles upgrades: a room whose successor the user joined leaves the
-/// lists, whichever of the two joins comes first (at startup, in any order).
-fn install_membership(
-    store: &Store,
-    user: &UserState,
-    room_id: &RoomId,
-    room: &Room,
-    writer: &mut RoomWriter,
-    membership: UserMembership,
-) {
-    let snapshot = room.snapshot.load_full();
-    let stamp = match &membership {
-        UserMembership::Join { .. } => Some(snapshot.meta.latest_ts),
-        UserMembership::Invite { ts, .. } => Some(*ts),
-        UserMembership::Leave { .. } => None,
-    };
-    if stamp.is_some() {
-        writer.locals.insert(user.user_id.clone());
-    } else {
-        writer.locals.remove(&user.user_id);
-    }
-    let joining = matches!(membership, UserMembership::Join { .. });
-    // The room this one replaced, if its tombstone points here.
-    let replaced_here = snapshot
-        .meta
-        .predecessor
-        .as_deref()
-        .filter(|_| joining)
-        .and_then(|p| store.room(p))
-        .filter(|p| p.meta.tombstone.as_deref() == Some(&**room_id));
-    user.update(|d| {
-        let replaced = joining
-            && snapshot
-                .meta
-                .tombstone
-                .as_deref()
-                .is_some_and(|s| d.joined(s));
-        let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
-            membership: membership.clone(),
-            notification_count: 0,
-            highlight_count: 0,
-            stamp: 0,
-            replaced: false,
-        });
-        entry.membership = membership;
-        entry.replaced = replaced;
-        if let Some(stamp) = stamp {
-            entry.stamp = stamp;
+impl Store {
+    /// Puts a membership into the user's data and index and the room's local users.
+    /// Callers hold the room's writer lock.
+    ///
+    /// A join also settles upgrades: a room whose successor the user joined leaves the
+    /// lists, whichever of the two joins comes first (at startup, in any order).
+    fn install_membership(
+        &self,
+        user: &UserState,
+        room_id: &RoomId,
+        room: &Room,
+        writer: &mut RoomWriter,
+        membership: UserMembership,
+    ) {
+        let snapshot = room.snapshot.load_full();
+        let stamp = match &membership {
+            UserMembership::Join { .. } => Some(snapshot.meta.latest_ts),
+            UserMembership::Invite { ts, .. } => Some(*ts),
+            UserMembership::Leave { .. } => None,
+        };
+        if stamp.is_some() {
+            writer.locals.insert(user.user_id.clone());
+        } else {
+            writer.locals.remove(&user.user_id);
         }
-        d.place(room_id, || looks(&snapshot, &user.user_id));
-        d.touch(room_id);
-        if let Some(old) = &replaced_here {
-            if let Some(r) = d.rooms.get_mut(&old.room_id) {
-                if !r.replaced {
-                    r.replaced = true;
-                    d.place(&old.room_id, || looks(old, &user.user_id));
-                    d.touch(&old.room_id);
+        let joining = matches!(membership, UserMembership::Join { .. });
+        // The room this one replaced, if its tombstone points here.
+        let replaced_here = snapshot
+            .meta
+            .predecessor
+            .as_deref()
+            .filter(|_| joining)
+            .and_then(|p| self.room(p))
+            .filter(|p| p.meta.tombstone.as_deref() == Some(&**room_id));
+        user.update(|d| {
+            let was_joined = d.joined(room_id);
+            let replaced = joining
+                && snapshot
+                    .meta
+                    .tombstone
+                    .as_deref()
+                    .is_some_and(|s| d.joined(s));
+            let entry = d.rooms.entry(room_id.clone()).or_insert(UserRoom {
+                membership: membership.clone(),
+                notification_count: 0,
+                highlight_count: 0,
+                stamp: 0,
+                replaced: false,
+            });
+            entry.membership = membership;
+            entry.replaced = replaced;
+            if let Some(stamp) = stamp {
+                entry.stamp = stamp;
+            }
+            d.place(room_id, || self.looks(&snapshot, &user.user_id));
+            d.touch(room_id);
+            if let Some(old) = &replaced_here {
+                if let Some(r) = d.rooms.get_mut(&old.room_id) {
+                    if !r.replaced {
+                        r.replaced = true;
+                        d.place(&old.room_id, || self.looks(old, &user.user_id));
+                        d.touch(&old.room_id);
+                    }
                 }
             }
-        }
-    });
-}
-
-/// A room's name for `user`, its encryption, type and newest events by type, for the
-/// orders that sort or filter by them.
-fn looks(snapshot: &RoomSnapshot, user: &str) -> RoomLooks {
-    let join_ts = snapshot
-        .state
-        .get("m.room.member", user)
-        .filter(|m| m.membership() == Some(Membership::Join))
-        .map_or(0, |m| m.origin_server_ts());
-    RoomLooks {
-        name: display_name(&snapshot.meta, user).name,
-        encrypted: snapshot.meta.encrypted,
-        tombstoned: snapshot.meta.tombstone.is_some(),
-        room_type: snapshot.meta.room_type.clone(),
-        bumps: Some((snapshot.meta.latest_by_type.clone(), join_ts)),
+            // Joining or leaving a space shows or hides its children in lists filtered
+            // by it.
+            if d.joined(room_id) != was_joined && d.filters_spaces() {
+                for child in snapshot.state.of_kind("m.space.child") {
+                    let child = child.state_key();
+                    if d.rooms.contains_key(child) {
+                        let child: RoomId = child.into();
+                        d.place(&child, || self.room_looks(&child, &user.user_id));
+                        d.touch(&child);
+                    }
+                }
+            }
+        });
     }
 }
 
-/// [`looks`] of a room that may not be known yet (then nameless and unencrypted).
-fn snapshot_looks(snapshot: Option<&RoomSnapshot>, user: &str) -> RoomLooks {
-    match snapshot {
-        Some(snapshot) => looks(snapshot, user),
-        None => RoomLooks::default(),
-    }
+/// Whether the room's typing source is a poller `owner` picks.
+fn takes_typing_from(room: &Room, owner: impl Fn(&DeviceKey) -> bool) -> bool {
+    room.ephemeral
+        .load()
+        .typing
+        .owner
+        .as_ref()
+        .is_some_and(owner)
 }
 
 /// One room being updated under its lock: the next snapshot and what to do after.
@@ -781,6 +1045,8 @@ struct Applying<'a> {
     writes: Vec<Write>,
     /// Member events applied, for our users' memberships once the lock is released.
     members: Vec<Arc<Event>>,
+    /// `m.space.child` state applied: the child, and whether it is listed now.
+    space_children: Vec<(RoomId, bool)>,
     new_timeline: bool,
 }
 
@@ -813,8 +1079,18 @@ impl Applying<'_> {
             if ev.membership.is_some() {
                 self.members.push(Arc::clone(&ev));
             }
-            self.next.set_state(ev);
+            self.set_state(ev);
         }
+    }
+
+    fn set_state(&mut self, ev: Arc<Event>) {
+        if &*ev.kind == "m.space.child" {
+            if let Some(child) = ev.state_key.as_deref().filter(|c| !c.is_empty()) {
+                let listed = ev.text.as_deref().is_some_and(|t| !t.is_empty());
+                self.space_children.push((child.into(), listed));
+            }
+        }
+        self.next.set_state(ev);
     }
 
     /// A timeline chunk. The events after the last one we know are new. Unknown ones
@@ -867,7 +1143,7 @@ impl Applying<'_> {
                 if ev.membership.is_some() {
                     self.members.push(Arc::clone(&ev));
                 }
-                self.next.set_state(Arc::clone(&ev));
+                self.set_state(Arc::clone(&ev));
             }
             self.next.push_timeline(ev);
             self.new_timeline = true;
@@ -1593,6 +1869,35 @@ mod tests {
             "rebuilt for the request"
         );
         assert_eq!(me.read().order(&order).len(), 0);
+    }
+
+    /// A poller of a user who left a room reports nothing more about it: the room
+    /// takes typing from the next poller that reports it.
+    #[tokio::test]
+    async fn a_typing_source_that_leaves_the_room_gives_it_up() {
+        let store = store();
+        let a = store.user_or_insert(&"@a:x".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![member("@a:x", Membership::Join)],
+            vec![],
+        ));
+        store.confirm_join(&a, &"!r:x".into());
+        let (dev_a, dev_b) = (DeviceKey::new("@a:x", "A"), DeviceKey::new("@b:x", "B"));
+        store.set_typing(&dev_a, &"!r:x".into(), vec!["@c:x".into()]);
+        store.set_typing(&dev_b, &"!r:x".into(), vec![]);
+        assert_eq!(store.ephemeral("!r:x").unwrap().typing.users.len(), 1);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![member("@a:x", Membership::Leave)],
+        ));
+        assert!(store.ephemeral("!r:x").unwrap().typing.users.is_empty());
+        store.set_typing(&dev_b, &"!r:x".into(), vec!["@d:x".into()]);
+        assert_eq!(
+            &*store.ephemeral("!r:x").unwrap().typing.users,
+            [UserId::from("@d:x")]
+        );
     }
 
     #[tokio::test]

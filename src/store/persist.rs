@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId, UserId};
 
 /// Why a storage call failed. Storage errors never reach a client as such: callers retry
@@ -117,6 +118,17 @@ pub enum Write {
         notification_count: u64,
         highlight_count: u64,
     },
+    /// The newest account data event of its type for the user: global (no `room_id`)
+    /// or of a room. Replaces the stored one.
+    AccountData {
+        user_id: UserId,
+        room_id: Option<RoomId>,
+        kind: Box<str>,
+        json: Bytes,
+    },
+    /// The newest read receipt of its (room, user, private, thread). Replaces the stored
+    /// one.
+    Receipt { room_id: RoomId, receipt: Receipt },
     /// The device's v2 `since` token. Queued after the data that response delivered, so it
     /// is committed in the same transaction or a later one, never before.
     DeviceSince { device: DeviceKey, since: String },
@@ -191,6 +203,22 @@ pub struct LoadedUnread {
     pub highlight_count: u64,
 }
 
+/// An account data row read back at startup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedAccountData {
+    pub user_id: UserId,
+    /// `None` for global account data.
+    pub room_id: Option<RoomId>,
+    pub json: Bytes,
+}
+
+/// A receipt row read back at startup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedReceipt {
+    pub room_id: RoomId,
+    pub receipt: Receipt,
+}
+
 /// A device's extension data as read back at startup.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadedDevice {
@@ -246,6 +274,8 @@ pub trait Persist: Send + Sync + 'static {
         -> Result<Vec<Box<str>>, PersistError>;
     async fn load_memberships(&self) -> Result<Vec<LoadedMembership>, PersistError>;
     async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError>;
+    async fn load_account_data(&self) -> Result<Vec<LoadedAccountData>, PersistError>;
+    async fn load_receipts(&self) -> Result<Vec<LoadedReceipt>, PersistError>;
     /// The highest event position ever stored (0 when empty).
     async fn max_position(&self) -> Result<Position, PersistError>;
 

@@ -12,18 +12,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::persist::{
-    LoadedDevice, LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist,
-    PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    MembershipKind, Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use super::rows::{
     count_from_db, count_to_db, device_key, event_from_row, load_devices, position_from_db,
     position_to_db, settle_recent_ids, stored_to_device, Grouped, Interner, ListStep,
     ToDeviceMessageRow,
 };
+use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/postgres");
@@ -227,6 +229,52 @@ impl Persist for PgStore {
             },
         )
         .await
+    }
+
+    async fn load_account_data(&self) -> Result<Vec<LoadedAccountData>, PersistError> {
+        let mut ids = Interner::default();
+        let mut tx = self.read_only().await?;
+        let mut rows = sqlx::query("SELECT user_id, room_id, json FROM slidesync_account_data")
+            .fetch(&mut *tx);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            let room_id: String = row.try_get("room_id").map_err(query_error)?;
+            out.push(LoadedAccountData {
+                user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                room_id: (!room_id.is_empty()).then(|| ids.get(&room_id)),
+                json: Bytes::from(row.try_get::<Vec<u8>, _>("json").map_err(query_error)?),
+            });
+        }
+        drop(rows);
+        tx.commit().await.map_err(query_error)?;
+        Ok(out)
+    }
+
+    async fn load_receipts(&self) -> Result<Vec<LoadedReceipt>, PersistError> {
+        let mut ids = Interner::default();
+        let mut tx = self.read_only().await?;
+        let mut rows = sqlx::query(
+            "SELECT room_id, user_id, private, thread_id, event_id, ts FROM slidesync_receipts",
+        )
+        .fetch(&mut *tx);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            let thread: String = row.try_get("thread_id").map_err(query_error)?;
+            let event_id: String = row.try_get("event_id").map_err(query_error)?;
+            out.push(LoadedReceipt {
+                room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                receipt: Receipt {
+                    event_id: event_id.into(),
+                    user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                    private: row.try_get("private").map_err(query_error)?,
+                    thread_id: (!thread.is_empty()).then(|| thread.into()),
+                    ts: count_from_db(row.try_get("ts").map_err(query_error)?)?,
+                },
+            });
+        }
+        drop(rows);
+        tx.commit().await.map_err(query_error)?;
+        Ok(out)
     }
 
     async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
@@ -686,6 +734,61 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
+        if !self.rows.account_data.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, room_id, kind), &json) in &self.rows.account_data {
+                cols.0.push(user_id);
+                cols.1.push(room_id);
+                cols.2.push(kind);
+                cols.3.push(json);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_account_data (user_id, room_id, type, json) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BYTEA[]) \
+                 ON CONFLICT (user_id, room_id, type) DO UPDATE SET json = excluded.json",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .execute(&mut **tx)
+            .await?;
+        }
+
+        if !self.rows.receipts.is_empty() {
+            let mut cols = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for (&(room_id, user_id, private, thread), &(event_id, ts)) in &self.rows.receipts {
+                cols.0.push(room_id);
+                cols.1.push(user_id);
+                cols.2.push(private);
+                cols.3.push(thread);
+                cols.4.push(event_id);
+                cols.5.push(ts);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_receipts \
+                     (room_id, user_id, private, thread_id, event_id, ts) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BOOLEAN[], $4::TEXT[], \
+                                      $5::TEXT[], $6::BIGINT[]) \
+                 ON CONFLICT (room_id, user_id, private, thread_id) DO UPDATE SET \
+                     event_id = excluded.event_id, ts = excluded.ts",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .bind(cols.3)
+            .bind(cols.4)
+            .bind(cols.5)
+            .execute(&mut **tx)
+            .await?;
+        }
         self.insert_device_data(tx).await?;
 
         if !self.rows.since.is_empty() {

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use imbl::Vector;
 use parking_lot::Mutex;
 
+use super::ephemeral::RoomEphemeral;
 use super::state::RoomState;
 use crate::event::{Event, Membership, TimelineOrder};
 use crate::types::{Position, RoomId, UserId};
@@ -492,6 +493,8 @@ impl SeenIds {
 /// no lock shared between rooms.
 pub struct Room {
     pub snapshot: ArcSwap<RoomSnapshot>,
+    /// Receipts and typing, published like `snapshot` and written under `writer` too.
+    pub ephemeral: ArcSwap<RoomEphemeral>,
     pub writer: Mutex<RoomWriter>,
 }
 
@@ -511,6 +514,7 @@ impl Room {
     pub fn from_snapshot(snapshot: RoomSnapshot, writer: RoomWriter) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            ephemeral: ArcSwap::from_pointee(RoomEphemeral::default()),
             writer: Mutex::new(writer),
         }
     }

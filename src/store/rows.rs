@@ -31,6 +31,10 @@ pub(super) struct Grouped<'a> {
     pub unread: BTreeMap<UserRoom<'a>, (i64, i64)>,
     /// (user, device) → since; the last one wins.
     pub since: BTreeMap<(&'a str, &'a str), &'a str>,
+    /// (user, room or '' for global, type) → JSON; the last one wins.
+    pub account_data: BTreeMap<(&'a str, &'a str, &'a str), &'a [u8]>,
+    /// (room, user, private, thread or '') → (event ID, ts); the last one wins.
+    pub receipts: BTreeMap<(&'a str, &'a str, bool, &'a str), (&'a str, i64)>,
     /// To-device messages, in batch order.
     pub to_device: Vec<ToDeviceRow<'a>>,
     /// Messages dropped before delivery; applied after `to_device`, which may hold them.
@@ -143,6 +147,22 @@ impl<'a> Grouped<'a> {
                 }
                 Write::DeviceSince { device, since } => {
                     rows.since.insert(user_device(device), since);
+                }
+                Write::AccountData {
+                    user_id,
+                    room_id,
+                    kind,
+                    json,
+                } => {
+                    let room = room_id.as_deref().unwrap_or("");
+                    rows.account_data.insert((user_id, room, kind), json);
+                }
+                Write::Receipt { room_id, receipt } => {
+                    let thread = receipt.thread_id.as_deref().unwrap_or("");
+                    rows.receipts.insert(
+                        (room_id, &receipt.user_id, receipt.private, thread),
+                        (&receipt.event_id, count_to_db(receipt.ts)),
+                    );
                 }
                 Write::ToDevice {
                     device,

@@ -24,14 +24,15 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::persist::{
-    LoadedDevice, LoadedMembership, LoadedRoom, LoadedUnread, MembershipKind, Persist,
-    PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
+    LoadedAccountData, LoadedDevice, LoadedMembership, LoadedReceipt, LoadedRoom, LoadedUnread,
+    MembershipKind, Persist, PersistError, StoredDevice, StoredToDevice, StoredToken, Write,
 };
 use super::rows::{
     count_from_db, count_to_db, device_key, event_from_row, load_devices, position_from_db,
     position_to_db, settle_recent_ids, stored_to_device, Grouped, Interner, ListStep,
     ToDeviceMessageRow,
 };
+use crate::event::Receipt;
 use crate::types::{DeviceKey, Position, RoomId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/sqlite");
@@ -277,6 +278,46 @@ impl Persist for SqliteStore {
                     .try_get::<Option<Vec<u8>>, _>("invite_state")
                     .map_err(query_error)?
                     .map(Bytes::from),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn load_account_data(&self) -> Result<Vec<LoadedAccountData>, PersistError> {
+        let mut ids = Interner::default();
+        let mut rows = sqlx::query("SELECT user_id, room_id, json FROM slidesync_account_data")
+            .fetch(&self.readers);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            let room_id: String = row.try_get("room_id").map_err(query_error)?;
+            out.push(LoadedAccountData {
+                user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                room_id: (!room_id.is_empty()).then(|| ids.get(&room_id)),
+                json: Bytes::from(row.try_get::<Vec<u8>, _>("json").map_err(query_error)?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn load_receipts(&self) -> Result<Vec<LoadedReceipt>, PersistError> {
+        let mut ids = Interner::default();
+        let mut rows = sqlx::query(
+            "SELECT room_id, user_id, private, thread_id, event_id, ts FROM slidesync_receipts",
+        )
+        .fetch(&self.readers);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(query_error)? {
+            let thread: String = row.try_get("thread_id").map_err(query_error)?;
+            let event_id: String = row.try_get("event_id").map_err(query_error)?;
+            out.push(LoadedReceipt {
+                room_id: ids.get(row.try_get("room_id").map_err(query_error)?),
+                receipt: Receipt {
+                    event_id: event_id.into(),
+                    user_id: ids.get(row.try_get("user_id").map_err(query_error)?),
+                    private: row.try_get("private").map_err(query_error)?,
+                    thread_id: (!thread.is_empty()).then(|| thread.into()),
+                    ts: count_from_db(row.try_get("ts").map_err(query_error)?)?,
+                },
             });
         }
         Ok(out)
@@ -698,6 +739,44 @@ async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sql
         q.build().execute(&mut *tx).await?;
     }
 
+    let account_data: Vec<_> = rows.account_data.iter().collect();
+    for chunk in account_data.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_account_data (user_id, room_id, type, json) ",
+        );
+        q.push_values(chunk, |mut b, &(&(user_id, room_id, kind), &json)| {
+            b.push_bind(user_id)
+                .push_bind(room_id)
+                .push_bind(kind)
+                .push_bind(json);
+        });
+        q.push(" ON CONFLICT (user_id, room_id, type) DO UPDATE SET json = excluded.json");
+        q.build().execute(&mut *tx).await?;
+    }
+
+    let receipts: Vec<_> = rows.receipts.iter().collect();
+    for chunk in receipts.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO slidesync_receipts \
+                 (room_id, user_id, private, thread_id, event_id, ts) ",
+        );
+        q.push_values(
+            chunk,
+            |mut b, &(&(room_id, user_id, private, thread), &(event_id, ts))| {
+                b.push_bind(room_id)
+                    .push_bind(user_id)
+                    .push_bind(private)
+                    .push_bind(thread)
+                    .push_bind(event_id)
+                    .push_bind(ts);
+            },
+        );
+        q.push(
+            " ON CONFLICT (room_id, user_id, private, thread_id) DO UPDATE SET \
+                 event_id = excluded.event_id, ts = excluded.ts",
+        );
+        q.build().execute(&mut *tx).await?;
+    }
     insert_device_data(rows, tx).await?;
 
     let since: Vec<_> = rows.since.iter().collect();

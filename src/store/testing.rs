@@ -112,6 +112,12 @@ impl Persist for TestPersist {
     async fn load_unread(&self) -> Result<Vec<LoadedUnread>, PersistError> {
         Ok(Vec::new())
     }
+    async fn load_account_data(&self) -> Result<Vec<LoadedAccountData>, PersistError> {
+        Ok(Vec::new())
+    }
+    async fn load_receipts(&self) -> Result<Vec<LoadedReceipt>, PersistError> {
+        Ok(Vec::new())
+    }
     async fn max_position(&self) -> Result<Position, PersistError> {
         Ok(0)
     }

@@ -9,6 +9,7 @@ use imbl::{HashMap, Vector};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::account::AccountData;
 use crate::event::{Event, InviteFacts};
 use crate::rooms::bump::bump_ts;
 use crate::rooms::filter::RoomFacts;
@@ -69,6 +70,9 @@ pub struct RoomLooks {
     /// recency for lists with `bump_event_types`. `None` for an invite, placed by the
     /// invite in every order.
     pub bumps: Option<(LatestByType, u64)>,
+    /// Spaces whose `m.space.child` state lists the room (whether or not the user is
+    /// in them: [`UserData`] checks that).
+    pub parents: Vec<RoomId>,
 }
 
 /// One published version of a user's data. Persistent maps and shared chunks: a clone
@@ -81,8 +85,11 @@ pub struct UserData {
     pub index: SortIndex,
     /// The other orders this user's lists use, each kept in step with `index`.
     orders: HashMap<ListOrder, SortIndex>,
+    pub account: AccountData,
     version: u64,
     changes: Vector<(u64, RoomId)>,
+    /// The log holds every room change after this version.
+    log_start: u64,
 }
 
 impl UserData {
@@ -95,8 +102,16 @@ impl UserData {
         self.version += 1;
         self.changes.push_back((self.version, room.clone()));
         if self.changes.len() > CHANGE_LOG {
-            self.changes.pop_front();
+            if let Some((v, _)) = self.changes.pop_front() {
+                self.log_start = v;
+            }
         }
+    }
+
+    /// Records that something not about one room changed (global account data): a new
+    /// version wakes the user's connections, and no room counts as changed.
+    pub fn bump(&mut self) {
+        self.version += 1;
     }
 
     /// Rooms changed after `version`, or `None` when the log no longer reaches back that
@@ -105,9 +120,8 @@ impl UserData {
         if version >= self.version {
             return Some(Vec::new());
         }
-        match self.changes.front() {
-            Some((oldest, _)) if *oldest <= version + 1 => {}
-            _ => return None,
+        if version < self.log_start {
+            return None;
         }
         // Newest last: walk back only over the changes this caller has not seen.
         let mut rooms: Vec<RoomId> = self
@@ -131,10 +145,15 @@ impl UserData {
         matches!(self.membership(room), Some(UserMembership::Join { .. }))
     }
 
-    /// Whether the room is a direct chat: an invite's own member event says
-    /// `is_direct`.
+    /// A DM for this user: listed in `m.direct`, or invited to as a DM.
     pub fn is_dm(&self, room: &str) -> bool {
-        matches!(self.membership(room), Some(UserMembership::Invite { facts, .. }) if facts.is_direct)
+        self.account.is_dm(room)
+            || matches!(self.membership(room), Some(UserMembership::Invite { facts, .. }) if facts.is_direct)
+    }
+
+    /// Whether any of this user's lists filters by space.
+    pub fn filters_spaces(&self) -> bool {
+        self.orders.keys().any(|o| !o.filters.spaces.is_empty())
     }
 
     /// The rooms of `order`, in it; by recency while that order is not kept.
@@ -170,6 +189,7 @@ impl UserData {
                 tombstoned: false,
                 room_type: facts.room_type.clone(),
                 bumps: None,
+                parents: Vec::new(),
             },
             _ => looks(),
         }
@@ -185,12 +205,23 @@ impl UserData {
     ) -> Option<OrderKey> {
         if !order.filters.is_empty() {
             let looks = looks?;
+            // Only spaces the user is joined to count: a space's children must not tell
+            // anyone else what the space holds.
+            let parents: Vec<RoomId> = looks
+                .parents
+                .iter()
+                .filter(|s| matches!(self.membership(s), Some(UserMembership::Join { .. })))
+                .cloned()
+                .collect();
             let facts = RoomFacts {
                 name: &looks.name,
                 encrypted: looks.encrypted,
                 tombstoned: looks.tombstoned,
                 room_type: looks.room_type.as_deref(),
                 invite: matches!(self.membership(room), Some(UserMembership::Invite { .. })),
+                dm: self.is_dm(room),
+                tags: self.account.tags(room),
+                parents: &parents,
             };
             if !order.filters.matches(&facts) {
                 return None;

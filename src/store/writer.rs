@@ -385,6 +385,17 @@ fn log_rejected(row: &Write, error: &PersistError) {
         Write::DeviceSince { device, since } => {
             tracing::error!(user = ?device.user_id, device = ?device.device_id, since = ?since, %error, "{what}")
         }
+        Write::AccountData {
+            user_id,
+            room_id,
+            kind,
+            ..
+        } => {
+            tracing::error!(room = ?room_id, user = ?user_id, account_data = ?kind, %error, "{what}")
+        }
+        Write::Receipt { room_id, receipt } => {
+            tracing::error!(room = ?room_id, user = ?receipt.user_id, event = ?receipt.event_id, kind = "receipt", %error, "{what}")
+        }
         Write::ToDevice {
             device, position, ..
         } => {

@@ -6,17 +6,20 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use sonic_rs::{JsonValueMutTrait, JsonValueTrait, LazyValue};
+use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, LazyValue};
 
-use crate::event::{Decoder, Event, EventError, InviteFacts, Membership};
+use crate::event::{
+    AccountEvent, AccountMeaning, Decoder, Event, EventError, InviteFacts, Membership, Receipt,
+};
 use crate::store::devices::{IncomingToDevice, KeyRequest};
-use crate::types::UserId;
+use crate::types::{RoomId, UserId};
 
 /// How the store reads back what it stored: this format's parsers, handed over at
 /// startup.
 pub const DECODER: Decoder = Decoder {
     event: parse_event,
     invite: invite_facts,
+    account: parse_account,
 };
 
 #[derive(Deserialize)]
@@ -24,6 +27,9 @@ pub struct SyncResponse<'a> {
     pub next_batch: String,
     #[serde(borrow, default)]
     pub rooms: Option<Rooms<'a>>,
+    /// Global account data.
+    #[serde(borrow, default)]
+    pub account_data: Events<'a>,
     #[serde(borrow, default)]
     pub to_device: Option<Events<'a>>,
     #[serde(borrow, default)]
@@ -173,6 +179,11 @@ pub struct JoinedRoom<'a> {
     pub timeline: Timeline<'a>,
     #[serde(default)]
     pub unread_notifications: Option<UnreadNotifications>,
+    #[serde(borrow, default)]
+    pub account_data: Events<'a>,
+    /// `m.typing` and `m.receipt`.
+    #[serde(borrow, default)]
+    pub ephemeral: Events<'a>,
 }
 
 #[derive(Deserialize, Default)]
@@ -304,6 +315,13 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         "m.room.avatar" => field("url"),
         "m.room.create" => field("type"),
         "m.room.tombstone" => field("replacement_room"),
+        // A child without servers to join it through is no child (the spec's rule for
+        // removing one); the first server stands for "listed".
+        "m.space.child" => f.content.as_ref().and_then(|c| {
+            let via = c.get("via")?;
+            let server = via.get(0)?;
+            server.as_str().map(Into::into)
+        }),
         _ => None,
     };
     let has_private = f
@@ -407,6 +425,145 @@ pub fn invite_facts(invite_state: &[u8], user_id: &str) -> InviteFacts {
     facts
 }
 
+/// Reads an account data event (`{type, content}`) and what the room lists need of it.
+/// Content of the wrong shape means nothing (no DMs, tags or ignored users), as for the
+/// homeserver's own clients.
+pub fn parse_account(raw: &[u8]) -> Option<AccountEvent> {
+    #[derive(Deserialize)]
+    struct Account<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        content: Option<LazyValue<'a>>,
+    }
+    let a: Account = sonic_rs::from_slice(raw).ok()?;
+    if a.kind.is_empty() || !storable(&a.kind) {
+        return None;
+    }
+    let content: Option<sonic_rs::Value> = match &a.content {
+        Some(c) if matches!(&*a.kind, "m.direct" | "m.tag" | "m.ignored_user_list") => {
+            sonic_rs::from_str(c.as_raw_str()).ok()
+        }
+        _ => None,
+    };
+    let keys = |v: Option<&sonic_rs::Value>| -> Vec<Box<str>> {
+        v.and_then(|v| v.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| storable(k))
+                    .map(Into::into)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let meaning = match &*a.kind {
+        "m.direct" => {
+            let mut rooms: Vec<RoomId> = content
+                .as_ref()
+                .and_then(|c| c.as_object())
+                .map(|users| {
+                    users
+                        .iter()
+                        .filter_map(|(_, rooms)| rooms.as_array())
+                        .flat_map(|rooms| rooms.iter().filter_map(|r| r.as_str()))
+                        .filter(|r| storable(r))
+                        .map(RoomId::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            rooms.sort_unstable();
+            rooms.dedup();
+            AccountMeaning::Direct(rooms)
+        }
+        "m.tag" => AccountMeaning::Tags(keys(content.as_ref().and_then(|c| c.get("tags")))),
+        "m.ignored_user_list" => AccountMeaning::Ignored(
+            keys(content.as_ref().and_then(|c| c.get("ignored_users")))
+                .into_iter()
+                .map(UserId::from)
+                .collect(),
+        ),
+        _ => AccountMeaning::Other,
+    };
+    Some(AccountEvent {
+        kind: a.kind.as_ref().into(),
+        json: Bytes::copy_from_slice(raw),
+        meaning,
+    })
+}
+
+/// The receipts of an `m.receipt` EDU (`content: {event_id: {receipt_type: {user_id:
+/// {ts, thread_id}}}}`); only `m.read` and `m.read.private` are understood, as in the Go
+/// proxy. `None` when the EDU is not a receipt.
+pub fn parse_receipts(raw: &[u8]) -> Option<Vec<Receipt>> {
+    let v: sonic_rs::Value = sonic_rs::from_slice(raw).ok()?;
+    if v.get("type").and_then(|t| t.as_str()) != Some("m.receipt") {
+        return None;
+    }
+    let mut out = Vec::new();
+    let Some(content) = v.get("content").and_then(|c| c.as_object()) else {
+        return Some(out);
+    };
+    for (event_id, kinds) in content.iter() {
+        if event_id.is_empty() || !storable(event_id) {
+            continue;
+        }
+        let Some(kinds) = kinds.as_object() else {
+            continue;
+        };
+        for (kind, users) in kinds.iter() {
+            let private = match kind {
+                "m.read" => false,
+                "m.read.private" => true,
+                _ => continue,
+            };
+            let Some(users) = users.as_object() else {
+                continue;
+            };
+            for (user_id, receipt) in users.iter() {
+                if !storable(user_id) {
+                    continue;
+                }
+                let thread_id = receipt
+                    .get("thread_id")
+                    .and_then(|t| t.as_str())
+                    .filter(|t| !t.is_empty() && storable(t))
+                    .map(Into::into);
+                out.push(Receipt {
+                    event_id: event_id.into(),
+                    user_id: user_id.into(),
+                    private,
+                    thread_id,
+                    ts: receipt.get("ts").and_then(|t| t.as_u64()).unwrap_or(0),
+                });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The users an `m.typing` EDU says are typing; `None` when the EDU is not typing.
+pub fn parse_typing(raw: &[u8]) -> Option<Vec<UserId>> {
+    let v: sonic_rs::Value = sonic_rs::from_slice(raw).ok()?;
+    if v.get("type").and_then(|t| t.as_str()) != Some("m.typing") {
+        return None;
+    }
+    let users = v
+        .get("content")
+        .and_then(|c| c.get("user_ids"))
+        .and_then(|u| u.as_array())
+        .map(|users| {
+            users
+                .iter()
+                .filter_map(|u| u.as_str())
+                .filter(|u| storable(u))
+                .map(UserId::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(users)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +601,92 @@ mod tests {
         assert_eq!(rooms.join.keys().collect::<Vec<_>>(), ["!ok:x"]);
         assert!(rooms.join["!ok:x"].timeline.prev_batch.is_none());
         assert!(rooms.leave.is_empty());
+    }
+
+    #[test]
+    fn account_data_says_which_rooms_are_dms_tagged_and_who_is_ignored() {
+        let direct = parse_account(
+            br#"{"type":"m.direct","content":{"@b:x":["!1:x","!2:x"],"@c:x":["!2:x"],"@d:x":"nonsense"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            direct.meaning,
+            AccountMeaning::Direct(vec!["!1:x".into(), "!2:x".into()])
+        );
+        let tags =
+            parse_account(br#"{"type":"m.tag","content":{"tags":{"m.favourite":{"order":0.5}}}}"#)
+                .unwrap();
+        assert_eq!(
+            tags.meaning,
+            AccountMeaning::Tags(vec!["m.favourite".into()])
+        );
+        let untagged = parse_account(br#"{"type":"m.tag","content":{}}"#).unwrap();
+        assert_eq!(untagged.meaning, AccountMeaning::Tags(vec![]));
+        let ignored = parse_account(
+            br#"{"type":"m.ignored_user_list","content":{"ignored_users":{"@spam:x":{}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ignored.meaning,
+            AccountMeaning::Ignored(vec!["@spam:x".into()])
+        );
+        let other = parse_account(br#"{"type":"m.push_rules","content":{"global":{}}}"#).unwrap();
+        assert_eq!(other.meaning, AccountMeaning::Other);
+        assert_eq!(
+            &other.json[..],
+            br#"{"type":"m.push_rules","content":{"global":{}}}"#
+        );
+        assert!(parse_account(br#"{"content":{}}"#).is_none());
+    }
+
+    #[test]
+    fn receipts_are_read_per_user_kind_and_thread() {
+        let edu = br#"{"type":"m.receipt","content":{"$e:x":{"m.read":{"@a:x":{"ts":5},"@b:x":{"ts":6,"thread_id":"$t:x"}},"m.read.private":{"@a:x":{"ts":7}},"m.fully_read":{"@a:x":{}}}}}"#;
+        let mut receipts = parse_receipts(edu).unwrap();
+        receipts.sort_by(|a, b| (&a.user_id, a.private).cmp(&(&b.user_id, b.private)));
+        assert_eq!(receipts.len(), 3, "only m.read and m.read.private");
+        assert_eq!(
+            receipts[0],
+            Receipt {
+                event_id: "$e:x".into(),
+                user_id: "@a:x".into(),
+                private: false,
+                thread_id: None,
+                ts: 5,
+            }
+        );
+        assert!(receipts[1].private);
+        assert_eq!(receipts[2].thread_id.as_deref(), Some("$t:x"));
+        assert!(parse_receipts(br#"{"type":"m.typing","content":{}}"#).is_none());
+    }
+
+    #[test]
+    fn typing_and_invite_dm_flags_are_read() {
+        assert_eq!(
+            parse_typing(br#"{"type":"m.typing","content":{"user_ids":["@a:x",5]}}"#),
+            Some(vec![UserId::from("@a:x")])
+        );
+        assert_eq!(
+            parse_typing(br#"{"type":"m.typing","content":{}}"#),
+            Some(vec![])
+        );
+        let invite = br#"[{"type":"m.room.member","state_key":"@me:x","sender":"@b:x","content":{"membership":"invite","is_direct":true}}]"#;
+        assert!(invite_facts(invite, "@me:x").is_direct);
+        assert!(!invite_facts(invite, "@other:x").is_direct);
+        assert!(!invite_facts(b"[]", "@me:x").is_direct);
+    }
+
+    #[test]
+    fn a_space_child_counts_only_with_a_server_to_join_through() {
+        let child = |content: &str| {
+            let raw = format!(
+                r#"{{"type":"m.space.child","state_key":"!c:x","event_id":"$s","sender":"@a:x","content":{content}}}"#
+            );
+            parse_event(raw.as_bytes()).unwrap().text
+        };
+        assert_eq!(child(r#"{"via":["x"]}"#).as_deref(), Some("x"));
+        assert_eq!(child(r#"{"via":[]}"#), None);
+        assert_eq!(child("{}"), None);
     }
 
     #[test]

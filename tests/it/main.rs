@@ -1,7 +1,9 @@
 //! The one integration test binary: linked once, modules per area.
 
+mod account_data;
 mod cli;
 mod e2e;
+mod e2e_account;
 mod e2e_devices;
 mod errors;
 mod extensions;
@@ -9,6 +11,7 @@ mod faults;
 mod ops;
 mod pollers;
 mod room_fields;
+mod room_extensions;
 mod room_list;
 mod security;
 mod serve;

@@ -105,6 +105,19 @@ impl FakeHomeserver {
         next
     }
 
+    /// Queues a `/sync` response made of `fields` (a v2 object with `rooms`,
+    /// `account_data`, ...) and a new `next_batch`, which it returns.
+    pub fn push_sync(&self, token: &str, mut fields: sonic_rs::Value) -> String {
+        let next = {
+            let mut b = self.batch.lock();
+            *b += 1;
+            format!("batch_{}", *b)
+        };
+        fields["next_batch"] = sonic_rs::json!(next.clone());
+        self.push(token, Reply::Body(fields.to_string()));
+        next
+    }
+
     /// Appends to the token's log: a poll with `since` `log_{n}` (or none, for n = 0)
     /// answers entry n with `next_batch` `log_{n+1}`; past the end, it waits like an idle
     /// homeserver. Queued replies are answered only past the end.

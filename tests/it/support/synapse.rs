@@ -671,7 +671,7 @@ impl Synapse {
 
     /// One client-API call that must succeed; returns the JSON answer. A fresh client
     /// per call: a pooled connection would belong to the runtime of an earlier test.
-    async fn call(
+    pub async fn call(
         &self,
         what: &str,
         method: Method,

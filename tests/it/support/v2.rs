@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sonic_rs::{json, Value};
+use sonic_rs::{json, JsonValueTrait, Value};
 
 static EVENT: AtomicU64 = AtomicU64::new(1);
 
@@ -84,9 +84,85 @@ pub fn stripped(kind: &str, state_key: &str, sender: &str, content: Value) -> Va
     json!({"type": kind, "state_key": state_key, "sender": sender, "content": content})
 }
 
+/// An account data event (global or of a room).
+pub fn account(kind: &str, content: Value) -> Value {
+    json!({"type": kind, "content": content})
+}
+
+/// Global `m.direct`: each (user, rooms) pair.
+pub fn direct(dms: &[(&str, &[&str])]) -> Value {
+    let mut content = json!({});
+    for (user, rooms) in dms {
+        content[*user] = json!(rooms.to_vec());
+    }
+    account("m.direct", content)
+}
+
+/// A room's `m.tag`.
+pub fn tags(names: &[&str]) -> Value {
+    let mut tags = json!({});
+    for t in names {
+        tags[*t] = json!({});
+    }
+    account("m.tag", json!({ "tags": tags }))
+}
+
+/// `m.space.child` state of a space; `via` empty removes the child.
+pub fn space_child(sender: &str, child: &str, via: &[&str], ts: u64) -> Value {
+    json!({"type": "m.space.child", "state_key": child, "event_id": event_id(), "sender": sender,
+           "origin_server_ts": ts, "content": {"via": via.to_vec()}})
+}
+
+/// A space with these children: like [`new_room`], with the create event's `type`
+/// `m.space`.
+pub fn new_space(user: &str, ts: u64, children: &[&str]) -> Value {
+    let create = json!({"type": "m.room.create", "state_key": "", "event_id": event_id(), "sender": user,
+           "origin_server_ts": ts - 3, "content": {"creator": user, "room_version": "10", "type": "m.space"}});
+    let mut state = vec![create, member(user, "join", ts - 2)];
+    state.extend(
+        children
+            .iter()
+            .map(|c| space_child(user, c, &["test"], ts - 1)),
+    );
+    joined(state, vec![message(user, "hello", ts)])
+}
+
+/// An `m.receipt` EDU: (event, receipt type, user, thread) each.
+pub fn receipts(entries: &[(&str, &str, &str, Option<&str>)]) -> Value {
+    let mut content = json!({});
+    for (event, kind, user, thread) in entries {
+        let mut receipt = json!({"ts": 1});
+        if let Some(thread) = thread {
+            receipt["thread_id"] = json!(*thread);
+        }
+        if content.get(*event).is_none() {
+            content[*event] = json!({});
+        }
+        if content[*event].get(*kind).is_none() {
+            content[*event][*kind] = json!({});
+        }
+        content[*event][*kind][*user] = receipt;
+    }
+    json!({"type": "m.receipt", "content": content})
+}
+
+/// An `m.typing` EDU.
+pub fn typing(users: &[&str]) -> Value {
+    json!({"type": "m.typing", "content": {"user_ids": users.to_vec()}})
+}
+
+/// A joined room's update with only ephemeral events.
+pub fn ephemeral(events: Vec<Value>) -> Value {
+    json!({"ephemeral": {"events": events}})
+}
+
+/// A joined room's update with only room account data.
+pub fn room_account(events: Vec<Value>) -> Value {
+    json!({"account_data": {"events": events}})
+}
+
 /// The `event_id` of a built event.
 pub fn id_of(event: &Value) -> String {
-    use sonic_rs::JsonValueTrait;
     event["event_id"]
         .as_str()
         .expect("an event with an event_id")
