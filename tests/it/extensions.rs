@@ -177,6 +177,17 @@ async fn limit_defaults_to_a_hundred_and_the_rest_follows() {
         )
         .await;
     assert_eq!(message_numbers(&rest), (100..120).collect::<Vec<_>>());
+    let huge = json!({"extensions": {"to_device": {
+        "since": next_batch(&rest), "limit": u64::MAX,
+    }}});
+    let last = proxy
+        .sync_ok("alice_token", Some(&pos(&rest)), 0, &huge)
+        .await;
+    assert_eq!(
+        message_numbers(&last),
+        (120..150).collect::<Vec<_>>(),
+        "any limit is lowered to what a response may carry"
+    );
     proxy.stop().await;
 }
 
