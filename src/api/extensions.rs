@@ -75,12 +75,8 @@ pub fn parse(wire: WireExtensions) -> Result<ExtensionsRequest, MatrixError> {
                 common: common(field, t.common)?,
                 params: to_device::Params {
                     since,
-                    // Lowered to the most a response carries, as `timeline_limit` is.
-                    limit: t.limit.map(|l| {
-                        usize::try_from(l)
-                            .unwrap_or(usize::MAX)
-                            .min(to_device::MAX_LIMIT)
-                    }),
+                    // Any number: the engine lowers it to the most a response carries.
+                    limit: t.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
                 },
             })
         }

@@ -159,6 +159,32 @@ async fn to_device_messages_arrive_in_order_until_acknowledged() {
     proxy.stop().await;
 }
 
+/// A client's `since` from another database (or from before one was reset) names
+/// positions this device was never handed: it acknowledges nothing it was not handed,
+/// so the messages still come, as in the Go proxy. Once they were handed out, a `since`
+/// at or past them acknowledges them.
+#[tokio::test]
+async fn a_since_from_elsewhere_acknowledges_only_what_was_handed_out() {
+    let (_db, hs, proxy) = scripted(DEVICES).await;
+    send(&hs, "alice_token", numbered(0, 2));
+    let far = to_device_request(Some("9000000000"), None);
+    let first = proxy.sync_ok("alice_token", None, 0, &far).await;
+    assert_eq!(message_numbers(&first), [0, 1]);
+    send(&hs, "alice_token", numbered(2, 3));
+    let mut p = pos(&first);
+    let mut later = Vec::new();
+    for _ in 0..10 {
+        let resp = proxy.sync_ok("alice_token", Some(&p), 5_000, &far).await;
+        p = pos(&resp);
+        later = message_numbers(&resp);
+        if !later.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(later, [2], "0 and 1 were acknowledged by a since past them");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn limit_defaults_to_a_hundred_and_the_rest_follows() {
     let (_db, hs, proxy) = scripted(DEVICES).await;
@@ -177,6 +203,17 @@ async fn limit_defaults_to_a_hundred_and_the_rest_follows() {
         )
         .await;
     assert_eq!(message_numbers(&rest), (100..120).collect::<Vec<_>>());
+    let huge = json!({"extensions": {"to_device": {
+        "since": next_batch(&rest), "limit": u64::MAX,
+    }}});
+    let last = proxy
+        .sync_ok("alice_token", Some(&pos(&rest)), 0, &huge)
+        .await;
+    assert_eq!(
+        message_numbers(&last),
+        (120..150).collect::<Vec<_>>(),
+        "any limit is lowered to what a response may carry"
+    );
     proxy.stop().await;
 }
 
