@@ -23,7 +23,7 @@ use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
-use slidesync::types::UserId;
+use slidesync::types::{DeviceKey, UserId};
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): startup allocates per room and per event.
@@ -72,9 +72,15 @@ async fn measure(backend: Backend, rooms: usize, rebuilds: usize) -> (Duration, 
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), QUEUE);
         let store = Store::new(queue, 1);
         let user = store.user_or_insert(&UserId::from(ME));
-        process(&store, &user, &body(rooms), &PollerMetrics::default())
-            .await
-            .expect("v2 body applies");
+        process(
+            &store,
+            &user,
+            &DeviceKey::new(ME, "DEV"),
+            &body(rooms),
+            &PollerMetrics::default(),
+        )
+        .await
+        .expect("v2 body applies");
         store.queue().flush().await;
         drop(store);
         writer.await.expect("the writer ends");

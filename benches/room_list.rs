@@ -33,7 +33,7 @@ use slidesync::store::persist::{Persist, Write};
 use slidesync::store::users::{UserMembership, UserState};
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::{RoomDelta, Store};
-use slidesync::types::UserId;
+use slidesync::types::{DeviceKey, UserId};
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): the hot path allocates per event and per
@@ -110,9 +110,15 @@ fn fixture() -> Fixture {
     let user = store.user_or_insert(&UserId::from(ME));
     let body = initial_sync_body();
     rt.block_on(async {
-        process(&store, &user, &body, &PollerMetrics::default())
-            .await
-            .expect("v2 body applies");
+        process(
+            &store,
+            &user,
+            &DeviceKey::new(ME, "DEV"),
+            &body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .expect("v2 body applies");
         store.queue().flush().await;
     });
 
@@ -157,10 +163,13 @@ fn request_body() -> Vec<u8> {
 fn step(conn: &mut Connection, req: Option<&SyncRequest>, fx: &Fixture) -> SyncResponse {
     let data = fx.user.read();
     let room = |id: &str| fx.store.room(id);
+    let device = DeviceKey::new(ME, "DEV");
+    let txn_id = |event: &str| fx.store.txn_ids.get(&device, event);
     let view = View {
         user_id: &fx.user.user_id,
         data: &data,
         room: &room,
+        txn_id: &txn_id,
     };
     conn.step(req, &view)
 }

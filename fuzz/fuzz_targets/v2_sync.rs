@@ -11,7 +11,7 @@ use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::Store;
-use slidesync::types::UserId;
+use slidesync::types::{DeviceKey, UserId};
 
 /// The user whose device polled; invites and leaves are read relative to them.
 const ME: &str = "@a:x";
@@ -47,10 +47,10 @@ fuzz_target!(|body: &[u8]| {
     let user = store.user_or_insert(&UserId::from(ME));
     let metrics = PollerMetrics::default();
     rt.block_on(async {
-        if process(&store, &user, body, &metrics).await.is_ok() {
+        if process(&store, &user, &DeviceKey::new(ME, "DEV"), body, &metrics).await.is_ok() {
             // The same response again, as a second poller in the room delivers it:
             // every event is now a duplicate.
-            process(&store, &user, body, &metrics)
+            process(&store, &user, &DeviceKey::new(ME, "DEV"), body, &metrics)
                 .await
                 .expect("a response that applied once applies again");
         }

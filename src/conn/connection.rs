@@ -8,11 +8,11 @@ use std::sync::Arc;
 use super::request::{
     ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest, SyncResponse,
 };
-use super::required_state;
+use super::required_state::{Lazy, Selection};
 use super::window;
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
-use crate::store::room::{RoomSnapshot, TIMELINE_RING};
+use crate::store::room::{HistoryGap, RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
 
@@ -21,6 +21,23 @@ pub struct View<'a> {
     pub user_id: &'a str,
     pub data: &'a UserData,
     pub room: &'a dyn Fn(&str) -> Option<Arc<RoomSnapshot>>,
+    /// The transaction ID the connection's device sent an event with.
+    pub txn_id: &'a dyn Fn(&str) -> Option<Box<str>>,
+}
+
+/// The transaction IDs of the reader's own events in `timeline` that this device sent,
+/// by index: only the sending device may see them (its client matches its local echo
+/// by them).
+fn transaction_ids(
+    timeline: &[Arc<crate::event::Event>],
+    view: &View<'_>,
+) -> Vec<(usize, Box<str>)> {
+    timeline
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| &*e.sender == view.user_id)
+        .filter_map(|(i, e)| (view.txn_id)(&e.event_id).map(|t| (i, t)))
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,6 +54,9 @@ struct ListState {
     /// Ranges the client holds in an order it no longer asked for: invalidated whole at
     /// the next step.
     invalidate: Vec<Range>,
+    /// `slow_get_all_rooms`: the range is the whole list, and rooms entering or moving
+    /// are sent without `DELETE`/`INSERT`.
+    all_rooms: bool,
 }
 
 /// What the client was last told about a room, to send only what changed.
@@ -51,6 +71,8 @@ struct SentRoom {
     joined: u32,
     invited: u32,
     unread: (u64, u64),
+    /// Members sent for `$LAZY`.
+    lazy: Lazy,
 }
 
 #[derive(Default)]
@@ -62,6 +84,9 @@ pub struct Connection {
     sent: HashMap<RoomId, SentRoom>,
     /// The user data version this connection last looked at.
     seen_version: Option<u64>,
+    /// Rooms of the last step sent with less history than asked for, which the
+    /// homeserver may have (see [`Connection::take_history_gaps`]).
+    gaps: Vec<HistoryGap>,
 }
 
 /// Room parameters merged over every list showing the room: the union of
@@ -100,7 +125,13 @@ impl Connection {
                 .sum()
         };
         let requested = req.iter().flat_map(|r| &r.lists).map(|(name, params)| {
-            match (&params.ranges, self.lists.get(name)) {
+            let list = self.lists.get(name);
+            let all_rooms = params
+                .slow_get_all_rooms
+                .or(list.map(|l| l.all_rooms))
+                .unwrap_or(false);
+            match (&params.ranges, list) {
+                _ if all_rooms => rooms,
                 (Some(ranges), _) => held(ranges),
                 (None, Some(list)) => held(&list.ranges),
                 (None, None) => 0,
@@ -137,6 +168,29 @@ impl Connection {
             }
         }
         orders
+    }
+
+    /// The history gaps of the rooms the last step sent whole: the caller may fetch them
+    /// and then [`Connection::resend_whole`] those rooms.
+    pub fn take_history_gaps(&mut self) -> Vec<HistoryGap> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    /// Computes `rooms` whole again into `resp`, after their history was fetched.
+    /// Reports no gaps: what a fetch did not bring is not asked for twice.
+    pub fn resend_whole(&mut self, rooms: &[RoomId], view: &View<'_>, resp: &mut SyncResponse) {
+        let visible = self.visible_rooms(view.data);
+        for room_id in rooms {
+            let (Some(params), Some(UserMembership::Join { since })) =
+                (visible.get(room_id), view.data.membership(room_id))
+            else {
+                continue;
+            };
+            if let Some(room) = self.full_room(room_id, *since, params, view) {
+                resp.rooms.insert(room_id.clone(), room);
+            }
+        }
+        self.gaps.clear();
     }
 
     /// Applies the request's sticky parameters and computes what the client lacks.
@@ -267,6 +321,11 @@ impl Connection {
                 // then pushes out the list's last room, not an empty slot.)
                 let capacity = have.len().max(now.len());
                 window::diff(start, capacity, &mut have, &now, &mut ops);
+                if list.all_rooms {
+                    // The client holds the whole list unordered: a move is no news,
+                    // and a room entering is sent in `rooms`, as in the Go proxy.
+                    ops.retain(|op| !matches!(op, Op::Delete { .. } | Op::Insert { .. }));
+                }
                 forget(&mut list.have, (start, end));
                 list.have
                     .extend(have.into_iter().zip(start..).map(|(r, i)| (i, r)));
@@ -358,18 +417,15 @@ impl Connection {
                     if !s.invite && again != Some(Resend::Whole) =>
                 {
                     let live = is_changed
-                        .then(|| self.live_room(room_id, *since, view))
+                        .then(|| self.live_room(room_id, *since, params, view))
                         .flatten();
                     if again == Some(Resend::State) {
                         // The state selection changed: its state again, no timeline.
-                        (view.room)(room_id).map(|room| RoomResult {
-                            required_state: required_state::resolve(
-                                &params.required_state,
-                                &room.state,
-                                view.user_id,
-                            ),
-                            ..live.unwrap_or_default()
-                        })
+                        self.state_again(room_id, *since, params, view)
+                            .map(|required_state| RoomResult {
+                                required_state,
+                                ..live.unwrap_or_default()
+                            })
                     } else {
                         live
                     }
@@ -388,6 +444,7 @@ impl Connection {
                             joined: 0,
                             invited: 0,
                             unread: (0, 0),
+                            lazy: Lazy::default(),
                         },
                     );
                     Some(RoomResult {
@@ -482,10 +539,25 @@ impl Connection {
         });
         let limited = gap || history_before;
         let prev_batch = timeline
-            .iter()
-            .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+            .first()
+            .and_then(|first| room.prev_batch_at(first))
+            .map(str::to_owned);
+        if let Some(history) = room.history_gap(&timeline, since, limit) {
+            self.gaps.push(history);
+        }
         let name = display_name(&room.meta, view.user_id);
         let unread = unread(view.data, room_id);
+        let selection = Selection::new(&params.required_state, view.user_id);
+        let mut lazy = Lazy::default();
+        let mut lazy_members: Vec<&str> = Vec::new();
+        if selection.wants_lazy() {
+            for e in &timeline {
+                if lazy.insert(&e.sender) {
+                    lazy_members.push(&e.sender);
+                }
+            }
+        }
+        let required_state = selection.resolve(&room.state, &lazy_members);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -496,17 +568,15 @@ impl Connection {
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
+                lazy,
             },
         );
         Some(RoomResult {
             initial: true,
             name: Some(name),
-            required_state: required_state::resolve(
-                &params.required_state,
-                &room.state,
-                view.user_id,
-            ),
+            required_state,
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            transaction_ids: transaction_ids(&timeline, view),
             num_live: 0,
             limited: limited && limit > 0,
             prev_batch,
@@ -519,10 +589,43 @@ impl Connection {
         })
     }
 
+    /// The room's state for a changed selection, without its timeline. `$LAZY` stands
+    /// for the members sent lazily so far and the senders of the timeline the client
+    /// was sent.
+    fn state_again(
+        &mut self,
+        room_id: &RoomId,
+        since: Position,
+        params: &RoomParams,
+        view: &View<'_>,
+    ) -> Option<Vec<bytes::Bytes>> {
+        let room = (view.room)(room_id)?;
+        if left_meanwhile(&room, view.user_id) {
+            return None;
+        }
+        let sent = self.sent.get_mut(room_id)?;
+        let selection = Selection::new(&params.required_state, view.user_id);
+        if selection.wants_lazy() {
+            let limit = params.timeline_limit.min(TIMELINE_RING);
+            let (timeline, _) = room.timeline_between(
+                since.saturating_sub(1),
+                sent.position.saturating_add(1),
+                (since, 0),
+                limit,
+            );
+            for e in &timeline {
+                sent.lazy.insert(&e.sender);
+            }
+        }
+        let members: Vec<&str> = sent.lazy.iter().collect();
+        Some(selection.resolve(&room.state, &members))
+    }
+
     fn live_room(
         &mut self,
         room_id: &RoomId,
         since: Position,
+        params: &RoomParams,
         view: &View<'_>,
     ) -> Option<RoomResult> {
         let room = (view.room)(room_id)?;
@@ -537,6 +640,8 @@ impl Connection {
             num_live: timeline.len(),
             limited: gap,
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            transaction_ids: transaction_ids(&timeline, view),
+            required_state: live_state(&room, &timeline, gap, params, &mut sent.lazy, view),
             ..RoomResult::default()
         };
         if !out.timeline.is_empty() {
@@ -563,12 +668,74 @@ impl Connection {
         }
         sent.position = sent.position.max(room.meta.latest_position);
         let empty = out.timeline.is_empty()
+            && out.required_state.is_empty()
             && out.name.is_none()
             && out.joined_count.is_none()
             && out.invited_count.is_none()
             && out.notification_count.is_none();
         (!empty).then_some(out)
     }
+}
+
+/// The state a live update carries: the current version of each state event the new
+/// timeline changed that the room's `required_state` selects, and the members of new
+/// senders not yet sent for `$LAZY`. After a gap the changes are unknown (the homeserver
+/// may have sent them as state, without a timeline event), so the selection is sent
+/// whole.
+fn live_state(
+    room: &RoomSnapshot,
+    timeline: &[Arc<crate::event::Event>],
+    gap: bool,
+    params: &RoomParams,
+    lazy: &mut Lazy,
+    view: &View<'_>,
+) -> Vec<bytes::Bytes> {
+    let selection = Selection::new(&params.required_state, view.user_id);
+    let mut new_lazy: Vec<&str> = Vec::new();
+    if selection.wants_lazy() {
+        for e in timeline {
+            if !lazy.contains(&e.sender) && !new_lazy.contains(&&*e.sender) {
+                new_lazy.push(&e.sender);
+            }
+        }
+    }
+    let is_lazy = |user: &str| lazy.contains(user) || new_lazy.contains(&user);
+    let mut out = Vec::new();
+    let mut sent_ids: HashSet<&str> = HashSet::new();
+    if gap {
+        out = selection.resolve(&room.state, &new_lazy);
+        // Members sent lazily before may have changed in the gap too.
+        for user in lazy.iter() {
+            if let Some(s) = room.state.get("m.room.member", user) {
+                out.push(bytes::Bytes::copy_from_slice(s.json()));
+            }
+        }
+    } else {
+        for e in timeline {
+            let Some(key) = e.state_key.as_deref() else {
+                continue;
+            };
+            if !selection.includes(&e.kind, key, &is_lazy) {
+                continue;
+            }
+            if let Some(s) = room.state.get(&e.kind, key) {
+                if sent_ids.insert(s.event_id()) {
+                    out.push(bytes::Bytes::copy_from_slice(s.json()));
+                }
+            }
+        }
+        for user in &new_lazy {
+            if let Some(s) = room.state.get("m.room.member", user) {
+                if sent_ids.insert(s.event_id()) {
+                    out.push(bytes::Bytes::copy_from_slice(s.json()));
+                }
+            }
+        }
+    }
+    for user in new_lazy {
+        lazy.insert(user);
+    }
+    out
 }
 
 /// Whether the room's snapshot already has the user out while the user's data, read a
@@ -619,6 +786,13 @@ fn merge(list: &mut ListState, params: &ListParams) -> Option<Resend> {
     let mut resend = None;
     if let Some(ranges) = &params.ranges {
         list.ranges = ranges.clone();
+    }
+    if let Some(all) = params.slow_get_all_rooms {
+        list.all_rooms = all;
+    }
+    if list.all_rooms {
+        // Clamped to the list like any range: it costs what the list holds.
+        list.ranges = vec![(0, usize::MAX)];
     }
     apply_order(&mut list.order, params);
     if let Some(rs) = &params.required_state {
@@ -685,6 +859,7 @@ mod tests {
                 user_id: ME,
                 data: &data,
                 room: &room,
+                txn_id: &|_| None,
             },
         )
     }
@@ -969,6 +1144,7 @@ mod tests {
             user_id: ME,
             data: &before_the_kick,
             room: &room,
+            txn_id: &|_| None,
         };
         let racing = conn.step(None, &view);
         assert!(!racing.rooms.contains_key("!r:x"), "{racing:?}");
@@ -1004,5 +1180,138 @@ mod tests {
             "{timeline:?}"
         );
         assert_eq!(timeline.last(), Some(&leave_json));
+    }
+
+    fn with_required_state(mut req: SyncRequest, entries: &[(&str, &str)]) -> SyncRequest {
+        for list in req.lists.values_mut() {
+            list.required_state = Some(
+                entries
+                    .iter()
+                    .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
+                    .collect(),
+            );
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn live_state_reaches_the_required_state_it_matches() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let mut conn = Connection::default();
+        let req = with_required_state(list(vec![(0, 0)], 5), &[("m.room.name", "")]);
+        step(&mut conn, &store, Some(&req));
+        let first_name = event("m.room.name", Some(""), "@o:x", 200);
+        let name = event("m.room.name", Some(""), "@o:x", 201);
+        let topic = event("m.room.topic", Some(""), "@o:x", 202);
+        let name_json = name.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![first_name, name, topic]));
+        let resp = step(&mut conn, &store, None);
+        let room = &resp.rooms["!r:x"];
+        assert_eq!(room.timeline.len(), 3);
+        assert_eq!(
+            room.required_state,
+            [name_json],
+            "the current name once; the topic is not asked for"
+        );
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 300)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert!(resp.rooms["!r:x"].required_state.is_empty());
+    }
+
+    #[tokio::test]
+    async fn lazy_members_go_out_once_per_connection() {
+        let store = store();
+        joined_room(&store, "!r:x", 0, 100);
+        let o = event("m.room.member", Some("@o:x"), "@o:x", 150);
+        let p = event("m.room.member", Some("@p:x"), "@p:x", 151);
+        let (o_json, p_json) = (o.json.clone(), p.json.clone());
+        store.apply_room(delta("!r:x", vec![o, p], vec![]));
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 200)],
+        ));
+        let mut conn = Connection::default();
+        let req = with_required_state(list(vec![(0, 0)], 1), &[("m.room.member", "$LAZY")]);
+        let resp = step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!r:x"].required_state, [o_json]);
+
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 300)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert!(
+            resp.rooms["!r:x"].required_state.is_empty(),
+            "sent before on this connection"
+        );
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@p:x", 400)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert_eq!(resp.rooms["!r:x"].required_state, [p_json]);
+    }
+
+    #[tokio::test]
+    async fn all_rooms_are_synced_at_once_and_moves_send_no_ops() {
+        let store = store();
+        for i in 0..5 {
+            joined_room(&store, &format!("!r{i}:x"), 0, 100 + i);
+        }
+        let mut req = list(vec![(0, 0)], 1);
+        req.lists.get_mut("all").unwrap().slow_get_all_rooms = Some(true);
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms.len(), 5);
+        assert!(matches!(
+            &resp.lists["all"].ops[..],
+            [Op::Sync { range: (0, 4), room_ids }] if room_ids.len() == 5
+        ));
+        store.apply_room(delta(
+            "!r0:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 1_000)],
+        ));
+        joined_room(&store, "!new:x", 0, 2_000);
+        let resp = step(&mut conn, &store, None);
+        assert!(resp.lists["all"].ops.is_empty(), "{resp:?}");
+        assert_eq!(resp.lists["all"].count, 6);
+        assert!(resp.rooms["!new:x"].initial);
+        assert_eq!(resp.rooms["!r0:x"].timeline.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_timeline_after_a_gap_is_reported_for_fetching() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        let mut first_poll = delta(
+            "!r:x",
+            vec![
+                event("m.room.create", Some(""), ME, 1),
+                event("m.room.member", Some(ME), ME, 2),
+            ],
+            vec![event("m.room.message", None, "@o:x", 50)],
+        );
+        first_poll.limited = true;
+        first_poll.prev_batch = Some("before_50".into());
+        store.apply_room(first_poll);
+        store.confirm_join(&user, &"!r:x".into());
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 0)], 20)));
+        assert_eq!(resp.rooms["!r:x"].prev_batch.as_deref(), Some("before_50"));
+        let gaps = conn.take_history_gaps();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(&*gaps[0].from, "before_50");
+        assert_eq!(gaps[0].want, 19);
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 0)], 1)));
+        assert!(conn.take_history_gaps().is_empty(), "{resp:?}");
     }
 }

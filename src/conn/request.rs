@@ -19,6 +19,9 @@ pub struct ListParams {
     pub filters: Option<Arc<Filters>>,
     pub timeline_limit: Option<usize>,
     pub required_state: Option<Vec<(String, String)>>,
+    /// Every room of the list in one `SYNC`, whatever the ranges; live changes move no
+    /// index (MSC3575, as the Go proxy served it).
+    pub slow_get_all_rooms: Option<bool>,
 }
 
 pub use crate::rooms::filter::Filters;
@@ -64,6 +67,8 @@ pub struct RoomResult {
     pub name: Option<String>,
     pub required_state: Vec<Bytes>,
     pub timeline: Vec<Bytes>,
+    /// `unsigned.transaction_id` to add to events of `timeline`, by index.
+    pub transaction_ids: Vec<(usize, Box<str>)>,
     /// Events in `timeline` that arrived live (not part of the initial window).
     pub num_live: usize,
     pub limited: bool,

@@ -291,7 +291,8 @@ impl Pollers {
             let outcome = match result {
                 Ok(body) => {
                     let started = Instant::now();
-                    let processed = v2::process(&self.store, &user, &body, &self.metrics).await;
+                    let processed =
+                        v2::process(&self.store, &user, &device, &body, &self.metrics).await;
                     self.metrics
                         .process_duration
                         .get_or_create(&[

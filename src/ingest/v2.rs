@@ -8,7 +8,7 @@ use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
-use crate::types::{now_ms, RoomId};
+use crate::types::{now_ms, DeviceKey, RoomId};
 use crate::upstream::wire::{self, SyncResponse};
 
 /// A response we could not use at all (not the v2 shape).
@@ -17,24 +17,42 @@ use crate::upstream::wire::{self, SyncResponse};
 pub struct ProcessError(String);
 
 fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
+    parse_sent_events(events, room, &mut Vec::new())
+}
+
+/// [`parse_events`], gathering the (event ID, transaction ID) pairs of events this
+/// device sent into `sent`.
+fn parse_sent_events(
+    events: &[sonic_rs::LazyValue<'_>],
+    room: &str,
+    sent: &mut Vec<(Box<str>, Box<str>)>,
+) -> Vec<Event> {
     events
         .iter()
-        .filter_map(|raw| match wire::parse_event(raw.as_raw_str().as_bytes()) {
-            Ok(ev) => Some(ev),
-            Err(e) => {
-                tracing::debug!(room, error = %e, "dropping malformed event");
-                None
-            }
-        })
+        .filter_map(
+            |raw| match wire::parse_sent_event(raw.as_raw_str().as_bytes()) {
+                Ok((ev, txn)) => {
+                    if let Some(txn) = txn {
+                        sent.push((ev.event_id.clone(), txn));
+                    }
+                    Some(ev)
+                }
+                Err(e) => {
+                    tracing::debug!(room, error = %e, "dropping malformed event");
+                    None
+                }
+            },
+        )
         .collect()
 }
 
-/// Applies one response for `user` and queues its durable writes. Returns `next_batch`.
-/// Its writes are queued before this returns, so the caller's `since` comes after them.
-/// Counts what it applies in `metrics`.
+/// Applies one response for `device` of `user` and queues its durable writes. Returns
+/// `next_batch`. Its writes are queued before this returns, so the caller's `since` comes
+/// after them. Counts what it applies in `metrics`.
 pub async fn process(
     store: &Store,
     user: &UserState,
+    device: &DeviceKey,
     body: &[u8],
     metrics: &PollerMetrics,
 ) -> Result<String, ProcessError> {
@@ -52,16 +70,20 @@ pub async fn process(
             .reserve(joined.state.events.len() + joined.timeline.events.len() + 3)
             .await;
         let room_id: RoomId = room_id.into();
+        let mut sent = Vec::new();
         let mut delta = RoomDelta {
             room_id: room_id.clone(),
             state: parse_events(&joined.state.events, &room_id),
-            timeline: parse_events(&joined.timeline.events, &room_id),
+            timeline: parse_sent_events(&joined.timeline.events, &room_id, &mut sent),
             prev_batch: joined.timeline.prev_batch,
             limited: joined.timeline.limited,
             stored: Default::default(),
         };
         observe_room(metrics, &delta);
         delta.stored = store.stored_copies(&delta).await;
+        // Before the events are applied: a connection of this device woken by them
+        // finds the transaction IDs already there.
+        store.txn_ids.remember(device, sent);
         store.apply_room(delta);
         store.confirm_join(user, &room_id);
         if let Some(unread) = joined.unread_notifications {
@@ -165,6 +187,10 @@ mod tests {
     use super::*;
     use crate::store::testing::store;
 
+    fn device() -> DeviceKey {
+        DeviceKey::new("@a:x", "DEV")
+    }
+
     const BODY: &[u8] = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{}}]},"timeline":{"limited":true,"prev_batch":"p","events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.message","event_id":"$m","sender":"@a:x","origin_server_ts":5,"content":{"body":"hi"}}]},"unread_notifications":{"notification_count":2}}},"invite":{"!i:x":{"invite_state":{"events":[{"type":"m.room.member","state_key":"@a:x","sender":"@b:x","content":{"membership":"invite"}}]}}},"leave":{"!l:x":{"timeline":{"events":[]}}}}}"#;
 
     #[tokio::test]
@@ -172,7 +198,7 @@ mod tests {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
         assert_eq!(
-            process(&store, &user, BODY, &PollerMetrics::default())
+            process(&store, &user, &device(), BODY, &PollerMetrics::default())
                 .await
                 .unwrap(),
             "s1"
@@ -206,9 +232,15 @@ mod tests {
             r#"{{"next_batch":"s1","rooms":{{"join":{{"!r:x":{{"timeline":{{"events":[{{"type":"m.room.message","event_id":"$deep","sender":"@b:x","content":{{"body":"hi","x":{deep}}}}}]}}}}}}}}}}"#
         );
         assert_eq!(
-            process(&store, &user, body.as_bytes(), &PollerMetrics::default())
-                .await
-                .unwrap(),
+            process(
+                &store,
+                &user,
+                &device(),
+                body.as_bytes(),
+                &PollerMetrics::default()
+            )
+            .await
+            .unwrap(),
             "s1"
         );
         let room = store.room("!r:x").unwrap();
@@ -232,7 +264,7 @@ mod tests {
         ]
         .concat();
         assert_eq!(
-            process(&store, &user, &body, &PollerMetrics::default())
+            process(&store, &user, &device(), &body, &PollerMetrics::default())
                 .await
                 .unwrap(),
             "s1"
@@ -258,7 +290,7 @@ mod tests {
                 let at = rng.gen_range(0..body.len());
                 body[at] = b"{}[]\",:0a\\"[rng.gen_range(0..10)];
             }
-            let _ = process(&store, &user, &body, &PollerMetrics::default()).await;
+            let _ = process(&store, &user, &device(), &body, &PollerMetrics::default()).await;
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod state;
 #[cfg(test)]
 pub mod testing;
 pub mod tokens;
+pub mod txn_ids;
 pub mod users;
 pub mod writer;
 
@@ -83,6 +84,7 @@ pub struct Store {
     users: DashMap<UserId, Arc<UserState>>,
     next_position: AtomicU64,
     queue: WriteQueue,
+    pub txn_ids: txn_ids::TxnIds,
 }
 
 /// One room's new events from one v2 response.
@@ -107,6 +109,7 @@ impl Store {
             users: DashMap::new(),
             next_position: AtomicU64::new(next_position.max(1)),
             queue,
+            txn_ids: txn_ids::TxnIds::default(),
         }
     }
 

@@ -63,6 +63,18 @@ impl RoomMeta {
     }
 }
 
+/// History a reader lacks before a room's known timeline: the homeserver left it out
+/// (a device's first poll asks for one event per room), and `anchor`, the first event
+/// the reader may see, starts a gap whose `prev_batch` is `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryGap {
+    pub room_id: RoomId,
+    pub anchor: Box<str>,
+    pub from: Box<str>,
+    /// How many events the reader asked for beyond what is held.
+    pub want: usize,
+}
+
 /// An immutable version of a room. Writers build the next one and swap the `Arc`.
 #[derive(Clone)]
 pub struct RoomSnapshot {
@@ -115,6 +127,42 @@ impl RoomSnapshot {
         let out: Vec<Arc<Event>> = visible[skip..].iter().map(|e| Arc::clone(e)).collect();
         let gap = skip > 0 || self.evicted > position || out.iter().any(|e| e.gap_before);
         (out, gap)
+    }
+
+    /// The `prev_batch` to hand a reader whose timeline starts at `first`: the newest
+    /// token at or before it, never one after it (paginating from a later token would
+    /// give the reader events it has again).
+    pub fn prev_batch_at(&self, first: &Event) -> Option<&str> {
+        let first = first.timeline_order();
+        self.timeline
+            .iter()
+            .take_while(|e| e.timeline_order() <= first)
+            .filter_map(|e| e.prev_batch.as_deref())
+            .last()
+    }
+
+    /// The gap before `timeline`, the newest events a reader joined at `since` may see,
+    /// when it holds fewer than `limit` and history before it is missing; `None` when
+    /// what is held reaches the reader's join or the room's start.
+    pub fn history_gap(
+        &self,
+        timeline: &[Arc<Event>],
+        since: Position,
+        limit: usize,
+    ) -> Option<HistoryGap> {
+        let first = timeline.first()?;
+        // Filled events go in front of `first`, and the ring drops the events before the
+        // reader's join first: `limit` is at most the ring's size, so they all stay.
+        let want = limit.min(TIMELINE_RING).saturating_sub(timeline.len());
+        if want == 0 || !first.gap_before || first.timeline_order() <= (since, 0) {
+            return None;
+        }
+        Some(HistoryGap {
+            room_id: self.room_id.clone(),
+            anchor: first.event_id.clone(),
+            from: first.prev_batch.clone()?,
+            want,
+        })
     }
 
     /// Where `user`'s view of the room ends: the position of their leave, ban (or

@@ -50,6 +50,21 @@ pub struct Timeline<'a> {
     pub prev_batch: Option<String>,
 }
 
+/// One page of `/rooms/{room_id}/messages`: events newest first (the page goes
+/// backwards), and where the next page starts, absent at the room's beginning.
+#[derive(Deserialize)]
+pub struct MessagesPage<'a> {
+    #[serde(borrow, default)]
+    pub chunk: Vec<LazyValue<'a>>,
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// Parses a `/messages` page, after the same clamping as a `/sync` body.
+pub fn parse_messages(body: &[u8]) -> Result<MessagesPage<'_>, sonic_rs::Error> {
+    sonic_rs::from_slice(body)
+}
+
 #[derive(Deserialize, Default)]
 pub struct UnreadNotifications {
     #[serde(default)]
@@ -157,6 +172,12 @@ const PRIVATE_UNSIGNED: [&str; 3] = [
 /// Reads the indexed fields of one event. The JSON is kept as is unless `unsigned`
 /// carries per-user fields, which are removed.
 pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
+    parse_sent_event(raw).map(|(ev, _)| ev)
+}
+
+/// [`parse_event`], and the `unsigned.transaction_id` it removed: only the sending
+/// device's own `/sync` carries it.
+pub fn parse_sent_event(raw: &[u8]) -> Result<(Event, Option<Box<str>>), EventError> {
     let f: Fields = sonic_rs::from_slice(raw).map_err(|e| EventError::Malformed(e.to_string()))?;
     let event_id = match f.event_id.as_deref() {
         Some(id) if !id.is_empty() && storable(id) => id,
@@ -199,7 +220,12 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
     } else {
         Bytes::copy_from_slice(raw)
     };
-    Ok(Event {
+    let transaction_id = f
+        .unsigned
+        .as_ref()
+        .and_then(|u| u.get("transaction_id"))
+        .and_then(|t| t.as_str().map(Into::into));
+    let event = Event {
         event_id: event_id.into(),
         kind: f.kind.as_ref().into(),
         state_key: f.state_key.map(|s| s.as_ref().into()),
@@ -212,7 +238,8 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         filled_order: None,
         position: 0,
         json,
-    })
+    };
+    Ok((event, transaction_id))
 }
 
 fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
@@ -268,7 +295,12 @@ mod tests {
     #[test]
     fn transaction_id_is_stripped_from_the_shared_copy() {
         let raw = br#"{"type":"m.room.message","event_id":"$1","sender":"@a:x","content":{"body":"hi"},"unsigned":{"transaction_id":"t1","age":3}}"#;
-        let ev = parse_event(raw).unwrap();
+        let (ev, txn) = parse_sent_event(raw).unwrap();
+        assert_eq!(
+            txn.as_deref(),
+            Some("t1"),
+            "kept apart for the sending device"
+        );
         let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
         assert!(v["unsigned"].get("transaction_id").is_none());
         assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
