@@ -12,4 +12,5 @@ mod serve;
 mod store;
 mod support;
 mod synapse_smoke;
+mod timeline;
 mod upstream;
