@@ -209,6 +209,7 @@ fn message_to_last_room(fx: &Fixture) -> (RoomDelta, Vec<u8>) {
         prev_batch: Some(format!("p{ts}")),
         limited: false,
         stored: Default::default(),
+        redacted: Vec::new(),
     };
     (delta, raw)
 }

@@ -189,6 +189,7 @@ impl History {
             },
             limited: !reached_start,
             stored: Default::default(),
+            redacted: Vec::new(),
         };
         delta.stored = self.store.stored_copies(&delta).await;
         let queue = self.store.queue();

@@ -100,6 +100,9 @@ pub struct RoomDelta {
     /// Events of this delta the room applied long ago and no longer remembers in memory:
     /// found in storage by [`Store::stored_copies`].
     pub stored: HashSet<Box<str>>,
+    /// (event ID, redacted JSON) for the events this delta's redactions target, made by
+    /// ingest (the store does not read JSON); applied with the redaction, if it is new.
+    pub redacted: Vec<(Box<str>, Bytes)>,
 }
 
 impl Store {
@@ -226,6 +229,8 @@ impl Store {
             next: RoomSnapshot::clone(&room.snapshot.load()),
             seen: &mut writer.seen,
             stored: &delta.stored,
+            redacted: &delta.redacted,
+            fold_now: false,
             received: now_ms(),
             writes: Vec::new(),
             members: Vec::new(),
@@ -704,6 +709,10 @@ struct Applying<'a> {
     seen: &'a mut room::SeenIds,
     /// Applied long ago, as storage says (see [`RoomDelta::stored`]).
     stored: &'a HashSet<Box<str>>,
+    redacted: &'a [(Box<str>, Bytes)],
+    /// A redaction changed state the stored snapshot may hold: fold, so a restart loads
+    /// the redacted form.
+    fold_now: bool,
     /// When this delta reached the proxy (ms since the epoch): no event's timestamp
     /// counts as later than that.
     received: u64,
@@ -798,9 +807,59 @@ impl Applying<'_> {
                 }
                 self.next.set_state(Arc::clone(&ev));
             }
+            let redacts = (&*ev.kind == "m.room.redaction")
+                .then(|| ev.text.clone())
+                .flatten();
             self.next.push_timeline(ev);
             self.new_timeline = true;
+            if let Some(target) = redacts {
+                self.redact(&target);
+            }
         }
+    }
+
+    /// Replaces the event a new redaction targets with its redacted form, in the
+    /// timeline, in the current state (where a redacted name, avatar or alias then no
+    /// longer names the room), and in storage.
+    fn redact(&mut self, target: &str) {
+        let Some((_, json)) = self.redacted.iter().find(|(id, _)| &**id == target) else {
+            return;
+        };
+        let Some(old) = self.next.redaction_target(target) else {
+            return;
+        };
+        let mut ev = Event::clone(&old);
+        ev.json = json.clone();
+        // What the summary read from the content is gone; a create event's type stays
+        // (room version 11 keeps its content, and a room does not change its type).
+        if &*ev.kind != "m.room.create" {
+            ev.text = None;
+        }
+        let ev = Arc::new(ev);
+        if let Some(i) = self
+            .next
+            .timeline
+            .iter()
+            .position(|e| &*e.event_id == target)
+        {
+            self.next.timeline.set(i, Arc::clone(&ev));
+        }
+        if let Some(key) = ev.state_key.as_deref() {
+            if self
+                .next
+                .state
+                .get(&ev.kind, key)
+                .is_some_and(|s| s.event_id() == target)
+            {
+                self.next.set_state(Arc::clone(&ev));
+                self.fold_now = true;
+            }
+        }
+        self.writes.push(Write::Redacted {
+            room_id: self.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            json: ev.json.clone(),
+        });
     }
 
     /// Puts events the room was missing in front of `anchor`, when the timeline has a
@@ -858,7 +917,7 @@ impl Applying<'_> {
     }
 
     fn fold_if_due(&mut self) {
-        if self.next.state.wants_fold() {
+        if self.fold_now || self.next.state.wants_fold() {
             // Every event of this room so far has a lower position, every later one at
             // least the next: startup replays state events after this one.
             let position = self.store.next_position.load(Ordering::Relaxed) - 1;

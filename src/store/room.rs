@@ -19,6 +19,15 @@ pub const TIMELINE_RING: usize = 64;
 pub const MAX_HEROES: usize = 6;
 /// Event IDs remembered per room to drop the copies other pollers deliver.
 pub const SEEN_IDS: usize = 4096;
+/// State a redaction is applied to besides the events in the timeline ring: the events
+/// behind a room's fields. Finding any other state event by its ID would mean a walk over
+/// all of the room's state (members included) for every redaction.
+const REDACTABLE_STATE: [&str; 4] = [
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.canonical_alias",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Hero {
@@ -127,6 +136,19 @@ impl RoomSnapshot {
         let out: Vec<Arc<Event>> = visible[skip..].iter().map(|e| Arc::clone(e)).collect();
         let gap = skip > 0 || self.evicted > position || out.iter().any(|e| e.gap_before);
         (out, gap)
+    }
+
+    /// The event a redaction may apply to: in the timeline ring, or the current state
+    /// behind the room's name, avatar, topic or alias.
+    pub fn redaction_target(&self, event_id: &str) -> Option<Arc<Event>> {
+        if let Some(e) = self.timeline.iter().find(|e| &*e.event_id == event_id) {
+            return Some(Arc::clone(e));
+        }
+        REDACTABLE_STATE
+            .iter()
+            .filter_map(|kind| self.state.get(kind, ""))
+            .find(|s| s.event_id() == event_id)
+            .map(|s| Arc::new(s.to_event()))
     }
 
     /// The `prev_batch` to hand a reader whose timeline starts at `first`: the newest

@@ -466,3 +466,65 @@ async fn slow_get_all_rooms_syncs_every_room_and_moves_send_no_ops() {
     assert_eq!(live["rooms"]["!c:test"]["num_live"].as_u64(), Some(1));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_redaction_applies_in_place_and_a_redacted_name_stops_naming_the_room() {
+    let (_db, hs, proxy) = setup().await;
+    let secret = message(BOB, "the secret", 1_001);
+    let state = vec![
+        create(ALICE, 1),
+        member(ALICE, "join", 2),
+        name(ALICE, "Secret plan", 3),
+    ];
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(ROOM, joined(state, vec![secret.clone()]))]),
+    );
+    let req = one_list(5, json!([["m.room.name", ""]]));
+    let first = proxy.sync_ok("alice_token", None, 0, &req).await;
+    assert_eq!(first["rooms"][ROOM]["name"].as_str(), Some("Secret plan"));
+
+    let name_id = first["rooms"][ROOM]["required_state"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let redact = |id: &str, n: u64| {
+        json!({"type": "m.room.redaction", "event_id": format!("$redaction{n}"), "sender": ALICE,
+               "origin_server_ts": 2_000 + n, "redacts": id, "content": {}})
+    };
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(
+                vec![],
+                vec![redact(&id_of(&secret), 1), redact(&name_id, 2)],
+            ),
+        )]),
+    );
+    let live = next(&proxy, "alice_token", &pos(&first)).await;
+    let room = &live["rooms"][ROOM];
+    assert_eq!(room["timeline"].as_array().unwrap().len(), 2);
+    assert_ne!(room["name"].as_str(), Some("Secret plan"), "{room:?}");
+    assert!(
+        room["name"].as_str().is_some(),
+        "the name changed: {room:?}"
+    );
+
+    let fresh = proxy.sync_ok("alice_token", None, 0, &req).await;
+    let room = &fresh["rooms"][ROOM];
+    let timeline = room["timeline"].as_array().unwrap();
+    let redacted = timeline
+        .iter()
+        .find(|e| e["event_id"] == secret["event_id"])
+        .expect("the redacted message");
+    assert!(redacted["content"].as_object().unwrap().is_empty());
+    assert_eq!(
+        redacted["unsigned"]["redacted_because"]["event_id"].as_str(),
+        Some("$redaction1")
+    );
+    let name_event = &room["required_state"][0];
+    assert!(name_event["content"].as_object().unwrap().is_empty());
+    assert_ne!(room["name"].as_str(), Some("Secret plan"));
+    proxy.stop().await;
+}
