@@ -10,6 +10,7 @@ use super::request::{
 };
 use super::required_state::{Lazy, Selection};
 use super::window;
+use crate::event::TimelineOrder;
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
 use crate::store::room::{HistoryGap, RoomSnapshot, TIMELINE_RING};
@@ -73,6 +74,11 @@ struct SentRoom {
     unread: (u64, u64),
     /// Members sent for `$LAZY`.
     lazy: Lazy,
+    /// The newest place in the room's timeline the client was sent (or chose not to
+    /// have): events filled in before it later (history fetched for another reader, a
+    /// gap another poller filled) are history the client pages back to, not live events
+    /// to append after what it shows.
+    newest: TimelineOrder,
 }
 
 #[derive(Default)]
@@ -445,6 +451,7 @@ impl Connection {
                             invited: 0,
                             unread: (0, 0),
                             lazy: Lazy::default(),
+                            newest: (0, 0),
                         },
                     );
                     Some(RoomResult {
@@ -569,6 +576,7 @@ impl Connection {
                 invited: room.meta.invited_count,
                 unread,
                 lazy,
+                newest: newest_order(&room),
             },
         );
         Some(RoomResult {
@@ -634,8 +642,9 @@ impl Connection {
         }
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
-        let (timeline, gap) =
-            room.timeline_between(after, Position::MAX, (since, 0), TIMELINE_RING);
+        let from = (since, 0).max((sent.newest.0, sent.newest.1.saturating_add(1)));
+        let (timeline, gap) = room.timeline_between(after, Position::MAX, from, TIMELINE_RING);
+        sent.newest = sent.newest.max(newest_order(&room));
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
@@ -736,6 +745,11 @@ fn live_state(
         lazy.insert(user);
     }
     out
+}
+
+/// Where the room's timeline ends now, in its order.
+fn newest_order(room: &RoomSnapshot) -> TimelineOrder {
+    room.timeline.back().map_or((0, 0), |e| e.timeline_order())
 }
 
 /// Whether the room's snapshot already has the user out while the user's data, read a

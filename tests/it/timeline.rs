@@ -528,3 +528,46 @@ async fn a_redaction_applies_in_place_and_a_redacted_name_stops_naming_the_room(
     assert_ne!(room["name"].as_str(), Some("Secret plan"));
     proxy.stop().await;
 }
+
+/// History fetched for one connection is not news for another showing the room: it
+/// would append old messages after the newest.
+#[tokio::test]
+async fn fetched_history_is_not_sent_live_to_other_connections() {
+    let (_db, hs, proxy) = setup().await;
+    let old = message(BOB, "old", 100);
+    let newest = message(BOB, "newest", 101);
+    let mut first = joined(
+        vec![create(BOB, 1), member(ALICE, "join", 2)],
+        vec![newest.clone()],
+    );
+    first["timeline"]["limited"] = json!(true);
+    first["timeline"]["prev_batch"] = json!("before_newest");
+    hs.push_rooms("alice_token", rooms_join(vec![(ROOM, first)]));
+    hs.script_messages(ROOM, "before_newest", vec![old.clone()], None);
+    let mut list_conn = one_list(1, json!([]));
+    list_conn["conn_id"] = json!("list");
+    let shown = proxy.sync_ok("alice_token", None, 0, &list_conn).await;
+    assert_eq!(timeline_ids(&shown, ROOM), [id_of(&newest)]);
+    assert!(hs.messages_calls().is_empty(), "one event was asked for");
+
+    let mut room_conn = one_list(10, json!([]));
+    room_conn["conn_id"] = json!("room");
+    let opened = proxy.sync_ok("alice_token", None, 0, &room_conn).await;
+    assert_eq!(timeline_ids(&opened, ROOM), [id_of(&old), id_of(&newest)]);
+
+    let later = message(BOB, "later", 102);
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(ROOM, joined(vec![], vec![later.clone()]))]),
+    );
+    let live = proxy
+        .sync_ok(
+            "alice_token",
+            Some(&pos(&shown)),
+            10_000,
+            &json!({"conn_id": "list"}),
+        )
+        .await;
+    assert_eq!(timeline_ids(&live, ROOM), [id_of(&later)]);
+    proxy.stop().await;
+}
