@@ -571,3 +571,49 @@ async fn fetched_history_is_not_sent_live_to_other_connections() {
     assert_eq!(timeline_ids(&live, ROOM), [id_of(&later)]);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn changing_required_state_resends_state_alone_and_timeline_limit_the_timeline() {
+    let (_db, hs, proxy) = setup().await;
+    let messages: Vec<Value> = (1..=5)
+        .map(|i| message(BOB, &format!("m{i}"), 100 + i))
+        .collect();
+    let state = vec![
+        create(ALICE, 1),
+        member(ALICE, "join", 2),
+        name(ALICE, "R", 3),
+    ];
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(ROOM, joined(state, messages.clone()))]),
+    );
+    let first = proxy
+        .sync_ok(
+            "alice_token",
+            None,
+            0,
+            &one_list(2, json!([["m.room.create", ""]])),
+        )
+        .await;
+    assert_eq!(timeline_ids(&first, ROOM).len(), 2);
+
+    let state_only = json!({"lists": {"all": {"required_state": [["m.room.name", ""]]}}});
+    let resp = proxy
+        .sync_ok("alice_token", Some(&pos(&first)), 0, &state_only)
+        .await;
+    let room = &resp["rooms"][ROOM];
+    assert_eq!(state_keys(&resp, ROOM), ["m.room.name|"]);
+    assert!(room.get("timeline").is_none(), "{room:?}");
+    assert!(room.get("initial").is_none());
+    assert!(ops(&resp, "all").is_empty());
+
+    let longer = json!({"lists": {"all": {"timeline_limit": 4}}});
+    let resp = proxy
+        .sync_ok("alice_token", Some(&pos(&resp)), 0, &longer)
+        .await;
+    let expected: Vec<String> = messages[1..].iter().map(id_of).collect();
+    assert_eq!(timeline_ids(&resp, ROOM), expected);
+    assert_eq!(resp["rooms"][ROOM]["initial"].as_bool(), Some(true));
+    assert!(ops(&resp, "all").is_empty(), "the window did not move");
+    proxy.stop().await;
+}
