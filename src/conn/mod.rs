@@ -308,6 +308,9 @@ impl Conns {
         let mut woken = user.subscribe();
         let first = slot.responses == 0;
         let mut resp = loop {
+            // The device's own message must not go out before its poller has reported
+            // its transaction ID, when another poller delivered it first.
+            store.txn_ids.settle(&key.device).await;
             let mut resp = with_view(user, store, key, |view| {
                 slot.conn.step(request.take().as_ref(), view)
             });

@@ -17,22 +17,23 @@ use crate::upstream::wire::{self, SyncResponse};
 pub struct ProcessError(String);
 
 fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
-    parse_sent_events(events, room, &mut Vec::new())
+    parse_sent_events(events, room, "", &mut Vec::new())
 }
 
-/// [`parse_events`], gathering the (event ID, transaction ID) pairs of events this
-/// device sent into `sent`.
+/// [`parse_events`], gathering the events `user` sent into `sent`, with the transaction
+/// ID of those this device sent.
 fn parse_sent_events(
     events: &[sonic_rs::LazyValue<'_>],
     room: &str,
-    sent: &mut Vec<(Box<str>, Box<str>)>,
+    user: &str,
+    sent: &mut Vec<(Box<str>, Option<Box<str>>)>,
 ) -> Vec<Event> {
     events
         .iter()
         .filter_map(
             |raw| match wire::parse_sent_event(raw.as_raw_str().as_bytes()) {
                 Ok((ev, txn)) => {
-                    if let Some(txn) = txn {
+                    if &*ev.sender == user {
                         sent.push((ev.event_id.clone(), txn));
                     }
                     Some(ev)
@@ -74,7 +75,12 @@ pub async fn process(
         let mut delta = RoomDelta {
             room_id: room_id.clone(),
             state: parse_events(&joined.state.events, &room_id),
-            timeline: parse_sent_events(&joined.timeline.events, &room_id, &mut sent),
+            timeline: parse_sent_events(
+                &joined.timeline.events,
+                &room_id,
+                &user.user_id,
+                &mut sent,
+            ),
             prev_batch: joined.timeline.prev_batch,
             limited: joined.timeline.limited,
             stored: Default::default(),

@@ -234,6 +234,7 @@ impl Store {
             received: now_ms(),
             writes: Vec::new(),
             members: Vec::new(),
+            sent: Vec::new(),
             new_timeline: false,
         };
         // A timeline holding an event the room already has starts before the room's
@@ -248,9 +249,15 @@ impl Store {
             next,
             writes,
             members,
+            sent,
             new_timeline,
             ..
         } = applying;
+        for (sender, event_id) in sent {
+            if let Some(user) = self.user(&sender) {
+                self.txn_ids.sent_by(&user.user_id, &event_id);
+            }
+        }
         let latest_ts = next.meta.latest_ts;
         let looks_changed = !next.meta.looks_like(&room.snapshot.load().meta);
         let next = Arc::new(next);
@@ -719,6 +726,8 @@ struct Applying<'a> {
     writes: Vec<Write>,
     /// Member events applied, for our users' memberships once the lock is released.
     members: Vec<Arc<Event>>,
+    /// (sender, event ID) of the new events, oldest first.
+    sent: Vec<(Box<str>, Box<str>)>,
     new_timeline: bool,
 }
 
@@ -810,6 +819,7 @@ impl Applying<'_> {
             let redacts = (&*ev.kind == "m.room.redaction")
                 .then(|| ev.text.clone())
                 .flatten();
+            self.sent.push((ev.sender.clone(), ev.event_id.clone()));
             self.next.push_timeline(ev);
             self.new_timeline = true;
             if let Some(target) = redacts {

@@ -228,6 +228,55 @@ async fn only_the_sending_device_sees_its_transaction_id() {
     proxy.stop().await;
 }
 
+/// Another poller delivers the phone's message first: the phone's parked request waits
+/// for the phone's own poller, so the message reaches it with its transaction ID.
+#[tokio::test]
+async fn a_live_message_waits_for_the_sending_devices_transaction_id() {
+    let (_db, hs, proxy) = setup().await;
+    let room = new_room(ALICE, None, 1_000);
+    hs.push_rooms("alice_token", rooms_join(vec![(ROOM, room.clone())]));
+    hs.push_rooms("phone_token", rooms_join(vec![(ROOM, room)]));
+    let req = one_list(5, json!([]));
+    proxy.sync_ok("alice_token", None, 0, &req).await;
+    let phone = proxy.sync_ok("phone_token", None, 0, &req).await;
+    let parked = {
+        let url = format!(
+            "{}{}?timeout=10000&pos={}",
+            proxy.url,
+            crate::support::proxy::MSC3575,
+            pos(&phone)
+        );
+        tokio::spawn(async move {
+            crate::support::http::HttpClient::new()
+                .request(
+                    http::Method::POST,
+                    &url,
+                    Some("phone_token"),
+                    Some(&json!({})),
+                )
+                .await
+        })
+    };
+    let sent = message(ALICE, "sent from the phone", 2_000);
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(ROOM, joined(vec![], vec![sent.clone()]))]),
+    );
+    hs.drained("alice_token").await;
+    hs.push_rooms(
+        "phone_token",
+        rooms_join(vec![(
+            ROOM,
+            joined(vec![], vec![with_txn_id(sent.clone(), "txn2")]),
+        )]),
+    );
+    let live = parked.await.unwrap().json();
+    let first = &live["rooms"][ROOM]["timeline"][0];
+    assert_eq!(first["event_id"], sent["event_id"], "{live:?}");
+    assert_eq!(first["unsigned"]["transaction_id"].as_str(), Some("txn2"));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn prev_batch_never_points_after_the_first_event_returned() {
     let (_db, hs, proxy) = setup().await;
