@@ -873,9 +873,11 @@ impl Applying<'_> {
     }
 
     /// Puts events the room was missing in front of `anchor`, when the timeline has a
-    /// gap there. They are history by now: they go into the timeline (clients receive
-    /// them, late rather than never) but not into the current state, which `anchor`
-    /// already follows. `limited`: the homeserver left out events before `before`.
+    /// gap there (another poller's delivery, or history fetched for a reader). They are
+    /// history by now: they go into the timeline (new connections receive them, and
+    /// clients page back to them; a connection that was sent `anchor` does not get them
+    /// as live events after it) but not into the current state, which `anchor` already
+    /// follows. `limited`: the homeserver left out events before `before`.
     fn fill_gap(
         &mut self,
         anchor: &str,
