@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
+use crate::store::txn_ids::Delivered;
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
 use crate::types::{now_ms, DeviceKey, RoomId};
@@ -26,7 +27,7 @@ fn parse_sent_events(
     events: &[sonic_rs::LazyValue<'_>],
     room: &str,
     user: &str,
-    sent: &mut Vec<(Box<str>, Option<Box<str>>)>,
+    sent: &mut Vec<Delivered>,
 ) -> Vec<Event> {
     events
         .iter()

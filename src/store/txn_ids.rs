@@ -27,12 +27,16 @@ pub const PER_DEVICE: usize = 64;
 /// The longest a connection holds a response back for its device's poller.
 pub const WAIT: Duration = Duration::from_secs(1);
 
+/// An event of the device's user its poller delivered, with the transaction ID if this
+/// device sent it.
+pub type Delivered = (Box<str>, Option<Box<str>>);
+
 /// Shard locks of these maps are held only to push to, scan or bump one entry.
 #[derive(Default)]
 pub struct TxnIds {
     /// Per device: (event ID, transaction ID if this device sent it) of its user's events
     /// its poller delivered, oldest first.
-    by_device: DashMap<DeviceKey, VecDeque<(Box<str>, Option<Box<str>>)>>,
+    by_device: DashMap<DeviceKey, VecDeque<Delivered>>,
     /// Per device: bumped when its poller delivers its user's events.
     delivered: DashMap<DeviceKey, watch::Sender<u64>>,
     /// Per user of this proxy: their newest event, and when it was first applied.
@@ -42,7 +46,7 @@ pub struct TxnIds {
 impl TxnIds {
     /// Records the events of its own user that `device`'s poller delivered, with the
     /// transaction ID of those it sent.
-    pub fn remember(&self, device: &DeviceKey, events: Vec<(Box<str>, Option<Box<str>>)>) {
+    pub fn remember(&self, device: &DeviceKey, events: Vec<Delivered>) {
         if events.is_empty() {
             return;
         }

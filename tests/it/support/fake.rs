@@ -50,11 +50,14 @@ pub struct FakeHomeserver {
     /// Per token: `rooms` objects answered by `since`, as a real homeserver does, so a
     /// poller that starts again from an older `since` gets the same data again.
     logs: Mutex<HashMap<String, Vec<sonic_rs::Value>>>,
-    /// `/messages` pages by (room, from): the `chunk` (newest first) and `end`.
-    pages: Mutex<HashMap<(String, String), (Vec<sonic_rs::Value>, Option<String>)>>,
+    /// `/messages` pages by (room, from).
+    pages: Mutex<HashMap<(String, String), Page>>,
     /// `/messages` calls as (token, room, from, limit).
     messages_calls: Mutex<Vec<(String, String, String, usize)>>,
 }
+
+/// A scripted `/messages` page: the `chunk` (newest first) and `end`.
+type Page = (Vec<sonic_rs::Value>, Option<String>);
 
 /// Counts a `/sync` call as in flight until dropped (also when the poller is aborted).
 struct InFlight<'a> {
