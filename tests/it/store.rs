@@ -691,10 +691,7 @@ async fn a_filled_gap_keeps_its_order_across_a_restart(backend: Backend) {
     let newest: Vec<String> = (37..=100).map(|i| format!("$m{i}")).collect();
     assert_eq!(before, newest);
 
-    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
-    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
-        .await
-        .expect("load");
+    let reloaded = reload(&persist).await;
     assert_eq!(timeline_ids(&reloaded, room), before);
 
     // A poller that was far behind delivers the first one again after the restart.
@@ -782,14 +779,9 @@ async fn state_set_just_after_a_fold_survives_a_restart(backend: Backend) {
         assert!(folded, "the members folded the state");
         let name = state_event("$name", "m.room.name", "", r#"{"name":"After the fold"}"#);
         hot.apply_room(chunk(room, &[name], false));
-        hot.queue().flush().await;
-        drop(hot);
-        writer.await.unwrap();
+        stop(hot, writer).await;
     }
-    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
-    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
-        .await
-        .expect("load");
+    let reloaded = reload(&persist).await;
     assert_eq!(
         reloaded.room(room).unwrap().meta.name.as_deref(),
         Some("After the fold")
@@ -897,13 +889,24 @@ async fn a_redaction_applies_in_place_and_survives_a_restart(backend: Backend) {
             (None, 0),
             "no name and no content left"
         );
-        hot.queue().flush().await;
-        drop(hot);
-        writer.await.unwrap();
+        stop(hot, writer).await;
     }
-    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
-    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
-        .await
-        .expect("load");
+    let reloaded = reload(&persist).await;
     assert_eq!(redacted_body(&reloaded), (None, 0), "after a restart too");
+}
+
+/// Commits what the store queued and ends its writer, as a shutdown does.
+async fn stop(hot: slidesync::store::Store, writer: tokio::task::JoinHandle<()>) {
+    hot.queue().flush().await;
+    drop(hot);
+    writer.await.unwrap();
+}
+
+/// The hot state rebuilt from storage, as a restart does.
+async fn reload(persist: &std::sync::Arc<dyn Persist>) -> slidesync::store::Store {
+    let (queue, _writer) =
+        slidesync::store::writer::WriteQueue::spawn(std::sync::Arc::clone(persist), 1024);
+    slidesync::store::Store::load(&**persist, queue, &slidesync::upstream::wire::DECODER)
+        .await
+        .expect("load")
 }
