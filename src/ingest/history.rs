@@ -140,31 +140,19 @@ impl History {
         let Some(anchor) = self.anchor(gap) else {
             return Ok(0);
         };
-        let body = {
-            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-            let call = MessagesCall {
-                token,
-                room_id: &gap.room_id,
-                from: &gap.from,
-                limit: gap.want,
-            };
-            self.upstream
-                .messages(call)
-                .await
-                .map_err(|e| e.to_string())?
-        };
+        let body = self.page(token, gap, gap.want).await?;
         let body = wire::clamp(&body);
         let page = wire::parse_messages(&body).map_err(|e| e.to_string())?;
         // The page goes backwards: newest first.
         let mut older = Vec::new();
-        let mut reached_start = page.end.is_none();
+        let mut at_join = false;
         for raw in &page.chunk {
             let Ok(ev) = wire::parse_event(raw.as_raw_str().as_bytes()) else {
                 continue;
             };
             if is_join_of(&ev, user_id) {
                 // Nothing before the user's join is theirs to see.
-                reached_start = true;
+                at_join = true;
                 break;
             }
             older.push(ev);
@@ -175,6 +163,20 @@ impl History {
         if older.is_empty() {
             return Ok(0);
         }
+        // Where the kept events start: the page's end, unless the page went on past the
+        // user's join; then a page of just the kept events says (other readers may see
+        // further back, and this user's client pages back from there too). Without it,
+        // the gap closes where it is.
+        let end = if at_join {
+            match self.page(token, gap, older.len()).await {
+                Ok(body) => wire::parse_messages(&wire::clamp(&body))
+                    .ok()
+                    .and_then(|p| p.end),
+                Err(_) => None,
+            }
+        } else {
+            page.end.clone()
+        };
         older.reverse();
         let filled = older.len();
         older.push(anchor);
@@ -182,12 +184,8 @@ impl History {
             room_id: gap.room_id.clone(),
             state: Vec::new(),
             timeline: older,
-            prev_batch: if reached_start {
-                None
-            } else {
-                page.end.clone()
-            },
-            limited: !reached_start,
+            limited: end.is_some(),
+            prev_batch: end,
             stored: Default::default(),
             redacted: Vec::new(),
         };
@@ -197,6 +195,26 @@ impl History {
         self.store.apply_room(delta);
         queue.release(reservation);
         Ok(filled)
+    }
+
+    /// One page of at most `limit` events before the gap, through the shared permits.
+    async fn page(
+        &self,
+        token: &str,
+        gap: &HistoryGap,
+        limit: usize,
+    ) -> Result<bytes::Bytes, String> {
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        let call = MessagesCall {
+            token,
+            room_id: &gap.room_id,
+            from: &gap.from,
+            limit,
+        };
+        self.upstream
+            .messages(call)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The gap's first known event, while it still starts the gap.
