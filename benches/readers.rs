@@ -60,6 +60,7 @@ fn delta(state: Vec<Event>, timeline: Vec<Event>) -> RoomDelta {
         prev_batch: None,
         limited: false,
         stored: Default::default(),
+        redacted: Vec::new(),
     }
 }
 

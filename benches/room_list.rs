@@ -33,7 +33,7 @@ use slidesync::store::persist::{Persist, Write};
 use slidesync::store::users::{UserMembership, UserState};
 use slidesync::store::writer::WriteQueue;
 use slidesync::store::{RoomDelta, Store};
-use slidesync::types::UserId;
+use slidesync::types::{DeviceKey, UserId};
 use slidesync::upstream::wire;
 
 // The binary's allocator (see `src/main.rs`): the hot path allocates per event and per
@@ -164,11 +164,14 @@ fn step(conn: &mut Connection, req: Option<&SyncRequest>, fx: &Fixture) -> SyncR
     let position = fx.store.position_now();
     let data = fx.user.read();
     let room = |id: &str| fx.store.room(id);
+    let device = DeviceKey::new(ME, "DEV");
+    let txn_id = |event: &str| fx.store.txn_ids.get(&device, event);
     let view = View {
         user_id: &fx.user.user_id,
         data: &data,
         room: &room,
         position,
+        txn_id: &txn_id,
     };
     conn.step(req, &view)
 }
@@ -208,6 +211,7 @@ fn message_to_last_room(fx: &Fixture) -> (RoomDelta, Vec<u8>) {
         prev_batch: Some(format!("p{ts}")),
         limited: false,
         stored: Default::default(),
+        redacted: Vec::new(),
     };
     (delta, raw)
 }

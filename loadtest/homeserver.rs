@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use slidesync::upstream::{full, Body, Homeserver, SyncCall, UpstreamError, WhoAmI};
+use slidesync::upstream::{full, Body, Homeserver, MessagesCall, SyncCall, UpstreamError, WhoAmI};
 use tokio::sync::Notify;
 
 /// `origin_server_ts` of the rooms' first messages: room `r` at `INITIAL_TS + 1000 r`,
@@ -282,6 +282,12 @@ impl Homeserver for Synthetic {
         Ok(Bytes::from_static(
             br#"{"versions":["v1.11","v1.12"],"unstable_features":{}}"#,
         ))
+    }
+
+    /// Synthetic rooms have no history before what the initial sync gives.
+    async fn messages(&self, call: MessagesCall<'_>) -> Result<Bytes, UpstreamError> {
+        self.user_of(call.token)?;
+        Ok(Bytes::from_static(br#"{"chunk":[]}"#))
     }
 
     async fn forward(

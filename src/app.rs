@@ -14,6 +14,7 @@ use crate::api::metrics::ApiMetrics;
 use crate::api::Api;
 use crate::config::{redact_db_url, Config, Db, ServerAddr};
 use crate::conn::Conns;
+use crate::ingest::history::History;
 use crate::ingest::pollers::{PollerConfig, Pollers};
 use crate::ops::admin::{self, Admin, BindError};
 use crate::ops::listen::{self, ListenError, Listener};
@@ -169,6 +170,8 @@ impl App {
         metrics.register(&conns, &mut registry);
         pollers.register_metrics(&mut registry);
         crate::store::metrics::register(&store, &mut registry);
+        let history = Arc::new(History::new(Arc::clone(&upstream), Arc::clone(&store)));
+        history.register(&mut registry);
         let mut tasks = TaskCollector::default();
         tasks.add("poller", pollers.task_monitor());
         tasks.add("request", requests.clone());
@@ -180,6 +183,7 @@ impl App {
             conns,
             sessions,
             pollers,
+            history,
             upstream,
             persist,
             cipher,

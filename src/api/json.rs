@@ -132,9 +132,41 @@ impl JsonWriter {
     }
 }
 
+/// The event with `unsigned.transaction_id` set, for the device that sent it: the one
+/// event a response rewrites, since the stored copy is shared by every reader. An event
+/// that is not an object (never stored) is returned as it is.
+pub fn with_transaction_id(event: &[u8], txn_id: &str) -> Vec<u8> {
+    use sonic_rs::{JsonValueMutTrait, JsonValueTrait};
+    let Ok(mut v) = sonic_rs::from_slice::<sonic_rs::Value>(event) else {
+        return event.to_vec();
+    };
+    let Some(obj) = v.as_object_mut() else {
+        return event.to_vec();
+    };
+    if !obj.get(&"unsigned").is_some_and(|u| u.is_object()) {
+        obj.insert(&"unsigned", sonic_rs::Value::new_object());
+    }
+    if let Some(unsigned) = obj.get_mut(&"unsigned").and_then(|u| u.as_object_mut()) {
+        unsigned.insert(&"transaction_id", sonic_rs::Value::from(txn_id));
+    }
+    sonic_rs::to_vec(&v).unwrap_or_else(|_| event.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_id_joins_what_unsigned_holds() {
+        let out = with_transaction_id(br#"{"event_id":"$1","unsigned":{"age":3}}"#, "t\"1");
+        let v: sonic_rs::Value = sonic_rs::from_slice(&out).unwrap();
+        use sonic_rs::JsonValueTrait;
+        assert_eq!(v["unsigned"]["transaction_id"].as_str(), Some("t\"1"));
+        assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));
+        let out = with_transaction_id(br#"{"event_id":"$1"}"#, "t");
+        let v: sonic_rs::Value = sonic_rs::from_slice(&out).unwrap();
+        assert_eq!(v["unsigned"]["transaction_id"].as_str(), Some("t"));
+    }
 
     #[test]
     fn nested_values_get_commas_only_between_items() {

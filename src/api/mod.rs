@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::conn::{ConnKey, Conns, Wait};
 use crate::error::MatrixError;
+use crate::ingest::history::History;
 use crate::ingest::pollers::Pollers;
 use crate::ops::metrics::Held;
 use crate::store::persist::Persist;
@@ -45,6 +46,7 @@ pub struct Api {
     pub conns: Arc<Conns>,
     pub sessions: Arc<Sessions>,
     pub pollers: Arc<Pollers>,
+    pub history: Arc<History>,
     pub upstream: Arc<dyn Homeserver>,
     pub persist: Arc<dyn Persist>,
     pub cipher: TokenCipher,
@@ -226,8 +228,17 @@ impl Api {
         let computing = Instant::now();
         let resp = {
             let _parked = Held::new(&self.metrics.parked);
+            let history = self.history.for_user(&user.user_id, token);
             self.conns
-                .sync(key, pos, request, Wait { timeout }, &user, &self.store)
+                .sync(
+                    key,
+                    pos,
+                    request,
+                    Wait { timeout },
+                    &user,
+                    &self.store,
+                    &history,
+                )
                 .await?
         };
         let processing = computing.elapsed();

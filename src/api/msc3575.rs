@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::json::JsonWriter;
+use super::json::{self, JsonWriter};
 use crate::conn::request::{
     BumpTypes, Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec,
     SyncRequest, SyncResponse,
@@ -96,6 +96,8 @@ struct WireList {
     include_heroes: Option<bool>,
     #[serde(default)]
     include_old_rooms: Option<Object<WireSubscription>>,
+    #[serde(default)]
+    slow_get_all_rooms: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +432,7 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
         sort,
         timeline_limit: timeline_limit(list.timeline_limit),
         required_state,
+        slow_get_all_rooms: list.slow_get_all_rooms,
     })
 }
 
@@ -551,8 +554,11 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     }
     if !room.timeline.is_empty() {
         w.key("timeline").begin_array();
-        for ev in &room.timeline {
-            w.raw(ev);
+        for (i, ev) in room.timeline.iter().enumerate() {
+            match room.transaction_ids.iter().find(|(at, _)| *at == i) {
+                Some((_, txn)) => w.raw(&json::with_transaction_id(ev, txn)),
+                None => w.raw(ev),
+            };
         }
         w.end_array();
     }

@@ -9,7 +9,7 @@ use super::request::{
     Hero, ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest,
     SyncResponse,
 };
-use super::required_state;
+use super::required_state::{Lazy, Selection};
 use super::window;
 use crate::event::{Event, TimelineOrder};
 use crate::rooms::bump::bump_ts;
@@ -17,7 +17,7 @@ use crate::rooms::name::{
     avatar, display_name, heroes_for, invite_avatar, invite_heroes, invite_name,
 };
 use crate::rooms::sort::{BumpTypes, ListOrder};
-use crate::store::room::{RoomSnapshot, TIMELINE_RING};
+use crate::store::room::{HistoryGap, RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
 
@@ -29,6 +29,23 @@ pub struct View<'a> {
     /// The store's last position before `data` was read: what comes after it arrived
     /// after this step looked.
     pub position: Position,
+    /// The transaction ID the connection's device sent an event with.
+    pub txn_id: &'a dyn Fn(&str) -> Option<Box<str>>,
+}
+
+/// The transaction IDs of the reader's own events in `timeline` that this device sent,
+/// by index: only the sending device may see them (its client matches its local echo
+/// by them).
+fn transaction_ids(
+    timeline: &[Arc<crate::event::Event>],
+    view: &View<'_>,
+) -> Vec<(usize, Box<str>)> {
+    timeline
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| &*e.sender == view.user_id)
+        .filter_map(|(i, e)| (view.txn_id)(&e.event_id).map(|t| (i, t)))
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,6 +65,9 @@ struct ListState {
     /// Ranges the client holds in an order it no longer asked for: invalidated whole at
     /// the next step.
     invalidate: Vec<Range>,
+    /// `slow_get_all_rooms`: the range is the whole list, and rooms entering or moving
+    /// are sent without `DELETE`/`INSERT`.
+    all_rooms: bool,
 }
 
 /// What the client was last told about a room, to send only what changed.
@@ -67,6 +87,13 @@ struct SentRoom {
     joined: u32,
     invited: u32,
     unread: (u64, u64),
+    /// Members sent for `$LAZY`.
+    lazy: Lazy,
+    /// The newest place in the room's timeline the client was sent (or chose not to
+    /// have): events filled in before it later (history fetched for another reader, a
+    /// gap another poller filled) are history the client pages back to, not live events
+    /// to append after what it shows.
+    newest: TimelineOrder,
 }
 
 #[derive(Default)]
@@ -81,6 +108,12 @@ pub struct Connection {
     /// [`View::position`] of the last step: events after it are live to this
     /// connection, even in a room it is sent whole (one entering a window).
     horizon: Option<Position>,
+    /// The horizon the last step counted live events against, for a room it sends
+    /// again after fetching its history ([`Connection::resend_whole`]).
+    step_horizon: Option<Position>,
+    /// Rooms of the last step sent with less history than asked for, which the
+    /// homeserver may have (see [`Connection::take_history_gaps`]).
+    gaps: Vec<HistoryGap>,
 }
 
 /// Room parameters merged over every list showing the room: the union of
@@ -149,7 +182,13 @@ impl Connection {
                 .sum()
         };
         let requested = req.iter().flat_map(|r| &r.lists).map(|(name, params)| {
-            match (&params.ranges, self.lists.get(name)) {
+            let list = self.lists.get(name);
+            let all_rooms = params
+                .slow_get_all_rooms
+                .or(list.map(|l| l.all_rooms))
+                .unwrap_or(false);
+            match (&params.ranges, list) {
+                _ if all_rooms => rooms,
                 (Some(ranges), _) => held(ranges),
                 (None, Some(list)) => held(&list.ranges),
                 (None, None) => 0,
@@ -188,6 +227,30 @@ impl Connection {
         orders
     }
 
+    /// The history gaps of the rooms the last step sent whole: the caller may fetch them
+    /// and then [`Connection::resend_whole`] those rooms.
+    pub fn take_history_gaps(&mut self) -> Vec<HistoryGap> {
+        std::mem::take(&mut self.gaps)
+    }
+
+    /// Computes `rooms` whole again into `resp`, after their history was fetched.
+    /// Reports no gaps: what a fetch did not bring is not asked for twice.
+    pub fn resend_whole(&mut self, rooms: &[RoomId], view: &View<'_>, resp: &mut SyncResponse) {
+        let visible = self.visible_rooms(view);
+        let horizon = self.step_horizon;
+        for room_id in rooms {
+            let (Some(params), Some(UserMembership::Join { since })) =
+                (visible.get(room_id), view.data.membership(room_id))
+            else {
+                continue;
+            };
+            if let Some(room) = self.full_room(room_id, *since, params, horizon, view) {
+                resp.rooms.insert(room_id.clone(), room);
+            }
+        }
+        self.gaps.clear();
+    }
+
     /// Applies the request's sticky parameters and computes what the client lacks.
     /// An empty result (see [`SyncResponse::has_data`]) means "wait for changes".
     pub fn step(&mut self, req: Option<&SyncRequest>, view: &View<'_>) -> SyncResponse {
@@ -200,6 +263,7 @@ impl Connection {
         };
         self.seen_version = Some(view.data.version());
         let horizon = self.horizon.replace(view.position);
+        self.step_horizon = horizon;
         let mut resp = SyncResponse::default();
         let (old_ranges, resend, params_changed) = self.merge_request(req);
         // Nothing of the user's changed and the request changed nothing: the client is up
@@ -327,6 +391,11 @@ impl Connection {
                 // then pushes out the list's last room, not an empty slot.)
                 let capacity = have.len().max(now.len());
                 window::diff(start, capacity, &mut have, &now, &mut ops);
+                if list.all_rooms {
+                    // The client holds the whole list unordered: a move is no news,
+                    // and a room entering is sent in `rooms`, as in the Go proxy.
+                    ops.retain(|op| !matches!(op, Op::Delete { .. } | Op::Insert { .. }));
+                }
                 forget(&mut list.have, (start, end));
                 list.have
                     .extend(have.into_iter().zip(start..).map(|(r, i)| (i, r)));
@@ -452,14 +521,11 @@ impl Connection {
                         .flatten();
                     if again == Some(Resend::State) {
                         // The state selection changed: its state again, no timeline.
-                        (view.room)(room_id).map(|room| RoomResult {
-                            required_state: required_state::resolve(
-                                &params.required_state,
-                                &room.state,
-                                view.user_id,
-                            ),
-                            ..live.unwrap_or_default()
-                        })
+                        self.state_again(room_id, *since, params, view)
+                            .map(|required_state| RoomResult {
+                                required_state,
+                                ..live.unwrap_or_default()
+                            })
                     } else {
                         live
                     }
@@ -496,6 +562,8 @@ impl Connection {
                             joined: 1,
                             invited: 1,
                             unread: (0, 0),
+                            lazy: Lazy::default(),
+                            newest: (0, 0),
                         },
                     );
                     Some(RoomResult {
@@ -607,11 +675,26 @@ impl Connection {
         });
         let limited = gap || history_before;
         let prev_batch = timeline
-            .iter()
-            .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+            .first()
+            .and_then(|first| room.prev_batch_at(first))
+            .map(str::to_owned);
+        if let Some(history) = room.history_gap(&timeline, since, limit) {
+            self.gaps.push(history);
+        }
         let fields = RoomFields::of(&room, params, view);
         let unread = unread(view.data, room_id);
         let dm = view.data.is_dm(room_id);
+        let selection = Selection::new(&params.required_state, view.user_id);
+        let mut lazy = Lazy::default();
+        let mut lazy_members: Vec<&str> = Vec::new();
+        if selection.wants_lazy() {
+            for e in &timeline {
+                if lazy.insert(&e.sender) {
+                    lazy_members.push(&e.sender);
+                }
+            }
+        }
+        let required_state = selection.resolve(&room.state, &lazy_members);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -626,6 +709,8 @@ impl Connection {
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
+                lazy,
+                newest: newest_order(&room),
             },
         );
         Some(RoomResult {
@@ -634,15 +719,12 @@ impl Connection {
             heroes: fields.heroes,
             avatar: Some(fields.avatar),
             is_dm: dm.then_some(true),
-            required_state: required_state::resolve(
-                &params.required_state,
-                &room.state,
-                view.user_id,
-            ),
+            required_state,
             // A room that enters a window because of new events says which are new.
             num_live: horizon.map_or(0, |h| timeline.iter().filter(|e| e.position > h).count()),
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
             timeline_ids: timeline.iter().map(|e| e.event_id.clone()).collect(),
+            transaction_ids: transaction_ids(&timeline, view),
             limited: limited && limit > 0,
             prev_batch,
             invite_state: None,
@@ -652,6 +734,38 @@ impl Connection {
             notification_count: Some(unread.0),
             highlight_count: Some(unread.1),
         })
+    }
+
+    /// The room's state for a changed selection, without its timeline. `$LAZY` stands
+    /// for the members sent lazily so far and the senders of the timeline the client
+    /// was sent.
+    fn state_again(
+        &mut self,
+        room_id: &RoomId,
+        since: Position,
+        params: &RoomParams,
+        view: &View<'_>,
+    ) -> Option<Vec<bytes::Bytes>> {
+        let room = (view.room)(room_id)?;
+        if left_meanwhile(&room, view.user_id) {
+            return None;
+        }
+        let sent = self.sent.get_mut(room_id)?;
+        let selection = Selection::new(&params.required_state, view.user_id);
+        if selection.wants_lazy() {
+            let limit = params.timeline_limit.min(TIMELINE_RING);
+            let (timeline, _) = room.timeline_between(
+                since.saturating_sub(1),
+                sent.position.saturating_add(1),
+                (since, 0),
+                limit,
+            );
+            for e in &timeline {
+                sent.lazy.insert(&e.sender);
+            }
+        }
+        let members: Vec<&str> = sent.lazy.iter().collect();
+        Some(selection.resolve(&room.state, &members))
     }
 
     fn live_room(
@@ -667,18 +781,22 @@ impl Connection {
         }
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
+        let from = (since, 0).max((sent.newest.0, sent.newest.1.saturating_add(1)));
         let (timeline, gap) = visible_timeline(
             &room,
             view.data,
             after,
             Position::MAX,
-            (since, 0),
+            from,
             TIMELINE_RING,
         );
+        sent.newest = sent.newest.max(newest_order(&room));
         let mut out = RoomResult {
             num_live: timeline.len(),
             limited: gap,
             timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            transaction_ids: transaction_ids(&timeline, view),
+            required_state: live_state(&room, &timeline, gap, params, &mut sent.lazy, view),
             ..RoomResult::default()
         };
         let fields = RoomFields::of(&room, params, view);
@@ -722,6 +840,7 @@ impl Connection {
         }
         sent.position = sent.position.max(room.meta.latest_position);
         let empty = out.timeline.is_empty()
+            && out.required_state.is_empty()
             && out.name.is_none()
             && out.heroes.is_none()
             && out.avatar.is_none()
@@ -750,6 +869,72 @@ impl crate::extensions::Windows for Connection {
     fn subscriptions(&self) -> Vec<RoomId> {
         self.subscriptions.keys().cloned().collect()
     }
+}
+
+/// The state a live update carries: the current version of each state event the new
+/// timeline changed that the room's `required_state` selects, and the members of new
+/// senders not yet sent for `$LAZY`. After a gap the changes are unknown (the homeserver
+/// may have sent them as state, without a timeline event), so the selection is sent
+/// whole.
+fn live_state(
+    room: &RoomSnapshot,
+    timeline: &[Arc<crate::event::Event>],
+    gap: bool,
+    params: &RoomParams,
+    lazy: &mut Lazy,
+    view: &View<'_>,
+) -> Vec<bytes::Bytes> {
+    let selection = Selection::new(&params.required_state, view.user_id);
+    let mut new_lazy: Vec<&str> = Vec::new();
+    if selection.wants_lazy() {
+        for e in timeline {
+            if !lazy.contains(&e.sender) && !new_lazy.contains(&&*e.sender) {
+                new_lazy.push(&e.sender);
+            }
+        }
+    }
+    let is_lazy = |user: &str| lazy.contains(user) || new_lazy.contains(&user);
+    let mut out = Vec::new();
+    let mut sent_ids: HashSet<&str> = HashSet::new();
+    if gap {
+        out = selection.resolve(&room.state, &new_lazy);
+        // Members sent lazily before may have changed in the gap too.
+        for user in lazy.iter() {
+            if let Some(s) = room.state.get("m.room.member", user) {
+                out.push(bytes::Bytes::copy_from_slice(s.json()));
+            }
+        }
+    } else {
+        for e in timeline {
+            let Some(key) = e.state_key.as_deref() else {
+                continue;
+            };
+            if !selection.includes(&e.kind, key, &is_lazy) {
+                continue;
+            }
+            if let Some(s) = room.state.get(&e.kind, key) {
+                if sent_ids.insert(s.event_id()) {
+                    out.push(bytes::Bytes::copy_from_slice(s.json()));
+                }
+            }
+        }
+        for user in &new_lazy {
+            if let Some(s) = room.state.get("m.room.member", user) {
+                if sent_ids.insert(s.event_id()) {
+                    out.push(bytes::Bytes::copy_from_slice(s.json()));
+                }
+            }
+        }
+    }
+    for user in new_lazy {
+        lazy.insert(user);
+    }
+    out
+}
+
+/// Where the room's timeline ends now, in its order.
+fn newest_order(room: &RoomSnapshot) -> TimelineOrder {
+    room.timeline.back().map_or((0, 0), |e| e.timeline_order())
 }
 
 /// Whether the room's snapshot already has the user out while the user's data, read a
@@ -893,6 +1078,13 @@ fn merge(list: &mut ListState, params: &ListParams) -> Option<Resend> {
     if let Some(ranges) = &params.ranges {
         list.ranges = ranges.clone();
     }
+    if let Some(all) = params.slow_get_all_rooms {
+        list.all_rooms = all;
+    }
+    if list.all_rooms {
+        // Clamped to the list like any range: it costs what the list holds.
+        list.ranges = vec![(0, usize::MAX)];
+    }
     apply_order(&mut list.order, params);
     if let Some(rs) = &params.required_state {
         if *rs != list.required_state {
@@ -965,6 +1157,7 @@ mod tests {
                 data: &data,
                 room: &room,
                 position: store.position_now(),
+                txn_id: &|_| None,
             },
         )
     }
@@ -1263,6 +1456,7 @@ mod tests {
             data: &before_the_kick,
             room: &room,
             position: store.position_now(),
+            txn_id: &|_| None,
         };
         let racing = conn.step(None, &view);
         assert!(!racing.rooms.contains_key("!r:x"), "{racing:?}");
@@ -1298,5 +1492,138 @@ mod tests {
             "{timeline:?}"
         );
         assert_eq!(timeline.last(), Some(&leave_json));
+    }
+
+    fn with_required_state(mut req: SyncRequest, entries: &[(&str, &str)]) -> SyncRequest {
+        for list in req.lists.values_mut() {
+            list.required_state = Some(
+                entries
+                    .iter()
+                    .map(|(t, k)| ((*t).to_owned(), (*k).to_owned()))
+                    .collect(),
+            );
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn live_state_reaches_the_required_state_it_matches() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let mut conn = Connection::default();
+        let req = with_required_state(list(vec![(0, 0)], 5), &[("m.room.name", "")]);
+        step(&mut conn, &store, Some(&req));
+        let first_name = event("m.room.name", Some(""), "@o:x", 200);
+        let name = event("m.room.name", Some(""), "@o:x", 201);
+        let topic = event("m.room.topic", Some(""), "@o:x", 202);
+        let name_json = name.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![first_name, name, topic]));
+        let resp = step(&mut conn, &store, None);
+        let room = &resp.rooms["!r:x"];
+        assert_eq!(room.timeline.len(), 3);
+        assert_eq!(
+            room.required_state,
+            [name_json],
+            "the current name once; the topic is not asked for"
+        );
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 300)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert!(resp.rooms["!r:x"].required_state.is_empty());
+    }
+
+    #[tokio::test]
+    async fn lazy_members_go_out_once_per_connection() {
+        let store = store();
+        joined_room(&store, "!r:x", 0, 100);
+        let o = event("m.room.member", Some("@o:x"), "@o:x", 150);
+        let p = event("m.room.member", Some("@p:x"), "@p:x", 151);
+        let (o_json, p_json) = (o.json.clone(), p.json.clone());
+        store.apply_room(delta("!r:x", vec![o, p], vec![]));
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 200)],
+        ));
+        let mut conn = Connection::default();
+        let req = with_required_state(list(vec![(0, 0)], 1), &[("m.room.member", "$LAZY")]);
+        let resp = step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!r:x"].required_state, [o_json]);
+
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 300)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert!(
+            resp.rooms["!r:x"].required_state.is_empty(),
+            "sent before on this connection"
+        );
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@p:x", 400)],
+        ));
+        let resp = step(&mut conn, &store, None);
+        assert_eq!(resp.rooms["!r:x"].required_state, [p_json]);
+    }
+
+    #[tokio::test]
+    async fn all_rooms_are_synced_at_once_and_moves_send_no_ops() {
+        let store = store();
+        for i in 0..5 {
+            joined_room(&store, &format!("!r{i}:x"), 0, 100 + i);
+        }
+        let mut req = list(vec![(0, 0)], 1);
+        req.lists.get_mut("all").unwrap().slow_get_all_rooms = Some(true);
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms.len(), 5);
+        assert!(matches!(
+            &resp.lists["all"].ops[..],
+            [Op::Sync { range: (0, 4), room_ids }] if room_ids.len() == 5
+        ));
+        store.apply_room(delta(
+            "!r0:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 1_000)],
+        ));
+        joined_room(&store, "!new:x", 0, 2_000);
+        let resp = step(&mut conn, &store, None);
+        assert!(resp.lists["all"].ops.is_empty(), "{resp:?}");
+        assert_eq!(resp.lists["all"].count, 6);
+        assert!(resp.rooms["!new:x"].initial);
+        assert_eq!(resp.rooms["!r0:x"].timeline.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_timeline_after_a_gap_is_reported_for_fetching() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        let mut first_poll = delta(
+            "!r:x",
+            vec![
+                event("m.room.create", Some(""), ME, 1),
+                event("m.room.member", Some(ME), ME, 2),
+            ],
+            vec![event("m.room.message", None, "@o:x", 50)],
+        );
+        first_poll.limited = true;
+        first_poll.prev_batch = Some("before_50".into());
+        store.apply_room(first_poll);
+        store.confirm_join(&user, &"!r:x".into());
+        let mut conn = Connection::default();
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 0)], 20)));
+        assert_eq!(resp.rooms["!r:x"].prev_batch.as_deref(), Some("before_50"));
+        let gaps = conn.take_history_gaps();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!(&*gaps[0].from, "before_50");
+        assert_eq!(gaps[0].want, 19);
+        let resp = step(&mut conn, &store, Some(&list(vec![(0, 0)], 1)));
+        assert!(conn.take_history_gaps().is_empty(), "{resp:?}");
     }
 }

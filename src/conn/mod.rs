@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -23,6 +24,7 @@ use self::connection::{Connection, View};
 use self::request::{SyncRequest, SyncResponse};
 use crate::error::MatrixError;
 use crate::extensions::{self, Applied, Extensions};
+use crate::store::room::HistoryGap;
 use crate::store::users::UserState;
 use crate::store::Store;
 use crate::types::{DeviceKey, RoomId};
@@ -39,6 +41,14 @@ pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// refused rather than held. Far above what a client shows.
 pub const MAX_WINDOW_ROOMS: usize = 50_000;
 
+/// Fetches history the store lacks for rooms a response sends (`ingest::history`);
+/// `conn/` does no I/O itself, so the caller hands this in.
+#[async_trait]
+pub trait Backfill: Send + Sync {
+    /// Fills what it can of `gaps` into the store; returns when done or given up.
+    async fn fill(&self, gaps: Vec<HistoryGap>);
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub device: DeviceKey,
@@ -53,6 +63,13 @@ struct Slot {
     pos: u64,
     prev_pos: u64,
     last: Option<SyncResponse>,
+    /// The request `last` answered, without its `txn_id`: a retry with the same body gets
+    /// `last` again, a different body is new data.
+    last_request: Option<SyncRequest>,
+    /// A response computed for a retry with a different body, while the client had not
+    /// acknowledged `last`: sent after `last`, as the Go proxy did (at most one; later
+    /// retries merge into `pending`).
+    queued: Option<SyncResponse>,
     /// Sticky changes of retried requests, merged as they arrive (later ones win) and
     /// applied at the next computed response: one request however often a client
     /// retries.
@@ -150,6 +167,8 @@ impl Conns {
                 pos: 0,
                 prev_pos: 0,
                 last: None,
+                last_request: None,
+                queued: None,
                 pending: None,
                 responses: 0,
             }),
@@ -179,7 +198,9 @@ impl Conns {
 
     /// Serves one request: a new connection without `pos`, else the connection `pos`
     /// belongs to. Long-polls until there is something to send, the timeout passes, or
-    /// a newer request on the same connection arrives.
+    /// a newer request on the same connection arrives. Rooms sent with less history than
+    /// asked for get it from `backfill` first, when the homeserver has it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn sync(
         &self,
         key: ConnKey,
@@ -188,6 +209,7 @@ impl Conns {
         wait: Wait,
         user: &UserState,
         store: &Store,
+        backfill: &dyn Backfill,
     ) -> Result<SyncResponse, MatrixError> {
         let entry = match pos {
             None => self.open(&key),
@@ -205,17 +227,62 @@ impl Conns {
         check_subscription_count(slot, &req)?;
         if let Some(pos) = pos {
             if pos == slot.prev_pos && pos != slot.pos {
-                if let Some(last) = &slot.last {
-                    let last = last.clone();
-                    slot.pending = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+                if let Some(last) = slot.last.clone() {
+                    // A retry: the client did not receive `last`.
+                    if slot.last_request.as_ref() == Some(&without_txn_id(&req)) {
+                        return Ok(last);
+                    }
+                    // Different data at the same pos: the Go proxy processed it at once
+                    // and sent its response after the unacknowledged one.
+                    if slot.queued.is_none() && slot.pending.is_none() {
+                        let now = Wait {
+                            timeout: Duration::ZERO,
+                        };
+                        let parts = (&key, user, store, backfill);
+                        let queued = self.respond(&entry, generation, slot, req, now, parts);
+                        slot.queued = Some(queued.await?);
+                    } else {
+                        slot.pending = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+                    }
                     return Ok(last);
                 }
             }
             if pos != slot.pos {
                 return Err(MatrixError::unknown_pos());
             }
+            if let Some(queued) = slot.queued.take() {
+                // `last` arrived; the response queued behind it goes out now, and this
+                // request's changes apply to the next one.
+                slot.pending = Some(merge_pending(&slot.conn, slot.pending.take(), req));
+                slot.prev_pos = slot.pos;
+                slot.pos = queued.pos.parse().unwrap_or_default();
+                slot.last = Some(queued.clone());
+                return Ok(queued);
+            }
         }
+        let parts = (&key, user, store, backfill);
+        let resp = self
+            .respond(&entry, generation, slot, req, wait, parts)
+            .await?;
+        slot.prev_pos = slot.pos;
+        slot.pos = resp.pos.parse().unwrap_or_default();
+        slot.last = Some(resp.clone());
+        Ok(resp)
+    }
+
+    /// Computes the response to `req` (and to the retries merged before it), long-polling
+    /// as `wait` says, and gives it the next `pos`.
+    async fn respond(
+        &self,
+        entry: &Entry,
+        generation: u64,
+        slot: &mut Slot,
+        req: SyncRequest,
+        wait: Wait,
+        (key, user, store, backfill): (&ConnKey, &UserState, &Store, &dyn Backfill),
+    ) -> Result<SyncResponse, MatrixError> {
         let txn_id = req.txn_id.clone();
+        let asked = without_txn_id(&req);
         // Kept until the request passes the checks below: a refused request must not
         // lose the sticky changes of the retries before it.
         let earlier = slot.pending.take();
@@ -252,33 +319,39 @@ impl Conns {
             if slot.extensions.wants_to_device() {
                 store.refill_to_device(&device).await;
             }
-            let resp = {
-                let position = store.position_now();
-                let data = user.read();
-                let room = |id: &str| store.room(id);
-                let view = View {
-                    user_id: &user.user_id,
-                    data: &data,
-                    room: &room,
-                    position,
-                };
-                let mut resp = slot.conn.step(request.take().as_ref(), &view);
+            // The device's own message must not go out before its poller has reported
+            // its transaction ID, when another poller delivered it first.
+            store.txn_ids.settle(&key.device).await;
+            let mut resp = with_view(user, store, key, |view| {
+                slot.conn.step(request.take().as_ref(), view)
+            });
+            let gaps = slot.conn.take_history_gaps();
+            if !gaps.is_empty() {
+                // No lock is held here but the connection's own: its next request
+                // waits for this one anyway.
+                let rooms: Vec<RoomId> = gaps.iter().map(|g| g.room_id.clone()).collect();
+                backfill.fill(gaps).await;
+                with_view(user, store, key, |view| {
+                    slot.conn.resend_whole(&rooms, view, &mut resp)
+                });
+            }
+            // The extensions step over the response's final rooms.
+            let extensions = with_view(user, store, key, |view| {
                 let ctx = extensions::Context {
                     user_id: &user.user_id,
                     device: &device,
-                    data: &data,
-                    room: &room,
+                    data: view.data,
+                    room: view.room,
                     windows: &slot.conn,
                     initial: first,
                     response_rooms: &resp.rooms,
                     store,
                 };
-                let extensions = slot.extensions.step(&applied, &ctx);
-                resp.extensions = extensions;
-                // Only the first step of a request sees what it turned on.
-                applied = Applied::default();
-                resp
-            };
+                slot.extensions.step(&applied, &ctx)
+            });
+            resp.extensions = extensions;
+            // Only the first step of a request sees what it turned on.
+            applied = Applied::default();
             // A timeout of 0 (or one already over) answers now, not at the next timer tick.
             if first || resp.has_data() || tokio::time::Instant::now() >= deadline {
                 break resp;
@@ -300,15 +373,42 @@ impl Conns {
             }
         };
         let new_pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
-        slot.prev_pos = slot.pos;
-        slot.pos = new_pos;
         slot.responses += 1;
+        slot.last_request = Some(asked);
         resp.pos = new_pos.to_string();
         resp.txn_id = txn_id;
-        slot.last = Some(resp.clone());
         *entry.last_used.lock() = Instant::now();
         Ok(resp)
     }
+}
+
+/// The request as compared for retries: the Go proxy ignored `txn_id` there.
+fn without_txn_id(req: &SyncRequest) -> SyncRequest {
+    SyncRequest {
+        txn_id: None,
+        ..req.clone()
+    }
+}
+
+/// Runs `f` over the user's data as published now and the store's rooms.
+fn with_view<R>(
+    user: &UserState,
+    store: &Store,
+    key: &ConnKey,
+    f: impl FnOnce(&View<'_>) -> R,
+) -> R {
+    // Read before the user's data: a room the data names is then never newer than it.
+    let position = store.position_now();
+    let data = user.read();
+    let room = |id: &str| store.room(id);
+    let txn_id = |event: &str| store.txn_ids.get(&key.device, event);
+    f(&View {
+        user_id: &user.user_id,
+        data: &data,
+        room: &room,
+        position,
+        txn_id: &txn_id,
+    })
 }
 
 /// The first `pos` of this process: the clock in microseconds. A restarted proxy then
@@ -463,7 +563,9 @@ mod tests {
             timeout: Duration::ZERO,
         };
         let pos = pos.map(|p| p.parse().unwrap());
-        conns.sync(key(""), pos, req, wait, &user, store).await
+        conns
+            .sync(key(""), pos, req, wait, &user, store, &NoHistory)
+            .await
     }
 
     #[tokio::test]
@@ -637,6 +739,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(within.lists.len(), 99);
+    }
+
+    struct NoHistory;
+
+    #[async_trait]
+    impl Backfill for NoHistory {
+        async fn fill(&self, _: Vec<HistoryGap>) {}
     }
 
     fn conns_for_test() -> Conns {

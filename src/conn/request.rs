@@ -26,6 +26,9 @@ pub struct ListParams {
     /// What to send of the rooms the list's rooms replaced, as far back as the user is
     /// joined to them.
     pub include_old_rooms: Option<RoomSubscription>,
+    /// Every room of the list in one `SYNC`, whatever the ranges; live changes move no
+    /// index (MSC3575, as the Go proxy served it).
+    pub slow_get_all_rooms: Option<bool>,
 }
 
 impl ListParams {
@@ -41,6 +44,7 @@ impl ListParams {
             bump_event_types,
             include_heroes,
             include_old_rooms,
+            slow_get_all_rooms,
         } = later;
         fn take<T>(slot: &mut Option<T>, later: Option<T>) {
             if later.is_some() {
@@ -55,6 +59,7 @@ impl ListParams {
         take(&mut self.bump_event_types, bump_event_types);
         take(&mut self.include_heroes, include_heroes);
         take(&mut self.include_old_rooms, include_old_rooms);
+        take(&mut self.slow_get_all_rooms, slow_get_all_rooms);
     }
 }
 
@@ -113,6 +118,8 @@ pub struct RoomResult {
     /// The event IDs of `timeline` when the room is `initial` (not serialized: the
     /// receipts extension sends the receipts on them).
     pub timeline_ids: Vec<Box<str>>,
+    /// `unsigned.transaction_id` to add to events of `timeline`, by index.
+    pub transaction_ids: Vec<(usize, Box<str>)>,
     /// Events in `timeline` that arrived live (not part of the initial window).
     pub num_live: usize,
     pub limited: bool,

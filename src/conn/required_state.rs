@@ -6,61 +6,146 @@ use bytes::Bytes;
 
 use crate::store::state::{RoomState, StateRef};
 
-/// Resolves `[type, state_key]` pairs against the room's current state. `*` matches any
-/// type or key; `$ME` is the reader. With `["*", "*"]`, the other entries narrow the
-/// types they name (all state, but of members only the ones listed).
-pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec<Bytes> {
-    let key = |k: &str| -> String {
-        if k == "$ME" {
-            me.to_owned()
-        } else {
-            k.to_owned()
-        }
-    };
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut out = Vec::new();
-    fn push<'a>(s: StateRef<'a>, out: &mut Vec<Bytes>, seen: &mut HashSet<&'a str>) {
-        if seen.insert(s.event_id()) {
-            out.push(Bytes::copy_from_slice(s.json()));
+/// The member type, the only one `$LAZY` applies to.
+const MEMBER: &str = "m.room.member";
+
+/// A room's `required_state` entries, for one reader.
+///
+/// `[type, key]` exact, `*` for any type or key, `$ME` for the reader, and
+/// `[m.room.member, $LAZY]` for the members whose events the client is shown (the
+/// timeline's senders, see [`Lazy`]). With `["*", "*"]` the other entries narrow the
+/// types they name, as in the Go proxy: all state, but of members only those listed.
+pub struct Selection<'a> {
+    entries: &'a [(String, String)],
+    me: &'a str,
+    everything: bool,
+}
+
+impl<'a> Selection<'a> {
+    pub fn new(entries: &'a [(String, String)], me: &'a str) -> Self {
+        Self {
+            entries,
+            me,
+            everything: entries.iter().any(|(t, k)| t == "*" && k == "*"),
         }
     }
-    let everything = entries.iter().any(|(t, k)| t == "*" && k == "*");
-    if everything {
-        let narrowed: Vec<(&str, String)> = entries
+
+    /// Whether any entry asks for members lazily.
+    pub fn wants_lazy(&self) -> bool {
+        self.entries
             .iter()
-            .filter(|(t, _)| t != "*")
-            .map(|(t, k)| (t.as_str(), key(k)))
-            .collect();
-        for s in state.all() {
-            let rules: Vec<&(&str, String)> =
-                narrowed.iter().filter(|(t, _)| *t == s.kind()).collect();
-            if rules.is_empty() || rules.iter().any(|(_, k)| k == "*" || k == s.state_key()) {
-                push(s, &mut out, &mut seen);
-            }
-        }
-        return out;
+            .any(|(t, k)| t == MEMBER && k == "$LAZY")
     }
-    for (t, k) in entries {
-        let k = key(k);
-        match (t.as_str(), k.as_str()) {
-            ("*", k) => {
-                for s in state.all().into_iter().filter(|s| s.state_key() == k) {
-                    push(s, &mut out, &mut seen);
-                }
-            }
-            (t, "*") => {
-                for s in state.of_kind(t) {
-                    push(s, &mut out, &mut seen);
-                }
-            }
-            (t, k) => {
-                if let Some(s) = state.get(t, k) {
-                    push(s, &mut out, &mut seen);
-                }
-            }
+
+    fn key_matches(&self, rule: &str, kind: &str, key: &str, lazy: &dyn Fn(&str) -> bool) -> bool {
+        match rule {
+            "*" => true,
+            "$ME" => key == self.me,
+            "$LAZY" if kind == MEMBER => lazy(key),
+            rule => rule == key,
         }
     }
-    out
+
+    /// Whether the state event `(kind, key)` is selected; `lazy` says whether a member
+    /// is one the client is to get lazily.
+    pub fn includes(&self, kind: &str, key: &str, lazy: &dyn Fn(&str) -> bool) -> bool {
+        if self.everything {
+            let mut named = self
+                .entries
+                .iter()
+                .filter(|(t, _)| t != "*" && t == kind)
+                .peekable();
+            // No entry names this type: all state includes it.
+            return named.peek().is_none()
+                || named.any(|(_, k)| self.key_matches(k, kind, key, lazy));
+        }
+        self.entries
+            .iter()
+            .any(|(t, k)| (t == "*" || t == kind) && self.key_matches(k, kind, key, lazy))
+    }
+
+    /// Resolves the selection against the room's current state. `lazy_members`: the
+    /// members `$LAZY` stands for in this answer.
+    pub fn resolve(&self, state: &RoomState, lazy_members: &[&str]) -> Vec<Bytes> {
+        let lazy = |user: &str| lazy_members.contains(&user);
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut out = Vec::new();
+        fn push<'s>(s: StateRef<'s>, out: &mut Vec<Bytes>, seen: &mut HashSet<&'s str>) {
+            if seen.insert(s.event_id()) {
+                out.push(Bytes::copy_from_slice(s.json()));
+            }
+        }
+        if self.everything {
+            for s in state.all() {
+                if self.includes(s.kind(), s.state_key(), &lazy) {
+                    push(s, &mut out, &mut seen);
+                }
+            }
+            return out;
+        }
+        // Entry by entry, so an exact entry costs one lookup, not a walk over the state.
+        for (t, k) in self.entries {
+            match (t.as_str(), k.as_str()) {
+                (MEMBER, "$LAZY") => {
+                    for user in lazy_members {
+                        if let Some(s) = state.get(MEMBER, user) {
+                            push(s, &mut out, &mut seen);
+                        }
+                    }
+                }
+                ("*", k) => {
+                    let k = if k == "$ME" { self.me } else { k };
+                    for s in state.all().into_iter().filter(|s| s.state_key() == k) {
+                        push(s, &mut out, &mut seen);
+                    }
+                }
+                (t, "*") => {
+                    for s in state.of_kind(t) {
+                        push(s, &mut out, &mut seen);
+                    }
+                }
+                (t, k) => {
+                    let k = if k == "$ME" { self.me } else { k };
+                    if let Some(s) = state.get(t, k) {
+                        push(s, &mut out, &mut seen);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Members already sent lazily on one connection, for one room: each goes out once.
+/// Bounded: past [`Lazy::MAX`] members the memory starts over, so a busy room costs at
+/// most that much per connection, and a member may then be sent a second time (which
+/// a client takes as a no-op).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lazy {
+    sent: HashSet<Box<str>>,
+}
+
+impl Lazy {
+    pub const MAX: usize = 256;
+
+    pub fn contains(&self, user: &str) -> bool {
+        self.sent.contains(user)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.sent.iter().map(|u| &**u)
+    }
+
+    /// Remembers `user`; false if it was sent before.
+    pub fn insert(&mut self, user: &str) -> bool {
+        if self.sent.contains(user) {
+            return false;
+        }
+        if self.sent.len() >= Self::MAX {
+            self.sent.clear();
+        }
+        self.sent.insert(user.into())
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +154,10 @@ mod tests {
 
     use super::*;
     use crate::event::{Event, Membership};
+
+    fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec<Bytes> {
+        Selection::new(entries, me).resolve(state, &[])
+    }
 
     fn state() -> RoomState {
         let mut s = RoomState::default();
@@ -149,5 +238,52 @@ mod tests {
     #[test]
     fn missing_state_is_simply_absent() {
         assert!(resolve(&req(&[("m.room.topic", "")]), &state(), "@me:x").is_empty());
+    }
+
+    #[test]
+    fn lazy_members_are_the_ones_named_for_this_answer() {
+        let entries = req(&[("m.room.name", ""), ("m.room.member", "$LAZY")]);
+        let selection = Selection::new(&entries, "@me:x");
+        assert!(selection.wants_lazy());
+        assert_eq!(
+            names(selection.resolve(&state(), &["@other:x", "@gone:x"])),
+            ["\"m.room.member|@other:x\"", "\"m.room.name|\""]
+        );
+        assert_eq!(
+            names(selection.resolve(&state(), &[])),
+            ["\"m.room.name|\""]
+        );
+    }
+
+    #[test]
+    fn all_state_with_lazy_members_holds_only_the_lazy_members() {
+        let entries = req(&[("*", "*"), ("m.room.member", "$LAZY")]);
+        let selection = Selection::new(&entries, "@me:x");
+        assert_eq!(
+            names(selection.resolve(&state(), &["@other:x"])),
+            [
+                "\"m.room.create|\"",
+                "\"m.room.member|@other:x\"",
+                "\"m.room.name|\""
+            ]
+        );
+        let lazy = |u: &str| u == "@other:x";
+        assert!(selection.includes("m.room.topic", "", &lazy));
+        assert!(!selection.includes("m.room.member", "@me:x", &lazy));
+    }
+
+    #[test]
+    fn lazy_memory_is_bounded_and_starts_over() {
+        let mut lazy = Lazy::default();
+        assert!(lazy.insert("@a:x"));
+        assert!(!lazy.insert("@a:x"));
+        for i in 0..Lazy::MAX {
+            lazy.insert(&format!("@u{i}:x"));
+        }
+        assert!(lazy.sent.len() <= Lazy::MAX);
+        assert!(
+            !lazy.contains("@a:x"),
+            "forgotten once the memory filled up"
+        );
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::metrics::PollerMetrics;
 use crate::event::{Event, Membership};
 use crate::store::devices::DeviceState;
+use crate::store::txn_ids::Delivered;
 use crate::store::users::UserState;
 use crate::store::{RoomDelta, Store};
 use crate::types::{now_ms, DeviceKey, RoomId};
@@ -18,15 +19,33 @@ use crate::upstream::wire::{self, SyncResponse};
 pub struct ProcessError(String);
 
 fn parse_events(events: &[sonic_rs::LazyValue<'_>], room: &str) -> Vec<Event> {
+    parse_sent_events(events, room, "", &mut Vec::new())
+}
+
+/// [`parse_events`], gathering the events `user` sent into `sent`, with the transaction
+/// ID of those this device sent.
+fn parse_sent_events(
+    events: &[sonic_rs::LazyValue<'_>],
+    room: &str,
+    user: &str,
+    sent: &mut Vec<Delivered>,
+) -> Vec<Event> {
     events
         .iter()
-        .filter_map(|raw| match wire::parse_event(raw.as_raw_str().as_bytes()) {
-            Ok(ev) => Some(ev),
-            Err(e) => {
-                tracing::debug!(room, error = %e, "dropping malformed event");
-                None
-            }
-        })
+        .filter_map(
+            |raw| match wire::parse_sent_event(raw.as_raw_str().as_bytes()) {
+                Ok((ev, txn)) => {
+                    if &*ev.sender == user {
+                        sent.push((ev.event_id.clone(), txn));
+                    }
+                    Some(ev)
+                }
+                Err(e) => {
+                    tracing::debug!(room, error = %e, "dropping malformed event");
+                    None
+                }
+            },
+        )
         .collect()
 }
 
@@ -71,16 +90,27 @@ pub async fn process(
             )
             .await;
         let room_id: RoomId = room_id.into();
+        let mut sent = Vec::new();
         let mut delta = RoomDelta {
             room_id: room_id.clone(),
             state: parse_events(&joined.state.events, &room_id),
-            timeline: parse_events(&joined.timeline.events, &room_id),
+            timeline: parse_sent_events(
+                &joined.timeline.events,
+                &room_id,
+                &user.user_id,
+                &mut sent,
+            ),
             prev_batch: joined.timeline.prev_batch,
             limited: joined.timeline.limited,
             stored: Default::default(),
+            redacted: Vec::new(),
         };
         observe_room(metrics, &delta);
         delta.stored = store.stored_copies(&delta).await;
+        delta.redacted = redactions(store, &delta);
+        // Before the events are applied: a connection of this device woken by them
+        // finds the transaction IDs already there.
+        store.txn_ids.remember(&device.key, sent);
         store.apply_room(delta);
         store.confirm_join(user, &room_id);
         if let Some(unread) = joined.unread_notifications {
@@ -145,8 +175,10 @@ pub async fn process(
             prev_batch: left.timeline.prev_batch,
             limited: left.timeline.limited,
             stored: Default::default(),
+            redacted: Vec::new(),
         };
         delta.stored = store.stored_copies(&delta).await;
+        delta.redacted = redactions(store, &delta);
         store.apply_room(delta);
         let leave_event = leave_id.and_then(|id| find_timeline_event(store, &room_id, &id));
         store.set_left(user, &room_id, leave_event);
@@ -272,6 +304,57 @@ fn observe_room(metrics: &PollerMetrics, delta: &RoomDelta) {
     if !delta.timeline.is_empty() {
         metrics.payload("V2Accumulate");
     }
+}
+
+/// The redacted form of each event the delta's redactions target, where the delta or the
+/// store holds it (see `RoomSnapshot::redaction_target`), under the room's version.
+fn redactions(store: &Store, delta: &RoomDelta) -> Vec<(Box<str>, Bytes)> {
+    let mut targets = delta
+        .timeline
+        .iter()
+        .filter(|e| &*e.kind == "m.room.redaction")
+        .filter_map(|e| e.text.as_deref().map(|target| (target, e)))
+        .peekable();
+    if targets.peek().is_none() {
+        return Vec::new();
+    }
+    let room = store.room(&delta.room_id);
+    let in_delta = |id: &str| {
+        delta
+            .state
+            .iter()
+            .chain(&delta.timeline)
+            .find(|e| &*e.event_id == id)
+            .map(|e| e.json.clone())
+    };
+    let create = room
+        .as_ref()
+        .and_then(|r| {
+            r.state
+                .get("m.room.create", "")
+                .map(|c| Bytes::copy_from_slice(c.json()))
+        })
+        .or_else(|| {
+            let ev = delta.state.iter().chain(&delta.timeline);
+            ev.filter(|e| &*e.kind == "m.room.create")
+                .map(|e| e.json.clone())
+                .next()
+        });
+    let version = create.map_or_else(|| "1".to_owned(), |c| wire::room_version(&c));
+    let mut out = Vec::new();
+    for (target, redaction) in targets {
+        let held = room
+            .as_ref()
+            .and_then(|r| r.redaction_target(target))
+            .map(|e| e.json.clone());
+        let Some(json) = held.or_else(|| in_delta(target)) else {
+            continue;
+        };
+        if let Some(redacted) = wire::redact(&json, &version, &redaction.json) {
+            out.push((target.into(), redacted));
+        }
+    }
+    out
 }
 
 fn find_timeline_event(store: &Store, room_id: &str, event_id: &str) -> Option<Arc<Event>> {

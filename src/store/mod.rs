@@ -22,6 +22,7 @@ pub mod state;
 #[cfg(test)]
 pub mod testing;
 pub mod tokens;
+pub mod txn_ids;
 pub mod users;
 pub mod writer;
 
@@ -96,6 +97,7 @@ pub struct Store {
     /// client's `since` never names a message it has not seen.
     next_to_device: AtomicU64,
     queue: WriteQueue,
+    pub txn_ids: txn_ids::TxnIds,
 }
 
 /// One room's new events from one v2 response.
@@ -111,6 +113,9 @@ pub struct RoomDelta {
     /// Events of this delta the room applied long ago and no longer remembers in memory:
     /// found in storage by [`Store::stored_copies`].
     pub stored: HashSet<Box<str>>,
+    /// (event ID, redacted JSON) for the events this delta's redactions target, made by
+    /// ingest (the store does not read JSON); applied with the redaction, if it is new.
+    pub redacted: Vec<(Box<str>, Bytes)>,
 }
 
 impl Store {
@@ -123,6 +128,7 @@ impl Store {
             next_position: AtomicU64::new(next_position.max(1)),
             next_to_device: AtomicU64::new(1),
             queue,
+            txn_ids: txn_ids::TxnIds::default(),
         }
     }
 
@@ -249,10 +255,13 @@ impl Store {
             next: RoomSnapshot::clone(&room.snapshot.load()),
             seen: &mut writer.seen,
             stored: &delta.stored,
+            redacted: &delta.redacted,
+            fold_now: false,
             received: now_ms(),
             writes: Vec::new(),
             members: Vec::new(),
             space_children: Vec::new(),
+            sent: Vec::new(),
             new_timeline: false,
         };
         // A timeline holding an event the room already has starts before the room's
@@ -268,9 +277,15 @@ impl Store {
             writes,
             members,
             space_children,
+            sent,
             new_timeline,
             ..
         } = applying;
+        for (sender, event_id) in sent {
+            if let Some(user) = self.user(&sender) {
+                self.txn_ids.sent_by(&user.user_id, &event_id);
+            }
+        }
         let latest_ts = next.meta.latest_ts;
         let looks_changed = !next.meta.looks_like(&room.snapshot.load().meta);
         let next = Arc::new(next);
@@ -1039,6 +1054,10 @@ struct Applying<'a> {
     seen: &'a mut room::SeenIds,
     /// Applied long ago, as storage says (see [`RoomDelta::stored`]).
     stored: &'a HashSet<Box<str>>,
+    redacted: &'a [(Box<str>, Bytes)],
+    /// A redaction changed state the stored snapshot may hold: fold, so a restart loads
+    /// the redacted form.
+    fold_now: bool,
     /// When this delta reached the proxy (ms since the epoch): no event's timestamp
     /// counts as later than that.
     received: u64,
@@ -1047,6 +1066,8 @@ struct Applying<'a> {
     members: Vec<Arc<Event>>,
     /// `m.space.child` state applied: the child, and whether it is listed now.
     space_children: Vec<(RoomId, bool)>,
+    /// (sender, event ID) of the new events, oldest first.
+    sent: Vec<(Box<str>, Box<str>)>,
     new_timeline: bool,
 }
 
@@ -1145,15 +1166,68 @@ impl Applying<'_> {
                 }
                 self.set_state(Arc::clone(&ev));
             }
+            let redacts = (&*ev.kind == "m.room.redaction")
+                .then(|| ev.text.clone())
+                .flatten();
+            self.sent.push((ev.sender.clone(), ev.event_id.clone()));
             self.next.push_timeline(ev);
             self.new_timeline = true;
+            if let Some(target) = redacts {
+                self.redact(&target);
+            }
         }
     }
 
+    /// Replaces the event a new redaction targets with its redacted form, in the
+    /// timeline, in the current state (where a redacted name, avatar or alias then no
+    /// longer names the room), and in storage.
+    fn redact(&mut self, target: &str) {
+        let Some((_, json)) = self.redacted.iter().find(|(id, _)| &**id == target) else {
+            return;
+        };
+        let Some(old) = self.next.redaction_target(target) else {
+            return;
+        };
+        let mut ev = Event::clone(&old);
+        ev.json = json.clone();
+        // What the summary read from the content is gone; a create event's type stays
+        // (room version 11 keeps its content, and a room does not change its type).
+        if &*ev.kind != "m.room.create" {
+            ev.text = None;
+        }
+        let ev = Arc::new(ev);
+        if let Some(i) = self
+            .next
+            .timeline
+            .iter()
+            .position(|e| &*e.event_id == target)
+        {
+            self.next.timeline.set(i, Arc::clone(&ev));
+        }
+        if let Some(key) = ev.state_key.as_deref() {
+            if self
+                .next
+                .state
+                .get(&ev.kind, key)
+                .is_some_and(|s| s.event_id() == target)
+            {
+                self.next.set_state(Arc::clone(&ev));
+                self.fold_now = true;
+            }
+        }
+        self.writes.push(Write::Redacted {
+            room_id: self.room_id.clone(),
+            event_id: ev.event_id.clone(),
+            json: ev.json.clone(),
+        });
+    }
+
     /// Puts events the room was missing in front of `anchor`, when the timeline has a
-    /// gap there. They are history by now: they go into the timeline (clients receive
-    /// them, late rather than never) but not into the current state, which `anchor`
-    /// already follows. `limited`: the homeserver left out events before `before`.
+    /// gap there (another poller's delivery, or history fetched for a reader). They are
+    /// history by now: they go into the timeline (new connections receive them, and
+    /// clients page back to them; a connection that was sent `anchor` does not get them
+    /// as live events after it) but not into the current state, which `anchor` already
+    /// follows. `limited`: the homeserver left out events before `before`.
     fn fill_gap(
         &mut self,
         anchor: &str,
@@ -1205,7 +1279,7 @@ impl Applying<'_> {
     }
 
     fn fold_if_due(&mut self) {
-        if self.next.state.wants_fold() {
+        if self.fold_now || self.next.state.wants_fold() {
             // Every event of this room so far has a lower position, every later one at
             // least the next: startup replays state events after this one.
             let position = self.store.next_position.load(Ordering::Relaxed) - 1;

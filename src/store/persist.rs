@@ -92,6 +92,12 @@ pub struct StoredEvent {
 pub enum Write {
     /// A new event (timeline or state block). Duplicate event IDs are ignored.
     Event(StoredEvent),
+    /// A redaction replaced a stored event's JSON with its redacted form.
+    Redacted {
+        room_id: RoomId,
+        event_id: Box<str>,
+        json: Bytes,
+    },
     /// Events were filled into the gap before this stored event: it no longer starts a
     /// gap (a restart must not report the timeline as `limited` there).
     GapFilled { room_id: RoomId, event_id: Box<str> },

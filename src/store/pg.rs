@@ -649,6 +649,16 @@ impl<'a> BatchRows<'a> {
             .await?;
         }
 
+        // One statement per redaction: they are rare, and a later one of the same event
+        // in the batch must win.
+        for (event_id, json) in &self.rows.redacted {
+            sqlx::query("UPDATE slidesync_events SET json = $1 WHERE event_id = $2")
+                .bind(json)
+                .bind(event_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+
         if !self.rows.gaps_filled.is_empty() {
             sqlx::query(
                 "UPDATE slidesync_events SET gap_before = FALSE \

@@ -20,6 +20,15 @@ pub const TIMELINE_RING: usize = 64;
 pub const MAX_HEROES: usize = 6;
 /// Event IDs remembered per room to drop the copies other pollers deliver.
 pub const SEEN_IDS: usize = 4096;
+/// State a redaction is applied to besides the events in the timeline ring: the events
+/// behind a room's fields. Finding any other state event by its ID would mean a walk over
+/// all of the room's state (members included) for every redaction.
+const REDACTABLE_STATE: [&str; 4] = [
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.canonical_alias",
+];
 
 /// Former members remembered for naming a room everyone else left ("Empty Room (was
 /// ...)"): as many as heroes.
@@ -133,6 +142,18 @@ impl RoomMeta {
     }
 }
 
+/// History a reader lacks before a room's known timeline: the homeserver left it out
+/// (a device's first poll asks for one event per room), and `anchor`, the first event
+/// the reader may see, starts a gap whose `prev_batch` is `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryGap {
+    pub room_id: RoomId,
+    pub anchor: Box<str>,
+    pub from: Box<str>,
+    /// How many events the reader asked for beyond what is held.
+    pub want: usize,
+}
+
 /// An immutable version of a room. Writers build the next one and swap the `Arc`.
 #[derive(Clone)]
 pub struct RoomSnapshot {
@@ -185,6 +206,55 @@ impl RoomSnapshot {
         let out: Vec<Arc<Event>> = visible[skip..].iter().map(|e| Arc::clone(e)).collect();
         let gap = skip > 0 || self.evicted > position || out.iter().any(|e| e.gap_before);
         (out, gap)
+    }
+
+    /// The event a redaction may apply to: in the timeline ring, or the current state
+    /// behind the room's name, avatar, topic or alias.
+    pub fn redaction_target(&self, event_id: &str) -> Option<Arc<Event>> {
+        if let Some(e) = self.timeline.iter().find(|e| &*e.event_id == event_id) {
+            return Some(Arc::clone(e));
+        }
+        REDACTABLE_STATE
+            .iter()
+            .filter_map(|kind| self.state.get(kind, ""))
+            .find(|s| s.event_id() == event_id)
+            .map(|s| Arc::new(s.to_event()))
+    }
+
+    /// The `prev_batch` to hand a reader whose timeline starts at `first`: the newest
+    /// token at or before it, never one after it (paginating from a later token would
+    /// give the reader events it has again).
+    pub fn prev_batch_at(&self, first: &Event) -> Option<&str> {
+        let first = first.timeline_order();
+        self.timeline
+            .iter()
+            .take_while(|e| e.timeline_order() <= first)
+            .filter_map(|e| e.prev_batch.as_deref())
+            .last()
+    }
+
+    /// The gap before `timeline`, the newest events a reader joined at `since` may see,
+    /// when it holds fewer than `limit` and history before it is missing; `None` when
+    /// what is held reaches the reader's join or the room's start.
+    pub fn history_gap(
+        &self,
+        timeline: &[Arc<Event>],
+        since: Position,
+        limit: usize,
+    ) -> Option<HistoryGap> {
+        let first = timeline.first()?;
+        // Filled events go in front of `first`, and the ring drops the events before the
+        // reader's join first: `limit` is at most the ring's size, so they all stay.
+        let want = limit.min(TIMELINE_RING).saturating_sub(timeline.len());
+        if want == 0 || !first.gap_before || first.timeline_order() <= (since, 0) {
+            return None;
+        }
+        Some(HistoryGap {
+            room_id: self.room_id.clone(),
+            anchor: first.event_id.clone(),
+            from: first.prev_batch.clone()?,
+            want,
+        })
     }
 
     /// Where `user`'s view of the room ends: the position of their leave, ban (or

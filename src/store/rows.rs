@@ -23,6 +23,8 @@ pub(super) struct Grouped<'a> {
     pub events: Vec<EventRow<'a>>,
     /// Events whose gap was filled; applied after `events`, which may hold them.
     pub gaps_filled: Vec<&'a str>,
+    /// (event ID, redacted JSON), in batch order; applied after `events`.
+    pub redacted: Vec<(&'a str, &'a [u8])>,
     /// room → (position, bytes); the highest position wins.
     pub snapshots: BTreeMap<&'a str, (i64, &'a [u8])>,
     /// The last membership per (user, room) wins.
@@ -103,6 +105,7 @@ impl<'a> Grouped<'a> {
                     });
                 }
                 Write::GapFilled { event_id, .. } => rows.gaps_filled.push(event_id),
+                Write::Redacted { event_id, json, .. } => rows.redacted.push((event_id, json)),
                 Write::Snapshot {
                     room_id,
                     position,

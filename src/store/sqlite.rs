@@ -666,6 +666,16 @@ async fn insert(rows: &Grouped<'_>, tx: &mut SqliteConnection) -> Result<(), sql
         q.build().execute(&mut *tx).await?;
     }
 
+    // One statement per redaction: they are rare, and a later one of the same event in
+    // the batch must win.
+    for (event_id, json) in &rows.redacted {
+        sqlx::query("UPDATE slidesync_events SET json = ? WHERE event_id = ?")
+            .bind(json)
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+
     for chunk in rows.gaps_filled.chunks(ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "UPDATE slidesync_events SET gap_before = 0 WHERE event_id IN (",

@@ -167,6 +167,28 @@ impl<'a> StateRef<'a> {
         }
     }
 
+    /// The event itself, for a writer that replaces it (a redaction).
+    pub fn to_event(self) -> Event {
+        match self {
+            StateRef::Overlay(e) => e.clone(),
+            StateRef::Base(e) => Event {
+                event_id: e.event_id.as_str().into(),
+                kind: e.kind.as_str().into(),
+                state_key: Some(e.state_key.as_str().into()),
+                sender: e.sender.as_str().into(),
+                origin_server_ts: e.origin_server_ts.to_native(),
+                membership: Membership::from_u8(e.membership),
+                text: e.text.as_ref().map(|t| t.as_str().into()),
+                detail: e.detail.as_ref().map(|t| t.as_str().into()),
+                prev_batch: None,
+                gap_before: false,
+                position: e.position.to_native(),
+                filled_order: None,
+                json: Bytes::copy_from_slice(e.json.as_slice()),
+            },
+        }
+    }
+
     fn to_entry(self) -> StateEntry {
         match self {
             StateRef::Base(e) => StateEntry {

@@ -225,5 +225,6 @@ pub fn delta(room: &str, state: Vec<Event>, timeline: Vec<Event>) -> RoomDelta {
         prev_batch: None,
         limited: false,
         stored: Default::default(),
+        redacted: Vec::new(),
     }
 }

@@ -368,6 +368,11 @@ fn log_rejected(row: &Write, error: &PersistError) {
         Write::Event(e) => {
             tracing::error!(room = ?e.room_id, event = ?e.event_id, position = e.position, %error, "{what}")
         }
+        Write::Redacted {
+            room_id, event_id, ..
+        } => {
+            tracing::error!(room = ?room_id, event = ?event_id, kind = "redaction", %error, "{what}")
+        }
         Write::GapFilled { room_id, event_id } => {
             tracing::error!(room = ?room_id, event = ?event_id, kind = "gap filled", %error, "{what}")
         }

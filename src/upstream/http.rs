@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{full, Body, Homeserver, SyncCall, UpstreamError, WhoAmI};
+use super::{full, Body, Homeserver, MessagesCall, SyncCall, UpstreamError, WhoAmI};
 
 /// Sent on every upstream request so homeserver logs show where the polling comes from.
 const USER_AGENT: &str = concat!("slidesync/", env!("CARGO_PKG_VERSION"));
@@ -227,6 +227,17 @@ impl Homeserver for HttpHomeserver {
 
     async fn versions(&self) -> Result<Bytes, UpstreamError> {
         self.call(Method::GET, "/_matrix/client/versions", None, self.timeout)
+            .await
+    }
+
+    async fn messages(&self, call: MessagesCall<'_>) -> Result<Bytes, UpstreamError> {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&from={}&limit={}",
+            encode_query(call.room_id),
+            encode_query(call.from),
+            call.limit
+        );
+        self.call(Method::GET, &path, Some(call.token), self.timeout)
             .await
     }
 

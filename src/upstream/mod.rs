@@ -64,6 +64,16 @@ pub struct SyncCall<'a> {
     pub deadline: Duration,
 }
 
+/// One backwards page of a room's history: `/rooms/{room_id}/messages?dir=b`.
+#[derive(Clone, Debug)]
+pub struct MessagesCall<'a> {
+    pub token: &'a str,
+    pub room_id: &'a str,
+    /// Where to start: a `prev_batch` or an earlier page's `end`.
+    pub from: &'a str,
+    pub limit: usize,
+}
+
 #[async_trait]
 pub trait Homeserver: Send + Sync + 'static {
     /// `GET /_matrix/client/v3/account/whoami`.
@@ -72,6 +82,8 @@ pub trait Homeserver: Send + Sync + 'static {
     async fn sync(&self, call: SyncCall<'_>) -> Result<Bytes, UpstreamError>;
     /// `GET /_matrix/client/versions`: the raw JSON body.
     async fn versions(&self) -> Result<Bytes, UpstreamError>;
+    /// `GET /_matrix/client/v3/rooms/{room_id}/messages` backwards: the raw JSON body.
+    async fn messages(&self, call: MessagesCall<'_>) -> Result<Bytes, UpstreamError>;
     /// Passes a client request through unchanged (but for hop-by-hop headers) and
     /// streams the answer back.
     async fn forward(

@@ -163,6 +163,21 @@ pub struct Timeline<'a> {
     pub prev_batch: Option<String>,
 }
 
+/// One page of `/rooms/{room_id}/messages`: events newest first (the page goes
+/// backwards), and where the next page starts, absent at the room's beginning.
+#[derive(Deserialize)]
+pub struct MessagesPage<'a> {
+    #[serde(borrow, default)]
+    pub chunk: Vec<LazyValue<'a>>,
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// Parses a `/messages` page, after the same clamping as a `/sync` body.
+pub fn parse_messages(body: &[u8]) -> Result<MessagesPage<'_>, sonic_rs::Error> {
+    sonic_rs::from_slice(body)
+}
+
 #[derive(Deserialize, Default)]
 pub struct UnreadNotifications {
     #[serde(default)]
@@ -262,6 +277,9 @@ struct Fields<'a> {
     content: Option<LazyValue<'a>>,
     #[serde(borrow, default)]
     unsigned: Option<LazyValue<'a>>,
+    /// The redacted event, at the top level of a redaction before room version 11.
+    #[serde(borrow, default)]
+    redacts: Option<Cow<'a, str>>,
 }
 
 /// `unsigned` fields that belong to one user or device and must not be served to others
@@ -275,6 +293,12 @@ const PRIVATE_UNSIGNED: [&str; 3] = [
 /// Reads the indexed fields of one event. The JSON is kept as is unless `unsigned`
 /// carries per-user fields, which are removed.
 pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
+    parse_sent_event(raw).map(|(ev, _)| ev)
+}
+
+/// [`parse_event`], and the `unsigned.transaction_id` it removed: only the sending
+/// device's own `/sync` carries it.
+pub fn parse_sent_event(raw: &[u8]) -> Result<(Event, Option<Box<str>>), EventError> {
     let f: Fields = sonic_rs::from_slice(raw).map_err(|e| EventError::Malformed(e.to_string()))?;
     let event_id = match f.event_id.as_deref() {
         Some(id) if !id.is_empty() && storable(id) => id,
@@ -322,6 +346,12 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
             let server = via.get(0)?;
             server.as_str().map(Into::into)
         }),
+        // In `content` from room version 11 on.
+        "m.room.redaction" => f
+            .redacts
+            .as_deref()
+            .map(Into::into)
+            .or_else(|| field("redacts")),
         _ => None,
     };
     let has_private = f
@@ -333,7 +363,12 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
     } else {
         Bytes::copy_from_slice(raw)
     };
-    Ok(Event {
+    let transaction_id = f
+        .unsigned
+        .as_ref()
+        .and_then(|u| u.get("transaction_id"))
+        .and_then(|t| t.as_str().map(Into::into));
+    let event = Event {
         event_id: event_id.into(),
         kind: f.kind.as_ref().into(),
         state_key: f.state_key.map(|s| s.as_ref().into()),
@@ -347,7 +382,106 @@ pub fn parse_event(raw: &[u8]) -> Result<Event, EventError> {
         filled_order: None,
         position: 0,
         json,
-    })
+    };
+    Ok((event, transaction_id))
+}
+
+/// The room version a room's `m.room.create` event states ("1" when it states none).
+pub fn room_version(create: &[u8]) -> String {
+    sonic_rs::get(create, &["content", "room_version"])
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "1".to_owned())
+}
+
+/// `event` redacted by `redaction` under the redaction algorithm of `room_version`
+/// (client-server spec, "Redactions"): only the keys the version keeps, and the redaction
+/// in `unsigned.redacted_because`, as a homeserver serves a redacted event. `None` if
+/// `event` is not a JSON object.
+pub fn redact(event: &[u8], room_version: &str, redaction: &[u8]) -> Option<Bytes> {
+    let mut v: sonic_rs::Value = sonic_rs::from_slice(event).ok()?;
+    let kind = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_owned();
+    // Versions are digits up to now; anything else is taken as the newest rules.
+    let version: u32 = room_version.parse().unwrap_or(11);
+    let mut top = vec![
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    ];
+    if version < 11 {
+        top.extend(["prev_state", "origin", "membership"]);
+    }
+    let content: &[&str] = match kind.as_str() {
+        "m.room.member" if version >= 11 => &[
+            "membership",
+            "join_authorised_via_users_server",
+            "third_party_invite",
+        ],
+        "m.room.member" if version >= 9 => &["membership", "join_authorised_via_users_server"],
+        "m.room.member" => &["membership"],
+        "m.room.create" if version >= 11 => &[],
+        "m.room.create" => &["creator"],
+        "m.room.join_rules" if version >= 8 => &["join_rule", "allow"],
+        "m.room.join_rules" => &["join_rule"],
+        "m.room.power_levels" if version >= 11 => &[
+            "ban",
+            "events",
+            "events_default",
+            "invite",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
+        "m.room.power_levels" => &[
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        ],
+        "m.room.aliases" if version <= 5 => &["aliases"],
+        "m.room.history_visibility" => &["history_visibility"],
+        "m.room.redaction" if version >= 11 => &["redacts"],
+        _ => &[],
+    };
+    let keep_all_content = kind == "m.room.create" && version >= 11;
+    let obj = v.as_object_mut()?;
+    obj.retain(|k, _| top.contains(&k));
+    if let Some(c) = obj.get_mut(&"content").and_then(|c| c.as_object_mut()) {
+        if !keep_all_content {
+            c.retain(|k, _| content.contains(&k));
+        }
+        // Third-party invites keep only their signed part.
+        if let Some(invite) = c
+            .get_mut(&"third_party_invite")
+            .and_then(|i| i.as_object_mut())
+        {
+            invite.retain(|k, _| k == "signed");
+        }
+    }
+    let because: sonic_rs::Value = sonic_rs::from_slice(redaction).ok()?;
+    let mut unsigned = sonic_rs::Object::new();
+    unsigned.insert(&"redacted_because", because);
+    obj.insert(&"unsigned", unsigned);
+    sonic_rs::to_vec(&v).ok().map(Bytes::from)
 }
 
 fn strip_unsigned(raw: &[u8]) -> Result<Bytes, EventError> {
@@ -567,6 +701,7 @@ pub fn parse_typing(raw: &[u8]) -> Option<Vec<UserId>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sonic_rs::JsonContainerTrait;
 
     #[test]
     fn member_event_fields_are_indexed() {
@@ -583,9 +718,63 @@ mod tests {
     }
 
     #[test]
+    fn redaction_keeps_only_what_the_room_version_allows() {
+        let redaction = br#"{"type":"m.room.redaction","event_id":"$r","sender":"@a:x","redacts":"$1","content":{}}"#;
+        let (ev, _) = parse_sent_event(redaction).unwrap();
+        assert_eq!(
+            ev.text.as_deref(),
+            Some("$1"),
+            "the target, before version 11"
+        );
+        let v11 = br#"{"type":"m.room.redaction","event_id":"$r","sender":"@a:x","content":{"redacts":"$2"}}"#;
+        assert_eq!(parse_event(v11).unwrap().text.as_deref(), Some("$2"));
+
+        let message = br#"{"type":"m.room.message","event_id":"$1","sender":"@b:x","origin_server_ts":5,"content":{"body":"secret"},"unsigned":{"age":1}}"#;
+        let out = redact(message, "10", redaction).unwrap();
+        let v: sonic_rs::Value = sonic_rs::from_slice(&out).unwrap();
+        assert!(v["content"].as_object().unwrap().is_empty());
+        assert_eq!(v["event_id"].as_str(), Some("$1"));
+        assert_eq!(v["origin_server_ts"].as_u64(), Some(5));
+        assert_eq!(
+            v["unsigned"]["redacted_because"]["event_id"].as_str(),
+            Some("$r")
+        );
+        assert!(v["unsigned"].get("age").is_none());
+
+        let member = br#"{"type":"m.room.member","state_key":"@b:x","event_id":"$m","sender":"@b:x","membership":"join","content":{"membership":"join","displayname":"Bob","join_authorised_via_users_server":"@c:x"}}"#;
+        let v8: sonic_rs::Value =
+            sonic_rs::from_slice(&redact(member, "8", redaction).unwrap()).unwrap();
+        assert_eq!(v8["content"].as_object().unwrap().len(), 1);
+        assert_eq!(
+            v8["membership"].as_str(),
+            Some("join"),
+            "kept before version 11"
+        );
+        let v11: sonic_rs::Value =
+            sonic_rs::from_slice(&redact(member, "11", redaction).unwrap()).unwrap();
+        assert_eq!(
+            v11["content"]["join_authorised_via_users_server"].as_str(),
+            Some("@c:x")
+        );
+        assert!(v11.get("membership").is_none());
+
+        let create = br#"{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{"creator":"@a:x","room_version":"11","type":"m.space"}}"#;
+        let c11: sonic_rs::Value =
+            sonic_rs::from_slice(&redact(create, "11", redaction).unwrap()).unwrap();
+        assert_eq!(c11["content"]["type"].as_str(), Some("m.space"));
+        assert_eq!(room_version(create), "11");
+        assert_eq!(room_version(br#"{"content":{}}"#), "1");
+    }
+
+    #[test]
     fn transaction_id_is_stripped_from_the_shared_copy() {
         let raw = br#"{"type":"m.room.message","event_id":"$1","sender":"@a:x","content":{"body":"hi"},"unsigned":{"transaction_id":"t1","age":3}}"#;
-        let ev = parse_event(raw).unwrap();
+        let (ev, txn) = parse_sent_event(raw).unwrap();
+        assert_eq!(
+            txn.as_deref(),
+            Some("t1"),
+            "kept apart for the sending device"
+        );
         let v: sonic_rs::Value = sonic_rs::from_slice(&ev.json).unwrap();
         assert!(v["unsigned"].get("transaction_id").is_none());
         assert_eq!(v["unsigned"]["age"].as_u64(), Some(3));

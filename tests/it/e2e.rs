@@ -542,3 +542,101 @@ async fn room_names_and_heroes_match_what_synapse_summaries_imply() {
     );
     proxy.stop().await;
 }
+
+/// A room with 30 messages before Alice's device first polls: its first `/sync` holds
+/// one of them, and a client asking for 20 gets the newest 20 in order, the rest fetched
+/// from Synapse's `/messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_from_before_the_first_poll_is_fetched_from_synapse() {
+    let hs = synapse().await;
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let room = hs
+        .create_room(&bob, json!({"name": "History", "preset": "private_chat"}))
+        .await;
+    hs.invite(&bob, &room, &alice.user_id).await;
+    hs.join(&alice, &room).await;
+    for i in 1..=30 {
+        hs.send_text(&bob, &room, &format!("m{i}")).await;
+    }
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let req = json!({"lists": {"all": {"ranges": [[0, 0]], "timeline_limit": 20}}});
+    let resp = proxy.sync_ok(&alice.access_token, None, 0, &req).await;
+    let bodies: Vec<&str> = resp["rooms"][room.as_str()]["timeline"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    let expected: Vec<String> = (11..=30).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, expected, "{resp:?}");
+    assert_eq!(
+        resp["rooms"][room.as_str()]["limited"].as_bool(),
+        Some(true)
+    );
+    // Another connection is served from what was kept.
+    let again = proxy.sync_ok(&alice.access_token, None, 0, &req).await;
+    assert_eq!(
+        again["rooms"][room.as_str()]["timeline"],
+        resp["rooms"][room.as_str()]["timeline"]
+    );
+    proxy.stop().await;
+}
+
+/// Alice sends from her phone: the phone's connections see the message's transaction ID
+/// (its local echo is matched by it), her laptop's never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sending_device_gets_the_transaction_id_from_synapse() {
+    let hs = synapse().await;
+    let laptop = hs.register("alice").await;
+    let phone = hs
+        .login(&laptop, crate::support::synapse::TEST_PASSWORD)
+        .await;
+    let room = hs
+        .create_room(&laptop, json!({"name": "Echo", "preset": "private_chat"}))
+        .await;
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let req = json!({"lists": {"all": {"ranges": [[0, 0]], "timeline_limit": 5}}});
+    let on_laptop = proxy.sync_ok(&laptop.access_token, None, 0, &req).await;
+    proxy.sync_ok(&phone.access_token, None, 0, &req).await;
+
+    let sent = hs
+        .send_text_as(&phone, &room, "from the phone", "phone-txn-1")
+        .await;
+    let txn_on = |resp: &Value| -> Option<Option<String>> {
+        resp["rooms"][room.as_str()]["timeline"]
+            .as_array()?
+            .iter()
+            .find(|e| e["event_id"].as_str() == Some(sent.as_str()))
+            .map(|e| e["unsigned"]["transaction_id"].as_str().map(str::to_owned))
+    };
+    // Both pollers deliver the message, in either order; once the phone's has, a new
+    // connection of the phone serves it with the ID.
+    let mut phone_txn = None;
+    for _ in 0..100 {
+        let resp = proxy.sync_ok(&phone.access_token, None, 0, &req).await;
+        if let Some(Some(txn)) = txn_on(&resp) {
+            phone_txn = Some(txn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phone_txn.as_deref(), Some("phone-txn-1"));
+    let live = proxy
+        .sync_ok(
+            &laptop.access_token,
+            Some(&pos(&on_laptop)),
+            10_000,
+            &json!({}),
+        )
+        .await;
+    let fresh = proxy.sync_ok(&laptop.access_token, None, 0, &req).await;
+    for resp in [live, fresh] {
+        if let Some(txn) = txn_on(&resp) {
+            assert_eq!(txn, None, "the laptop did not send it: {resp:?}");
+        }
+    }
+    proxy.stop().await;
+}

@@ -18,4 +18,5 @@ mod serve;
 mod store;
 mod support;
 mod synapse_smoke;
+mod timeline;
 mod upstream;

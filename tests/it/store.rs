@@ -36,7 +36,8 @@ on_both_stores!(
     state_set_just_after_a_fold_survives_a_restart,
     a_filled_gap_is_no_gap_after_a_restart,
     room_fields_survive_a_restart,
-    device_data_round_trips_in_batch_order
+    device_data_round_trips_in_batch_order,
+    a_redaction_applies_in_place_and_survives_a_restart
 );
 
 fn event(room: &str, position: Position, in_timeline: bool, is_state: bool) -> StoredEvent {
@@ -649,6 +650,7 @@ fn chunk(
         prev_batch: None,
         limited,
         stored: Default::default(),
+        redacted: Vec::new(),
     }
 }
 
@@ -692,10 +694,7 @@ async fn a_filled_gap_keeps_its_order_across_a_restart(backend: Backend) {
     let newest: Vec<String> = (37..=100).map(|i| format!("$m{i}")).collect();
     assert_eq!(before, newest);
 
-    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
-    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
-        .await
-        .expect("load");
+    let reloaded = reload(&persist).await;
     assert_eq!(timeline_ids(&reloaded, room), before);
 
     // A poller that was far behind delivers the first one again after the restart.
@@ -783,14 +782,9 @@ async fn state_set_just_after_a_fold_survives_a_restart(backend: Backend) {
         assert!(folded, "the members folded the state");
         let name = state_event("$name", "m.room.name", "", r#"{"name":"After the fold"}"#);
         hot.apply_room(chunk(room, &[name], false));
-        hot.queue().flush().await;
-        drop(hot);
-        writer.await.unwrap();
+        stop(hot, writer).await;
     }
-    let (queue, _writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
-    let reloaded = Store::load(&*persist, queue, &slidesync::upstream::wire::DECODER)
-        .await
-        .expect("load");
+    let reloaded = reload(&persist).await;
     assert_eq!(
         reloaded.room(room).unwrap().meta.name.as_deref(),
         Some("After the fold")
@@ -867,6 +861,7 @@ async fn room_fields_survive_a_restart(backend: Backend) {
             prev_batch: None,
             limited: false,
             stored: Default::default(),
+            redacted: Vec::new(),
         });
         hot.queue().flush().await;
         let meta = hot.room(room).expect("the room").meta.clone();
@@ -989,4 +984,97 @@ async fn device_data_round_trips_in_batch_order(backend: Backend) {
         assert_eq!(others.len(), 1, "another device's messages stay");
         assert!(store.to_device_after(&dev, 4, 10).await.unwrap().is_empty());
     }
+}
+
+/// A redaction replaces its target with the redacted form in the timeline and in the
+/// room's state (the name it held is gone), and a restart loads the redacted forms.
+async fn a_redaction_applies_in_place_and_survives_a_restart(backend: Backend) {
+    use std::sync::Arc;
+
+    use slidesync::ingest::metrics::PollerMetrics;
+    use slidesync::ingest::v2::process;
+    use slidesync::store::writer::WriteQueue;
+    use slidesync::store::Store;
+    use slidesync::types::DeviceKey;
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+
+    let db = TestDb::of(backend).await;
+    let persist = db.open().await;
+    let room = "!redact:example.org";
+    let me = "@a:example.org";
+    let body =
+        |rooms: String| format!(r#"{{"next_batch":"s","rooms":{{"join":{{"{room}":{rooms}}}}}}}"#);
+    let first = body(format!(
+        r#"{{"state":{{"events":[
+            {{"type":"m.room.create","state_key":"","event_id":"$create","sender":"{me}","content":{{"room_version":"10"}}}},
+            {{"type":"m.room.member","state_key":"{me}","event_id":"$join","sender":"{me}","content":{{"membership":"join"}}}},
+            {{"type":"m.room.name","state_key":"","event_id":"$name","sender":"{me}","content":{{"name":"Secret plan"}}}}]}},
+          "timeline":{{"events":[{{"type":"m.room.message","event_id":"$msg","sender":"{me}","origin_server_ts":5,"content":{{"body":"the secret"}}}}]}}}}"#
+    ));
+    let second = body(format!(
+        r#"{{"timeline":{{"events":[
+            {{"type":"m.room.redaction","event_id":"$r1","sender":"{me}","redacts":"$msg","content":{{}}}},
+            {{"type":"m.room.redaction","event_id":"$r2","sender":"{me}","redacts":"$name","content":{{}}}}]}}}}"#
+    ));
+    let device = DeviceKey::new(me, "DEV");
+    let redacted_body = |store: &Store| -> (Option<String>, usize) {
+        let room = store.room(room).expect("the room");
+        let msg = room
+            .timeline
+            .iter()
+            .find(|e| &*e.event_id == "$msg")
+            .expect("the message");
+        let v: sonic_rs::Value = sonic_rs::from_slice(&msg.json).unwrap();
+        assert_eq!(
+            v["unsigned"]["redacted_because"]["event_id"].as_str(),
+            Some("$r1")
+        );
+        let name = room.state.get("m.room.name", "").expect("the name event");
+        let n: sonic_rs::Value = sonic_rs::from_slice(name.json()).unwrap();
+        (
+            room.meta.name.as_deref().map(str::to_owned),
+            v["content"].as_object().unwrap().len() + n["content"].as_object().unwrap().len(),
+        )
+    };
+    {
+        let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 4096);
+        let hot = Store::new(queue, 1);
+        let user = hot.user_or_insert(&me.into());
+        let device = hot.device(&device);
+        for b in [&first, &second] {
+            process(
+                &hot,
+                &user,
+                &device,
+                b.as_bytes(),
+                &PollerMetrics::default(),
+            )
+            .await
+            .expect("applies");
+        }
+        assert_eq!(
+            redacted_body(&hot),
+            (None, 0),
+            "no name and no content left"
+        );
+        stop(hot, writer).await;
+    }
+    let reloaded = reload(&persist).await;
+    assert_eq!(redacted_body(&reloaded), (None, 0), "after a restart too");
+}
+
+/// Commits what the store queued and ends its writer, as a shutdown does.
+async fn stop(hot: slidesync::store::Store, writer: tokio::task::JoinHandle<()>) {
+    hot.queue().flush().await;
+    drop(hot);
+    writer.await.unwrap();
+}
+
+/// The hot state rebuilt from storage, as a restart does.
+async fn reload(persist: &std::sync::Arc<dyn Persist>) -> slidesync::store::Store {
+    let (queue, _writer) =
+        slidesync::store::writer::WriteQueue::spawn(std::sync::Arc::clone(persist), 1024);
+    slidesync::store::Store::load(&**persist, queue, &slidesync::upstream::wire::DECODER)
+        .await
+        .expect("load")
 }

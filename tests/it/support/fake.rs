@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use slidesync::upstream::{full, Body, Homeserver, SyncCall, UpstreamError, WhoAmI};
+use slidesync::upstream::{full, Body, Homeserver, MessagesCall, SyncCall, UpstreamError, WhoAmI};
 use tokio::sync::Notify;
 
 /// A poll with nothing scripted returns empty after at most this long, so pollers loop
@@ -50,7 +50,14 @@ pub struct FakeHomeserver {
     /// Per token: `rooms` objects answered by `since`, as a real homeserver does, so a
     /// poller that starts again from an older `since` gets the same data again.
     logs: Mutex<HashMap<String, Vec<sonic_rs::Value>>>,
+    /// `/messages` pages by (room, from).
+    pages: Mutex<HashMap<(String, String), Page>>,
+    /// `/messages` calls as (token, room, from, limit).
+    messages_calls: Mutex<Vec<(String, String, String, usize)>>,
 }
+
+/// A scripted `/messages` page: the `chunk` (newest first) and `end`.
+type Page = (Vec<sonic_rs::Value>, Option<String>);
 
 /// Counts a `/sync` call as in flight until dropped (also when the poller is aborted).
 struct InFlight<'a> {
@@ -85,6 +92,26 @@ impl FakeHomeserver {
                 device_id: device_id.to_owned(),
             },
         );
+    }
+
+    /// Scripts `/rooms/{room}/messages?dir=b&from={from}`: `chunk` newest first, and the
+    /// page's `end` (None at the room's start). Unscripted pages answer 500.
+    pub fn script_messages(
+        &self,
+        room: &str,
+        from: &str,
+        chunk: Vec<sonic_rs::Value>,
+        end: Option<&str>,
+    ) {
+        self.pages.lock().insert(
+            (room.to_owned(), from.to_owned()),
+            (chunk, end.map(str::to_owned)),
+        );
+    }
+
+    /// The `/messages` calls made, as (token, room, from, limit).
+    pub fn messages_calls(&self) -> Vec<(String, String, String, usize)> {
+        self.messages_calls.lock().clone()
     }
 
     /// Makes the homeserver forget the token (logout): whoami and sync answer 401.
@@ -406,6 +433,39 @@ impl Homeserver for FakeHomeserver {
         Ok(Bytes::from_static(
             br#"{"versions":["v1.11"],"unstable_features":{}}"#,
         ))
+    }
+
+    async fn messages(&self, call: MessagesCall<'_>) -> Result<Bytes, UpstreamError> {
+        self.messages_calls.lock().push((
+            call.token.to_owned(),
+            call.room_id.to_owned(),
+            call.from.to_owned(),
+            call.limit,
+        ));
+        if !self.devices.lock().contains_key(call.token) {
+            return Err(UpstreamError::Unauthorized);
+        }
+        let page = self
+            .pages
+            .lock()
+            .get(&(call.room_id.to_owned(), call.from.to_owned()))
+            .cloned();
+        let Some((mut chunk, end)) = page else {
+            return Err(UpstreamError::Status {
+                status: 500,
+                body: "no page scripted".into(),
+            });
+        };
+        let mut end = end;
+        if chunk.len() > call.limit {
+            chunk.truncate(call.limit);
+            end = Some(format!("{}_cut", call.from));
+        }
+        let body = match end {
+            Some(end) => sonic_rs::json!({"chunk": chunk, "start": call.from, "end": end}),
+            None => sonic_rs::json!({"chunk": chunk, "start": call.from}),
+        };
+        Ok(Bytes::from(body.to_string()))
     }
 
     /// Echoes what arrived: method, path and query, Authorization, Connection, body.

@@ -548,10 +548,23 @@ impl Synapse {
 
     /// Sends an `m.text` message; returns its event id.
     pub async fn send_text(&self, user: &TestUser, room_id: &str, text: &str) -> String {
+        self.send_text_as(user, room_id, text, &Self::txn_id())
+            .await
+    }
+
+    /// Sends an `m.text` message with the client's transaction ID `txn_id`; returns its
+    /// event id.
+    pub async fn send_text_as(
+        &self,
+        user: &TestUser,
+        room_id: &str,
+        text: &str,
+        txn_id: &str,
+    ) -> String {
         let path = format!(
             "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
             encode(room_id),
-            Self::txn_id()
+            encode(txn_id)
         );
         let body = json!({"msgtype": "m.text", "body": text});
         let answer = self
