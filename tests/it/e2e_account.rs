@@ -262,3 +262,87 @@ async fn receipts_typing_and_account_data_set_through_synapse_arrive_through_the
     );
     proxy.stop().await;
 }
+
+/// The server part of a user ID: what `via` names.
+fn server_of(user: &TestUser) -> String {
+    user.user_id
+        .split_once(':')
+        .map(|(_, server)| server.to_owned())
+        .expect("a user ID with a server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spaces_filter_and_ignored_users_against_synapse() {
+    let hs = synapse().await;
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let carol = hs.register("carol").await;
+    let space = json!({"name": "Space", "creation_content": {"type": "m.space"}});
+    let alices_space = hs.create_room(&alice, space.clone()).await;
+    let bobs_space = hs.create_room(&bob, space).await;
+    let listed = hs
+        .create_room(&alice, json!({"name": "Listed", "preset": "public_chat"}))
+        .await;
+    let secret = hs
+        .create_room(
+            &bob,
+            json!({"name": "In Bob's space", "preset": "public_chat"}),
+        )
+        .await;
+    hs.join(&alice, &secret).await;
+    hs.join(&carol, &listed).await;
+    hs.join(&bob, &listed).await;
+    let via = json!({"via": [server_of(&alice)]});
+    hs.send_state(&alice, &alices_space, "m.space.child", &listed, via.clone())
+        .await;
+    hs.send_state(&bob, &bobs_space, "m.space.child", &secret, via)
+        .await;
+    // Alice ignores Carol, who then writes in the listed room.
+    let ignore = format!(
+        "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+        encode(&alice.user_id)
+    );
+    hs.call(
+        "ignore",
+        Method::PUT,
+        &ignore,
+        Some(&alice),
+        Some(&json!({"ignored_users": {carol.user_id.as_str(): {}}})),
+    )
+    .await;
+    let spam = hs.send_text(&carol, &listed, "spam").await;
+
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    // Bob's poller knows his space's children (Alice is not in his space), and
+    // delivers Carol's message: Synapse leaves it out of Alice's own /sync, the proxy
+    // must not show her Bob's copy.
+    let bobs = proxy
+        .sync_ok(
+            &bob.access_token,
+            None,
+            0,
+            &json!({"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(
+        bobs["rooms"][listed.as_str()]["timeline"][0]["event_id"].as_str(),
+        Some(spam.as_str())
+    );
+    let body = json!({"lists": {"space": {
+        "ranges": [[0, 9]],
+        "timeline_limit": 10,
+        "filters": {"spaces": [alices_space, bobs_space]},
+    }}});
+    let resp = proxy.sync_ok(&alice.access_token, None, 0, &body).await;
+    assert_eq!(synced_ids(&resp, "space"), vec![listed.clone()], "{resp:?}");
+    // The proxy holds Carol's message (Bob was shown it); Alice is not.
+    let timeline = &resp["rooms"][listed.as_str()]["timeline"];
+    assert!(
+        timeline.as_array().is_none_or(|t| t
+            .iter()
+            .all(|e| e["event_id"].as_str() != Some(spam.as_str()))),
+        "Carol's message is not in Alice's timeline: {timeline:?}"
+    );
+    proxy.stop().await;
+}
