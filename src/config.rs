@@ -93,6 +93,9 @@ pub struct Config {
     /// Where to serve `/debug/pprof/*`; off when unset.
     pub pprof: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// The URL clients reach slidesync at, no trailing slash; `None`: from each
+    /// request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -111,6 +114,7 @@ impl fmt::Debug for Config {
             .field("prom", &self.prom)
             .field("pprof", &self.pprof)
             .field("log_format", &self.log_format)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -332,8 +336,17 @@ static LOG_FORMAT: Setting = Setting {
     fix: "set it to text or json",
 };
 
+static PUBLIC_URL: Setting = Setting {
+    env: "SYNCV3_PUBLIC_URL",
+    flag: "public-url",
+    value_name: "URL",
+    default: Fallback::Unset,
+    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client. Unset: the scheme slidesync serves and the request's Host.",
+    fix: "set it to the http:// or https:// URL clients reach slidesync at, like https://matrix.example.org, or leave it unset to use each request's Host",
+};
+
 /// Every setting, in the order `--help` lists them.
-pub static SETTINGS: [&Setting; 14] = [
+pub static SETTINGS: [&Setting; 15] = [
     &SERVER,
     &DB,
     &DATA_DIR,
@@ -348,6 +361,7 @@ pub static SETTINGS: [&Setting; 14] = [
     &PROM,
     &PPROF,
     &LOG_FORMAT,
+    &PUBLIC_URL,
 ];
 
 /// Why the settings cannot be used. Display is one line that says what to do.
@@ -530,6 +544,18 @@ impl Values<'_> {
             _ => return Err(invalid(&LOG_FORMAT, format, "unknown log format")),
         };
 
+        let public_url = match self.get(&PUBLIC_URL) {
+            None => None,
+            Some(raw) if raw.starts_with('/') => {
+                return Err(invalid(&PUBLIC_URL, raw, "a path, not a URL"))
+            }
+            Some(raw) => Some(
+                parse_server(raw)
+                    .map_err(|problem| invalid(&PUBLIC_URL, raw, problem))?
+                    .to_string(),
+            ),
+        };
+
         Ok(Config {
             server,
             db,
@@ -544,6 +570,7 @@ impl Values<'_> {
             prom,
             pprof,
             log_format,
+            public_url,
         })
     }
 
@@ -1187,6 +1214,31 @@ mod tests {
             parse(&args(&["-h"]), &HashMap::new()),
             Ok(Parsed::Help(_))
         ));
+    }
+
+    #[test]
+    fn public_url_is_an_http_url_without_its_trailing_slash() {
+        assert_eq!(run(&[], &minimal()).unwrap().public_url, None);
+        let mut vars = minimal();
+        vars.insert(
+            "SYNCV3_PUBLIC_URL".into(),
+            "https://chat.example.org/".into(),
+        );
+        assert_eq!(
+            run(&[], &vars).unwrap().public_url.as_deref(),
+            Some("https://chat.example.org")
+        );
+        for bad in [
+            "chat.example.org",
+            "ftp://chat.example.org",
+            "/run/slidesync.sock",
+        ] {
+            let line = error(&args(&["--public-url", bad]), &minimal());
+            assert!(
+                line.starts_with("SYNCV3_PUBLIC_URL (--public-url) is "),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -1,35 +1,20 @@
 //! `POST /_matrix/client/unstable/org.matrix.msc3575/sync`: MSC3575 as the Go proxy
 //! served it (spec: `msc3575-sliding-sync.md`, "Sliding sync API").
 //!
-//! Translates the wire request into a [`SyncRequest`] (with every limit checked here,
-//! so the engine only sees valid input) and a [`SyncResponse`] back into JSON.
+//! Translates the wire request into a [`SyncRequest`] (with every limit of
+//! [`super::body`] checked, so the engine only sees valid input) and a [`SyncResponse`]
+//! back into JSON.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
+use super::body::{self, Object, WireFilters};
 use super::json::JsonWriter;
 use crate::conn::request::{
-    Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest,
-    SyncResponse,
+    ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest, SyncResponse,
 };
 use crate::error::MatrixError;
-
-/// Limits on what one request may ask for; past them a request is refused with a message
-/// naming the field, so memory per connection stays bounded. The list limit is the
-/// engine's, since lists are sticky across requests.
-pub use crate::conn::{MAX_LISTS, MAX_SUBSCRIPTIONS};
-/// Matrix IDs are at most 255 bytes.
-pub const MAX_ROOM_ID: usize = 255;
-pub const MAX_LIST_NAME: usize = 64;
-pub const MAX_RANGES: usize = 16;
-pub const MAX_REQUIRED_STATE: usize = 100;
-/// Larger `timeline_limit`s are lowered to this, as the Go proxy did.
-pub const MAX_TIMELINE_LIMIT: u64 = 50;
-pub const MAX_CONN_ID: usize = 16;
-pub const MAX_TXN_ID: usize = 64;
-/// Deepest nesting of arrays and objects a body may have (see `nesting`).
-pub const MAX_DEPTH: usize = 64;
 
 #[derive(Deserialize)]
 struct Body {
@@ -53,27 +38,6 @@ struct WireSubscription {
     required_state: Option<Vec<Vec<String>>>,
 }
 
-/// A struct that must come as a JSON object: serde's derive also reads an array as the
-/// fields in order, which would make `{"a": [[[0, 5]]]}` a list with ranges.
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
-            .map(Object)
-    }
-}
-
 #[derive(Deserialize)]
 struct WireList {
     #[serde(default)]
@@ -88,188 +52,40 @@ struct WireList {
     filters: Option<Object<WireFilters>>,
 }
 
-#[derive(Deserialize)]
-struct WireFilters {
-    #[serde(default)]
-    is_encrypted: Option<bool>,
-    #[serde(default)]
-    is_invite: Option<bool>,
-    #[serde(default)]
-    is_tombstoned: Option<bool>,
-    #[serde(default)]
-    room_types: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    not_room_types: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    room_name_like: Option<String>,
-    // `is_dm`, `spaces`, `tags` and `not_tags` are not applied yet (see README); like
-    // any unknown field, they are skipped.
-}
-
-/// Entries one filter array may hold.
-pub const MAX_FILTER_ENTRIES: usize = 100;
-/// `room_name_like` is matched against names: longer than a name is nonsense.
-pub const MAX_NAME_LIKE: usize = 255;
-
 /// Parses and validates a request body. An empty body is an empty request.
-pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(SyncRequest::default()),
-        // Serde would read an array as the struct's fields in order.
-        Some(b'{') => {}
-        Some(_) => return Err(MatrixError::bad_json("request body must be a JSON object")),
-    }
-    if crate::nesting::nests_deeper_than(body, MAX_DEPTH) {
-        return Err(MatrixError::bad_json(format!(
-            "request body nests arrays or objects deeper than {MAX_DEPTH} levels"
-        )));
-    }
-    let mut de = sonic_rs::Deserializer::from_slice(body);
-    let wire: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            MatrixError::bad_json(format!(
-                "request body is not a valid sliding sync request: {inner}"
-            ))
-        } else {
-            MatrixError::bad_json(format!("field '{path}' is invalid: {inner}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| MatrixError::bad_json(format!("data after the request object: {e}")))?;
+pub fn parse(raw: &[u8]) -> Result<SyncRequest, MatrixError> {
+    let Some(wire) = body::read::<Body>(raw)? else {
+        return Ok(SyncRequest::default());
+    };
+    body::ids(wire.conn_id.as_deref(), wire.txn_id.as_deref())?;
     let mut req = SyncRequest {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
         ..SyncRequest::default()
     };
-    if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
-        return Err(MatrixError::invalid_param(format!(
-            "conn_id is longer than {MAX_CONN_ID} bytes"
-        )));
-    }
-    if req.txn_id.as_ref().is_some_and(|t| t.len() > MAX_TXN_ID) {
-        return Err(MatrixError::invalid_param(format!(
-            "txn_id is longer than {MAX_TXN_ID} bytes"
-        )));
-    }
     let lists = wire.lists.unwrap_or_default();
-    if lists.len() > MAX_LISTS {
-        return Err(MatrixError::invalid_param(format!(
-            "lists: at most {MAX_LISTS} lists are allowed"
-        )));
-    }
+    body::list_names(lists.keys())?;
     for (name, Object(list)) in lists {
-        if name.len() > MAX_LIST_NAME {
-            return Err(MatrixError::invalid_param(format!(
-                "lists: list name is longer than {MAX_LIST_NAME} bytes"
-            )));
-        }
         let params = list_params(&name, list)?;
         req.lists.insert(name, params);
     }
     let subscriptions = wire.room_subscriptions.unwrap_or_default();
     let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
-    for (field, count) in [
-        ("room_subscriptions", subscriptions.len()),
-        ("unsubscribe_rooms", unsubscribe.len()),
-    ] {
-        if count > MAX_SUBSCRIPTIONS {
-            return Err(MatrixError::invalid_param(format!(
-                "{field}: at most {MAX_SUBSCRIPTIONS} rooms are allowed"
-            )));
-        }
-    }
+    body::room_count("room_subscriptions", subscriptions.len())?;
+    body::room_count("unsubscribe_rooms", unsubscribe.len())?;
     for (room_id, Object(sub)) in subscriptions {
-        let field = format!("room_subscriptions.{}", room_field(&room_id)?);
+        let field = format!("room_subscriptions.{}", body::room_field(&room_id)?);
         let sub = RoomSubscription {
-            timeline_limit: timeline_limit(sub.timeline_limit).unwrap_or(0),
-            required_state: required_state(&field, sub.required_state)?.unwrap_or_default(),
+            timeline_limit: body::timeline_limit(sub.timeline_limit).unwrap_or(0),
+            required_state: body::required_state(&field, sub.required_state)?.unwrap_or_default(),
         };
         req.room_subscriptions.insert(room_id.into(), sub);
     }
     for room_id in unsubscribe {
-        room_field(&room_id)?;
+        body::room_field(&room_id)?;
         req.unsubscribe_rooms.push(room_id.into());
     }
     Ok(req)
-}
-
-fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
-    let bad = |field: &str, msg: String| {
-        MatrixError::invalid_param(format!("lists.{list}.filters.{field}: {msg}"))
-    };
-    let lengths = [
-        ("room_types", f.room_types.as_ref().map_or(0, Vec::len)),
-        (
-            "not_room_types",
-            f.not_room_types.as_ref().map_or(0, Vec::len),
-        ),
-    ];
-    for (field, len) in lengths {
-        if len > MAX_FILTER_ENTRIES {
-            return Err(bad(
-                field,
-                format!("at most {MAX_FILTER_ENTRIES} entries are allowed"),
-            ));
-        }
-    }
-    if f.room_name_like
-        .as_ref()
-        .is_some_and(|l| l.len() > MAX_NAME_LIKE)
-    {
-        return Err(bad(
-            "room_name_like",
-            format!("at most {MAX_NAME_LIKE} bytes"),
-        ));
-    }
-    Ok(Filters {
-        is_encrypted: f.is_encrypted,
-        is_invite: f.is_invite,
-        is_tombstoned: f.is_tombstoned,
-        room_types: f.room_types,
-        not_room_types: f.not_room_types.unwrap_or_default(),
-        room_name_like: f.room_name_like.map(|l| l.to_lowercase()),
-    })
-}
-
-/// A room ID as a field name in errors, refused when longer than an ID can be.
-fn room_field(room_id: &str) -> Result<&str, MatrixError> {
-    if room_id.len() > MAX_ROOM_ID {
-        return Err(MatrixError::invalid_param(format!(
-            "room IDs are at most {MAX_ROOM_ID} bytes"
-        )));
-    }
-    Ok(room_id)
-}
-
-/// Larger limits are lowered to [`MAX_TIMELINE_LIMIT`], as the Go proxy did.
-fn timeline_limit(limit: Option<u64>) -> Option<usize> {
-    limit.map(|l| l.min(MAX_TIMELINE_LIMIT) as usize)
-}
-
-/// `required_state` of a list or subscription named by `field` in errors.
-fn required_state(
-    field: &str,
-    entries: Option<Vec<Vec<String>>>,
-) -> Result<Option<Vec<(String, String)>>, MatrixError> {
-    let Some(entries) = entries else {
-        return Ok(None);
-    };
-    let bad = |msg: String| MatrixError::invalid_param(format!("{field}.required_state: {msg}"));
-    if entries.len() > MAX_REQUIRED_STATE {
-        return Err(bad(format!(
-            "at most {MAX_REQUIRED_STATE} entries are allowed"
-        )));
-    }
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match <[String; 2]>::try_from(entry) {
-            Ok([t, k]) => out.push((t, k)),
-            Err(_) => return Err(bad("each entry must be [event_type, state_key]".into())),
-        }
-    }
-    Ok(Some(out))
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
@@ -278,37 +94,7 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
     };
     let ranges = match list.ranges {
         None => None,
-        Some(ranges) => {
-            if ranges.len() > MAX_RANGES {
-                return Err(bad(
-                    "ranges",
-                    format!("at most {MAX_RANGES} ranges are allowed"),
-                ));
-            }
-            let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|r| (r[0], r[1])).collect();
-            for &(s, e) in &sorted {
-                if s > e {
-                    return Err(bad(
-                        "ranges",
-                        format!("range [{s}, {e}] starts after it ends"),
-                    ));
-                }
-            }
-            sorted.sort_unstable();
-            if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
-                return Err(bad(
-                    "ranges",
-                    format!(
-                        "ranges [{}, {}] and [{}, {}] overlap",
-                        w[0].0, w[0].1, w[1].0, w[1].1
-                    ),
-                ));
-            }
-            // Any index is valid: the engine clamps ranges to the list, as the Go
-            // proxy did.
-            let index = |i: u64| usize::try_from(i).unwrap_or(usize::MAX);
-            Some(ranges.iter().map(|r| (index(r[0]), index(r[1]))).collect())
-        }
+        Some(ranges) => Some(body::ranges(&format!("lists.{name}.ranges"), &ranges)?),
     };
     let sort = match list.sort {
         None => None,
@@ -335,16 +121,16 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
             Some(SortSpec::from(out))
         }
     };
-    let required_state = required_state(&format!("lists.{name}"), list.required_state)?;
+    let required_state = body::required_state(&format!("lists.{name}"), list.required_state)?;
     let filters = match list.filters {
         None => None,
-        Some(Object(f)) => Some(std::sync::Arc::new(filters(name, f)?)),
+        Some(Object(f)) => Some(std::sync::Arc::new(body::filters(name, f)?)),
     };
     Ok(ListParams {
         filters,
         ranges,
         sort,
-        timeline_limit: timeline_limit(list.timeline_limit),
+        timeline_limit: body::timeline_limit(list.timeline_limit),
         required_state,
     })
 }
@@ -474,6 +260,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::body::{MAX_DEPTH, MAX_ROOM_ID, MAX_SUBSCRIPTIONS, MAX_TIMELINE_LIMIT};
     use crate::types::RoomId;
 
     #[test]
@@ -658,37 +445,14 @@ mod tests {
 
 #[cfg(test)]
 mod robustness {
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-
     const SEEDS: [&[u8]; 3] = [
         br#"{"conn_id":"c","txn_id":"t","lists":{"a":{"ranges":[[0,19],[30,39]],"sort":["by_recency"],"timeline_limit":5,"required_state":[["*","*"],["m.room.member","$ME"]]}}}"#,
         br#"{"lists":{"a":{"ranges":[[0,0]]},"b":{"timeline_limit":0}}}"#,
         b"{}",
     ];
 
-    /// Random byte edits of valid requests: every outcome is a request or a Matrix error
-    /// with a 4xx status, never a panic.
     #[test]
     fn mangled_bodies_never_panic() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3575);
-        for i in 0..20_000 {
-            let mut body = SEEDS[i % SEEDS.len()].to_vec();
-            for _ in 0..rng.gen_range(1..6) {
-                let at = rng.gen_range(0..=body.len());
-                match rng.gen_range(0..3) {
-                    0 if at < body.len() => {
-                        body.remove(at);
-                    }
-                    1 => body.insert(at, b"{}[]\",:-09azE\\\x00\xff"[rng.gen_range(0..16)]),
-                    _ if at < body.len() => body[at] = rng.gen(),
-                    _ => {}
-                }
-            }
-            if let Err(e) = parse(&body) {
-                assert!(e.status.is_client_error(), "{e}");
-            }
-        }
+        crate::api::body::mangled_bodies_never_panic(&SEEDS, 3575, super::parse);
     }
 }

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest, SyncResponse,
+    Dialect, ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest,
+    SyncResponse,
 };
 use super::required_state;
 use super::window;
+use crate::event::{Event, Membership};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
 use crate::store::room::{RoomSnapshot, TIMELINE_RING};
@@ -51,10 +53,14 @@ struct SentRoom {
     joined: u32,
     invited: u32,
     unread: (u64, u64),
+    /// The `timeline_limit` the room was last sent whole with: a higher one sends
+    /// its timeline again, further back.
+    timeline_limit: usize,
 }
 
 #[derive(Default)]
 pub struct Connection {
+    dialect: Dialect,
     lists: BTreeMap<String, ListState>,
     /// Rooms the client asked for by ID, sent whether or not a window shows them (only
     /// while the user is joined or invited: a subscription shows nothing else).
@@ -73,6 +79,41 @@ struct RoomParams {
 }
 
 impl Connection {
+    pub fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            ..Self::default()
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A list new to this connection: its order keeps the rooms its dialect lists.
+    fn new_list(&self) -> ListState {
+        ListState {
+            order: ListOrder {
+                keep_removed: self.dialect.keeps_removed(),
+                ..ListOrder::default()
+            },
+            ..ListState::default()
+        }
+    }
+
+    /// Lists the connection holds that a request leaves as they are: all of them in
+    /// a sticky dialect, none in the other (a request states every list it wants).
+    fn kept_lists<'a>(
+        &'a self,
+        req: Option<&'a SyncRequest>,
+    ) -> impl Iterator<Item = &'a ListState> + 'a {
+        let replaced = req.is_some() && !self.dialect.is_sticky();
+        self.lists
+            .iter()
+            .filter(move |(name, _)| !replaced && !req.is_some_and(|r| r.lists.contains_key(*name)))
+            .map(|(_, list)| list)
+    }
+
     pub fn list_count(&self) -> usize {
         self.lists.len()
     }
@@ -106,11 +147,7 @@ impl Connection {
                 (None, None) => 0,
             }
         });
-        let kept = self
-            .lists
-            .iter()
-            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
-            .map(|(_, list)| held(&list.ranges));
+        let kept = self.kept_lists(req).map(|list| held(&list.ranges));
         requested.chain(kept).fold(0, usize::saturating_add)
     }
 
@@ -121,16 +158,11 @@ impl Connection {
             let mut order = self
                 .lists
                 .get(name)
-                .map(|l| l.order.clone())
-                .unwrap_or_default();
+                .map_or_else(|| self.new_list().order, |l| l.order.clone());
             apply_order(&mut order, params);
             order
         });
-        let kept = self
-            .lists
-            .iter()
-            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
-            .map(|(_, l)| l.order.clone());
+        let kept = self.kept_lists(req).map(|l| l.order.clone());
         for order in requested.chain(kept) {
             if !orders.contains(&order) {
                 orders.push(order);
@@ -175,6 +207,32 @@ impl Connection {
         resp
     }
 
+    /// Finishes a response the way the connection's dialect sends it: in MSC4186 every
+    /// list carries each of its ranges' rooms whole (Synapse's `SYNC` operations, which
+    /// older matrix-rust-sdk reads), not the changes. Costs the windows' size.
+    pub fn finish(&self, resp: &mut SyncResponse) {
+        if self.dialect != Dialect::Msc4186 {
+            return;
+        }
+        for (name, list) in &self.lists {
+            let Some(result) = resp.lists.get_mut(name) else {
+                continue;
+            };
+            result.ops = list
+                .ranges
+                .iter()
+                .map(|&(start, end)| Op::Sync {
+                    range: (start, end),
+                    room_ids: list
+                        .have
+                        .range(start..=end)
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                })
+                .collect();
+        }
+    }
+
     /// Merges the request's lists into the sticky ones. Returns each listed list's
     /// ranges from before, the rooms to send again (their list's timeline or state
     /// selection changed), and whether the request changed anything at all.
@@ -189,8 +247,17 @@ impl Connection {
             *entry = (*entry).max(what);
         };
         let mut changed = false;
+        if let Some(req) = req.filter(|_| !self.dialect.is_sticky()) {
+            // The request states every list and subscription it wants.
+            let before = (self.lists.len(), self.subscriptions.len());
+            self.lists.retain(|name, _| req.lists.contains_key(name));
+            self.subscriptions
+                .retain(|room, _| req.room_subscriptions.contains_key(room));
+            changed |= before != (self.lists.len(), self.subscriptions.len());
+        }
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
-            let list = self.lists.entry(name.clone()).or_default();
+            let fresh = self.new_list();
+            let list = self.lists.entry(name.clone()).or_insert(fresh);
             let before = (list.ranges.clone(), list.order.clone());
             // A new order or new filters invalidate every index the client holds: all of
             // it is synced again, as in the Go proxy.
@@ -377,7 +444,14 @@ impl Connection {
                 (Some(UserMembership::Join { since }), _) => {
                     self.full_room(room_id, *since, params, view)
                 }
-                (Some(UserMembership::Invite { invite_state, .. }), None) => {
+                (
+                    Some(UserMembership::Invite {
+                        invite_state,
+                        position,
+                        ..
+                    }),
+                    None,
+                ) => {
                     self.sent.insert(
                         room_id.clone(),
                         SentRoom {
@@ -388,13 +462,25 @@ impl Connection {
                             joined: 0,
                             invited: 0,
                             unread: (0, 0),
+                            timeline_limit: 0,
                         },
                     );
                     Some(RoomResult {
                         initial: true,
                         invite_state: Some(invite_state.clone()),
+                        bump_stamp: Some(*position),
                         ..RoomResult::default()
                     })
+                }
+                (
+                    Some(
+                        m @ UserMembership::Leave {
+                            event: Some(ev), ..
+                        },
+                    ),
+                    _,
+                ) if self.dialect.keeps_removed() && m.is_removed() => {
+                    self.removed_room(room_id, ev, params, view)
                 }
                 _ => None,
             };
@@ -432,30 +518,99 @@ impl Connection {
             if ev.position <= sent.position || sent.invite {
                 continue;
             }
-            let mut timeline: Vec<_> = (view.room)(&room_id)
-                .map(|room| {
-                    room.timeline_between(
-                        sent.position,
-                        ev.position,
-                        (sent.since, 0),
-                        TIMELINE_RING,
-                    )
-                    .0
-                })
-                .unwrap_or_default()
-                .into_iter()
-                .map(|e| e.json.clone())
-                .collect();
-            timeline.push(ev.json.clone());
-            resp.rooms.insert(
-                room_id,
-                RoomResult {
-                    num_live: timeline.len(),
-                    timeline,
-                    ..RoomResult::default()
-                },
-            );
+            resp.rooms
+                .insert(room_id.clone(), farewell(&room_id, &sent, ev, view));
         }
+    }
+
+    /// A room the user was kicked or banned from, in a dialect that keeps listing
+    /// such rooms: as it was when they were removed, then nothing more. A client that
+    /// saw the room before gets what happened since, up to the removal.
+    fn removed_room(
+        &mut self,
+        room_id: &RoomId,
+        ev: &Arc<Event>,
+        params: &RoomParams,
+        view: &View<'_>,
+    ) -> Option<RoomResult> {
+        if let Some(sent) = self.sent.get_mut(room_id).filter(|s| !s.invite) {
+            if ev.position <= sent.position {
+                return None;
+            }
+            let result = farewell(room_id, sent, ev, view);
+            sent.position = ev.position;
+            return Some(result);
+        }
+        let room = (view.room)(room_id)?;
+        let limit = params.timeline_limit.min(TIMELINE_RING);
+        // History from the user's join on was theirs to see. Without the join in the
+        // ring (it was long ago, or they were only invited) the removal alone is shown:
+        // nothing here tells which, and an invitee must not see the room.
+        let join = room.timeline.iter().rev().find(|e| {
+            e.position < ev.position
+                && &*e.kind == "m.room.member"
+                && e.state_key.as_deref() == Some(view.user_id)
+                && e.membership == Some(Membership::Join)
+        });
+        let (mut timeline, gap, since, required_state) = match join {
+            Some(join) => {
+                let (timeline, gap) = room.timeline_between(
+                    join.position.saturating_sub(1),
+                    ev.position,
+                    join.timeline_order(),
+                    limit.saturating_sub(1),
+                );
+                let state = required_state::resolve_until(
+                    &params.required_state,
+                    &room.state,
+                    view.user_id,
+                    ev.position,
+                );
+                (timeline, gap, join.position, state)
+            }
+            None => (Vec::new(), true, ev.position, Vec::new()),
+        };
+        if limit > 0 {
+            timeline.push(Arc::clone(ev));
+        }
+        let prev_batch = timeline
+            .iter()
+            .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+        // The name as it was: unless it was set after the removal.
+        let renamed = ["m.room.name", "m.room.canonical_alias"]
+            .iter()
+            .any(|kind| {
+                room.state
+                    .get(kind, "")
+                    .is_some_and(|s| s.position() > ev.position)
+            });
+        let name = (join.is_some() && !renamed).then(|| display_name(&room.meta, view.user_id));
+        let unread = unread(view.data, room_id);
+        self.sent.insert(
+            room_id.clone(),
+            SentRoom {
+                position: ev.position,
+                since,
+                invite: false,
+                name: name.clone().unwrap_or_default(),
+                joined: 0,
+                invited: 0,
+                unread,
+                timeline_limit: limit,
+            },
+        );
+        Some(RoomResult {
+            initial: true,
+            name,
+            required_state,
+            timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            limited: gap && limit > 0,
+            prev_batch,
+            bump_stamp: Some(ev.position),
+            notification_count: Some(unread.0),
+            highlight_count: Some(unread.1),
+            ..RoomResult::default()
+        })
     }
 
     fn full_room(
@@ -486,6 +641,13 @@ impl Connection {
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
         let name = display_name(&room.meta, view.user_id);
         let unread = unread(view.data, room_id);
+        // A room sent before goes out again because its `timeline_limit` rose: MSC4186
+        // says so with `expanded_timeline`, and the room is not new to the client.
+        let expanded = self
+            .sent
+            .get(room_id)
+            .is_some_and(|s| !s.invite && s.timeline_limit < limit);
+        let initial = !(expanded && self.dialect == Dialect::Msc4186);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -496,10 +658,13 @@ impl Connection {
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
+                timeline_limit: limit,
             },
         );
         Some(RoomResult {
-            initial: true,
+            initial,
+            expanded_timeline: expanded,
+            bump_stamp: Some(bump_stamp(&room, since)),
             name: Some(name),
             required_state: required_state::resolve(
                 &params.required_state,
@@ -541,6 +706,7 @@ impl Connection {
         };
         if !out.timeline.is_empty() {
             out.timestamp = Some(room.meta.latest_ts);
+            out.bump_stamp = Some(bump_stamp(&room, since));
         }
         let name = display_name(&room.meta, view.user_id);
         if name != sent.name {
@@ -568,6 +734,33 @@ impl Connection {
             && out.invited_count.is_none()
             && out.notification_count.is_none();
         (!empty).then_some(out)
+    }
+}
+
+/// A room's `bump_stamp`: its newest event's position, never before the user's join,
+/// so a room joined long after its last message sorts by the join.
+fn bump_stamp(room: &RoomSnapshot, since: Position) -> u64 {
+    room.meta.latest_position.max(since)
+}
+
+/// What a client that saw the room while the user was in it has yet to see, up to and
+/// including the user's leave `ev`, after which nothing more of the room is theirs.
+fn farewell(room_id: &str, sent: &SentRoom, ev: &Event, view: &View<'_>) -> RoomResult {
+    let mut timeline: Vec<_> = (view.room)(room_id)
+        .map(|room| {
+            room.timeline_between(sent.position, ev.position, (sent.since, 0), TIMELINE_RING)
+                .0
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.json.clone())
+        .collect();
+    timeline.push(ev.json.clone());
+    RoomResult {
+        num_live: timeline.len(),
+        timeline,
+        bump_stamp: Some(ev.position),
+        ..RoomResult::default()
     }
 }
 

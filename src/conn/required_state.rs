@@ -5,11 +5,23 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use crate::store::state::{RoomState, StateRef};
+use crate::types::Position;
 
 /// Resolves `[type, state_key]` pairs against the room's current state. `*` matches any
 /// type or key; `$ME` is the reader. With `["*", "*"]`, the other entries narrow the
 /// types they name (all state, but of members only the ones listed).
 pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec<Bytes> {
+    resolve_until(entries, state, me, Position::MAX)
+}
+
+/// [`resolve`], leaving out state set after `until`: what a user removed from the room
+/// at `until` may see of it.
+pub fn resolve_until<'s>(
+    entries: &[(String, String)],
+    state: &'s RoomState,
+    me: &str,
+    until: Position,
+) -> Vec<Bytes> {
     let key = |k: &str| -> String {
         if k == "$ME" {
             me.to_owned()
@@ -17,13 +29,13 @@ pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec
             k.to_owned()
         }
     };
-    let mut seen: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&'s str> = HashSet::new();
     let mut out = Vec::new();
-    fn push<'a>(s: StateRef<'a>, out: &mut Vec<Bytes>, seen: &mut HashSet<&'a str>) {
-        if seen.insert(s.event_id()) {
+    let mut push = |s: StateRef<'s>, out: &mut Vec<Bytes>| {
+        if s.position() <= until && seen.insert(s.event_id()) {
             out.push(Bytes::copy_from_slice(s.json()));
         }
-    }
+    };
     let everything = entries.iter().any(|(t, k)| t == "*" && k == "*");
     if everything {
         let narrowed: Vec<(&str, String)> = entries
@@ -35,7 +47,7 @@ pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec
             let rules: Vec<&(&str, String)> =
                 narrowed.iter().filter(|(t, _)| *t == s.kind()).collect();
             if rules.is_empty() || rules.iter().any(|(_, k)| k == "*" || k == s.state_key()) {
-                push(s, &mut out, &mut seen);
+                push(s, &mut out);
             }
         }
         return out;
@@ -45,17 +57,17 @@ pub fn resolve(entries: &[(String, String)], state: &RoomState, me: &str) -> Vec
         match (t.as_str(), k.as_str()) {
             ("*", k) => {
                 for s in state.all().into_iter().filter(|s| s.state_key() == k) {
-                    push(s, &mut out, &mut seen);
+                    push(s, &mut out);
                 }
             }
             (t, "*") => {
                 for s in state.of_kind(t) {
-                    push(s, &mut out, &mut seen);
+                    push(s, &mut out);
                 }
             }
             (t, k) => {
                 if let Some(s) = state.get(t, k) {
-                    push(s, &mut out, &mut seen);
+                    push(s, &mut out);
                 }
             }
         }

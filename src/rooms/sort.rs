@@ -51,6 +51,9 @@ pub fn by_recency() -> SortSpec {
 pub struct ListOrder {
     pub sort: SortSpec,
     pub filters: Arc<Filters>,
+    /// Rooms the user was kicked or banned from stay in the order (MSC4186, as
+    /// Synapse lists them); otherwise only joined and invited rooms are in it.
+    pub keep_removed: bool,
 }
 
 impl Default for ListOrder {
@@ -58,6 +61,7 @@ impl Default for ListOrder {
         Self {
             sort: by_recency(),
             filters: Arc::default(),
+            keep_removed: false,
         }
     }
 }
@@ -65,7 +69,7 @@ impl Default for ListOrder {
 impl ListOrder {
     /// The order every user keeps anyway.
     pub fn is_recency(&self) -> bool {
-        *self.sort == [SortBy::Recency] && self.filters.is_empty()
+        *self.sort == [SortBy::Recency] && self.filters.is_empty() && !self.keep_removed
     }
 
     /// Whether placing a room needs more than its recency stamp: its name, encryption,

@@ -611,6 +611,15 @@ impl Store {
             };
             next_position = next_position.max(m.position + 1);
             let room = store.room_entry(&m.room_id);
+            // The leave event itself is the room's state: who sent it says whether the
+            // user was removed, which MSC4186 lists show after a restart too.
+            let membership = match membership {
+                UserMembership::Leave { position, .. } => UserMembership::Leave {
+                    position,
+                    event: stored_leave(&room.snapshot.load(), &m.user_id, position, decoder),
+                },
+                other => other,
+            };
             install_membership(
                 &user,
                 &m.room_id,
@@ -634,6 +643,24 @@ impl Store {
     }
 }
 
+/// The user's leave event at `position` as the room's state holds it, read back.
+fn stored_leave(
+    snapshot: &RoomSnapshot,
+    user: &str,
+    position: Position,
+    decoder: &Decoder,
+) -> Option<Arc<Event>> {
+    let member = snapshot.state.get("m.room.member", user)?;
+    if member.position() != position {
+        return None;
+    }
+    let mut ev = (decoder.event)(member.json()).ok()?;
+    ev.position = position;
+    // As for every stored event: no later than now, so it cannot pin a list's top.
+    ev.origin_server_ts = ev.origin_server_ts.min(now_ms());
+    Some(Arc::new(ev))
+}
+
 /// Puts a membership into the user's data and index and the room's local users.
 /// Callers hold the room's writer lock.
 fn install_membership(
@@ -647,9 +674,13 @@ fn install_membership(
     let stamp = match &membership {
         UserMembership::Join { .. } => Some(snapshot.meta.latest_ts),
         UserMembership::Invite { ts, .. } => Some(*ts),
+        // A removed user's room is listed (MSC4186) where the kick or ban put it.
+        UserMembership::Leave {
+            event: Some(ev), ..
+        } if membership.is_removed() => Some(ev.origin_server_ts),
         UserMembership::Leave { .. } => None,
     };
-    if stamp.is_some() {
+    if membership.is_member() {
         writer.locals.insert(user.user_id.clone());
     } else {
         writer.locals.remove(&user.user_id);
