@@ -1198,4 +1198,200 @@ mod tests {
         );
         assert_eq!(timeline.last(), Some(&leave_json));
     }
+
+    /// An MSC4186 request: every list and subscription it wants, nothing sticky.
+    fn simplified(lists: &[(&str, Range, usize)], subs: &[(&str, usize)]) -> SyncRequest {
+        SyncRequest {
+            dialect: Dialect::Msc4186,
+            lists: lists
+                .iter()
+                .map(|&(name, range, limit)| {
+                    let params = ListParams {
+                        ranges: Some(vec![range]),
+                        timeline_limit: Some(limit),
+                        required_state: Some(vec![("*".into(), "*".into())]),
+                        ..ListParams::default()
+                    };
+                    (name.to_owned(), params)
+                })
+                .collect(),
+            room_subscriptions: subs
+                .iter()
+                .map(|&(room, limit)| {
+                    let sub = RoomSubscription {
+                        timeline_limit: limit,
+                        required_state: vec![],
+                    };
+                    (room.into(), sub)
+                })
+                .collect(),
+            ..SyncRequest::default()
+        }
+    }
+
+    /// A step the way `Conns::sync` takes it: the orders the lists use are kept, and
+    /// the response is finished for the dialect.
+    fn full_step(conn: &mut Connection, store: &Store, req: Option<&SyncRequest>) -> SyncResponse {
+        let user = store.user(ME).unwrap();
+        store.use_orders(&user, &conn.orders(req)).unwrap();
+        let mut resp = step(conn, store, req);
+        conn.finish(&mut resp);
+        resp
+    }
+
+    #[tokio::test]
+    async fn msc4186_requests_replace_lists_and_subscriptions() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let both = simplified(&[("one", (0, 0), 1), ("two", (0, 9), 1)], &[("!a:x", 3)]);
+        let first = full_step(&mut conn, &store, Some(&both));
+        assert_eq!(first.lists.len(), 2);
+        let only_one = simplified(&[("one", (0, 0), 1)], &[]);
+        let second = full_step(&mut conn, &store, Some(&only_one));
+        assert_eq!(second.lists.keys().collect::<Vec<_>>(), ["one"]);
+        assert!(!conn.is_subscribed("!a:x"), "a subscription left out is dropped");
+        assert_eq!(conn.list_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn msc4186_lists_carry_their_windows_whole_in_every_response() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let whole = [Op::Sync {
+            range: (0, 19),
+            room_ids: vec!["!b:x".into(), "!a:x".into()],
+        }];
+        let first = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(first.lists["all_rooms"].ops, whole);
+        let quiet = step(&mut conn, &store, Some(&req));
+        assert!(!quiet.has_data(), "nothing new: the long-poll waits");
+        let mut again = quiet;
+        conn.finish(&mut again);
+        assert_eq!(again.lists["all_rooms"].ops, whole);
+        store.apply_room(delta(
+            "!a:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 300)],
+        ));
+        let moved = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(
+            moved.lists["all_rooms"].ops,
+            [Op::Sync {
+                range: (0, 19),
+                room_ids: vec!["!a:x".into(), "!b:x".into()],
+            }]
+        );
+        assert!(moved.rooms["!a:x"].bump_stamp > first.rooms["!b:x"].bump_stamp);
+    }
+
+    /// Synapse's native endpoint keeps rooms the user was kicked from in the list, as
+    /// they were at the kick; MSC3575 (as the Go proxy did) drops them.
+    #[tokio::test]
+    async fn a_kicked_room_stays_listed_as_it_was_at_the_kick_in_msc4186_only() {
+        let store = store();
+        joined_room(&store, "!kept:x", 1, 100);
+        joined_room(&store, "!kicked:x", 2, 200);
+        let before = event("m.room.message", None, "@o:x", 250);
+        let before_json = before.json.clone();
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 300),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!kicked:x", vec![], vec![before, kick]));
+        let mut rename = event("m.room.name", Some(""), "@o:x", 301);
+        rename.text = Some("After the kick".into());
+        let secret = event("m.room.message", None, "@o:x", 302);
+        let secret_json = secret.json.clone();
+        store.apply_room(delta("!kicked:x", vec![], vec![rename, secret]));
+
+        let req = simplified(&[("all_rooms", (0, 19), 3)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 2);
+        let kicked = &resp.rooms["!kicked:x"];
+        assert!(kicked.initial);
+        assert_eq!(kicked.timeline.last(), Some(&kick_json));
+        assert!(kicked.timeline.contains(&before_json));
+        assert!(!kicked.timeline.contains(&secret_json), "{kicked:?}");
+        assert!(kicked.name.is_none(), "renamed after the kick: {kicked:?}");
+        assert!(kicked
+            .required_state
+            .iter()
+            .all(|ev| !String::from_utf8_lossy(ev).contains("After the kick")));
+        let again = full_step(&mut conn, &store, Some(&req));
+        assert!(!again.rooms.contains_key("!kicked:x"), "told once");
+
+        let mut old = Connection::new(Dialect::Msc3575);
+        let mut go_proxy = list(vec![(0, 19)], 3);
+        go_proxy.dialect = Dialect::Msc3575;
+        let resp = full_step(&mut old, &store, Some(&go_proxy));
+        assert_eq!(resp.lists["all"].count, 1);
+        assert!(!resp.rooms.contains_key("!kicked:x"));
+    }
+
+    #[tokio::test]
+    async fn a_room_left_by_the_user_is_not_kept_in_msc4186_lists() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        full_step(&mut conn, &store, Some(&req));
+        let leave = with_membership(event("m.room.member", Some(ME), ME, 300), Membership::Leave);
+        let leave_json = leave.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![leave]));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 0);
+        assert_eq!(resp.rooms["!r:x"].timeline, [leave_json], "ends with the leave");
+    }
+
+    #[tokio::test]
+    async fn a_kick_of_a_room_on_screen_ends_its_timeline_and_keeps_it_listed() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        full_step(&mut conn, &store, Some(&req));
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 300),
+            Membership::Ban,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 1);
+        let room = &resp.rooms["!r:x"];
+        assert!(!room.initial);
+        assert_eq!(room.timeline, [kick_json]);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 400)],
+        ));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert!(!resp.rooms.contains_key("!r:x"), "{resp:?}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_raising_the_timeline_limit_expands_the_timeline() {
+        let store = store();
+        joined_room(&store, "!a:x", 6, 100);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let list_only = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let first = full_step(&mut conn, &store, Some(&list_only));
+        assert_eq!(first.rooms["!a:x"].timeline.len(), 1);
+        assert!(!first.rooms["!a:x"].expanded_timeline);
+        let subscribed = simplified(&[("all_rooms", (0, 19), 1)], &[("!a:x", 5)]);
+        let resp = full_step(&mut conn, &store, Some(&subscribed));
+        let room = &resp.rooms["!a:x"];
+        assert!(room.expanded_timeline);
+        assert!(!room.initial, "the client has the room already");
+        assert_eq!(room.timeline.len(), 5);
+        assert_eq!(room.timeline.last(), first.rooms["!a:x"].timeline.last());
+    }
 }
