@@ -1251,7 +1251,10 @@ mod tests {
         let only_one = simplified(&[("one", (0, 0), 1)], &[]);
         let second = full_step(&mut conn, &store, Some(&only_one));
         assert_eq!(second.lists.keys().collect::<Vec<_>>(), ["one"]);
-        assert!(!conn.is_subscribed("!a:x"), "a subscription left out is dropped");
+        assert!(
+            !conn.is_subscribed("!a:x"),
+            "a subscription left out is dropped"
+        );
         assert_eq!(conn.list_count(), 1);
     }
 
@@ -1347,7 +1350,11 @@ mod tests {
         store.apply_room(delta("!r:x", vec![], vec![leave]));
         let resp = full_step(&mut conn, &store, Some(&req));
         assert_eq!(resp.lists["all_rooms"].count, 0);
-        assert_eq!(resp.rooms["!r:x"].timeline, [leave_json], "ends with the leave");
+        assert_eq!(
+            resp.rooms["!r:x"].timeline,
+            [leave_json],
+            "ends with the leave"
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ mod cli;
 mod e2e;
 mod errors;
 mod faults;
+mod msc4186;
 mod ops;
 mod pollers;
 mod room_list;
