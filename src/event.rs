@@ -104,4 +104,6 @@ pub struct Decoder {
     pub event: fn(&[u8]) -> Result<Event, EventError>,
     /// When the invite in an invite's stripped state was sent, for the user invited.
     pub invite_ts: fn(&[u8], &str) -> Option<u64>,
+    /// A member event's previous membership (`unsigned.prev_content`), if it says.
+    pub prev_membership: fn(&[u8]) -> Option<Membership>,
 }

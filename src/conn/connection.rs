@@ -543,16 +543,17 @@ impl Connection {
         }
         let room = (view.room)(room_id)?;
         let limit = params.timeline_limit.min(TIMELINE_RING);
-        // History from the user's join on was theirs to see. Without the join in the
-        // ring (it was long ago, or they were only invited) the removal alone is shown:
-        // nothing here tells which, and an invitee must not see the room.
+        // The store counts a removal only after a join (see `UserMembership::is_removed`):
+        // the state up to it was theirs to see. So was the history from their join on;
+        // without the join in the ring (long ago, or in a sync's state block) nothing
+        // tells which events came after it, and the removal alone is shown.
         let join = room.timeline.iter().rev().find(|e| {
             e.position < ev.position
                 && &*e.kind == "m.room.member"
                 && e.state_key.as_deref() == Some(view.user_id)
                 && e.membership == Some(Membership::Join)
         });
-        let (mut timeline, gap, since, required_state) = match join {
+        let (mut timeline, gap, since) = match join {
             Some(join) => {
                 let (timeline, gap) = room.timeline_between(
                     join.position.saturating_sub(1),
@@ -560,15 +561,9 @@ impl Connection {
                     join.timeline_order(),
                     limit.saturating_sub(1),
                 );
-                let state = required_state::resolve_until(
-                    &params.required_state,
-                    &room.state,
-                    view.user_id,
-                    ev.position,
-                );
-                (timeline, gap, join.position, state)
+                (timeline, gap, join.position)
             }
-            None => (Vec::new(), true, ev.position, Vec::new()),
+            None => (Vec::new(), true, ev.position),
         };
         if limit > 0 {
             timeline.push(Arc::clone(ev));
@@ -576,6 +571,12 @@ impl Connection {
         let prev_batch = timeline
             .iter()
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
+        let required_state = required_state::resolve_until(
+            &params.required_state,
+            &room.state,
+            view.user_id,
+            ev.position,
+        );
         // The name as it was: unless it was set after the removal.
         let renamed = ["m.room.name", "m.room.canonical_alias"]
             .iter()
@@ -584,7 +585,7 @@ impl Connection {
                     .get(kind, "")
                     .is_some_and(|s| s.position() > ev.position)
             });
-        let name = (join.is_some() && !renamed).then(|| display_name(&room.meta, view.user_id));
+        let name = (!renamed).then(|| display_name(&room.meta, view.user_id));
         let unread = unread(view.data, room_id);
         self.sent.insert(
             room_id.clone(),
@@ -1400,5 +1401,68 @@ mod tests {
         assert!(!room.initial, "the client has the room already");
         assert_eq!(room.timeline.len(), 5);
         assert_eq!(room.timeline.last(), first.rooms["!a:x"].timeline.last());
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_invite_is_not_a_kicked_room() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![
+                event("m.room.create", Some(""), "@mod:x", 1),
+                event("m.room.message", None, "@mod:x", 2),
+            ],
+        ));
+        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 3);
+        let withdrawn = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 4),
+            Membership::Leave,
+        );
+        store.apply_room(delta("!r:x", vec![], vec![withdrawn]));
+        let req = simplified(&[("all_rooms", (0, 19), 5)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 0, "{resp:?}");
+        assert!(resp.rooms.is_empty(), "{resp:?}");
+    }
+
+    /// A room joined in a sync's state block has no join in its timeline: the kick
+    /// shows the room's name and state, and no history it cannot place after the join.
+    #[tokio::test]
+    async fn a_kick_from_a_room_joined_long_ago_shows_its_state_and_the_kick_alone() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        let mut named = event("m.room.name", Some(""), "@o:x", 2);
+        named.text = Some("Old room".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![
+                event("m.room.create", Some(""), "@o:x", 1),
+                named,
+                event("m.room.member", Some(ME), ME, 3),
+            ],
+            vec![event("m.room.message", None, "@o:x", 4)],
+        ));
+        store.confirm_join(&user, &"!r:x".into());
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 5),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let req = simplified(&[("all_rooms", (0, 19), 5)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        let room = &resp.rooms["!r:x"];
+        assert_eq!(room.name.as_deref(), Some("Old room"));
+        assert_eq!(room.timeline, [kick_json]);
+        assert!(room.limited);
+        assert_eq!(
+            room.required_state.len(),
+            3,
+            "create, name, the kick: {room:?}"
+        );
     }
 }

@@ -497,6 +497,23 @@ impl Store {
         writer: &mut RoomWriter,
         membership: UserMembership,
     ) {
+        // Kicked or banned counts only for someone who had joined (MSC4186 lists keep
+        // such rooms, as they were at the removal): an invitee whose invite was
+        // withdrawn, or who was banned before joining, may not see the room.
+        let membership = match membership {
+            UserMembership::Leave { position, event }
+                if !matches!(
+                    user.read().membership(room_id),
+                    Some(UserMembership::Join { .. })
+                ) =>
+            {
+                UserMembership::Leave {
+                    position,
+                    event: event.filter(|ev| ev.sender.as_ref() == user.user_id.as_ref()),
+                }
+            }
+            other => other,
+        };
         let (kind, position, invite_state) = match &membership {
             UserMembership::Join { since } => (MembershipKind::Join, *since, None),
             UserMembership::Invite {
@@ -655,6 +672,13 @@ fn stored_leave(
         return None;
     }
     let mut ev = (decoder.event)(member.json()).ok()?;
+    // As when it arrived (see `Store::set_membership`): a removal is one only after a
+    // join.
+    if ev.sender.as_ref() != user
+        && (decoder.prev_membership)(member.json()) != Some(Membership::Join)
+    {
+        return None;
+    }
     ev.position = position;
     // As for every stored event: no later than now, so it cannot pin a list's top.
     ev.origin_server_ts = ev.origin_server_ts.min(now_ms());

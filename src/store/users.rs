@@ -40,8 +40,9 @@ impl UserMembership {
         !matches!(self, UserMembership::Leave { .. })
     }
 
-    /// The user was kicked or banned: their leave was sent by someone else. (A leave
-    /// without its event, a rejected invite, counts as their own.)
+    /// The user was kicked or banned after joining: their leave was sent by someone
+    /// else. The store keeps the event of such a leave only after a join, so a
+    /// withdrawn invite or a ban before joining is not one.
     pub fn is_removed(&self) -> bool {
         matches!(self, UserMembership::Leave { event: Some(ev), .. }
             if ev.state_key.as_deref() != Some(&*ev.sender))

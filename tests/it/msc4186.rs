@@ -31,10 +31,12 @@ use slidesync::app::Settings;
 use slidesync::upstream::http::{HttpHomeserver, Target};
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 
-use crate::support::db::TestDb;
+use crate::support::db::{Backend, TestDb};
+use crate::support::fake::FakeHomeserver;
 use crate::support::http::{encode, HttpClient};
 use crate::support::proxy::{pos, settings, timeline_ids, Proxy};
 use crate::support::synapse::{synapse, Synapse, TestUser};
+use crate::support::v2::{id_of, member_by, new_room, rooms_join, rooms_leave};
 
 fn homeserver(synapse: &Synapse) -> Arc<HttpHomeserver> {
     Arc::new(HttpHomeserver::new(
@@ -517,5 +519,70 @@ async fn one_url_serves_login_messages_media_and_discovery() {
         well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
         Some("https://chat.example.org")
     );
+    proxy.stop().await;
+}
+
+// Who removed the user is read back from storage: the same on either store.
+crate::support::on_both_stores!(a_kicked_room_stays_listed_after_a_restart);
+
+async fn a_kicked_room_stays_listed_after_a_restart(backend: Backend) {
+    const ALICE: &str = "@alice:test";
+    let devices = [("alice_token", ALICE, "ALICEDEV")];
+    let db = TestDb::of(backend).await;
+    let hs = FakeHomeserver::with_devices(&devices);
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    let list = json!({"lists": {"all_rooms": {
+        "ranges": [[0, 9]], "timeline_limit": 3, "required_state": [["m.room.name", ""]],
+    }}});
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![
+            ("!kept:test", new_room(ALICE, Some("Kept"), 1_000)),
+            ("!kicked:test", new_room(ALICE, Some("Kicked"), 2_000)),
+        ]),
+    );
+    let first = Proxy::simplified_at(&proxy.url, "alice_token", None, 0, &list).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // As Synapse sends it: with the membership it replaced.
+    let mut kick = member_by("@mod:test", ALICE, "leave", 3_000);
+    kick["unsigned"] = json!({"prev_content": {"membership": "join"}});
+    hs.push_rooms(
+        "alice_token",
+        rooms_leave("!kicked:test", vec![kick.clone()]),
+    );
+    let mut at = pos(&first.json());
+    let mut seen = false;
+    for _ in 0..20 {
+        let resp = Proxy::simplified_at(&proxy.url, "alice_token", Some(&at), 10_000, &list)
+            .await
+            .json();
+        at = pos(&resp);
+        if timeline_ids(&resp, "!kicked:test") == [id_of(&kick)] {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the kick reaches the list");
+    proxy.stop().await;
+
+    let hs = FakeHomeserver::with_devices(&devices);
+    hs.hold("alice_token");
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    let after = Proxy::simplified_at(&proxy.url, "alice_token", None, 0, &list)
+        .await
+        .json();
+    assert_eq!(
+        after["lists"]["all_rooms"]["count"].as_u64(),
+        Some(2),
+        "{after:?}"
+    );
+    let kicked = &after["rooms"]["!kicked:test"];
+    assert_eq!(kicked["name"].as_str(), Some("Kicked"), "{after:?}");
+    assert_eq!(
+        timeline_ids(&after, "!kicked:test").last(),
+        Some(&id_of(&kick)),
+        "{after:?}"
+    );
+    hs.release("alice_token");
     proxy.stop().await;
 }
