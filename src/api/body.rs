@@ -3,9 +3,11 @@
 //! `[type, state_key]` pairs, room IDs, filters). Each dialect's file reads its own
 //! shapes and calls these, so a limit is checked in one place for both.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
-use crate::conn::request::{Filters, Range};
+use crate::conn::request::{Dialect, Filters, ListParams, Range, RoomSubscription, SyncRequest};
 use crate::error::MatrixError;
 
 /// Limits on what one request may ask for; past them a request is refused with a message
@@ -80,8 +82,48 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
+/// What both dialects' bodies have, as read into their own wire types.
+pub struct Common<L, S> {
+    pub conn_id: Option<String>,
+    pub txn_id: Option<String>,
+    pub lists: Option<HashMap<String, Object<L>>>,
+    pub room_subscriptions: Option<HashMap<String, Object<S>>>,
+}
+
+/// The request both dialects build alike from their bodies: IDs and counts checked,
+/// each list read by `list` (with its name) and each subscription by `subscription`
+/// (with its field name for errors, `room_subscriptions.ROOM`).
+pub fn request<L, S>(
+    dialect: Dialect,
+    wire: Common<L, S>,
+    list: impl Fn(&str, L) -> Result<ListParams, MatrixError>,
+    subscription: impl Fn(&str, S) -> Result<RoomSubscription, MatrixError>,
+) -> Result<SyncRequest, MatrixError> {
+    ids(wire.conn_id.as_deref(), wire.txn_id.as_deref())?;
+    let mut req = SyncRequest {
+        dialect,
+        conn_id: wire.conn_id,
+        txn_id: wire.txn_id,
+        ..SyncRequest::default()
+    };
+    let lists = wire.lists.unwrap_or_default();
+    list_names(lists.keys())?;
+    for (name, Object(l)) in lists {
+        let params = list(&name, l)?;
+        req.lists.insert(name, params);
+    }
+    let subscriptions = wire.room_subscriptions.unwrap_or_default();
+    room_count("room_subscriptions", subscriptions.len())?;
+    for (room_id, Object(sub)) in subscriptions {
+        let field = format!("room_subscriptions.{}", room_field(&room_id)?);
+        req.room_subscriptions
+            .insert(room_id.into(), subscription(&field, sub)?);
+    }
+    Ok(req)
+}
+
 /// `conn_id` and `txn_id`, refused when longer than their limits.
-pub fn ids(conn_id: Option<&str>, txn_id: Option<&str>) -> Result<(), MatrixError> {
+fn ids(conn_id: Option<&str>, txn_id: Option<&str>) -> Result<(), MatrixError> {
     if conn_id.is_some_and(|c| c.len() > MAX_CONN_ID) {
         return Err(MatrixError::invalid_param(format!(
             "conn_id is longer than {MAX_CONN_ID} bytes"
@@ -96,7 +138,7 @@ pub fn ids(conn_id: Option<&str>, txn_id: Option<&str>) -> Result<(), MatrixErro
 }
 
 /// How many lists one request names, and how long their names are.
-pub fn list_names<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> Result<(), MatrixError> {
+fn list_names<'a>(names: impl ExactSizeIterator<Item = &'a String>) -> Result<(), MatrixError> {
     if names.len() > MAX_LISTS {
         return Err(MatrixError::invalid_param(format!(
             "lists: at most {MAX_LISTS} lists are allowed"

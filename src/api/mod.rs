@@ -8,6 +8,7 @@ pub mod json;
 pub mod metrics;
 pub mod msc3575;
 pub mod msc4186;
+pub mod response;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use super::body::{self, Object, WireFilters};
 use super::json::JsonWriter;
+use super::response;
 use crate::conn::request::{
-    ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest, SyncResponse,
+    Dialect, ListParams, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest, SyncResponse,
 };
 use crate::error::MatrixError;
 
@@ -57,30 +58,20 @@ pub fn parse(raw: &[u8]) -> Result<SyncRequest, MatrixError> {
     let Some(wire) = body::read::<Body>(raw)? else {
         return Ok(SyncRequest::default());
     };
-    body::ids(wire.conn_id.as_deref(), wire.txn_id.as_deref())?;
-    let mut req = SyncRequest {
+    let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
+    body::room_count("unsubscribe_rooms", unsubscribe.len())?;
+    let common = body::Common {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
-        ..SyncRequest::default()
+        lists: wire.lists,
+        room_subscriptions: wire.room_subscriptions,
     };
-    let lists = wire.lists.unwrap_or_default();
-    body::list_names(lists.keys())?;
-    for (name, Object(list)) in lists {
-        let params = list_params(&name, list)?;
-        req.lists.insert(name, params);
-    }
-    let subscriptions = wire.room_subscriptions.unwrap_or_default();
-    let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
-    body::room_count("room_subscriptions", subscriptions.len())?;
-    body::room_count("unsubscribe_rooms", unsubscribe.len())?;
-    for (room_id, Object(sub)) in subscriptions {
-        let field = format!("room_subscriptions.{}", body::room_field(&room_id)?);
-        let sub = RoomSubscription {
+    let mut req = body::request(Dialect::Msc3575, common, list_params, |field, sub| {
+        Ok(RoomSubscription {
             timeline_limit: body::timeline_limit(sub.timeline_limit).unwrap_or(0),
-            required_state: body::required_state(&field, sub.required_state)?.unwrap_or_default(),
-        };
-        req.room_subscriptions.insert(room_id.into(), sub);
-    }
+            required_state: body::required_state(field, sub.required_state)?.unwrap_or_default(),
+        })
+    })?;
     for room_id in unsubscribe {
         body::room_field(&room_id)?;
         req.unsubscribe_rooms.push(room_id.into());
@@ -137,72 +128,13 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
 
 /// Writes the response. Events and invite state are copied in as stored.
 pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
-    let mut w = JsonWriter::with_capacity(4096);
-    w.begin_object();
-    w.key("pos").str(&resp.pos);
-    if let Some(txn) = &resp.txn_id {
-        w.key("txn_id").str(txn);
-    }
-    w.key("lists").begin_object();
-    for (name, list) in &resp.lists {
-        w.key(name).begin_object();
-        w.key("count").u64(list.count as u64);
-        if !list.ops.is_empty() {
-            w.key("ops").begin_array();
-            for op in &list.ops {
-                write_op(&mut w, op);
-            }
-            w.end_array();
-        }
-        w.end_object();
-    }
-    w.end_object();
-    w.key("rooms").begin_object();
-    for (room_id, room) in &resp.rooms {
-        w.key(room_id);
-        write_room(&mut w, room);
-    }
-    w.end_object();
-    w.key("extensions").begin_object().end_object();
-    w.end_object();
-    w.finish()
-}
-
-fn write_range(w: &mut JsonWriter, (s, e): (usize, usize)) {
-    w.key("range")
-        .begin_array()
-        .u64(s as u64)
-        .u64(e as u64)
-        .end_array();
-}
-
-fn write_op(w: &mut JsonWriter, op: &Op) {
-    w.begin_object();
-    match op {
-        Op::Sync { range, room_ids } => {
-            w.key("op").str("SYNC");
-            write_range(w, *range);
-            w.key("room_ids").begin_array();
-            for r in room_ids {
-                w.str(r);
-            }
-            w.end_array();
-        }
-        Op::Invalidate { range } => {
-            w.key("op").str("INVALIDATE");
-            write_range(w, *range);
-        }
-        Op::Delete { index } => {
-            w.key("op").str("DELETE");
-            w.key("index").u64(*index as u64);
-        }
-        Op::Insert { index, room_id } => {
-            w.key("op").str("INSERT");
-            w.key("index").u64(*index as u64);
-            w.key("room_id").str(room_id);
-        }
-    }
-    w.end_object();
+    response::write(
+        resp,
+        response::Shape {
+            room: write_room,
+            synapse_lists: false,
+        },
+    )
 }
 
 fn write_room(w: &mut JsonWriter, room: &RoomResult) {
@@ -216,20 +148,8 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if let Some(invite_state) = &room.invite_state {
         w.key("invite_state").raw(invite_state);
     }
-    if !room.required_state.is_empty() {
-        w.key("required_state").begin_array();
-        for ev in &room.required_state {
-            w.raw(ev);
-        }
-        w.end_array();
-    }
-    if !room.timeline.is_empty() {
-        w.key("timeline").begin_array();
-        for ev in &room.timeline {
-            w.raw(ev);
-        }
-        w.end_array();
-    }
+    response::events(w, "required_state", &room.required_state);
+    response::events(w, "timeline", &room.timeline);
     if room.limited {
         w.key("limited").bool(true);
     }
@@ -261,6 +181,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
 mod tests {
     use super::*;
     use crate::api::body::{MAX_DEPTH, MAX_ROOM_ID, MAX_SUBSCRIPTIONS, MAX_TIMELINE_LIMIT};
+    use crate::conn::request::Op;
     use crate::types::RoomId;
 
     #[test]

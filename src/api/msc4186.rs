@@ -18,52 +18,42 @@ use serde::Deserialize;
 
 use super::body::{self, Object, WireFilters};
 use super::json::JsonWriter;
+use super::response;
 use crate::conn::request::{
-    Dialect, Filters, ListParams, Op, RoomResult, RoomSubscription, SortSpec, SyncRequest,
-    SyncResponse,
+    Dialect, Filters, ListParams, RoomResult, RoomSubscription, SortSpec, SyncRequest, SyncResponse,
 };
 use crate::error::MatrixError;
 use crate::rooms::sort::by_recency;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Body {
-    #[serde(default)]
     conn_id: Option<String>,
-    #[serde(default)]
     txn_id: Option<String>,
     /// The MSC's text moves `pos` and `timeout` into the body.
-    #[serde(default)]
     pos: Option<String>,
-    #[serde(default)]
     timeout: Option<u64>,
-    #[serde(default)]
     lists: Option<HashMap<String, Object<WireList>>>,
-    #[serde(default)]
     room_subscriptions: Option<HashMap<String, Object<RoomConfig>>>,
     // `extensions` and `set_presence` are skipped, like any unknown field: the proxy
     // polls the homeserver as offline whatever the client asks.
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct WireList {
-    #[serde(default)]
     ranges: Option<Vec<[u64; 2]>>,
     /// The MSC's text: one range.
-    #[serde(default)]
     range: Option<[u64; 2]>,
-    #[serde(default)]
     timeline_limit: Option<u64>,
-    #[serde(default)]
     required_state: Option<RequiredState>,
-    #[serde(default)]
     filters: Option<Object<WireFilters>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RoomConfig {
-    #[serde(default)]
     timeline_limit: Option<u64>,
-    #[serde(default)]
     required_state: Option<RequiredState>,
 }
 
@@ -76,22 +66,20 @@ enum RequiredState {
     Spec(Object<StateSpec>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct StateSpec {
-    #[serde(default)]
     include: Vec<Object<StateElement>>,
-    #[serde(default)]
     exclude: Vec<Object<StateElement>>,
-    #[serde(default)]
     lazy_members: bool,
 }
 
 /// An absent field matches anything.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct StateElement {
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     kind: Option<String>,
-    #[serde(default)]
     state_key: Option<String>,
 }
 
@@ -106,37 +94,19 @@ pub struct Parsed {
 
 /// Parses and validates a request body. An empty body is an empty request.
 pub fn parse(raw: &[u8]) -> Result<Parsed, MatrixError> {
-    let wire = body::read::<Body>(raw)?.unwrap_or(Body {
-        conn_id: None,
-        txn_id: None,
-        pos: None,
-        timeout: None,
-        lists: None,
-        room_subscriptions: None,
-    });
-    body::ids(wire.conn_id.as_deref(), wire.txn_id.as_deref())?;
-    let mut request = SyncRequest {
-        dialect: Dialect::Msc4186,
+    let wire = body::read::<Body>(raw)?.unwrap_or_default();
+    let common = body::Common {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
-        ..SyncRequest::default()
+        lists: wire.lists,
+        room_subscriptions: wire.room_subscriptions,
     };
-    let lists = wire.lists.unwrap_or_default();
-    body::list_names(lists.keys())?;
-    for (name, Object(list)) in lists {
-        let params = list_params(&name, list)?;
-        request.lists.insert(name, params);
-    }
-    let subscriptions = wire.room_subscriptions.unwrap_or_default();
-    body::room_count("room_subscriptions", subscriptions.len())?;
-    for (room_id, Object(sub)) in subscriptions {
-        let field = format!("room_subscriptions.{}", body::room_field(&room_id)?);
-        let sub = RoomSubscription {
+    let request = body::request(Dialect::Msc4186, common, list_params, |field, sub| {
+        Ok(RoomSubscription {
             timeline_limit: body::timeline_limit(sub.timeline_limit).unwrap_or(0),
-            required_state: required_state(&field, sub.required_state)?,
-        };
-        request.room_subscriptions.insert(room_id.into(), sub);
-    }
+            required_state: required_state(field, sub.required_state)?,
+        })
+    })?;
     Ok(Parsed {
         request,
         pos: wire.pos,
@@ -204,51 +174,13 @@ fn required_state(
 /// Writes the response in Synapse's shape. Events and invite state are copied in as
 /// stored.
 pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
-    let mut w = JsonWriter::with_capacity(4096);
-    w.begin_object();
-    w.key("pos").str(&resp.pos);
-    if let Some(txn) = &resp.txn_id {
-        w.key("txn_id").str(txn);
-    }
-    if !resp.lists.is_empty() {
-        w.key("lists").begin_object();
-        for (name, list) in &resp.lists {
-            w.key(name).begin_object();
-            w.key("count").u64(list.count as u64);
-            w.key("ops").begin_array();
-            for op in &list.ops {
-                // The engine sends this dialect each range whole (see
-                // `Connection::finish`).
-                if let Op::Sync { range, room_ids } = op {
-                    w.begin_object();
-                    w.key("op").str("SYNC");
-                    w.key("range")
-                        .begin_array()
-                        .u64(range.0 as u64)
-                        .u64(range.1 as u64)
-                        .end_array();
-                    w.key("room_ids").begin_array();
-                    for r in room_ids {
-                        w.str(r);
-                    }
-                    w.end_array();
-                    w.end_object();
-                }
-            }
-            w.end_array();
-            w.end_object();
-        }
-        w.end_object();
-    }
-    w.key("rooms").begin_object();
-    for (room_id, room) in &resp.rooms {
-        w.key(room_id);
-        write_room(&mut w, room);
-    }
-    w.end_object();
-    w.key("extensions").begin_object().end_object();
-    w.end_object();
-    w.finish()
+    response::write(
+        resp,
+        response::Shape {
+            room: write_room,
+            synapse_lists: true,
+        },
+    )
 }
 
 fn write_room(w: &mut JsonWriter, room: &RoomResult) {
@@ -277,20 +209,8 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if room.expanded_timeline {
         w.key("unstable_expanded_timeline").bool(true);
     }
-    if !room.required_state.is_empty() {
-        w.key("required_state").begin_array();
-        for ev in &room.required_state {
-            w.raw(ev);
-        }
-        w.end_array();
-    }
-    if !room.timeline.is_empty() {
-        w.key("timeline").begin_array();
-        for ev in &room.timeline {
-            w.raw(ev);
-        }
-        w.end_array();
-    }
+    response::events(w, "required_state", &room.required_state);
+    response::events(w, "timeline", &room.timeline);
     match &room.invite_state {
         Some(invite_state) => {
             w.key("invite_state").raw(invite_state);
@@ -311,7 +231,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::request::ListResult;
+    use crate::conn::request::{ListResult, Op};
 
     #[test]
     fn rust_sdk_room_list_requests_become_full_list_params() {

@@ -869,6 +869,21 @@ mod tests {
         store.confirm_join(&user, &room.into());
     }
 
+    /// A room `inviter` made (created, named, a message) with the reader invited.
+    fn invited_room(store: &Store, room: &str, inviter: &str) {
+        let user = store.user_or_insert(&ME.into());
+        store.apply_room(delta(
+            room,
+            vec![],
+            vec![
+                event("m.room.create", Some(""), inviter, 1),
+                event("m.room.name", Some(""), inviter, 2),
+                event("m.room.message", None, inviter, 3),
+            ],
+        ));
+        store.set_invite(&user, &room.into(), bytes::Bytes::from_static(b"[]"), 4);
+    }
+
     fn step(conn: &mut Connection, store: &Store, req: Option<&SyncRequest>) -> SyncResponse {
         let user = store.user(ME).unwrap();
         let data = user.read();
@@ -988,17 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn an_invite_shows_only_its_invite_state_until_joined() {
         let store = store();
-        let user = store.user_or_insert(&ME.into());
-        store.apply_room(delta(
-            "!r:x",
-            vec![],
-            vec![
-                event("m.room.create", Some(""), "@other:x", 1),
-                event("m.room.name", Some(""), "@other:x", 2),
-                event("m.room.message", None, "@other:x", 3),
-            ],
-        ));
-        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 4);
+        invited_room(&store, "!r:x", "@other:x");
         let mut conn = Connection::default();
         let resp = step(&mut conn, &store, Some(&list(vec![(0, 9)], 10)));
         let invite = &resp.rooms["!r:x"];
@@ -1406,16 +1411,7 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawn_invite_is_not_a_kicked_room() {
         let store = store();
-        let user = store.user_or_insert(&ME.into());
-        store.apply_room(delta(
-            "!r:x",
-            vec![],
-            vec![
-                event("m.room.create", Some(""), "@mod:x", 1),
-                event("m.room.message", None, "@mod:x", 2),
-            ],
-        ));
-        store.set_invite(&user, &"!r:x".into(), bytes::Bytes::from_static(b"[]"), 3);
+        invited_room(&store, "!r:x", "@mod:x");
         let withdrawn = with_membership(
             event("m.room.member", Some(ME), "@mod:x", 4),
             Membership::Leave,

@@ -147,13 +147,12 @@ fn room_view(resp: &Value, room_id: &str, user_id: &str, full: bool) -> RoomView
     }
 }
 
-/// A response reduced to what must match: each list's count and rooms in order, and
-/// each room's view. `full` compares the room fields that only come whole.
-fn response_view(
-    resp: &Value,
-    user_id: &str,
-    full: bool,
-) -> (Vec<(u64, Vec<String>)>, BTreeMap<String, RoomView>) {
+/// Each `SYNC` window of `all_rooms`: the list's count and the window's rooms in order.
+type Windows = Vec<(u64, Vec<String>)>;
+
+/// A response reduced to what must match: its windows, and each room's view. `full`
+/// compares the room fields that only come whole.
+fn response_view(resp: &Value, user_id: &str, full: bool) -> (Windows, BTreeMap<String, RoomView>) {
     let list = &resp["lists"]["all_rooms"];
     let ops = list["ops"].as_array().expect("Synapse's SYNC ops");
     let windows = ops
@@ -188,6 +187,29 @@ fn bump_stamps_follow_the_list(resp: &Value) {
         .map(|id| resp["rooms"][id.as_str()]["bump_stamp"].as_u64().unwrap())
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] > w[1]), "{ids:?} {stamps:?}");
+}
+
+/// Sends `request` to both servers, each at its own `pos` from `at` (ours, theirs),
+/// without long-polling, and asserts the answers match in what comes incrementally.
+/// Returns both answers and our rooms' views.
+async fn exchange(
+    proxy: &str,
+    native: &str,
+    user: &TestUser,
+    at: (&Value, &Value),
+    request: &Value,
+) -> (Value, Value, BTreeMap<String, RoomView>) {
+    let token = user.access_token.as_str();
+    let ours = Proxy::simplified_at(proxy, token, Some(&pos(at.0)), 0, request).await;
+    let theirs = Proxy::simplified_at(native, token, Some(&pos(at.1)), 0, request).await;
+    assert_eq!(ours.status, 200, "{}", ours.text());
+    assert_eq!(theirs.status, 200, "{}", theirs.text());
+    let (ours, theirs) = (ours.json(), theirs.json());
+    let (our_lists, our_rooms) = response_view(&ours, &user.user_id, false);
+    let (their_lists, their_rooms) = response_view(&theirs, &user.user_id, false);
+    assert_eq!(our_lists, their_lists);
+    assert_eq!(our_rooms, their_rooms);
+    (ours, theirs, our_rooms)
 }
 
 async fn named_room(hs: &Synapse, user: &TestUser, name: &str) -> String {
@@ -294,24 +316,14 @@ async fn room_list_service_through_slidesync_matches_synapse() {
 
     // 2. The list grows to [0, 99]: nothing new to send on either.
     let request = room_list_request(99, &[]);
-    let ours = Proxy::simplified_at(&proxy.url, token, Some(&pos(&ours)), 0, &request).await;
-    let theirs = Proxy::simplified_at(native, token, Some(&pos(&theirs)), 0, &request).await;
-    let (ours, theirs) = (ours.json(), theirs.json());
-    let (our_lists, our_rooms) = response_view(&ours, &alice.user_id, false);
-    let (their_lists, their_rooms) = response_view(&theirs, &alice.user_id, false);
-    assert_eq!(our_lists, their_lists);
-    assert_eq!(our_rooms, their_rooms);
+    let (ours, theirs, our_rooms) =
+        exchange(&proxy.url, native, &alice, (&ours, &theirs), &request).await;
     assert!(our_rooms.is_empty(), "{ours:?}");
 
     // 3. A room on screen gets a subscription of 20 events: its timeline is expanded.
     let request = room_list_request(99, &[&rooms[1]]);
-    let ours = Proxy::simplified_at(&proxy.url, token, Some(&pos(&ours)), 0, &request).await;
-    let theirs = Proxy::simplified_at(native, token, Some(&pos(&theirs)), 0, &request).await;
-    let (ours, theirs) = (ours.json(), theirs.json());
-    let (our_lists, our_rooms) = response_view(&ours, &alice.user_id, false);
-    let (their_lists, their_rooms) = response_view(&theirs, &alice.user_id, false);
-    assert_eq!(our_lists, their_lists);
-    assert_eq!(our_rooms, their_rooms);
+    let (ours, theirs, our_rooms) =
+        exchange(&proxy.url, native, &alice, (&ours, &theirs), &request).await;
     let expanded = &our_rooms[&rooms[1]];
     assert!(expanded.expanded && !expanded.initial, "{expanded:?}");
     assert_eq!(expanded.timeline.len(), 20);
@@ -369,6 +381,46 @@ async fn send_bytes(
     (parts.status, parts.headers, body)
 }
 
+/// Logs in through the proxy at `proxy_url`; the answer's `well_known` and the proxy's
+/// `/.well-known/matrix/client` both name `expected`. Returns the login answer.
+async fn discovery_points_at(proxy_url: &str, expected: &str, login: &Value) -> Value {
+    let client = HttpClient::new();
+    let resp = client
+        .request(
+            Method::POST,
+            &format!("{proxy_url}/_matrix/client/v3/login"),
+            None,
+            Some(login),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json();
+    assert_eq!(
+        answer["well_known"]["m.homeserver"]["base_url"].as_str(),
+        Some(expected),
+        "{answer:?}"
+    );
+    let well_known = client
+        .request(
+            Method::GET,
+            &format!("{proxy_url}/.well-known/matrix/client"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(well_known.status, 200, "{}", well_known.text());
+    let well_known = well_known.json();
+    assert_eq!(
+        well_known["m.homeserver"]["base_url"].as_str(),
+        Some(expected)
+    );
+    assert_eq!(
+        well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
+        Some(expected)
+    );
+    answer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_url_serves_login_messages_media_and_discovery() {
     let hs = synapse().await;
@@ -377,27 +429,14 @@ async fn one_url_serves_login_messages_media_and_discovery() {
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
     let client = HttpClient::new();
 
-    // Login through the proxy: the answer points the client back at the proxy.
+    // Login through the proxy: the answer points the client back at the proxy, and so
+    // does the well-known.
     let login = json!({
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": alice.user_id},
         "password": crate::support::synapse::TEST_PASSWORD,
     });
-    let resp = client
-        .request(
-            Method::POST,
-            &format!("{}/_matrix/client/v3/login", proxy.url),
-            None,
-            Some(&login),
-        )
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let answer = resp.json();
-    assert_eq!(
-        answer["well_known"]["m.homeserver"]["base_url"].as_str(),
-        Some(proxy.url.as_str()),
-        "{answer:?}"
-    );
+    let answer = discovery_points_at(&proxy.url, &proxy.url, &login).await;
     let token = answer["access_token"].as_str().unwrap().to_owned();
 
     // A message sent through the proxy.
@@ -450,7 +489,7 @@ async fn one_url_serves_login_messages_media_and_discovery() {
         Some(&b"application/octet-stream"[..])
     );
 
-    // Discovery.
+    // The homeserver's versions, with sliding sync advertised.
     let versions = client
         .request(
             Method::GET,
@@ -467,24 +506,6 @@ async fn one_url_serves_login_messages_media_and_discovery() {
             "{versions:?}"
         );
     }
-    let well_known = client
-        .request(
-            Method::GET,
-            &format!("{}/.well-known/matrix/client", proxy.url),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(well_known.status, 200, "{}", well_known.text());
-    let well_known = well_known.json();
-    assert_eq!(
-        well_known["m.homeserver"]["base_url"].as_str(),
-        Some(proxy.url.as_str())
-    );
-    assert_eq!(
-        well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
-        Some(proxy.url.as_str())
-    );
     proxy.stop().await;
 
     // With SYNCV3_PUBLIC_URL, that URL, whatever Host the client used.
@@ -493,32 +514,7 @@ async fn one_url_serves_login_messages_media_and_discovery() {
         ..settings()
     };
     let proxy = Proxy::start_with(&db.url, homeserver(hs), public).await;
-    let answer = client
-        .request(
-            Method::POST,
-            &format!("{}/_matrix/client/v3/login", proxy.url),
-            None,
-            Some(&login),
-        )
-        .await
-        .json();
-    assert_eq!(
-        answer["well_known"]["m.homeserver"]["base_url"].as_str(),
-        Some("https://chat.example.org")
-    );
-    let well_known = client
-        .request(
-            Method::GET,
-            &format!("{}/.well-known/matrix/client", proxy.url),
-            None,
-            None,
-        )
-        .await
-        .json();
-    assert_eq!(
-        well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
-        Some("https://chat.example.org")
-    );
+    discovery_points_at(&proxy.url, "https://chat.example.org", &login).await;
     proxy.stop().await;
 }
 
