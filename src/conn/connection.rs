@@ -577,15 +577,14 @@ impl Connection {
             view.user_id,
             ev.position,
         );
-        // The name as it was: unless it was set after the removal.
-        let renamed = ["m.room.name", "m.room.canonical_alias"]
+        // The name the room was given, as it was at the removal. Not one made of its
+        // members, who may have changed since (Synapse sends no heroes here either).
+        let named: Vec<_> = ["m.room.name", "m.room.canonical_alias"]
             .iter()
-            .any(|kind| {
-                room.state
-                    .get(kind, "")
-                    .is_some_and(|s| s.position() > ev.position)
-            });
-        let name = (!renamed).then(|| display_name(&room.meta, view.user_id));
+            .filter_map(|kind| room.state.get(kind, ""))
+            .collect();
+        let name = (!named.is_empty() && named.iter().all(|s| s.position() <= ev.position))
+            .then(|| display_name(&room.meta, view.user_id));
         let unread = unread(view.data, room_id);
         self.sent.insert(
             room_id.clone(),
@@ -1460,5 +1459,20 @@ mod tests {
             3,
             "create, name, the kick: {room:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unnamed_kicked_room_gets_no_name_made_of_its_members() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 200),
+            Membership::Leave,
+        );
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert!(resp.rooms["!r:x"].name.is_none(), "{resp:?}");
     }
 }
