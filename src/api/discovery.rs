@@ -46,16 +46,10 @@ impl Api {
         }
         // HTTP/2 puts the host in the URI, HTTP/1.1 in `Host`.
         let host = match uri.authority() {
-            Some(a) => a.as_str().to_owned(),
-            None => headers.get(header::HOST)?.to_str().ok()?.to_owned(),
+            Some(a) => a.as_str(),
+            None => headers.get(header::HOST)?.to_str().ok()?,
         };
-        // Only a host[:port]: the value goes into JSON clients follow.
-        let authority: http::uri::Authority = host.parse().ok()?;
-        if authority.as_str().contains('@') {
-            return None;
-        }
-        let scheme = if self.https { "https" } else { "http" };
-        Some(format!("{scheme}://{authority}"))
+        url_of_host(host, self.https)
     }
 }
 
@@ -140,6 +134,17 @@ pub(super) async fn rewrite_well_known(
     Response::from_parts(parts, full(out))
 }
 
+/// `scheme://host[:port]` for a client-given host, or `None` when it is anything more
+/// than a host and port: the value goes into JSON clients follow.
+fn url_of_host(host: &str, https: bool) -> Option<String> {
+    let authority: http::uri::Authority = host.parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let scheme = if https { "https" } else { "http" };
+    Some(format!("{scheme}://{authority}"))
+}
+
 /// Sets `m.homeserver.base_url` in a well-known object, keeping its other fields.
 fn set_base_url(well_known: &mut Value, url: &str) {
     let Some(obj) = well_known.as_object_mut() else {
@@ -202,6 +207,21 @@ mod tests {
             odd["m.homeserver"]["base_url"].as_str(),
             Some("https://proxy")
         );
+    }
+
+    #[test]
+    fn a_url_is_made_of_a_host_and_port_only() {
+        assert_eq!(
+            url_of_host("chat.example.org:8448", true).as_deref(),
+            Some("https://chat.example.org:8448")
+        );
+        assert_eq!(
+            url_of_host("127.0.0.1:8008", false).as_deref(),
+            Some("http://127.0.0.1:8008")
+        );
+        for bad in ["evil.example/path", "user@evil.example", "", "a b", "x\"y"] {
+            assert_eq!(url_of_host(bad, true), None, "{bad}");
+        }
     }
 
     #[test]

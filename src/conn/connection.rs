@@ -379,8 +379,9 @@ impl Connection {
 
     /// Every room the client holds in some window or subscribed to, with the parameters
     /// of all the lists and the subscription that show it merged. A subscription counts
-    /// only while the user is joined or invited: it never shows another room, and a room
-    /// the user left then gets its farewell like one leaving a window.
+    /// only while the user is joined or invited (or, in a dialect that lists them,
+    /// removed): it never shows another room, and a room the user left then gets its
+    /// farewell like one leaving a window.
     fn visible_rooms(&self, data: &UserData) -> BTreeMap<RoomId, RoomParams> {
         let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
         let mut show =
@@ -398,8 +399,12 @@ impl Connection {
                 show(room, list.timeline_limit, &list.required_state);
             }
         }
+        let removed_too = self.dialect.keeps_removed();
         for (room, sub) in &self.subscriptions {
-            if data.membership(room).is_some_and(UserMembership::is_member) {
+            if data
+                .membership(room)
+                .is_some_and(|m| m.is_member() || (removed_too && m.is_removed()))
+            {
                 show(room, sub.timeline_limit, &sub.required_state);
             }
         }
@@ -1474,5 +1479,21 @@ mod tests {
         let mut conn = Connection::new(Dialect::Msc4186);
         let resp = full_step(&mut conn, &store, Some(&req));
         assert!(resp.rooms["!r:x"].name.is_none(), "{resp:?}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_shows_a_kicked_room_in_msc4186() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 200),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let req = simplified(&[], &[("!r:x", 5)]);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!r:x"].timeline.last(), Some(&kick_json));
     }
 }
