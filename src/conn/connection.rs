@@ -14,7 +14,7 @@ use super::window;
 use crate::event::{Event, Membership};
 use crate::rooms::name::display_name;
 use crate::rooms::sort::ListOrder;
-use crate::store::room::{RoomSnapshot, TIMELINE_RING};
+use crate::store::room::{RoomMeta, RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
 
@@ -589,7 +589,8 @@ impl Connection {
             .filter_map(|kind| room.state.get(kind, ""))
             .collect();
         let name = (!named.is_empty() && named.iter().all(|s| s.position() <= ev.position))
-            .then(|| display_name(&room.meta, view.user_id));
+            .then(|| room_name(self.dialect, &room.meta, view.user_id))
+            .flatten();
         let unread = unread(view.data, room_id);
         self.sent.insert(
             room_id.clone(),
@@ -644,7 +645,7 @@ impl Connection {
         let prev_batch = timeline
             .iter()
             .find_map(|e| e.prev_batch.as_deref().map(str::to_owned));
-        let name = display_name(&room.meta, view.user_id);
+        let name = room_name(self.dialect, &room.meta, view.user_id);
         let unread = unread(view.data, room_id);
         // A room sent before goes out again because its `timeline_limit` rose: MSC4186
         // says so with `expanded_timeline`, and the room is not new to the client.
@@ -659,7 +660,7 @@ impl Connection {
                 position: room.meta.latest_position,
                 since,
                 invite: false,
-                name: name.clone(),
+                name: name.clone().unwrap_or_default(),
                 joined: room.meta.joined_count,
                 invited: room.meta.invited_count,
                 unread,
@@ -670,7 +671,7 @@ impl Connection {
             initial,
             expanded_timeline: expanded,
             bump_stamp: Some(bump_stamp(&room, since)),
-            name: Some(name),
+            name,
             required_state: required_state::resolve(
                 &params.required_state,
                 &room.state,
@@ -699,6 +700,7 @@ impl Connection {
         if left_meanwhile(&room, view.user_id) {
             return None;
         }
+        let dialect = self.dialect;
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
         let (timeline, gap) =
@@ -713,9 +715,9 @@ impl Connection {
             out.timestamp = Some(room.meta.latest_ts);
             out.bump_stamp = Some(bump_stamp(&room, since));
         }
-        let name = display_name(&room.meta, view.user_id);
+        let name = room_name(dialect, &room.meta, view.user_id).unwrap_or_default();
         if name != sent.name {
-            out.name = Some(name.clone());
+            out.name = Some(name.clone()).filter(|n| !n.is_empty());
             sent.name = name;
         }
         if room.meta.joined_count != sent.joined {
@@ -739,6 +741,17 @@ impl Connection {
             && out.invited_count.is_none()
             && out.notification_count.is_none();
         (!empty).then_some(out)
+    }
+}
+
+/// A room's `name` in the dialect: the display name slidesync computes for MSC3575 (as
+/// the Go proxy did); for MSC4186 the room's `m.room.name` alone, as Synapse sends it
+/// (clients make a name of the room's members themselves; matrix-js-sdk takes `name`
+/// for the room's `m.room.name`).
+fn room_name(dialect: Dialect, meta: &RoomMeta, reader: &str) -> Option<String> {
+    match dialect {
+        Dialect::Msc3575 => Some(display_name(meta, reader)),
+        Dialect::Msc4186 => meta.name.as_deref().map(str::to_owned),
     }
 }
 
@@ -1495,5 +1508,23 @@ mod tests {
         let req = simplified(&[], &[("!r:x", 5)]);
         let resp = full_step(&mut conn, &store, Some(&req));
         assert_eq!(resp.rooms["!r:x"].timeline.last(), Some(&kick_json));
+    }
+
+    #[tokio::test]
+    async fn msc4186_names_a_room_by_its_m_room_name_alone() {
+        let store = store();
+        joined_room(&store, "!unnamed:x", 1, 100);
+        let mut named = event("m.room.name", Some(""), ME, 300);
+        named.text = Some("Named".into());
+        joined_room(&store, "!named:x", 1, 200);
+        store.apply_room(delta("!named:x", vec![], vec![named]));
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!named:x"].name.as_deref(), Some("Named"));
+        assert_eq!(resp.rooms["!unnamed:x"].name, None, "clients name it");
+        let mut old = Connection::new(Dialect::Msc3575);
+        let resp = full_step(&mut old, &store, Some(&list(vec![(0, 19)], 1)));
+        assert_eq!(resp.rooms["!unnamed:x"].name.as_deref(), Some("Empty Room"));
     }
 }
