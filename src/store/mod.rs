@@ -633,7 +633,7 @@ impl Store {
             let membership = match membership {
                 UserMembership::Leave { position, .. } => UserMembership::Leave {
                     position,
-                    event: stored_leave(&room.snapshot.load(), &m.user_id, position, decoder),
+                    event: stored_removal(&room.snapshot.load(), &m.user_id, position, decoder),
                 },
                 other => other,
             };
@@ -660,8 +660,9 @@ impl Store {
     }
 }
 
-/// The user's leave event at `position` as the room's state holds it, read back.
-fn stored_leave(
+/// The user's removal (kick or ban) at `position` as the room's state holds it, read
+/// back.
+fn stored_removal(
     snapshot: &RoomSnapshot,
     user: &str,
     position: Position,
@@ -672,10 +673,11 @@ fn stored_leave(
         return None;
     }
     let mut ev = (decoder.event)(member.json()).ok()?;
-    // As when it arrived (see `Store::set_membership`): a removal is one only after a
-    // join.
-    if ev.sender.as_ref() != user
-        && (decoder.prev_membership)(member.json()) != Some(Membership::Join)
+    // Only removals need their event after a restart (a connection that saw the room
+    // leave is gone), and few rooms are left that way: kept for those alone. As when
+    // it arrived (see `Store::set_membership`), a removal is one only after a join.
+    if ev.sender.as_ref() == user
+        || (decoder.prev_membership)(member.json()) != Some(Membership::Join)
     {
         return None;
     }
