@@ -80,6 +80,11 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// The longest shutdown waits for queued writes to commit.
     pub flush_limit: Duration,
+    /// `SYNCV3_PUBLIC_URL`: where clients reach the proxy; `None` to take each
+    /// request's `Host`.
+    pub public_url: Option<String>,
+    /// Whether the public listener serves HTTPS: the scheme of a URL taken from `Host`.
+    pub https: bool,
 }
 
 impl Default for Settings {
@@ -93,6 +98,8 @@ impl Default for Settings {
             write_queue: 16 * 1024,
             body_timeout: Duration::from_secs(30),
             flush_limit: Duration::from_secs(30),
+            public_url: None,
+            https: false,
         }
     }
 }
@@ -188,6 +195,8 @@ impl App {
             persist,
             cipher,
             server: settings.server,
+            public_url: settings.public_url,
+            https: settings.https,
             body_timeout: settings.body_timeout,
             // As long as the first poll's own deadline: a request waiting longer would
             // only wait for the retry.
@@ -354,6 +363,8 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             initial_timeout: config.http_initial_timeout,
             ..PollerConfig::default()
         },
+        public_url: config.public_url.clone(),
+        https: config.tls.is_some(),
         ..Settings::default()
     };
     let app = App::start(persist, upstream, TokenCipher::new(&secret), settings)

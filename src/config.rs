@@ -96,6 +96,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where to send traces; off when unset.
     pub otlp: Option<OtlpTarget>,
+    /// The URL clients reach slidesync at, no trailing slash; `None`: from each
+    /// request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -115,6 +118,7 @@ impl fmt::Debug for Config {
             .field("pprof", &self.pprof)
             .field("log_format", &self.log_format)
             .field("otlp", &self.otlp)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -364,7 +368,17 @@ static OTLP_PASSWORD: Setting = Setting {
 };
 
 /// Every setting, in the order `--help` lists them.
-pub static SETTINGS: [&Setting; 17] = [
+static PUBLIC_URL: Setting = Setting {
+    env: "SYNCV3_PUBLIC_URL",
+    flag: "public-url",
+    value_name: "URL",
+    default: Fallback::Unset,
+    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client. Unset: the scheme slidesync serves and the request's Host.",
+    fix: "set it to the http:// or https:// URL clients reach slidesync at, like https://matrix.example.org, or leave it unset to use each request's Host",
+};
+
+/// Every setting, in the order `--help` lists them.
+pub static SETTINGS: [&Setting; 18] = [
     &SERVER,
     &DB,
     &DATA_DIR,
@@ -382,6 +396,7 @@ pub static SETTINGS: [&Setting; 17] = [
     &OTLP_URL,
     &OTLP_USERNAME,
     &OTLP_PASSWORD,
+    &PUBLIC_URL,
 ];
 
 /// Why the settings cannot be used. Display is one line that says what to do.
@@ -589,6 +604,18 @@ impl Values<'_> {
             }),
         };
 
+        let public_url = match self.get(&PUBLIC_URL) {
+            None => None,
+            Some(raw) if raw.starts_with('/') => {
+                return Err(invalid(&PUBLIC_URL, raw, "a path, not a URL"))
+            }
+            Some(raw) => Some(
+                parse_server(raw)
+                    .map_err(|problem| invalid(&PUBLIC_URL, raw, problem))?
+                    .to_string(),
+            ),
+        };
+
         Ok(Config {
             server,
             db,
@@ -604,6 +631,7 @@ impl Values<'_> {
             pprof,
             log_format,
             otlp,
+            public_url,
         })
     }
 
@@ -1294,6 +1322,31 @@ mod tests {
             parse(&args(&["-h"]), &HashMap::new()),
             Ok(Parsed::Help(_))
         ));
+    }
+
+    #[test]
+    fn public_url_is_an_http_url_without_its_trailing_slash() {
+        assert_eq!(run(&[], &minimal()).unwrap().public_url, None);
+        let mut vars = minimal();
+        vars.insert(
+            "SYNCV3_PUBLIC_URL".into(),
+            "https://chat.example.org/".into(),
+        );
+        assert_eq!(
+            run(&[], &vars).unwrap().public_url.as_deref(),
+            Some("https://chat.example.org")
+        );
+        for bad in [
+            "chat.example.org",
+            "ftp://chat.example.org",
+            "/run/slidesync.sock",
+        ] {
+            let line = error(&args(&["--public-url", bad]), &minimal());
+            assert!(
+                line.starts_with("SYNCV3_PUBLIC_URL (--public-url) is "),
+                "{line}"
+            );
+        }
     }
 
     #[test]

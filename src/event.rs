@@ -165,4 +165,6 @@ pub struct Decoder {
     pub invite: fn(&[u8], &str) -> InviteFacts,
     /// A stored account data event.
     pub account: fn(&[u8]) -> Option<AccountEvent>,
+    /// A member event's previous membership (`unsigned.prev_content`), if it says.
+    pub prev_membership: fn(&[u8]) -> Option<Membership>,
 }

@@ -9,10 +9,12 @@
 //! - [`store`]: the hot in-memory state (rooms as rkyv snapshots, users, tokens) and its
 //!   write-behind persistence to Postgres.
 //! - [`rooms`]: per-user sort indexes and room naming over the store.
-//! - [`conn`]: one sliding sync connection: sticky request, windows, ops, long-poll.
+//! - [`conn`]: one sliding sync connection: request, windows, ops, long-poll, and the
+//!   rules that differ between the two dialects.
 //! - [`extensions`]: the sliding sync extensions (to-device, e2ee, ...), one module each,
 //!   stepped by [`conn`] beside the lists.
-//! - [`api`]: the HTTP surface: authentication and the wire dialects over [`conn`].
+//! - [`api`]: the HTTP surface: authentication, the wire dialects (MSC3575, MSC4186) over
+//!   [`conn`], and discovery that keeps clients on the proxy's URL.
 //! - [`ops`]: listeners, TLS, logging, metrics, profiling, health.
 //!
 //! [`config`] composes the settings, [`app`] wires the stages together, [`nesting`]

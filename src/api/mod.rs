@@ -2,10 +2,14 @@
 //! over the one engine in `conn`.
 
 pub mod auth;
+pub mod body;
+pub mod discovery;
 pub mod extensions;
 pub mod json;
 pub mod metrics;
 pub mod msc3575;
+pub mod msc4186;
+pub mod response;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use sonic_rs::JsonValueMutTrait;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::conn::request::Dialect;
 use crate::conn::{ConnKey, Conns, Wait};
 use crate::error::MatrixError;
 use crate::ingest::history::History;
@@ -33,9 +38,11 @@ use crate::upstream::{full, Homeserver};
 use self::metrics::{ApiMetrics, SLOW_REQUEST};
 
 pub const MSC3575_PATH: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
+pub const MSC4186_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 /// Request bodies larger than this get 413: a sliding sync request is a few KiB.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Long-poll time when the request gives none, and the most a request may ask for.
+/// Long-poll time when an MSC3575 request gives none (the Go proxy's), and the most a
+/// request may ask for. MSC4186 answers at once by default, as Synapse does.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -52,6 +59,10 @@ pub struct Api {
     pub cipher: TokenCipher,
     /// `SYNCV3_SERVER` as shown in `/client/server.json`.
     pub server: String,
+    /// `SYNCV3_PUBLIC_URL` (see `discovery`).
+    pub public_url: Option<String>,
+    /// Whether the public listener serves HTTPS.
+    pub https: bool,
     /// A request body must have arrived whole by then, else 408: a client trickling its
     /// body would otherwise hold a task and a buffer for as long as it likes.
     pub body_timeout: Duration,
@@ -134,7 +145,7 @@ impl Api {
             };
             let size = http_body::Body::size_hint(resp.body()).exact();
             let status = resp.status().as_u16();
-            if path == MSC3575_PATH {
+            if path == MSC3575_PATH || path == MSC4186_PATH {
                 tracing::info!(status, size, %duration, "request");
             } else {
                 tracing::info!(%method, %path, status, size, %duration, "request");
@@ -153,13 +164,25 @@ impl Api {
             return Ok(Response::new(full(Bytes::new())));
         }
         match path {
-            MSC3575_PATH => {
+            MSC3575_PATH | MSC4186_PATH => {
                 if req.method() != Method::POST {
                     return Err(MatrixError::method_not_allowed());
                 }
-                self.msc3575(req).await
+                let dialect = if path == MSC3575_PATH {
+                    Dialect::Msc3575
+                } else {
+                    Dialect::Msc4186
+                };
+                self.sliding_sync(req, dialect).await
             }
             "/_matrix/client/versions" => self.versions().await,
+            discovery::WELL_KNOWN_PATH => {
+                if req.method() != Method::GET {
+                    return Err(MatrixError::method_not_allowed());
+                }
+                let url = self.public_url(req.headers(), req.uri());
+                discovery::well_known(Arc::clone(&self.upstream), url).await
+            }
             "/client/server.json" => {
                 let mut w = json::JsonWriter::default();
                 w.begin_object()
@@ -173,30 +196,55 @@ impl Api {
             // Everything else a client sends the homeserver goes through unchanged, so
             // the proxy can be the client's homeserver URL.
             p if p.starts_with("/_matrix/") => {
+                let login = discovery::carries_well_known(req.method(), p)
+                    .then(|| self.public_url(req.headers(), req.uri()));
                 let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-                self.upstream.forward(req).await.map_err(|e| {
+                let resp = self.upstream.forward(req).await.map_err(|e| {
                     tracing::warn!(error = %e, "passing a request through failed");
                     MatrixError::upstream(format!("Cannot reach the homeserver: {e}"))
+                })?;
+                Ok(match login {
+                    Some(url) => discovery::rewrite_well_known(resp, url).await,
+                    None => resp,
                 })
             }
             _ => Err(MatrixError::not_found()),
         }
     }
 
-    async fn msc3575<B>(&self, req: Request<B>) -> Result<Response<Body>, MatrixError>
+    async fn sliding_sync<B>(
+        &self,
+        req: Request<B>,
+        dialect: Dialect,
+    ) -> Result<Response<Body>, MatrixError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let arrived = Instant::now();
         let (parts, body) = req.into_parts();
-        let query = parse_query(parts.uri.query());
-        let token = auth::token(&parts.headers, &query)?;
+        let mut query = parse_query(parts.uri.query());
+        let token = auth::token(&parts.headers, &query)?.to_owned();
+        let token = token.as_str();
         // Who asks is known before the body is read, so an unknown token holds no body
         // for the body's deadline; the body is dropped once parsed.
         let device = self.authenticate(token).await?;
-        let request = msc3575::parse(&read_body(body, self.body_timeout).await?)?;
-        let (pos, timeout) = sync_params(&query)?;
+        let raw = read_body(body, self.body_timeout).await?;
+        let (request, default_timeout) = match dialect {
+            Dialect::Msc3575 => (msc3575::parse(&raw)?, DEFAULT_TIMEOUT),
+            Dialect::Msc4186 => {
+                let parsed = msc4186::parse(&raw)?;
+                // The MSC's text sends these in the body; they win over the query's.
+                if let Some(pos) = parsed.pos {
+                    query.insert("pos".into(), pos);
+                }
+                if let Some(timeout) = parsed.timeout_ms {
+                    query.insert("timeout".into(), timeout.to_string());
+                }
+                (parsed.request, Duration::ZERO)
+            }
+        };
+        let (pos, timeout) = sync_params(&query, default_timeout)?;
         let key = ConnKey {
             device: device.clone(),
             conn_id: request.conn_id.clone().unwrap_or_default(),
@@ -251,7 +299,11 @@ impl Api {
         }
         span.record("q", resp.pos.as_str());
         span.record("r", resp.rooms.len());
-        let mut response = json_response(StatusCode::OK, msc3575::serialize(&resp));
+        let out = match dialect {
+            Dialect::Msc3575 => msc3575::serialize(&resp),
+            Dialect::Msc4186 => msc4186::serialize(&resp),
+        };
+        let mut response = json_response(StatusCode::OK, out);
         response.extensions_mut().insert(Timing {
             setup,
             processing,
@@ -278,6 +330,7 @@ impl Api {
                 .and_then(|f| f.as_object_mut())
             {
                 features.insert("org.matrix.msc3575", true);
+                features.insert("org.matrix.simplified_msc3575", true);
             }
         }
         let out = sonic_rs::to_vec(&value).map_err(|e| MatrixError::upstream(e.to_string()))?;
@@ -328,9 +381,11 @@ pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-/// A sync request's `pos` and long-poll `timeout` from its query parameters.
+/// A sync request's `pos` and long-poll `timeout` from its query parameters, with
+/// the dialect's `default_timeout`.
 pub fn sync_params(
     query: &HashMap<String, String>,
+    default_timeout: Duration,
 ) -> Result<(Option<u64>, Duration), MatrixError> {
     let pos = match query.get("pos") {
         // A `pos` we cannot read is one we never gave out.
@@ -341,7 +396,7 @@ pub fn sync_params(
         Some(t) => Duration::from_millis(t.parse::<u64>().map_err(|_| {
             MatrixError::invalid_param("timeout must be a whole number of milliseconds")
         })?),
-        None => DEFAULT_TIMEOUT,
+        None => default_timeout,
     }
     .min(MAX_TIMEOUT);
     Ok((pos, timeout))

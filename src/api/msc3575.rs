@@ -1,35 +1,22 @@
 //! `POST /_matrix/client/unstable/org.matrix.msc3575/sync`: MSC3575 as the Go proxy
 //! served it (spec: `msc3575-sliding-sync.md`, "Sliding sync API").
 //!
-//! Translates the wire request into a [`SyncRequest`] (with every limit checked here,
-//! so the engine only sees valid input) and a [`SyncResponse`] back into JSON.
+//! Translates the wire request into a [`SyncRequest`] (with every limit of
+//! [`super::body`] checked, so the engine only sees valid input) and a [`SyncResponse`]
+//! back into JSON.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::json::{self, JsonWriter};
+use super::body::{self, Object, WireFilters};
+use super::json::JsonWriter;
+use super::response;
 use crate::conn::request::{
-    BumpTypes, Filters, ListParams, Op, RoomResult, RoomSubscription, SortBy, SortSpec,
-    SyncRequest, SyncResponse,
+    BumpTypes, Dialect, ListParams, RoomResult, RoomSubscription, SortBy, SortSpec, SyncRequest,
+    SyncResponse,
 };
 use crate::error::MatrixError;
-
-/// Limits on what one request may ask for; past them a request is refused with a message
-/// naming the field, so memory per connection stays bounded. The list limit is the
-/// engine's, since lists are sticky across requests.
-pub use crate::conn::{MAX_LISTS, MAX_SUBSCRIPTIONS};
-/// Matrix IDs are at most 255 bytes.
-pub const MAX_ROOM_ID: usize = 255;
-pub const MAX_LIST_NAME: usize = 64;
-pub const MAX_RANGES: usize = 16;
-pub const MAX_REQUIRED_STATE: usize = 100;
-/// Larger `timeline_limit`s are lowered to this, as the Go proxy did.
-pub const MAX_TIMELINE_LIMIT: u64 = 50;
-pub const MAX_CONN_ID: usize = 16;
-pub const MAX_TXN_ID: usize = 64;
-/// Deepest nesting of arrays and objects a body may have (see `nesting`).
-pub const MAX_DEPTH: usize = 64;
 
 #[derive(Deserialize)]
 struct Body {
@@ -57,27 +44,6 @@ struct WireSubscription {
     include_heroes: Option<bool>,
 }
 
-/// A struct that must come as a JSON object: serde's derive also reads an array as the
-/// fields in order, which would make `{"a": [[[0, 5]]]}` a list with ranges.
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
-            .map(Object)
-    }
-}
-
 #[derive(Deserialize)]
 struct WireList {
     #[serde(default)]
@@ -100,230 +66,40 @@ struct WireList {
     slow_get_all_rooms: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct WireFilters {
-    #[serde(default)]
-    is_encrypted: Option<bool>,
-    #[serde(default)]
-    is_invite: Option<bool>,
-    #[serde(default)]
-    is_tombstoned: Option<bool>,
-    #[serde(default)]
-    room_types: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    not_room_types: Option<Vec<Option<String>>>,
-    #[serde(default)]
-    room_name_like: Option<String>,
-    #[serde(default)]
-    is_dm: Option<bool>,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    not_tags: Option<Vec<String>>,
-    #[serde(default)]
-    spaces: Option<Vec<String>>,
-}
-
-/// Entries one filter array may hold.
-pub const MAX_FILTER_ENTRIES: usize = 100;
-/// `room_name_like` is matched against names: longer than a name is nonsense.
-pub const MAX_NAME_LIKE: usize = 255;
 /// Event types in one list's `bump_event_types`.
 pub const MAX_BUMP_TYPES: usize = 100;
 /// An event type longer than this cannot come from a homeserver (Synapse refuses
 /// 255-byte types), so it bumps nothing.
 pub const MAX_EVENT_TYPE: usize = 255;
-/// A tag name in `tags` / `not_tags`, like a Matrix ID, is at most this long.
-pub const MAX_TAG: usize = 255;
 
 /// Parses and validates a request body. An empty body is an empty request.
-pub fn parse(body: &[u8]) -> Result<SyncRequest, MatrixError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(SyncRequest::default()),
-        // Serde would read an array as the struct's fields in order.
-        Some(b'{') => {}
-        Some(_) => return Err(MatrixError::bad_json("request body must be a JSON object")),
-    }
-    if crate::nesting::nests_deeper_than(body, MAX_DEPTH) {
-        return Err(MatrixError::bad_json(format!(
-            "request body nests arrays or objects deeper than {MAX_DEPTH} levels"
-        )));
-    }
-    let mut de = sonic_rs::Deserializer::from_slice(body);
-    let wire: Body = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            MatrixError::bad_json(format!(
-                "request body is not a valid sliding sync request: {inner}"
-            ))
-        } else {
-            MatrixError::bad_json(format!("field '{path}' is invalid: {inner}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| MatrixError::bad_json(format!("data after the request object: {e}")))?;
-    let mut req = SyncRequest {
+pub fn parse(raw: &[u8]) -> Result<SyncRequest, MatrixError> {
+    let Some(wire) = body::read::<Body>(raw)? else {
+        return Ok(SyncRequest::default());
+    };
+    let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
+    body::room_count("unsubscribe_rooms", unsubscribe.len())?;
+    let common = body::Common {
         conn_id: wire.conn_id,
         txn_id: wire.txn_id,
-        ..SyncRequest::default()
+        lists: wire.lists,
+        room_subscriptions: wire.room_subscriptions,
     };
-    if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
-        return Err(MatrixError::invalid_param(format!(
-            "conn_id is longer than {MAX_CONN_ID} bytes"
-        )));
-    }
-    if req.txn_id.as_ref().is_some_and(|t| t.len() > MAX_TXN_ID) {
-        return Err(MatrixError::invalid_param(format!(
-            "txn_id is longer than {MAX_TXN_ID} bytes"
-        )));
-    }
-    let lists = wire.lists.unwrap_or_default();
-    if lists.len() > MAX_LISTS {
-        return Err(MatrixError::invalid_param(format!(
-            "lists: at most {MAX_LISTS} lists are allowed"
-        )));
-    }
-    for (name, Object(list)) in lists {
-        if name.len() > MAX_LIST_NAME {
-            return Err(MatrixError::invalid_param(format!(
-                "lists: list name is longer than {MAX_LIST_NAME} bytes"
-            )));
-        }
-        let params = list_params(&name, list)?;
-        req.lists.insert(name, params);
-    }
-    let subscriptions = wire.room_subscriptions.unwrap_or_default();
-    let unsubscribe = wire.unsubscribe_rooms.unwrap_or_default();
-    for (field, count) in [
-        ("room_subscriptions", subscriptions.len()),
-        ("unsubscribe_rooms", unsubscribe.len()),
-    ] {
-        if count > MAX_SUBSCRIPTIONS {
-            return Err(MatrixError::invalid_param(format!(
-                "{field}: at most {MAX_SUBSCRIPTIONS} rooms are allowed"
-            )));
-        }
-    }
-    for (room_id, Object(sub)) in subscriptions {
-        let field = format!("room_subscriptions.{}", room_field(&room_id)?);
-        req.room_subscriptions
-            .insert(room_id.into(), subscription(&field, sub)?);
-    }
+    let mut req = body::request(Dialect::Msc3575, common, list_params, subscription)?;
     for room_id in unsubscribe {
-        room_field(&room_id)?;
+        body::room_field(&room_id)?;
         req.unsubscribe_rooms.push(room_id.into());
     }
     req.extensions = super::extensions::parse(wire.extensions.unwrap_or_default())?;
     Ok(req)
 }
 
-fn filters(list: &str, f: WireFilters) -> Result<Filters, MatrixError> {
-    let bad = |field: &str, msg: String| {
-        MatrixError::invalid_param(format!("lists.{list}.filters.{field}: {msg}"))
-    };
-    let count = |v: &Option<Vec<String>>| v.as_ref().map_or(0, Vec::len);
-    let lengths = [
-        ("room_types", f.room_types.as_ref().map_or(0, Vec::len)),
-        (
-            "not_room_types",
-            f.not_room_types.as_ref().map_or(0, Vec::len),
-        ),
-        ("tags", count(&f.tags)),
-        ("not_tags", count(&f.not_tags)),
-        ("spaces", count(&f.spaces)),
-    ];
-    for (field, len) in lengths {
-        if len > MAX_FILTER_ENTRIES {
-            return Err(bad(
-                field,
-                format!("at most {MAX_FILTER_ENTRIES} entries are allowed"),
-            ));
-        }
-    }
-    for (field, entries, max) in [
-        ("tags", &f.tags, MAX_TAG),
-        ("not_tags", &f.not_tags, MAX_TAG),
-        ("spaces", &f.spaces, MAX_ROOM_ID),
-    ] {
-        if entries.iter().flatten().any(|e| e.len() > max) {
-            return Err(bad(field, format!("entries are at most {max} bytes")));
-        }
-    }
-    if f.room_name_like
-        .as_ref()
-        .is_some_and(|l| l.len() > MAX_NAME_LIKE)
-    {
-        return Err(bad(
-            "room_name_like",
-            format!("at most {MAX_NAME_LIKE} bytes"),
-        ));
-    }
-    Ok(Filters {
-        is_encrypted: f.is_encrypted,
-        is_invite: f.is_invite,
-        is_tombstoned: f.is_tombstoned,
-        room_types: f.room_types,
-        not_room_types: f.not_room_types.unwrap_or_default(),
-        room_name_like: f.room_name_like.map(|l| l.to_lowercase()),
-        is_dm: f.is_dm,
-        tags: f.tags.unwrap_or_default(),
-        not_tags: f.not_tags.unwrap_or_default(),
-        spaces: f
-            .spaces
-            .unwrap_or_default()
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    })
-}
-
-/// A room ID as a field name in errors, refused when longer than an ID can be.
-fn room_field(room_id: &str) -> Result<&str, MatrixError> {
-    if room_id.len() > MAX_ROOM_ID {
-        return Err(MatrixError::invalid_param(format!(
-            "room IDs are at most {MAX_ROOM_ID} bytes"
-        )));
-    }
-    Ok(room_id)
-}
-
-/// A room subscription, or a list's `include_old_rooms`, named by `field` in errors.
 fn subscription(field: &str, sub: WireSubscription) -> Result<RoomSubscription, MatrixError> {
     Ok(RoomSubscription {
-        timeline_limit: timeline_limit(sub.timeline_limit).unwrap_or(0),
-        required_state: required_state(field, sub.required_state)?.unwrap_or_default(),
+        timeline_limit: body::timeline_limit(sub.timeline_limit).unwrap_or(0),
+        required_state: body::required_state(field, sub.required_state)?.unwrap_or_default(),
         include_heroes: sub.include_heroes.unwrap_or(false),
     })
-}
-
-/// Larger limits are lowered to [`MAX_TIMELINE_LIMIT`], as the Go proxy did.
-fn timeline_limit(limit: Option<u64>) -> Option<usize> {
-    limit.map(|l| l.min(MAX_TIMELINE_LIMIT) as usize)
-}
-
-/// `required_state` of a list or subscription named by `field` in errors.
-fn required_state(
-    field: &str,
-    entries: Option<Vec<Vec<String>>>,
-) -> Result<Option<Vec<(String, String)>>, MatrixError> {
-    let Some(entries) = entries else {
-        return Ok(None);
-    };
-    let bad = |msg: String| MatrixError::invalid_param(format!("{field}.required_state: {msg}"));
-    if entries.len() > MAX_REQUIRED_STATE {
-        return Err(bad(format!(
-            "at most {MAX_REQUIRED_STATE} entries are allowed"
-        )));
-    }
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        match <[String; 2]>::try_from(entry) {
-            Ok([t, k]) => out.push((t, k)),
-            Err(_) => return Err(bad("each entry must be [event_type, state_key]".into())),
-        }
-    }
-    Ok(Some(out))
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
@@ -332,37 +108,7 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
     };
     let ranges = match list.ranges {
         None => None,
-        Some(ranges) => {
-            if ranges.len() > MAX_RANGES {
-                return Err(bad(
-                    "ranges",
-                    format!("at most {MAX_RANGES} ranges are allowed"),
-                ));
-            }
-            let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|r| (r[0], r[1])).collect();
-            for &(s, e) in &sorted {
-                if s > e {
-                    return Err(bad(
-                        "ranges",
-                        format!("range [{s}, {e}] starts after it ends"),
-                    ));
-                }
-            }
-            sorted.sort_unstable();
-            if let Some(w) = sorted.windows(2).find(|w| w[1].0 <= w[0].1) {
-                return Err(bad(
-                    "ranges",
-                    format!(
-                        "ranges [{}, {}] and [{}, {}] overlap",
-                        w[0].0, w[0].1, w[1].0, w[1].1
-                    ),
-                ));
-            }
-            // Any index is valid: the engine clamps ranges to the list, as the Go
-            // proxy did.
-            let index = |i: u64| usize::try_from(i).unwrap_or(usize::MAX);
-            Some(ranges.iter().map(|r| (index(r[0]), index(r[1]))).collect())
-        }
+        Some(ranges) => Some(body::ranges(&format!("lists.{name}.ranges"), &ranges)?),
     };
     let sort = match list.sort {
         None => None,
@@ -389,10 +135,10 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
             Some(SortSpec::from(out))
         }
     };
-    let required_state = required_state(&format!("lists.{name}"), list.required_state)?;
+    let required_state = body::required_state(&format!("lists.{name}"), list.required_state)?;
     let filters = match list.filters {
         None => None,
-        Some(Object(f)) => Some(std::sync::Arc::new(filters(name, f)?)),
+        Some(Object(f)) => Some(std::sync::Arc::new(body::filters(name, f)?)),
     };
     let bump_event_types = match list.bump_event_types {
         None => None,
@@ -430,7 +176,7 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
         include_heroes: list.include_heroes,
         ranges,
         sort,
-        timeline_limit: timeline_limit(list.timeline_limit),
+        timeline_limit: body::timeline_limit(list.timeline_limit),
         required_state,
         slow_get_all_rooms: list.slow_get_all_rooms,
     })
@@ -438,73 +184,13 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
 
 /// Writes the response. Events and invite state are copied in as stored.
 pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
-    let mut w = JsonWriter::with_capacity(4096);
-    w.begin_object();
-    w.key("pos").str(&resp.pos);
-    if let Some(txn) = &resp.txn_id {
-        w.key("txn_id").str(txn);
-    }
-    w.key("lists").begin_object();
-    for (name, list) in &resp.lists {
-        w.key(name).begin_object();
-        w.key("count").u64(list.count as u64);
-        if !list.ops.is_empty() {
-            w.key("ops").begin_array();
-            for op in &list.ops {
-                write_op(&mut w, op);
-            }
-            w.end_array();
-        }
-        w.end_object();
-    }
-    w.end_object();
-    w.key("rooms").begin_object();
-    for (room_id, room) in &resp.rooms {
-        w.key(room_id);
-        write_room(&mut w, room);
-    }
-    w.end_object();
-    w.key("extensions");
-    super::extensions::write(&mut w, &resp.extensions);
-    w.end_object();
-    w.finish()
-}
-
-fn write_range(w: &mut JsonWriter, (s, e): (usize, usize)) {
-    w.key("range")
-        .begin_array()
-        .u64(s as u64)
-        .u64(e as u64)
-        .end_array();
-}
-
-fn write_op(w: &mut JsonWriter, op: &Op) {
-    w.begin_object();
-    match op {
-        Op::Sync { range, room_ids } => {
-            w.key("op").str("SYNC");
-            write_range(w, *range);
-            w.key("room_ids").begin_array();
-            for r in room_ids {
-                w.str(r);
-            }
-            w.end_array();
-        }
-        Op::Invalidate { range } => {
-            w.key("op").str("INVALIDATE");
-            write_range(w, *range);
-        }
-        Op::Delete { index } => {
-            w.key("op").str("DELETE");
-            w.key("index").u64(*index as u64);
-        }
-        Op::Insert { index, room_id } => {
-            w.key("op").str("INSERT");
-            w.key("index").u64(*index as u64);
-            w.key("room_id").str(room_id);
-        }
-    }
-    w.end_object();
+    response::write(
+        resp,
+        response::Shape {
+            room: write_room,
+            synapse_lists: false,
+        },
+    )
 }
 
 fn write_room(w: &mut JsonWriter, room: &RoomResult) {
@@ -512,30 +198,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if let Some(name) = &room.name {
         w.key("name").str(name);
     }
-    if let Some(heroes) = &room.heroes {
-        w.key("heroes").begin_array();
-        for h in heroes {
-            w.begin_object();
-            w.key("user_id").str(&h.user_id);
-            if let Some(name) = &h.displayname {
-                w.key("displayname").str(name);
-            }
-            if let Some(url) = &h.avatar_url {
-                w.key("avatar_url").str(url);
-            }
-            w.end_object();
-        }
-        w.end_array();
-    }
-    match &room.avatar {
-        Some(Some(url)) => {
-            w.key("avatar").str(url);
-        }
-        Some(None) => {
-            w.key("avatar").raw(b"null");
-        }
-        None => {}
-    }
+    response::heroes_and_avatar(w, room);
     if room.initial {
         w.key("initial").bool(true);
     }
@@ -545,23 +208,8 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if let Some(invite_state) = &room.invite_state {
         w.key("invite_state").raw(invite_state);
     }
-    if !room.required_state.is_empty() {
-        w.key("required_state").begin_array();
-        for ev in &room.required_state {
-            w.raw(ev);
-        }
-        w.end_array();
-    }
-    if !room.timeline.is_empty() {
-        w.key("timeline").begin_array();
-        for (i, ev) in room.timeline.iter().enumerate() {
-            match room.transaction_ids.iter().find(|(at, _)| *at == i) {
-                Some((_, txn)) => w.raw(&json::with_transaction_id(ev, txn)),
-                None => w.raw(ev),
-            };
-        }
-        w.end_array();
-    }
+    response::events(w, "required_state", &room.required_state);
+    response::timeline(w, room);
     if room.limited {
         w.key("limited").bool(true);
     }
@@ -592,6 +240,8 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::body::{MAX_DEPTH, MAX_ROOM_ID, MAX_SUBSCRIPTIONS, MAX_TIMELINE_LIMIT};
+    use crate::conn::request::Op;
     use crate::types::RoomId;
 
     #[test]
@@ -806,10 +456,6 @@ mod tests {
 
 #[cfg(test)]
 mod robustness {
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-
     const SEEDS: [&[u8]; 4] = [
         br#"{"extensions":{"to_device":{"enabled":true,"since":"5","limit":10,"lists":["a"]},"e2ee":{"enabled":true,"rooms":["!r:x","*"]}}}"#,
         br#"{"conn_id":"c","txn_id":"t","lists":{"a":{"ranges":[[0,19],[30,39]],"sort":["by_recency"],"timeline_limit":5,"required_state":[["*","*"],["m.room.member","$ME"]]}}}"#,
@@ -817,27 +463,8 @@ mod robustness {
         b"{}",
     ];
 
-    /// Random byte edits of valid requests: every outcome is a request or a Matrix error
-    /// with a 4xx status, never a panic.
     #[test]
     fn mangled_bodies_never_panic() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3575);
-        for i in 0..20_000 {
-            let mut body = SEEDS[i % SEEDS.len()].to_vec();
-            for _ in 0..rng.gen_range(1..6) {
-                let at = rng.gen_range(0..=body.len());
-                match rng.gen_range(0..3) {
-                    0 if at < body.len() => {
-                        body.remove(at);
-                    }
-                    1 => body.insert(at, b"{}[]\",:-09azE\\\x00\xff"[rng.gen_range(0..16)]),
-                    _ if at < body.len() => body[at] = rng.gen(),
-                    _ => {}
-                }
-            }
-            if let Err(e) = parse(&body) {
-                assert!(e.status.is_client_error(), "{e}");
-            }
-        }
+        crate::api::body::mangled_bodies_never_panic(&SEEDS, 3575, super::parse);
     }
 }

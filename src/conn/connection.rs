@@ -6,18 +6,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::request::{
-    Hero, ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest,
+    Dialect, Hero, ListParams, ListResult, Op, Range, RoomResult, RoomSubscription, SyncRequest,
     SyncResponse,
 };
 use super::required_state::{Lazy, Selection};
 use super::window;
-use crate::event::{Event, TimelineOrder};
-use crate::rooms::bump::bump_ts;
+use crate::event::{Event, Membership, TimelineOrder};
+use crate::rooms::bump::{bump_ts, SYNAPSE_BUMP_TYPES};
 use crate::rooms::name::{
     avatar, display_name, heroes_for, invite_avatar, invite_heroes, invite_name,
 };
 use crate::rooms::sort::{BumpTypes, ListOrder};
-use crate::store::room::{HistoryGap, RoomSnapshot, TIMELINE_RING};
+use crate::store::room::{HistoryGap, RoomMeta, RoomSnapshot, TIMELINE_RING};
 use crate::store::users::{UserData, UserMembership};
 use crate::types::{Position, RoomId};
 
@@ -94,10 +94,14 @@ struct SentRoom {
     /// gap another poller filled) are history the client pages back to, not live events
     /// to append after what it shows.
     newest: TimelineOrder,
+    /// The `timeline_limit` the room was last sent whole with: a higher one sends
+    /// its timeline again, further back.
+    timeline_limit: usize,
 }
 
 #[derive(Default)]
 pub struct Connection {
+    dialect: Dialect,
     lists: BTreeMap<String, ListState>,
     /// Rooms the client asked for by ID, sent whether or not a window shows them (only
     /// while the user is joined or invited: a subscription shows nothing else).
@@ -155,6 +159,41 @@ impl Bump {
 }
 
 impl Connection {
+    pub fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            ..Self::default()
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A list new to this connection: its order keeps the rooms its dialect lists.
+    fn new_list(&self) -> ListState {
+        ListState {
+            order: ListOrder {
+                keep_removed: self.dialect.keeps_removed(),
+                ..ListOrder::default()
+            },
+            ..ListState::default()
+        }
+    }
+
+    /// Lists the connection holds that a request leaves as they are: all of them in
+    /// a sticky dialect, none in the other (a request states every list it wants).
+    fn kept_lists<'a>(
+        &'a self,
+        req: Option<&'a SyncRequest>,
+    ) -> impl Iterator<Item = &'a ListState> + 'a {
+        let replaced = req.is_some() && !self.dialect.is_sticky();
+        self.lists
+            .iter()
+            .filter(move |(name, _)| !replaced && !req.is_some_and(|r| r.lists.contains_key(*name)))
+            .map(|(_, list)| list)
+    }
+
     pub fn list_count(&self) -> usize {
         self.lists.len()
     }
@@ -194,11 +233,7 @@ impl Connection {
                 (None, None) => 0,
             }
         });
-        let kept = self
-            .lists
-            .iter()
-            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
-            .map(|(_, list)| held(&list.ranges));
+        let kept = self.kept_lists(req).map(|list| held(&list.ranges));
         requested.chain(kept).fold(0, usize::saturating_add)
     }
 
@@ -209,16 +244,11 @@ impl Connection {
             let mut order = self
                 .lists
                 .get(name)
-                .map(|l| l.order.clone())
-                .unwrap_or_default();
+                .map_or_else(|| self.new_list().order, |l| l.order.clone());
             apply_order(&mut order, params);
             order
         });
-        let kept = self
-            .lists
-            .iter()
-            .filter(|(name, _)| !req.is_some_and(|r| r.lists.contains_key(*name)))
-            .map(|(_, l)| l.order.clone());
+        let kept = self.kept_lists(req).map(|l| l.order.clone());
         for order in requested.chain(kept) {
             if !orders.contains(&order) {
                 orders.push(order);
@@ -296,6 +326,32 @@ impl Connection {
         resp
     }
 
+    /// Finishes a response the way the connection's dialect sends it: in MSC4186 every
+    /// list carries each of its ranges' rooms whole (Synapse's `SYNC` operations, which
+    /// older matrix-rust-sdk reads), not the changes. Costs the windows' size.
+    pub fn finish(&self, resp: &mut SyncResponse) {
+        if self.dialect != Dialect::Msc4186 {
+            return;
+        }
+        for (name, list) in &self.lists {
+            let Some(result) = resp.lists.get_mut(name) else {
+                continue;
+            };
+            result.ops = list
+                .ranges
+                .iter()
+                .map(|&(start, end)| Op::Sync {
+                    range: (start, end),
+                    room_ids: list
+                        .have
+                        .range(start..=end)
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                })
+                .collect();
+        }
+    }
+
     /// Merges the request's lists into the sticky ones. Returns each listed list's
     /// ranges from before, the rooms to send again (their list's timeline or state
     /// selection changed), and whether the request changed anything at all.
@@ -310,8 +366,17 @@ impl Connection {
             *entry = (*entry).max(what);
         };
         let mut changed = false;
+        if let Some(req) = req.filter(|_| !self.dialect.is_sticky()) {
+            // The request states every list and subscription it wants.
+            let before = (self.lists.len(), self.subscriptions.len());
+            self.lists.retain(|name, _| req.lists.contains_key(name));
+            self.subscriptions
+                .retain(|room, _| req.room_subscriptions.contains_key(room));
+            changed |= before != (self.lists.len(), self.subscriptions.len());
+        }
         for (name, params) in req.iter().flat_map(|r| &r.lists) {
-            let list = self.lists.entry(name.clone()).or_default();
+            let fresh = self.new_list();
+            let list = self.lists.entry(name.clone()).or_insert(fresh);
             let before = (list.ranges.clone(), list.order.clone());
             // A new order or new filters invalidate every index the client holds: all of
             // it is synced again, as in the Go proxy.
@@ -441,8 +506,9 @@ impl Connection {
 
     /// Every room the client holds in some window or subscribed to, with the parameters
     /// of all the lists and the subscription that show it merged. A subscription counts
-    /// only while the user is joined or invited: it never shows another room, and a room
-    /// the user left then gets its farewell like one leaving a window.
+    /// only while the user is joined or invited (or, in a dialect that lists them,
+    /// removed): it never shows another room, and a room the user left then gets its
+    /// farewell like one leaving a window.
     fn visible_rooms(&self, view: &View<'_>) -> BTreeMap<RoomId, RoomParams> {
         let data = view.data;
         let mut visible: BTreeMap<RoomId, RoomParams> = BTreeMap::new();
@@ -483,8 +549,12 @@ impl Connection {
                 }
             }
         }
+        let removed_too = self.dialect.keeps_removed();
         for (room, sub) in &self.subscriptions {
-            if data.membership(room).is_some_and(UserMembership::is_member) {
+            if data
+                .membership(room)
+                .is_some_and(|m| m.is_member() || (removed_too && m.is_removed()))
+            {
                 show(
                     room,
                     sub.timeline_limit,
@@ -538,6 +608,7 @@ impl Connection {
                         invite_state,
                         facts,
                         ts,
+                        position,
                         ..
                     }),
                     None,
@@ -564,6 +635,7 @@ impl Connection {
                             unread: (0, 0),
                             lazy: Lazy::default(),
                             newest: (0, 0),
+                            timeline_limit: 0,
                         },
                     );
                     Some(RoomResult {
@@ -577,8 +649,19 @@ impl Connection {
                         timestamp: Some(*ts).filter(|ts| *ts > 0),
                         joined_count: Some(1),
                         invited_count: Some(1),
+                        bump_stamp: Some(*position),
                         ..RoomResult::default()
                     })
+                }
+                (
+                    Some(
+                        m @ UserMembership::Leave {
+                            event: Some(ev), ..
+                        },
+                    ),
+                    _,
+                ) if self.dialect.keeps_removed() && m.is_removed() => {
+                    self.removed_room(room_id, ev, params, view)
                 }
                 _ => None,
             };
@@ -616,32 +699,106 @@ impl Connection {
             if ev.position <= sent.position || sent.invite {
                 continue;
             }
-            let mut timeline: Vec<_> = (view.room)(&room_id)
-                .map(|room| {
-                    visible_timeline(
-                        &room,
-                        view.data,
-                        sent.position,
-                        ev.position,
-                        (sent.since, 0),
-                        TIMELINE_RING,
-                    )
-                    .0
-                })
-                .unwrap_or_default()
-                .into_iter()
-                .map(|e| e.json.clone())
-                .collect();
-            timeline.push(ev.json.clone());
-            resp.rooms.insert(
-                room_id,
-                RoomResult {
-                    num_live: timeline.len(),
-                    timeline,
-                    ..RoomResult::default()
-                },
-            );
+            resp.rooms
+                .insert(room_id.clone(), farewell(&room_id, &sent, ev, view));
         }
+    }
+
+    /// A room the user was kicked or banned from, in a dialect that keeps listing
+    /// such rooms: as it was when they were removed, then nothing more. A client that
+    /// saw the room before gets what happened since, up to the removal.
+    fn removed_room(
+        &mut self,
+        room_id: &RoomId,
+        ev: &Arc<Event>,
+        params: &RoomParams,
+        view: &View<'_>,
+    ) -> Option<RoomResult> {
+        if let Some(sent) = self.sent.get_mut(room_id).filter(|s| !s.invite) {
+            if ev.position <= sent.position {
+                return None;
+            }
+            let result = farewell(room_id, sent, ev, view);
+            sent.position = ev.position;
+            return Some(result);
+        }
+        let room = (view.room)(room_id)?;
+        let limit = params.timeline_limit.min(TIMELINE_RING);
+        // The store counts a removal only after a join (see `UserMembership::is_removed`):
+        // the state up to it was theirs to see. So was the history from their join on;
+        // without the join in the ring (long ago, or in a sync's state block) nothing
+        // tells which events came after it, and the removal alone is shown.
+        let join = room.timeline.iter().rev().find(|e| {
+            e.position < ev.position
+                && &*e.kind == "m.room.member"
+                && e.state_key.as_deref() == Some(view.user_id)
+                && e.membership == Some(Membership::Join)
+        });
+        let (mut timeline, gap, since) = match join {
+            Some(join) => {
+                let (timeline, gap) = room.timeline_between(
+                    join.position.saturating_sub(1),
+                    ev.position,
+                    join.timeline_order(),
+                    limit.saturating_sub(1),
+                );
+                (timeline, gap, join.position)
+            }
+            None => (Vec::new(), true, ev.position),
+        };
+        if limit > 0 {
+            timeline.push(Arc::clone(ev));
+        }
+        let prev_batch = timeline
+            .first()
+            .and_then(|first| room.prev_batch_at(first))
+            .map(str::to_owned);
+        let required_state = Selection::new(&params.required_state, view.user_id).resolve_until(
+            &room.state,
+            &[],
+            ev.position,
+        );
+        // The name the room was given, as it was at the removal. Not one made of its
+        // members, who may have changed since (Synapse sends no heroes here either).
+        let named: Vec<_> = ["m.room.name", "m.room.canonical_alias"]
+            .iter()
+            .filter_map(|kind| room.state.get(kind, ""))
+            .collect();
+        let name = (!named.is_empty() && named.iter().all(|s| s.position() <= ev.position))
+            .then(|| room_name(self.dialect, &room.meta, view.user_id))
+            .flatten();
+        let unread = unread(view.data, room_id);
+        self.sent.insert(
+            room_id.clone(),
+            SentRoom {
+                position: ev.position,
+                since,
+                invite: false,
+                name: name.clone().unwrap_or_default(),
+                heroes: Vec::new(),
+                avatar: None,
+                timestamp: 0,
+                dm: false,
+                joined: 0,
+                invited: 0,
+                unread,
+                lazy: Lazy::default(),
+                newest: newest_order(&room),
+                timeline_limit: limit,
+            },
+        );
+        Some(RoomResult {
+            initial: true,
+            name,
+            required_state,
+            timeline: timeline.iter().map(|e| e.json.clone()).collect(),
+            limited: gap && limit > 0,
+            prev_batch,
+            bump_stamp: Some(ev.position),
+            notification_count: Some(unread.0),
+            highlight_count: Some(unread.1),
+            ..RoomResult::default()
+        })
     }
 
     fn full_room(
@@ -681,7 +838,7 @@ impl Connection {
         if let Some(history) = room.history_gap(&timeline, since, limit) {
             self.gaps.push(history);
         }
-        let fields = RoomFields::of(&room, params, view);
+        let fields = RoomFields::of(self.dialect, &room, params, view);
         let unread = unread(view.data, room_id);
         let dm = view.data.is_dm(room_id);
         let selection = Selection::new(&params.required_state, view.user_id);
@@ -695,6 +852,13 @@ impl Connection {
             }
         }
         let required_state = selection.resolve(&room.state, &lazy_members);
+        // A room sent before goes out again because its `timeline_limit` rose: MSC4186
+        // says so with `expanded_timeline`, and the room is not new to the client.
+        let expanded = self
+            .sent
+            .get(room_id)
+            .is_some_and(|s| !s.invite && s.timeline_limit < limit);
+        let initial = !(expanded && self.dialect == Dialect::Msc4186);
         self.sent.insert(
             room_id.clone(),
             SentRoom {
@@ -711,11 +875,14 @@ impl Connection {
                 unread,
                 lazy,
                 newest: newest_order(&room),
+                timeline_limit: limit,
             },
         );
         Some(RoomResult {
-            initial: true,
-            name: Some(fields.name),
+            initial,
+            expanded_timeline: expanded,
+            bump_stamp: Some(bump_stamp(&room, since)),
+            name: Some(fields.name).filter(|n| !n.is_empty()),
             heroes: fields.heroes,
             avatar: Some(fields.avatar),
             is_dm: dm.then_some(true),
@@ -779,17 +946,12 @@ impl Connection {
         if left_meanwhile(&room, view.user_id) {
             return None;
         }
+        let dialect = self.dialect;
         let sent = self.sent.get_mut(room_id)?;
         let after = sent.position.max(since.saturating_sub(1));
         let from = (since, 0).max((sent.newest.0, sent.newest.1.saturating_add(1)));
-        let (timeline, gap) = visible_timeline(
-            &room,
-            view.data,
-            after,
-            Position::MAX,
-            from,
-            TIMELINE_RING,
-        );
+        let (timeline, gap) =
+            visible_timeline(&room, view.data, after, Position::MAX, from, TIMELINE_RING);
         sent.newest = sent.newest.max(newest_order(&room));
         let mut out = RoomResult {
             num_live: timeline.len(),
@@ -799,13 +961,16 @@ impl Connection {
             required_state: live_state(&room, &timeline, gap, params, &mut sent.lazy, view),
             ..RoomResult::default()
         };
-        let fields = RoomFields::of(&room, params, view);
+        if !out.timeline.is_empty() {
+            out.bump_stamp = Some(bump_stamp(&room, since));
+        }
+        let fields = RoomFields::of(dialect, &room, params, view);
         if fields.timestamp != sent.timestamp {
             out.timestamp = Some(fields.timestamp);
             sent.timestamp = fields.timestamp;
         }
         if fields.name != sent.name {
-            out.name = Some(fields.name.clone());
+            out.name = Some(fields.name.clone()).filter(|n| !n.is_empty());
             sent.name = fields.name;
         }
         let heroes = fields.heroes.unwrap_or_default();
@@ -937,6 +1102,52 @@ fn newest_order(room: &RoomSnapshot) -> TimelineOrder {
     room.timeline.back().map_or((0, 0), |e| e.timeline_order())
 }
 
+/// A room's `name` in the dialect: the display name slidesync computes for MSC3575 (as
+/// the Go proxy did); for MSC4186 the room's `m.room.name` alone, as Synapse sends it
+/// (clients make a name of the room's members themselves; matrix-js-sdk takes `name`
+/// for the room's `m.room.name`).
+fn room_name(dialect: Dialect, meta: &RoomMeta, reader: &str) -> Option<String> {
+    match dialect {
+        Dialect::Msc3575 => Some(display_name(meta, reader).name),
+        Dialect::Msc4186 => meta.name.as_deref().map(str::to_owned),
+    }
+}
+
+/// A room's `bump_stamp`: the position of its newest event of Synapse's bump types,
+/// never before the user's join, so a room joined long after its last message sorts by
+/// the join.
+fn bump_stamp(room: &RoomSnapshot, since: Position) -> u64 {
+    crate::rooms::bump::bump_stamp(room, since, &SYNAPSE_BUMP_TYPES)
+}
+
+/// What a client that saw the room while the user was in it has yet to see, up to and
+/// including the user's leave `ev`, after which nothing more of the room is theirs.
+fn farewell(room_id: &str, sent: &SentRoom, ev: &Event, view: &View<'_>) -> RoomResult {
+    let mut timeline: Vec<_> = (view.room)(room_id)
+        .map(|room| {
+            visible_timeline(
+                &room,
+                view.data,
+                sent.position,
+                ev.position,
+                (sent.since, 0),
+                TIMELINE_RING,
+            )
+            .0
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.json.clone())
+        .collect();
+    timeline.push(ev.json.clone());
+    RoomResult {
+        num_live: timeline.len(),
+        timeline,
+        bump_stamp: Some(ev.position),
+        ..RoomResult::default()
+    }
+}
+
 /// Whether the room's snapshot already has the user out while the user's data, read a
 /// moment earlier, still has them joined: the step sends nothing of the room (not its
 /// timeline, name or state after the leave); the leave has bumped the user's version, so
@@ -980,10 +1191,21 @@ struct RoomFields {
 }
 
 impl RoomFields {
-    fn of(room: &RoomSnapshot, params: &RoomParams, view: &View<'_>) -> Self {
-        let name = display_name(&room.meta, view.user_id);
+    fn of(dialect: Dialect, room: &RoomSnapshot, params: &RoomParams, view: &View<'_>) -> Self {
+        // MSC4186 sends the room's own name alone, as Synapse does: clients name a room
+        // without one from its heroes themselves.
+        let (name, calculated) = match dialect {
+            Dialect::Msc3575 => {
+                let name = display_name(&room.meta, view.user_id);
+                (name.name, name.calculated)
+            }
+            Dialect::Msc4186 => (
+                room.meta.name.as_deref().unwrap_or_default().to_owned(),
+                room.meta.name.is_none(),
+            ),
+        };
         // Heroes go with a name made from them, as in the Go proxy.
-        let heroes = (params.include_heroes && name.calculated).then(|| {
+        let heroes = (params.include_heroes && calculated).then(|| {
             heroes_for(&room.meta, view.user_id)
                 .into_iter()
                 .cloned()
@@ -1004,7 +1226,7 @@ impl RoomFields {
             Bump::All | Bump::Unset => room.meta.latest_ts,
         };
         Self {
-            name: name.name,
+            name,
             heroes,
             avatar: avatar(&room.meta, view.user_id, view.data.is_dm(&room.room_id)),
             timestamp,
@@ -1146,6 +1368,27 @@ mod tests {
         store.confirm_join(&user, &room.into());
     }
 
+    /// A room `inviter` made (created, named, a message) with the reader invited.
+    fn invited_room(store: &Store, room: &str, inviter: &str) {
+        let user = store.user_or_insert(&ME.into());
+        store.apply_room(delta(
+            room,
+            vec![],
+            vec![
+                event("m.room.create", Some(""), inviter, 1),
+                event("m.room.name", Some(""), inviter, 2),
+                event("m.room.message", None, inviter, 3),
+            ],
+        ));
+        store.set_invite(
+            &user,
+            &room.into(),
+            bytes::Bytes::from_static(b"[]"),
+            Default::default(),
+            4,
+        );
+    }
+
     fn step(conn: &mut Connection, store: &Store, req: Option<&SyncRequest>) -> SyncResponse {
         let user = store.user(ME).unwrap();
         let data = user.read();
@@ -1267,23 +1510,7 @@ mod tests {
     #[tokio::test]
     async fn an_invite_shows_only_its_invite_state_until_joined() {
         let store = store();
-        let user = store.user_or_insert(&ME.into());
-        store.apply_room(delta(
-            "!r:x",
-            vec![],
-            vec![
-                event("m.room.create", Some(""), "@other:x", 1),
-                event("m.room.name", Some(""), "@other:x", 2),
-                event("m.room.message", None, "@other:x", 3),
-            ],
-        ));
-        store.set_invite(
-            &user,
-            &"!r:x".into(),
-            bytes::Bytes::from_static(b"[]"),
-            Default::default(),
-            4,
-        );
+        invited_room(&store, "!r:x", "@other:x");
         let mut conn = Connection::default();
         let resp = step(&mut conn, &store, Some(&list(vec![(0, 9)], 10)));
         let invite = &resp.rooms["!r:x"];
@@ -1625,5 +1852,311 @@ mod tests {
         assert_eq!(gaps[0].want, 19);
         let resp = step(&mut conn, &store, Some(&list(vec![(0, 0)], 1)));
         assert!(conn.take_history_gaps().is_empty(), "{resp:?}");
+    }
+
+    /// An MSC4186 request: every list and subscription it wants, nothing sticky.
+    fn simplified(lists: &[(&str, Range, usize)], subs: &[(&str, usize)]) -> SyncRequest {
+        SyncRequest {
+            dialect: Dialect::Msc4186,
+            lists: lists
+                .iter()
+                .map(|&(name, range, limit)| {
+                    let params = ListParams {
+                        ranges: Some(vec![range]),
+                        timeline_limit: Some(limit),
+                        required_state: Some(vec![("*".into(), "*".into())]),
+                        ..ListParams::default()
+                    };
+                    (name.to_owned(), params)
+                })
+                .collect(),
+            room_subscriptions: subs
+                .iter()
+                .map(|&(room, limit)| {
+                    let sub = RoomSubscription {
+                        timeline_limit: limit,
+                        ..RoomSubscription::default()
+                    };
+                    (room.into(), sub)
+                })
+                .collect(),
+            ..SyncRequest::default()
+        }
+    }
+
+    /// A step the way `Conns::sync` takes it: the orders the lists use are kept, and
+    /// the response is finished for the dialect.
+    fn full_step(conn: &mut Connection, store: &Store, req: Option<&SyncRequest>) -> SyncResponse {
+        let user = store.user(ME).unwrap();
+        store.use_orders(&user, &conn.orders(req)).unwrap();
+        let mut resp = step(conn, store, req);
+        conn.finish(&mut resp);
+        resp
+    }
+
+    #[tokio::test]
+    async fn msc4186_requests_replace_lists_and_subscriptions() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let both = simplified(&[("one", (0, 0), 1), ("two", (0, 9), 1)], &[("!a:x", 3)]);
+        let first = full_step(&mut conn, &store, Some(&both));
+        assert_eq!(first.lists.len(), 2);
+        let only_one = simplified(&[("one", (0, 0), 1)], &[]);
+        let second = full_step(&mut conn, &store, Some(&only_one));
+        assert_eq!(second.lists.keys().collect::<Vec<_>>(), ["one"]);
+        assert!(
+            !conn.is_subscribed("!a:x"),
+            "a subscription left out is dropped"
+        );
+        assert_eq!(conn.list_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn msc4186_lists_carry_their_windows_whole_in_every_response() {
+        let store = store();
+        joined_room(&store, "!a:x", 1, 100);
+        joined_room(&store, "!b:x", 1, 200);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let whole = [Op::Sync {
+            range: (0, 19),
+            room_ids: vec!["!b:x".into(), "!a:x".into()],
+        }];
+        let first = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(first.lists["all_rooms"].ops, whole);
+        let quiet = step(&mut conn, &store, Some(&req));
+        assert!(!quiet.has_data(), "nothing new: the long-poll waits");
+        let mut again = quiet;
+        conn.finish(&mut again);
+        assert_eq!(again.lists["all_rooms"].ops, whole);
+        store.apply_room(delta(
+            "!a:x",
+            vec![],
+            vec![event("m.room.message", None, ME, 300)],
+        ));
+        let moved = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(
+            moved.lists["all_rooms"].ops,
+            [Op::Sync {
+                range: (0, 19),
+                room_ids: vec!["!a:x".into(), "!b:x".into()],
+            }]
+        );
+        assert!(moved.rooms["!a:x"].bump_stamp > first.rooms["!b:x"].bump_stamp);
+    }
+
+    /// Synapse's native endpoint keeps rooms the user was kicked from in the list, as
+    /// they were at the kick; MSC3575 (as the Go proxy did) drops them.
+    #[tokio::test]
+    async fn a_kicked_room_stays_listed_as_it_was_at_the_kick_in_msc4186_only() {
+        let store = store();
+        joined_room(&store, "!kept:x", 1, 100);
+        joined_room(&store, "!kicked:x", 2, 200);
+        let before = event("m.room.message", None, "@o:x", 250);
+        let before_json = before.json.clone();
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 300),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!kicked:x", vec![], vec![before, kick]));
+        let mut rename = event("m.room.name", Some(""), "@o:x", 301);
+        rename.text = Some("After the kick".into());
+        let secret = event("m.room.message", None, "@o:x", 302);
+        let secret_json = secret.json.clone();
+        store.apply_room(delta("!kicked:x", vec![], vec![rename, secret]));
+
+        let req = simplified(&[("all_rooms", (0, 19), 3)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 2);
+        let kicked = &resp.rooms["!kicked:x"];
+        assert!(kicked.initial);
+        assert_eq!(kicked.timeline.last(), Some(&kick_json));
+        assert!(kicked.timeline.contains(&before_json));
+        assert!(!kicked.timeline.contains(&secret_json), "{kicked:?}");
+        assert!(kicked.name.is_none(), "renamed after the kick: {kicked:?}");
+        assert!(kicked
+            .required_state
+            .iter()
+            .all(|ev| !String::from_utf8_lossy(ev).contains("After the kick")));
+        let again = full_step(&mut conn, &store, Some(&req));
+        assert!(!again.rooms.contains_key("!kicked:x"), "told once");
+
+        let mut old = Connection::new(Dialect::Msc3575);
+        let mut go_proxy = list(vec![(0, 19)], 3);
+        go_proxy.dialect = Dialect::Msc3575;
+        let resp = full_step(&mut old, &store, Some(&go_proxy));
+        assert_eq!(resp.lists["all"].count, 1);
+        assert!(!resp.rooms.contains_key("!kicked:x"));
+    }
+
+    #[tokio::test]
+    async fn a_room_left_by_the_user_is_not_kept_in_msc4186_lists() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        full_step(&mut conn, &store, Some(&req));
+        let leave = with_membership(event("m.room.member", Some(ME), ME, 300), Membership::Leave);
+        let leave_json = leave.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![leave]));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 0);
+        assert_eq!(
+            resp.rooms["!r:x"].timeline,
+            [leave_json],
+            "ends with the leave"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kick_of_a_room_on_screen_ends_its_timeline_and_keeps_it_listed() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        full_step(&mut conn, &store, Some(&req));
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 300),
+            Membership::Ban,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 1);
+        let room = &resp.rooms["!r:x"];
+        assert!(!room.initial);
+        assert_eq!(room.timeline, [kick_json]);
+        store.apply_room(delta(
+            "!r:x",
+            vec![],
+            vec![event("m.room.message", None, "@o:x", 400)],
+        ));
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert!(!resp.rooms.contains_key("!r:x"), "{resp:?}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_raising_the_timeline_limit_expands_the_timeline() {
+        let store = store();
+        joined_room(&store, "!a:x", 6, 100);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let list_only = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let first = full_step(&mut conn, &store, Some(&list_only));
+        assert_eq!(first.rooms["!a:x"].timeline.len(), 1);
+        assert!(!first.rooms["!a:x"].expanded_timeline);
+        let subscribed = simplified(&[("all_rooms", (0, 19), 1)], &[("!a:x", 5)]);
+        let resp = full_step(&mut conn, &store, Some(&subscribed));
+        let room = &resp.rooms["!a:x"];
+        assert!(room.expanded_timeline);
+        assert!(!room.initial, "the client has the room already");
+        assert_eq!(room.timeline.len(), 5);
+        assert_eq!(room.timeline.last(), first.rooms["!a:x"].timeline.last());
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_invite_is_not_a_kicked_room() {
+        let store = store();
+        invited_room(&store, "!r:x", "@mod:x");
+        let withdrawn = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 4),
+            Membership::Leave,
+        );
+        store.apply_room(delta("!r:x", vec![], vec![withdrawn]));
+        let req = simplified(&[("all_rooms", (0, 19), 5)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.lists["all_rooms"].count, 0, "{resp:?}");
+        assert!(resp.rooms.is_empty(), "{resp:?}");
+    }
+
+    /// A room joined in a sync's state block has no join in its timeline: the kick
+    /// shows the room's name and state, and no history it cannot place after the join.
+    #[tokio::test]
+    async fn a_kick_from_a_room_joined_long_ago_shows_its_state_and_the_kick_alone() {
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        let mut named = event("m.room.name", Some(""), "@o:x", 2);
+        named.text = Some("Old room".into());
+        store.apply_room(delta(
+            "!r:x",
+            vec![
+                event("m.room.create", Some(""), "@o:x", 1),
+                named,
+                event("m.room.member", Some(ME), ME, 3),
+            ],
+            vec![event("m.room.message", None, "@o:x", 4)],
+        ));
+        store.confirm_join(&user, &"!r:x".into());
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 5),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let req = simplified(&[("all_rooms", (0, 19), 5)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        let room = &resp.rooms["!r:x"];
+        assert_eq!(room.name.as_deref(), Some("Old room"));
+        assert_eq!(room.timeline, [kick_json]);
+        assert!(room.limited);
+        assert_eq!(
+            room.required_state.len(),
+            3,
+            "create, name, the kick: {room:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unnamed_kicked_room_gets_no_name_made_of_its_members() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 200),
+            Membership::Leave,
+        );
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert!(resp.rooms["!r:x"].name.is_none(), "{resp:?}");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_shows_a_kicked_room_in_msc4186() {
+        let store = store();
+        joined_room(&store, "!r:x", 1, 100);
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@o:x", 200),
+            Membership::Leave,
+        );
+        let kick_json = kick.json.clone();
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let req = simplified(&[], &[("!r:x", 5)]);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!r:x"].timeline.last(), Some(&kick_json));
+    }
+
+    #[tokio::test]
+    async fn msc4186_names_a_room_by_its_m_room_name_alone() {
+        let store = store();
+        joined_room(&store, "!unnamed:x", 1, 100);
+        let mut named = event("m.room.name", Some(""), ME, 300);
+        named.text = Some("Named".into());
+        joined_room(&store, "!named:x", 1, 200);
+        store.apply_room(delta("!named:x", vec![], vec![named]));
+        let req = simplified(&[("all_rooms", (0, 19), 1)], &[]);
+        let mut conn = Connection::new(Dialect::Msc4186);
+        let resp = full_step(&mut conn, &store, Some(&req));
+        assert_eq!(resp.rooms["!named:x"].name.as_deref(), Some("Named"));
+        assert_eq!(resp.rooms["!unnamed:x"].name, None, "clients name it");
+        let mut old = Connection::new(Dialect::Msc3575);
+        let resp = full_step(&mut old, &store, Some(&list(vec![(0, 19)], 1)));
+        assert_eq!(resp.rooms["!unnamed:x"].name.as_deref(), Some("Empty Room"));
     }
 }

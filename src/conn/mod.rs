@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use self::connection::{Connection, View};
-use self::request::{SyncRequest, SyncResponse};
+use self::request::{Dialect, SyncRequest, SyncResponse};
 use crate::error::MatrixError;
 use crate::extensions::{self, Applied, Extensions};
 use crate::store::room::HistoryGap;
@@ -159,10 +159,10 @@ impl Conns {
         count
     }
 
-    fn open(&self, key: &ConnKey) -> Arc<Entry> {
+    fn open(&self, key: &ConnKey, dialect: Dialect) -> Arc<Entry> {
         let entry = Arc::new(Entry {
             slot: tokio::sync::Mutex::new(Slot {
-                conn: Connection::default(),
+                conn: Connection::new(dialect),
                 extensions: Extensions::default(),
                 pos: 0,
                 prev_pos: 0,
@@ -212,7 +212,7 @@ impl Conns {
         backfill: &dyn Backfill,
     ) -> Result<SyncResponse, MatrixError> {
         let entry = match pos {
-            None => self.open(&key),
+            None => self.open(&key, req.dialect),
             Some(_) => self
                 .map
                 .get(&key)
@@ -223,6 +223,11 @@ impl Conns {
         let generation = entry.supersede();
         let mut guard = entry.slot.lock().await;
         let slot = &mut *guard;
+        // A `pos` of the other dialect's connection under the same `conn_id` is not
+        // this one's.
+        if slot.conn.dialect() != req.dialect {
+            return Err(MatrixError::unknown_pos());
+        }
         check_list_count(slot, &req)?;
         check_subscription_count(slot, &req)?;
         if let Some(pos) = pos {
@@ -372,6 +377,7 @@ impl Conns {
                 _ = cancelled => break resp,
             }
         };
+        slot.conn.finish(&mut resp);
         let new_pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
         slot.responses += 1;
         slot.last_request = Some(asked);
@@ -426,6 +432,11 @@ fn first_pos() -> u64 {
 /// counting those of pending retried requests. Costs what the request names, not what
 /// the connection holds.
 fn check_list_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
+    // Lists a request does not name are dropped in a dialect without sticky lists; the
+    // dialect's parser caps how many one request names.
+    if !req.dialect.is_sticky() {
+        return Ok(());
+    }
     let pending = slot.pending.as_ref().map(|p| &p.lists);
     let is_new = |name: &String| !slot.conn.has_list(name);
     let mut added = pending.map_or(0, |p| p.keys().filter(|n| is_new(n)).count());
@@ -447,6 +458,9 @@ fn check_list_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
 /// [`MAX_SUBSCRIPTIONS`] room subscriptions, counting pending retried requests and
 /// applying each request's subscriptions before its unsubscriptions.
 fn check_subscription_count(slot: &Slot, req: &SyncRequest) -> Result<(), MatrixError> {
+    if !req.dialect.is_sticky() {
+        return Ok(());
+    }
     let mut added: HashSet<&RoomId> = HashSet::new();
     let mut removed: HashSet<&RoomId> = HashSet::new();
     for r in slot.pending.iter().chain(std::iter::once(req)) {
@@ -483,6 +497,10 @@ fn merge_pending(
     earlier: Option<SyncRequest>,
     later: SyncRequest,
 ) -> SyncRequest {
+    // Without sticky parameters the newest request states everything.
+    if !later.dialect.is_sticky() {
+        return later;
+    }
     let mut merged = earlier.unwrap_or_default();
     for (room, sub) in later.room_subscriptions {
         merged.unsubscribe_rooms.retain(|r| *r != room);
@@ -519,11 +537,11 @@ mod tests {
     #[test]
     fn idle_connections_are_swept() {
         let conns = Conns::new(Duration::from_secs(60));
-        conns.open(&key("kept"));
+        conns.open(&key("kept"), Dialect::Msc3575);
         conns.sweep();
         assert_eq!(conns.len(), 1);
         let conns = Conns::new(Duration::ZERO);
-        conns.open(&key("idle"));
+        conns.open(&key("idle"), Dialect::Msc3575);
         conns.sweep();
         assert!(conns.is_empty());
         assert!(conns.per_device.is_empty());
@@ -533,7 +551,7 @@ mod tests {
     fn a_device_cannot_open_connections_without_bound() {
         let conns = Conns::new(Duration::from_secs(60));
         for i in 0..MAX_CONNS_PER_DEVICE + 5 {
-            conns.open(&key(&format!("c{i}")));
+            conns.open(&key(&format!("c{i}")), Dialect::Msc3575);
         }
         assert_eq!(conns.len(), MAX_CONNS_PER_DEVICE);
         assert!(

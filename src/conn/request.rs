@@ -76,9 +76,36 @@ pub struct RoomSubscription {
     pub include_heroes: bool,
 }
 
+/// Which sliding sync a connection speaks: the engine rules that differ between the
+/// two wire dialects. A connection keeps the dialect it was opened with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// MSC3575 as the Go proxy served it: sticky lists and subscriptions, list
+    /// operations as differences, only joined and invited rooms listed.
+    #[default]
+    Msc3575,
+    /// MSC4186 as Synapse serves it: every request states all its lists and
+    /// subscriptions (those it leaves out are gone), every response carries each
+    /// range's rooms whole, and rooms the user was kicked or banned from stay listed.
+    Msc4186,
+}
+
+impl Dialect {
+    /// Whether lists and subscriptions a request leaves out are kept.
+    pub fn is_sticky(self) -> bool {
+        self == Dialect::Msc3575
+    }
+
+    /// Whether rooms the user was kicked or banned from stay in lists.
+    pub fn keeps_removed(self) -> bool {
+        self == Dialect::Msc4186
+    }
+}
+
 /// One request, after the dialect validated it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SyncRequest {
+    pub dialect: Dialect,
     pub conn_id: Option<String>,
     pub txn_id: Option<String>,
     pub lists: BTreeMap<String, ListParams>,
@@ -129,6 +156,11 @@ pub struct RoomResult {
     /// `origin_server_ts` of the newest event that bumps the room in the lists showing
     /// it, never before the user's join (the Go proxy's `timestamp`).
     pub timestamp: Option<u64>,
+    /// Orders the room among others (MSC4186): see `Connection`'s `bump_stamp`.
+    pub bump_stamp: Option<u64>,
+    /// The timeline goes further back than what was sent before, because the room's
+    /// `timeline_limit` rose (Synapse's `unstable_expanded_timeline`).
+    pub expanded_timeline: bool,
     pub joined_count: Option<u32>,
     pub invited_count: Option<u32>,
     pub notification_count: Option<u64>,

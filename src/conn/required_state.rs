@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use crate::store::state::{RoomState, StateRef};
+use crate::types::Position;
 
 /// The member type, the only one `$LAZY` applies to.
 const MEMBER: &str = "m.room.member";
@@ -67,18 +68,34 @@ impl<'a> Selection<'a> {
     /// Resolves the selection against the room's current state. `lazy_members`: the
     /// members `$LAZY` stands for in this answer.
     pub fn resolve(&self, state: &RoomState, lazy_members: &[&str]) -> Vec<Bytes> {
+        self.resolve_until(state, lazy_members, Position::MAX)
+    }
+
+    /// [`Selection::resolve`], leaving out state set after `until`: what a user removed
+    /// from the room at `until` may see of it.
+    pub fn resolve_until(
+        &self,
+        state: &RoomState,
+        lazy_members: &[&str],
+        until: Position,
+    ) -> Vec<Bytes> {
         let lazy = |user: &str| lazy_members.contains(&user);
         let mut seen: HashSet<&str> = HashSet::new();
         let mut out = Vec::new();
-        fn push<'s>(s: StateRef<'s>, out: &mut Vec<Bytes>, seen: &mut HashSet<&'s str>) {
-            if seen.insert(s.event_id()) {
+        fn push<'s>(
+            s: StateRef<'s>,
+            until: Position,
+            out: &mut Vec<Bytes>,
+            seen: &mut HashSet<&'s str>,
+        ) {
+            if s.position() <= until && seen.insert(s.event_id()) {
                 out.push(Bytes::copy_from_slice(s.json()));
             }
         }
         if self.everything {
             for s in state.all() {
                 if self.includes(s.kind(), s.state_key(), &lazy) {
-                    push(s, &mut out, &mut seen);
+                    push(s, until, &mut out, &mut seen);
                 }
             }
             return out;
@@ -89,25 +106,25 @@ impl<'a> Selection<'a> {
                 (MEMBER, "$LAZY") => {
                     for user in lazy_members {
                         if let Some(s) = state.get(MEMBER, user) {
-                            push(s, &mut out, &mut seen);
+                            push(s, until, &mut out, &mut seen);
                         }
                     }
                 }
                 ("*", k) => {
                     let k = if k == "$ME" { self.me } else { k };
                     for s in state.all().into_iter().filter(|s| s.state_key() == k) {
-                        push(s, &mut out, &mut seen);
+                        push(s, until, &mut out, &mut seen);
                     }
                 }
                 (t, "*") => {
                     for s in state.of_kind(t) {
-                        push(s, &mut out, &mut seen);
+                        push(s, until, &mut out, &mut seen);
                     }
                 }
                 (t, k) => {
                     let k = if k == "$ME" { self.me } else { k };
                     if let Some(s) = state.get(t, k) {
-                        push(s, &mut out, &mut seen);
+                        push(s, until, &mut out, &mut seen);
                     }
                 }
             }

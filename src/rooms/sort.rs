@@ -56,6 +56,9 @@ pub struct ListOrder {
     pub sort: SortSpec,
     pub filters: Arc<Filters>,
     pub bump: Option<BumpTypes>,
+    /// Rooms the user was kicked or banned from stay in the order (MSC4186, as
+    /// Synapse lists them); otherwise only joined and invited rooms are in it.
+    pub keep_removed: bool,
 }
 
 impl Default for ListOrder {
@@ -64,6 +67,7 @@ impl Default for ListOrder {
             sort: by_recency(),
             filters: Arc::default(),
             bump: None,
+            keep_removed: false,
         }
     }
 }
@@ -71,7 +75,10 @@ impl Default for ListOrder {
 impl ListOrder {
     /// The order every user keeps anyway.
     pub fn is_recency(&self) -> bool {
-        *self.sort == [SortBy::Recency] && self.filters.is_empty() && self.bump.is_none()
+        *self.sort == [SortBy::Recency]
+            && self.filters.is_empty()
+            && self.bump.is_none()
+            && !self.keep_removed
     }
 
     /// Whether placing a room needs more than its recency stamp: its name, encryption,

@@ -760,6 +760,23 @@ impl Store {
         writer: &mut RoomWriter,
         membership: UserMembership,
     ) {
+        // Kicked or banned counts only for someone who had joined (MSC4186 lists keep
+        // such rooms, as they were at the removal): an invitee whose invite was
+        // withdrawn, or who was banned before joining, may not see the room.
+        let membership = match membership {
+            UserMembership::Leave { position, event }
+                if !matches!(
+                    user.read().membership(room_id),
+                    Some(UserMembership::Join { .. })
+                ) =>
+            {
+                UserMembership::Leave {
+                    position,
+                    event: event.filter(|ev| ev.sender.as_ref() == user.user_id.as_ref()),
+                }
+            }
+            other => other,
+        };
         let (kind, position, invite_state) = match &membership {
             UserMembership::Join { since } => (MembershipKind::Join, *since, None),
             UserMembership::Invite {
@@ -889,6 +906,15 @@ impl Store {
             };
             next_position = next_position.max(m.position + 1);
             let room = store.room_entry(&m.room_id);
+            // The leave event itself is the room's state: who sent it says whether the
+            // user was removed, which MSC4186 lists show after a restart too.
+            let membership = match membership {
+                UserMembership::Leave { position, .. } => UserMembership::Leave {
+                    position,
+                    event: stored_removal(&room.snapshot.load(), &m.user_id, position, decoder),
+                },
+                other => other,
+            };
             store.install_membership(
                 &user,
                 &m.room_id,
@@ -955,6 +981,33 @@ impl Store {
     }
 }
 
+/// The user's removal (kick or ban) at `position` as the room's state holds it, read
+/// back.
+fn stored_removal(
+    snapshot: &RoomSnapshot,
+    user: &str,
+    position: Position,
+    decoder: &Decoder,
+) -> Option<Arc<Event>> {
+    let member = snapshot.state.get("m.room.member", user)?;
+    if member.position() != position {
+        return None;
+    }
+    let mut ev = (decoder.event)(member.json()).ok()?;
+    // Only removals need their event after a restart (a connection that saw the room
+    // leave is gone), and few rooms are left that way: kept for those alone. As when
+    // it arrived (see `Store::set_membership`), a removal is one only after a join.
+    if ev.sender.as_ref() == user
+        || (decoder.prev_membership)(member.json()) != Some(Membership::Join)
+    {
+        return None;
+    }
+    ev.position = position;
+    // As for every stored event: no later than now, so it cannot pin a list's top.
+    ev.origin_server_ts = ev.origin_server_ts.min(now_ms());
+    Some(Arc::new(ev))
+}
+
 impl Store {
     /// Puts a membership into the user's data and index and the room's local users.
     /// Callers hold the room's writer lock.
@@ -973,9 +1026,13 @@ impl Store {
         let stamp = match &membership {
             UserMembership::Join { .. } => Some(snapshot.meta.latest_ts),
             UserMembership::Invite { ts, .. } => Some(*ts),
+            // A removed user's room is listed (MSC4186) where the kick or ban put it.
+            UserMembership::Leave {
+                event: Some(ev), ..
+            } if membership.is_removed() => Some(ev.origin_server_ts),
             UserMembership::Leave { .. } => None,
         };
-        if stamp.is_some() {
+        if membership.is_member() {
             writer.locals.insert(user.user_id.clone());
         } else {
             writer.locals.remove(&user.user_id);

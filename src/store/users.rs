@@ -45,6 +45,14 @@ impl UserMembership {
     pub fn is_member(&self) -> bool {
         !matches!(self, UserMembership::Leave { .. })
     }
+
+    /// The user was kicked or banned after joining: their leave was sent by someone
+    /// else. The store keeps the event of such a leave only after a join, so a
+    /// withdrawn invite or a ban before joining is not one.
+    pub fn is_removed(&self) -> bool {
+        matches!(self, UserMembership::Leave { event: Some(ev), .. }
+            if ev.state_key.as_deref() != Some(&*ev.sender))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +189,9 @@ impl UserData {
     /// stripped state, never the room's own name or state, so an invite is placed by
     /// what its stripped state says (filtering or sorting by the room's real name would
     /// tell an invitee what the room is called now).
+    ///
+    /// A room the user was removed from keeps its type and encryption, which do not
+    /// change, but not its name, which may have changed since.
     fn looks_for(&self, room: &str, looks: impl FnOnce() -> RoomLooks) -> RoomLooks {
         match self.membership(room) {
             Some(UserMembership::Invite { facts, .. }) => RoomLooks {
@@ -190,6 +201,10 @@ impl UserData {
                 room_type: facts.room_type.clone(),
                 bumps: None,
                 parents: Vec::new(),
+            },
+            Some(m) if m.is_removed() => RoomLooks {
+                name: String::new(),
+                ..looks()
             },
             _ => looks(),
         }
@@ -243,12 +258,18 @@ impl UserData {
     /// Puts the room where it belongs in every order, or takes it out of them when the
     /// user is no longer in it. `looks` is called only if an order other than recency is
     /// kept, so the common case computes no name.
+    ///
+    /// A room the user was removed from stays only in the orders that keep such rooms.
     pub fn place(&mut self, room: &RoomId, looks: impl FnOnce() -> RoomLooks) {
         let listed = self
             .rooms
             .get(room)
             .is_some_and(|r| r.membership.is_member() && !r.replaced);
-        if !listed {
+        let removed = self
+            .membership(room)
+            .is_some_and(UserMembership::is_removed);
+        let keeps_removed = removed && self.orders.keys().any(|o| o.keep_removed);
+        if !listed && !keeps_removed {
             self.index.remove(room);
             for (_, index) in self.orders.iter_mut() {
                 index.remove(room);
@@ -259,13 +280,19 @@ impl UserData {
         let Some(inputs) = self.inputs(room, looks.as_ref()) else {
             return;
         };
-        self.index
-            .upsert(room, order_key(&[SortBy::Recency], &inputs));
+        if listed {
+            self.index
+                .upsert(room, order_key(&[SortBy::Recency], &inputs));
+        } else {
+            self.index.remove(room);
+        }
         let places: Vec<(ListOrder, Option<OrderKey>)> = self
             .orders
             .keys()
             .map(|order| {
-                let place = self.place_in(order, room, &inputs, looks.as_ref());
+                let place = (listed || order.keep_removed)
+                    .then(|| self.place_in(order, room, &inputs, looks.as_ref()))
+                    .flatten();
                 (order.clone(), place)
             })
             .collect();
@@ -297,7 +324,14 @@ impl UserData {
         looks: impl Fn(&RoomId) -> RoomLooks,
     ) -> SortIndex {
         let mut index = SortIndex::default();
-        for room in self.index.iter() {
+        let removed = order
+            .keep_removed
+            .then(|| self.rooms.iter())
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| r.membership.is_removed())
+            .map(|(room, _)| room);
+        for room in self.index.iter().chain(removed) {
             let looks = order
                 .needs_room()
                 .then(|| self.looks_for(room, || looks(room)));

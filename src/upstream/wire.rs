@@ -20,6 +20,7 @@ pub const DECODER: Decoder = Decoder {
     event: parse_event,
     invite: invite_facts,
     account: parse_account,
+    prev_membership,
 };
 
 #[derive(Deserialize)]
@@ -698,10 +699,25 @@ pub fn parse_typing(raw: &[u8]) -> Option<Vec<UserId>> {
     Some(users)
 }
 
+/// The membership a member event replaced, as the homeserver's `unsigned.prev_content`
+/// says.
+pub fn prev_membership(event: &[u8]) -> Option<Membership> {
+    let value = sonic_rs::get(event, ["unsigned", "prev_content", "membership"]).ok()?;
+    Membership::parse(value.as_str()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sonic_rs::JsonContainerTrait;
+
+    #[test]
+    fn a_member_events_previous_membership_is_read_from_unsigned() {
+        let kick = br#"{"type":"m.room.member","state_key":"@a:x","sender":"@m:x","content":{"membership":"leave"},"unsigned":{"prev_content":{"membership":"join"}}}"#;
+        assert_eq!(prev_membership(kick), Some(Membership::Join));
+        assert_eq!(prev_membership(br#"{"type":"m.room.member"}"#), None);
+        assert_eq!(prev_membership(b"not json"), None);
+    }
 
     #[test]
     fn member_event_fields_are_indexed() {

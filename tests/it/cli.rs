@@ -50,6 +50,7 @@ fn help_exits_zero_and_lists_every_setting() {
         "SYNCV3_PROM",
         "SYNCV3_PPROF",
         "SYNCV3_LOG_FORMAT",
+        "SYNCV3_PUBLIC_URL",
     ] {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::support::db::TestDb;
 use crate::support::fake::{FakeHomeserver, Reply};
 use crate::support::http::TestResponse;
-use crate::support::proxy::{ops, scripted, settings, synced_ids, Proxy, MSC3575};
+use crate::support::proxy::{ops, pos, scripted, settings, synced_ids, Proxy, MSC3575, MSC4186};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -458,5 +458,122 @@ async fn a_first_request_waits_for_the_first_poll_at_most_the_initial_timeout() 
         1,
         "the retry waited for the same first poll: {calls:?}"
     );
+    proxy.stop().await;
+}
+
+/// The MSC4186 endpoint refuses bad input by the same rules, with the same limits.
+#[tokio::test]
+async fn msc4186_bad_input_gets_the_same_matrix_errors() {
+    let (_db, hs, proxy) = setup().await;
+    let post4186 = |query: String, body: String| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .raw(
+                    Method::POST,
+                    &format!("{MSC4186}?timeout=0{query}"),
+                    Some(TOKEN),
+                    body,
+                )
+                .await
+        }
+    };
+    let mut lists = json!({});
+    for i in 0..101 {
+        lists[format!("l{i}").as_str()] = json!({"ranges": [[0, 0]]});
+    }
+    for (body, status, errcode, field) in [
+        (json!({"lists": []}), 400, "M_BAD_JSON", "lists"),
+        (
+            json!({"lists": {"all_rooms": {"ranges": [[0, "9"]]}}}),
+            400,
+            "M_BAD_JSON",
+            "lists.all_rooms.ranges",
+        ),
+        (
+            json!({"lists": {"all_rooms": {"required_state": "m.room.name"}}}),
+            400,
+            "M_BAD_JSON",
+            "lists.all_rooms.required_state",
+        ),
+        (
+            json!({"lists": {"all_rooms": {"ranges": [[0, 10], [5, 20]]}}}),
+            400,
+            "M_INVALID_PARAM",
+            "overlap",
+        ),
+        (
+            json!({"lists": {"all_rooms": {"range": [0, 1], "ranges": [[0, 1]]}}}),
+            400,
+            "M_INVALID_PARAM",
+            "lists.all_rooms",
+        ),
+        (
+            json!({"lists": {"a": {"required_state": {"include": [{}], "exclude": [{}]}}}}),
+            400,
+            "M_INVALID_PARAM",
+            "lists.a.required_state.exclude",
+        ),
+        (json!({"lists": lists}), 400, "M_INVALID_PARAM", "lists"),
+        (
+            json!({"conn_id": "a conn_id that is far too long"}),
+            400,
+            "M_INVALID_PARAM",
+            "conn_id",
+        ),
+        (json!({"timeout": "soon"}), 400, "M_BAD_JSON", "timeout"),
+        (json!({"pos": "987654321"}), 400, "M_UNKNOWN_POS", ""),
+    ] {
+        let resp = post4186(String::new(), body.to_string()).await;
+        let message = matrix_error(&resp, status, errcode);
+        assert!(message.contains(field), "{body}: {message:?} lacks {field}");
+    }
+    for (query, errcode) in [
+        ("&pos=987654321", "M_UNKNOWN_POS"),
+        ("&pos=abc", "M_UNKNOWN_POS"),
+        ("&timeout=soon", "M_INVALID_PARAM"),
+    ] {
+        let resp = post4186(query.to_owned(), "{}".to_owned()).await;
+        matrix_error(&resp, 400, errcode);
+    }
+    let mut over = b"{\"lists\":{}}".to_vec();
+    over.resize(MAX_BODY + 1, b' ');
+    let resp = proxy
+        .raw(
+            Method::POST,
+            &format!("{MSC4186}?timeout=0"),
+            Some(TOKEN),
+            over,
+        )
+        .await;
+    matrix_error(&resp, 413, "M_TOO_LARGE");
+    let get = proxy.raw(Method::GET, MSC4186, Some(TOKEN), "").await;
+    matrix_error(&get, 405, "M_UNRECOGNIZED");
+    let missing = proxy.raw(Method::POST, MSC4186, None, "{}").await;
+    matrix_error(&missing, 401, "M_MISSING_TOKEN");
+    hs.add_device("good_for_nothing", "@x:test", "XDEV");
+    hs.revoke("good_for_nothing");
+    let unknown = proxy
+        .raw(Method::POST, MSC4186, Some("good_for_nothing"), "{}")
+        .await;
+    matrix_error(&unknown, 401, "M_UNKNOWN_TOKEN");
+    assert!(hs.calls().is_empty(), "a refused request started a poller");
+
+    // The same connection, on the other dialect's endpoint, is not the same one.
+    hs.push_rooms(
+        TOKEN,
+        rooms_join(vec![("!a:test", new_room(ALICE, Some("A"), 1_000))]),
+    );
+    let ok = post4186(
+        String::new(),
+        json!({"lists": {"all_rooms": {"ranges": [[0, 9]], "timeline_limit": 1}}}).to_string(),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let ok = ok.json();
+    assert_eq!(synced_ids(&ok, "all_rooms"), ["!a:test"]);
+    let other = post(&proxy, &format!("&pos={}", pos(&ok)), "{}").await;
+    matrix_error(&other, 400, "M_UNKNOWN_POS");
+    still_serving(&hs, &proxy).await;
     proxy.stop().await;
 }

@@ -27,6 +27,7 @@ use super::http::{HttpClient, TestResponse};
 
 pub const SECRET: &str = "test-secret-for-slidesync";
 pub const MSC3575: &str = "/_matrix/client/unstable/org.matrix.msc3575/sync";
+pub const MSC4186: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
 pub struct Proxy {
     pub url: String,
@@ -135,6 +136,25 @@ impl Proxy {
             url.push_str(pos);
         }
         self.client
+            .request(Method::POST, &url, Some(token), Some(body))
+            .await
+    }
+
+    /// One MSC4186 request to `base_url` (the proxy's, or a homeserver's own), `pos`
+    /// and `timeout` in the query as matrix-rust-sdk sends them.
+    pub async fn simplified_at(
+        base_url: &str,
+        token: &str,
+        pos: Option<&str>,
+        timeout_ms: u64,
+        body: &Value,
+    ) -> TestResponse {
+        let mut url = format!("{base_url}{MSC4186}?timeout={timeout_ms}");
+        if let Some(pos) = pos {
+            url.push_str("&pos=");
+            url.push_str(&super::http::encode(pos));
+        }
+        HttpClient::new()
             .request(Method::POST, &url, Some(token), Some(body))
             .await
     }

@@ -358,6 +358,8 @@ fn write_config(dir: &Path, port: u16) -> Result<PathBuf, String> {
     let config = json!({
         "server_name": SERVER_NAME,
         "public_baseurl": format!("http://127.0.0.1:{port}/"),
+        // Login answers then carry `well_known`, which a proxy in front must rewrite.
+        "serve_client_wellknown": true,
         "listeners": [{
             "port": port,
             "bind_addresses": ["127.0.0.1"],
@@ -583,6 +585,14 @@ impl Synapse {
     pub async fn leave(&self, user: &TestUser, room_id: &str) {
         let path = format!("/_matrix/client/v3/rooms/{}/leave", encode(room_id));
         self.call("leave", Method::POST, &path, Some(user), Some(&json!({})))
+            .await;
+    }
+
+    /// `by` removes `user_id` from the room (a kick: a leave someone else sent).
+    pub async fn kick(&self, by: &TestUser, room_id: &str, user_id: &str) {
+        let path = format!("/_matrix/client/v3/rooms/{}/kick", encode(room_id));
+        let body = json!({"user_id": user_id});
+        self.call("kick", Method::POST, &path, Some(by), Some(&body))
             .await;
     }
 
