@@ -257,6 +257,42 @@ impl Connection {
         orders
     }
 
+    /// Adds to `resp` the member events of `typing` users the client has not been sent,
+    /// in rooms whose `required_state` loads members lazily (`$LAZY`): a client shows who
+    /// is typing by name. Only rooms the client holds, so only rooms it may see.
+    pub fn lazy_typing(
+        &mut self,
+        typing: &BTreeMap<RoomId, Arc<[crate::types::UserId]>>,
+        view: &View<'_>,
+        resp: &mut SyncResponse,
+    ) {
+        let visible = self.visible_rooms(view);
+        for (room_id, users) in typing {
+            let (Some(params), Some(sent), Some(room)) = (
+                visible.get(room_id),
+                self.sent.get_mut(room_id),
+                (view.room)(room_id),
+            ) else {
+                continue;
+            };
+            if sent.invite || !Selection::new(&params.required_state, view.user_id).wants_lazy() {
+                continue;
+            }
+            for user in users.iter() {
+                if !sent.lazy.insert(user) {
+                    continue;
+                }
+                if let Some(member) = room.state.get("m.room.member", user) {
+                    resp.rooms
+                        .entry(room_id.clone())
+                        .or_default()
+                        .required_state
+                        .push(bytes::Bytes::copy_from_slice(member.json()));
+                }
+            }
+        }
+    }
+
     /// The history gaps of the rooms the last step sent whole: the caller may fetch them
     /// and then [`Connection::resend_whole`] those rooms.
     pub fn take_history_gaps(&mut self) -> Vec<HistoryGap> {
@@ -274,7 +310,13 @@ impl Connection {
             else {
                 continue;
             };
-            if let Some(room) = self.full_room(room_id, *since, params, horizon, view) {
+            if let Some(mut room) = self.full_room(room_id, *since, params, horizon, view) {
+                // The first computation knew whether the timeline was expanded; this one
+                // sees the new limit already recorded.
+                if let Some(before) = resp.rooms.get(room_id) {
+                    room.initial = before.initial;
+                    room.expanded_timeline = before.expanded_timeline;
+                }
                 resp.rooms.insert(room_id.clone(), room);
             }
         }
@@ -647,8 +689,10 @@ impl Connection {
                         is_dm: view.data.is_dm(room_id).then_some(true),
                         invite_state: Some(invite_state.clone()),
                         timestamp: Some(*ts).filter(|ts| *ts > 0),
-                        joined_count: Some(1),
-                        invited_count: Some(1),
+                        // The Go proxy's counts of a room of inviter and invitee; Synapse
+                        // (MSC4186) sends none for an invite.
+                        joined_count: (self.dialect == Dialect::Msc3575).then_some(1),
+                        invited_count: (self.dialect == Dialect::Msc3575).then_some(1),
                         bump_stamp: Some(*position),
                         ..RoomResult::default()
                     })
@@ -736,7 +780,9 @@ impl Connection {
         });
         let (mut timeline, gap, since) = match join {
             Some(join) => {
-                let (timeline, gap) = room.timeline_between(
+                let (timeline, gap) = visible_timeline(
+                    &room,
+                    view.data,
                     join.position.saturating_sub(1),
                     ev.position,
                     join.timeline_order(),
@@ -835,7 +881,11 @@ impl Connection {
             .first()
             .and_then(|first| room.prev_batch_at(first))
             .map(str::to_owned);
-        if let Some(history) = room.history_gap(&timeline, since, limit) {
+        // History fetched for one member must not reach another who joined later.
+        if let Some(history) = room
+            .history_gap(&timeline, since, limit)
+            .filter(|_| room.shares_history())
+        {
             self.gaps.push(history);
         }
         let fields = RoomFields::of(self.dialect, &room, params, view);
@@ -1235,7 +1285,9 @@ impl RoomFields {
 }
 
 /// [`RoomSnapshot::timeline_between`] without the messages of users the reader ignores
-/// (`m.ignored_user_list`); their state events stay, since they change the room.
+/// (`m.ignored_user_list`; their state events stay, since they change the room), and
+/// without filled-in history where the room does not share history with new members
+/// (see [`RoomSnapshot::shares_history`]).
 fn visible_timeline(
     room: &RoomSnapshot,
     data: &UserData,
@@ -1244,16 +1296,22 @@ fn visible_timeline(
     from: TimelineOrder,
     limit: usize,
 ) -> (Vec<Arc<Event>>, bool) {
-    if !data.account.ignores_anyone() {
+    let hides_fills = !room.shares_history();
+    if !data.account.ignores_anyone() && !hides_fills {
         return room.timeline_between(after, until, from, limit);
     }
     let (all, gap) = room.timeline_between(after, until, from, TIMELINE_RING);
+    let mut hidden = false;
     let kept: Vec<Arc<Event>> = all
         .into_iter()
-        .filter(|e| e.is_state() || !data.account.ignores(&e.sender))
+        .filter(|e| {
+            let fill = hides_fills && e.filled_order.is_some();
+            hidden |= fill;
+            !fill && (e.is_state() || !data.account.ignores(&e.sender))
+        })
         .collect();
     let skip = kept.len().saturating_sub(limit);
-    (kept[skip..].to_vec(), gap || skip > 0)
+    (kept[skip..].to_vec(), gap || hidden || skip > 0)
 }
 
 /// Drops what the client holds at `start..=end`, visiting only the entries there.

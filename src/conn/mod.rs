@@ -354,6 +354,11 @@ impl Conns {
                 };
                 slot.extensions.step(&applied, &ctx)
             });
+            if let Some(typing) = extensions.typing.as_ref().filter(|t| !t.rooms.is_empty()) {
+                with_view(user, store, key, |view| {
+                    slot.conn.lazy_typing(&typing.rooms, view, &mut resp)
+                });
+            }
             resp.extensions = extensions;
             // Only the first step of a request sees what it turned on.
             applied = Applied::default();

@@ -259,9 +259,17 @@ impl Pollers {
     ) {
         let user = self.store.user_or_insert(&device.user_id);
         let device_state = self.store.device(&device);
-        // Decided once: a device started while its user's rooms are known never needs
-        // them from its own poller.
-        let rooms_known = !resumed && since.is_none() && user.is_ready();
+        // Decided once: a device started while another device of its user is polled
+        // never needs the rooms from its own poller. Rooms loaded at startup alone are
+        // not enough: without a running poller they may be long out of date.
+        let rooms_known = !resumed
+            && since.is_none()
+            && user.is_ready()
+            && self.running.iter().any(|p| {
+                p.key().user_id == device.user_id
+                    && *p.key() != device
+                    && *p.value().state.borrow() == PollState::Running
+            });
         let mut failures: u32 = 0;
         let mut failing_since = None;
         let mut first = true;

@@ -134,6 +134,8 @@ pub async fn process(
         let room = Some(&room_id);
         account_data(store, user, room, &joined.account_data.events, metrics).await;
     }
+    // Every response marks the device as polled, rooms or not (see `TxnIds::settle`).
+    store.txn_ids.remember(&device.key, Vec::new());
     for (room_id, invited) in rooms.invite {
         let reservation = queue.reserve(1).await;
         let room_id: RoomId = room_id.into();

@@ -177,6 +177,20 @@ impl RoomSnapshot {
         }
     }
 
+    /// Whether a member may see the room's history from before they joined
+    /// (`m.room.history_visibility` `shared` or `world_readable`, `shared` when unset, as
+    /// the spec defaults). Where not, history filled in before a known event (from
+    /// another member's poller or a history fetch) may predate a reader's join, which
+    /// positions cannot tell, so it is shown to nobody.
+    pub fn shares_history(&self) -> bool {
+        !matches!(
+            self.state
+                .get("m.room.history_visibility", "")
+                .and_then(|s| s.text()),
+            Some("joined" | "invited")
+        )
+    }
+
     pub fn membership_of(&self, user: &str) -> Option<Membership> {
         self.state
             .get("m.room.member", user)

@@ -46,11 +46,11 @@ pub struct TxnIds {
 impl TxnIds {
     /// Records the events of its own user that `device`'s poller delivered, with the
     /// transaction ID of those it sent.
+    /// Called for every response the device's poller applies, events or not: a device
+    /// whose poller has applied none is not waited for (its first poll may take long,
+    /// and it can hold no local echo of what the proxy served).
     pub fn remember(&self, device: &DeviceKey, events: Vec<Delivered>) {
-        if events.is_empty() {
-            return;
-        }
-        {
+        if !events.is_empty() {
             let mut ids = self.by_device.entry(device.clone()).or_default();
             for event in events {
                 if !ids.iter().any(|(id, _)| *id == event.0) {
@@ -61,9 +61,10 @@ impl TxnIds {
                 ids.pop_front();
             }
         }
-        if let Some(delivered) = self.delivered.get(device) {
-            delivered.send_modify(|n| *n += 1);
-        }
+        self.delivered
+            .entry(device.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .send_modify(|n| *n += 1);
     }
 
     /// `user` (of this proxy) sent `event_id`, applied just now.
@@ -98,11 +99,9 @@ impl TxnIds {
         if Instant::now() >= deadline {
             return self.find(device, &event_id).is_some();
         }
-        let mut delivered = self
-            .delivered
-            .entry(device.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
+        let Some(mut delivered) = self.delivered.get(device).map(|d| d.subscribe()) else {
+            return true;
+        };
         let arrived = delivered.wait_for(|_| self.find(device, &event_id).is_some());
         let delivered = matches!(
             tokio::time::timeout_at(deadline.into(), arrived).await,
@@ -136,10 +135,13 @@ mod tests {
     async fn a_device_waits_for_its_poller_to_deliver_its_users_newest_event() {
         let ids = std::sync::Arc::new(TxnIds::default());
         let phone = DeviceKey::new("@a:x", "PHONE");
+        ids.sent_by(&"@a:x".into(), "$0");
         assert!(
             ids.settle(&phone).await,
-            "nothing sent: nothing to wait for"
+            "a device not yet polled is not waited for"
         );
+        // The phone's poller applied a response.
+        ids.remember(&phone, Vec::new());
         ids.sent_by(&"@a:x".into(), "$1");
         let waiting = tokio::spawn({
             let (ids, phone) = (std::sync::Arc::clone(&ids), phone.clone());

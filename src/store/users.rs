@@ -202,8 +202,12 @@ impl UserData {
                 bumps: None,
                 parents: Vec::new(),
             },
+            // Nothing that changed after the removal: placed by the removal itself
+            // (`bumps: None` falls back to its stamp), in no space.
             Some(m) if m.is_removed() => RoomLooks {
                 name: String::new(),
+                bumps: None,
+                parents: Vec::new(),
                 ..looks()
             },
             _ => looks(),

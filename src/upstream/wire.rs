@@ -340,6 +340,7 @@ pub fn parse_sent_event(raw: &[u8]) -> Result<(Event, Option<Box<str>>), EventEr
         "m.room.avatar" => field("url"),
         "m.room.create" => field("type"),
         "m.room.tombstone" => field("replacement_room"),
+        "m.room.history_visibility" => field("history_visibility"),
         // A child without servers to join it through is no child (the spec's rule for
         // removing one); the first server stands for "listed".
         "m.space.child" => f.content.as_ref().and_then(|c| {

@@ -364,3 +364,51 @@ async fn receipts_and_account_data_are_served_after_a_restart(backend: Backend) 
     assert_eq!(types_of(&ad["rooms"]["!shared:test"]), ["m.tag"]);
     proxy.stop().await;
 }
+
+/// Someone who types before saying anything: with `$LAZY` their member event comes
+/// along, once, so the client can show who is typing.
+#[tokio::test]
+async fn typing_users_are_loaded_lazily_once() {
+    let (_db, hs, proxy) = setup().await;
+    const CAROL: &str = "@carol:test";
+    let hello = message(BOB, "hello", 2_000);
+    let room = joined(
+        vec![
+            create(BOB, 1_000),
+            member(BOB, "join", 1_001),
+            member(ALICE, "join", 1_002),
+            member(CAROL, "join", 1_003),
+        ],
+        vec![hello],
+    );
+    hs.push_rooms("alice_token", rooms_join(vec![("!shared:test", room)]));
+    let mut req = request(9, json!({}));
+    req["lists"]["all"]["required_state"] = json!([["m.room.member", "$LAZY"]]);
+    let first = proxy.sync_ok("alice_token", None, 0, &req).await;
+    let members = |resp: &Value| -> Vec<String> {
+        resp["rooms"]["!shared:test"]["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(members(&first), [BOB], "the timeline's sender only");
+
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![("!shared:test", ephemeral(vec![typing(&[CAROL])]))]),
+    );
+    let typing_now = next(&proxy, "alice_token", &pos(&first)).await;
+    assert_eq!(members(&typing_now), [CAROL], "{typing_now:?}");
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            "!shared:test",
+            ephemeral(vec![typing(&[CAROL, BOB])]),
+        )]),
+    );
+    let again = next(&proxy, "alice_token", &pos(&typing_now)).await;
+    assert!(members(&again).is_empty(), "each member once: {again:?}");
+    proxy.stop().await;
+}

@@ -711,3 +711,52 @@ async fn invite_reject_join_kick_rejoin_and_ban_are_each_shown_live() {
     assert!(after["rooms"].get(ROOM).is_none(), "{after:?}");
     proxy.stop().await;
 }
+
+/// Where a room shows members only what happened since they joined, history another
+/// member's poller fills in before a known event is shown to nobody: nothing tells
+/// whether it predates the join of a member whose join came in a state block. Where
+/// history is shared, it is shown.
+#[tokio::test]
+async fn history_filled_in_by_another_member_follows_the_rooms_history_visibility() {
+    for (visibility, shown) in [("joined", false), ("shared", true)] {
+        let (_db, hs, proxy) = setup().await;
+        let room_id = format!("!{visibility}:test");
+        let state = vec![
+            create(ALICE, 1_000),
+            json!({"type": "m.room.history_visibility", "state_key": "", "sender": ALICE,
+                   "event_id": format!("$hv_{visibility}"), "origin_server_ts": 1_001,
+                   "content": {"history_visibility": visibility}}),
+            member(ALICE, "join", 1_002),
+            member(BOB, "join", 1_500),
+        ];
+        let newest = message(ALICE, "after bob joined", 2_000);
+        // Bob's first poll: his join in the state block, then one event after a gap.
+        let mut bobs = joined(state.clone(), vec![newest.clone()]);
+        bobs["timeline"]["limited"] = json!(true);
+        hs.push_rooms("bob_token", rooms_join(vec![(room_id.as_str(), bobs)]));
+        proxy.sync_ok("bob_token", None, 0, &list_request(1)).await;
+        // Alice's poller brings the events before it, from before Bob joined.
+        let before = message(ALICE, "before bob joined", 1_100);
+        let mut alices = joined(state, vec![before, newest]);
+        alices["timeline"]["limited"] = json!(true);
+        hs.push_rooms("alice_token", rooms_join(vec![(room_id.as_str(), alices)]));
+        proxy
+            .sync_ok("alice_token", None, 0, &list_request(1))
+            .await;
+
+        let resp = proxy.sync_ok("bob_token", None, 0, &list_request(10)).await;
+        let bodies: Vec<&str> = resp["rooms"][room_id.as_str()]["timeline"]
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert_eq!(
+            bodies.contains(&"before bob joined"),
+            shown,
+            "{visibility}: {bodies:?}"
+        );
+        assert!(bodies.contains(&"after bob joined"), "{bodies:?}");
+        proxy.stop().await;
+    }
+}
