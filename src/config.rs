@@ -341,7 +341,7 @@ static PUBLIC_URL: Setting = Setting {
     flag: "public-url",
     value_name: "URL",
     default: Fallback::Unset,
-    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client. Unset: the scheme slidesync serves and the request's Host.",
+    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client as the sliding sync proxy. Unset: the scheme slidesync serves and the request's Host.",
     fix: "set it to the http:// or https:// URL clients reach slidesync at, like https://matrix.example.org, or leave it unset to use each request's Host",
 };
 
