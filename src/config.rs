@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::ops::logging::LogFormat;
+pub use crate::ops::otlp::OtlpTarget;
 
 /// Where the homeserver's client API is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +94,8 @@ pub struct Config {
     /// Where to serve `/debug/pprof/*`; off when unset.
     pub pprof: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// Where to send traces; off when unset.
+    pub otlp: Option<OtlpTarget>,
     /// The URL clients reach slidesync at, no trailing slash; `None`: from each
     /// request's `Host`.
     pub public_url: Option<String>,
@@ -114,6 +117,7 @@ impl fmt::Debug for Config {
             .field("prom", &self.prom)
             .field("pprof", &self.pprof)
             .field("log_format", &self.log_format)
+            .field("otlp", &self.otlp)
             .field("public_url", &self.public_url)
             .finish()
     }
@@ -336,6 +340,33 @@ static LOG_FORMAT: Setting = Setting {
     fix: "set it to text or json",
 };
 
+static OTLP_URL: Setting = Setting {
+    env: "SYNCV3_OTLP_URL",
+    flag: "otlp-url",
+    value_name: "URL",
+    default: Fallback::Unset,
+    meaning: "Send OpenTelemetry traces (requests, polls, batch commits) over OTLP/HTTP to this collector: scheme and host only, traces go to /v1/traces.",
+    fix: "set it to the collector's base URL like http://127.0.0.1:4318 (no path), or leave it unset to send no traces",
+};
+
+static OTLP_USERNAME: Setting = Setting {
+    env: "SYNCV3_OTLP_USERNAME",
+    flag: "otlp-username",
+    value_name: "NAME",
+    default: Fallback::Unset,
+    meaning: "Basic-auth user name for the trace collector; needs SYNCV3_OTLP_PASSWORD.",
+    fix: "set both SYNCV3_OTLP_USERNAME and SYNCV3_OTLP_PASSWORD, or neither",
+};
+
+static OTLP_PASSWORD: Setting = Setting {
+    env: "SYNCV3_OTLP_PASSWORD",
+    flag: "otlp-password",
+    value_name: "PASSWORD",
+    default: Fallback::Unset,
+    meaning: "Basic-auth password for the trace collector; needs SYNCV3_OTLP_USERNAME.",
+    fix: "set both SYNCV3_OTLP_USERNAME and SYNCV3_OTLP_PASSWORD, or neither",
+};
+
 static PUBLIC_URL: Setting = Setting {
     env: "SYNCV3_PUBLIC_URL",
     flag: "public-url",
@@ -346,7 +377,7 @@ static PUBLIC_URL: Setting = Setting {
 };
 
 /// Every setting, in the order `--help` lists them.
-pub static SETTINGS: [&Setting; 15] = [
+pub static SETTINGS: [&Setting; 18] = [
     &SERVER,
     &DB,
     &DATA_DIR,
@@ -361,6 +392,9 @@ pub static SETTINGS: [&Setting; 15] = [
     &PROM,
     &PPROF,
     &LOG_FORMAT,
+    &OTLP_URL,
+    &OTLP_USERNAME,
+    &OTLP_PASSWORD,
     &PUBLIC_URL,
 ];
 
@@ -544,6 +578,31 @@ impl Values<'_> {
             _ => return Err(invalid(&LOG_FORMAT, format, "unknown log format")),
         };
 
+        let otlp = match self.get(&OTLP_URL) {
+            None => None,
+            Some(url) => Some(OtlpTarget {
+                base: parse_otlp_url(url).map_err(|problem| ConfigError::Invalid {
+                    setting: &OTLP_URL,
+                    shown: redact_db_url(url),
+                    problem,
+                })?,
+                basic_auth: match (self.get(&OTLP_USERNAME), self.get(&OTLP_PASSWORD)) {
+                    (None, None) => None,
+                    (Some(user), Some(password)) => Some((user.to_owned(), password.to_owned())),
+                    (Some(_), None) => {
+                        return Err(ConfigError::Missing {
+                            setting: &OTLP_PASSWORD,
+                        })
+                    }
+                    (None, Some(_)) => {
+                        return Err(ConfigError::Missing {
+                            setting: &OTLP_USERNAME,
+                        })
+                    }
+                },
+            }),
+        };
+
         let public_url = match self.get(&PUBLIC_URL) {
             None => None,
             Some(raw) if raw.starts_with('/') => {
@@ -570,6 +629,7 @@ impl Values<'_> {
             prom,
             pprof,
             log_format,
+            otlp,
             public_url,
         })
     }
@@ -634,6 +694,18 @@ fn parse_server(raw: &str) -> Result<ServerAddr, String> {
         return Err("a base URL has no query string".to_owned());
     }
     Ok(ServerAddr::Http(uri))
+}
+
+/// The collector's base: an http(s) URL as for the homeserver, but with no path, as the
+/// Go proxy required (the exporter appends `/v1/traces`).
+fn parse_otlp_url(raw: &str) -> Result<String, String> {
+    match parse_server(raw)? {
+        ServerAddr::Unix(_) => Err("not a URL; the collector is reached over HTTP".to_owned()),
+        ServerAddr::Http(uri) if !matches!(uri.path(), "" | "/") => {
+            Err("a collector URL has no path: /v1/traces is added to it".to_owned())
+        }
+        addr @ ServerAddr::Http(_) => Ok(addr.to_string()),
+    }
 }
 
 fn parse_bind(raw: &str) -> Result<BindAddr, String> {
@@ -1149,6 +1221,41 @@ mod tests {
             line,
             "SYNCV3_LOG_FORMAT (--log-format) is \"xml\": unknown log format; set it to text \
              or json"
+        );
+    }
+
+    #[test]
+    fn traces_go_to_a_collector_base_url_with_both_or_neither_credentials() {
+        assert_eq!(run(&[], &minimal()).unwrap().otlp, None);
+        let env = with(minimal(), "SYNCV3_OTLP_URL", "http://127.0.0.1:4318/");
+        let config = run(&[], &env).unwrap();
+        assert_eq!(
+            config.otlp,
+            Some(OtlpTarget {
+                base: "http://127.0.0.1:4318".into(),
+                basic_auth: None
+            })
+        );
+        let env = with(env, "SYNCV3_OTLP_USERNAME", "ops");
+        let line = error(&[], &env);
+        assert!(
+            line.starts_with("SYNCV3_OTLP_PASSWORD (--otlp-password) is not set"),
+            "{line}"
+        );
+        let config = run(&[], &with(env, "SYNCV3_OTLP_PASSWORD", "hunter2")).unwrap();
+        let auth = config.otlp.as_ref().unwrap().basic_auth.clone();
+        assert_eq!(auth, Some(("ops".into(), "hunter2".into())));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let line = error(
+            &[],
+            &with(minimal(), "SYNCV3_OTLP_URL", "http://c:4318/v1/traces"),
+        );
+        assert!(line.contains("a collector URL has no path"), "{line}");
+        let line = error(&[], &with(minimal(), "SYNCV3_OTLP_URL", "collector:4318"));
+        assert!(
+            line.starts_with("SYNCV3_OTLP_URL (--otlp-url) is \"collector:4318\""),
+            "{line}"
         );
     }
 

@@ -33,8 +33,6 @@ fn main() -> ExitCode {
         }
     };
 
-    slidesync::ops::logging::init(config.log_level, config.log_format);
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +43,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(slidesync::app::run(*config)) {
+    let traces = match &config.otlp {
+        None => None,
+        Some(target) => match slidesync::ops::otlp::provider(target, runtime.handle().clone()) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("SYNCV3_OTLP_URL (--otlp-url): cannot set up the trace exporter: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    slidesync::ops::logging::init(config.log_level, config.log_format, traces.as_ref());
+    let result = runtime.block_on(slidesync::app::run(*config));
+    // The last spans (the shutdown's commits) are still in the batch; the runtime is kept
+    // until they are sent, since the exporter sends on it.
+    if let Some(provider) = traces {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("traces: the last spans were not sent: {e}");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

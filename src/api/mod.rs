@@ -20,6 +20,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sonic_rs::JsonValueMutTrait;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::conn::request::Dialect;
 use crate::conn::{ConnKey, Conns, Wait};
@@ -99,6 +100,12 @@ impl Api {
             r = tracing::field::Empty,
             l = tracing::field::Empty,
         );
+        // A caller's W3C trace context (`traceparent`) makes this request part of its
+        // trace; without SYNCV3_OTLP_URL the propagator is a no-op.
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+        });
+        let _ = span.set_parent(parent);
         // A bug must cost one request a 500, not the connection or the process.
         let routed = std::panic::AssertUnwindSafe(self.route(req).instrument(span.clone()))
             .catch_unwind()

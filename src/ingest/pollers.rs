@@ -274,24 +274,25 @@ impl Pollers {
             } else {
                 None
             };
+            // One span per poll, from the request to the data applied (a trace's unit).
+            let poll = tracing::info_span!("poll", user = %device.user_id, device = %device.device_id, first);
             let in_flight = Held::new(&self.metrics.outstanding_requests);
-            let result = self
-                .upstream
-                .sync(SyncCall {
-                    token: &token_now,
-                    since: since.as_deref(),
-                    timeout_ms,
-                    filter,
-                    deadline,
-                })
-                .await;
+            let call = self.upstream.sync(SyncCall {
+                token: &token_now,
+                since: since.as_deref(),
+                timeout_ms,
+                filter,
+                deadline,
+            });
+            let result = tracing::Instrument::instrument(call, poll.clone()).await;
             drop(in_flight);
             drop(permit);
             self.metrics.total_num_polls.inc();
             let outcome = match result {
                 Ok(body) => {
                     let started = Instant::now();
-                    let processed = v2::process(&self.store, &user, &body, &self.metrics).await;
+                    let process = v2::process(&self.store, &user, &body, &self.metrics);
+                    let processed = tracing::Instrument::instrument(process, poll.clone()).await;
                     self.metrics
                         .process_duration
                         .get_or_create(&[
@@ -315,6 +316,7 @@ impl Pollers {
                 }
                 Err(e) => Err(e.to_string()),
             };
+            drop(poll);
             match outcome {
                 Ok(next_batch) => {
                     last_ok.store(now_ms(), Ordering::Relaxed);

@@ -9,7 +9,12 @@
 //! turn on one module (`RUST_LOG=slidesync::ingest=trace`) without touching deployment
 //! settings.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The configured level for our code; sqlx's per-statement and notice logs (a line for
 /// every `IF NOT EXISTS` at startup) only from `warn` up.
@@ -26,8 +31,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. A second call (tests, embedding) keeps the first one.
-pub fn init(level: tracing::Level, format: LogFormat) {
+/// Installs the global subscriber: log lines on stderr and, with `traces`, the spans of
+/// our own code (at info and above) to OpenTelemetry. A second call (tests, embedding)
+/// keeps the first one.
+pub fn init(level: tracing::Level, format: LogFormat, traces: Option<&SdkTracerProvider>) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
             .unwrap_or_else(|e| {
@@ -38,20 +45,29 @@ pub fn init(level: tracing::Level, format: LogFormat) {
             }),
         _ => default_filter(level),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Text => builder
-            // Colour codes only for a person at a terminal, not in files or journald.
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        // Colour codes only for a person at a terminal, not in files or journald.
+        LogFormat::Text => lines
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+            .boxed(),
         // The innermost span carries the request's fields; the whole list would repeat
         // them.
-        LogFormat::Json => builder
+        LogFormat::Json => lines
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
     };
+    // Traces follow our spans whatever the log level: an operator who turns logs down
+    // to warn still wants the request and poll spans.
+    let traces = traces.map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("slidesync"))
+            .with_filter(Targets::new().with_target("slidesync", tracing::Level::INFO))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(traces)
+        .try_init();
 }

@@ -339,7 +339,8 @@ async fn commit_retrying(
     let mut delay = RETRY_FIRST;
     loop {
         let started = Instant::now();
-        let written = persist.write(batch).await;
+        let span = tracing::info_span!("commit", rows = batch.len());
+        let written = tracing::Instrument::instrument(persist.write(batch), span).await;
         if written.is_ok() {
             metrics
                 .commit_duration

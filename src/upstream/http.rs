@@ -41,24 +41,26 @@ pub struct HttpHomeserver {
     timeout: Duration,
 }
 
+/// HTTP or HTTPS (rustls), HTTP/1.1 or HTTP/2. Native roots let operators trust a
+/// private CA; machines without a CA store fall back to the bundled web PKI roots.
+pub fn https_connector() -> hyper_rustls::HttpsConnector<HttpConnector> {
+    match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b,
+        Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+    }
+    .https_or_http()
+    .enable_http1()
+    .enable_http2()
+    .build()
+}
+
 impl HttpHomeserver {
     pub fn new(target: Target, timeout: Duration) -> Self {
         let (transport, base) = match target {
             Target::Url(uri) => {
-                let builder = hyper_rustls::HttpsConnectorBuilder::new();
-                // Native roots let operators trust a private CA; fall back to the bundled
-                // web PKI roots on machines without a CA store.
-                let connector = match builder.with_native_roots() {
-                    Ok(b) => b,
-                    Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-                }
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .build();
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
-                    .build(connector);
+                    .build(https_connector());
                 let base = uri.to_string().trim_end_matches('/').to_owned();
                 (Transport::Tcp(client), base)
             }

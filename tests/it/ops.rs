@@ -404,3 +404,92 @@ async fn shutdown_gives_up_on_storage_that_is_down_after_its_limit() {
         .await
         .expect("shutdown ends although storage is down");
 }
+
+/// What a trace collector received: each request's path, `Authorization` and body.
+type Exports = Arc<parking_lot::Mutex<Vec<(String, Option<String>, bytes::Bytes)>>>;
+
+/// A stand-in OTLP/HTTP collector on a free port that keeps what it is sent.
+async fn collector() -> (String, Exports, tokio::sync::oneshot::Sender<()>) {
+    use http_body_util::BodyExt;
+    let listener = listen::bind(&BindAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr());
+    let exports: Exports = Arc::default();
+    let kept = Arc::clone(&exports);
+    let handler = move |req: http::Request<hyper::body::Incoming>| {
+        let kept = Arc::clone(&kept);
+        async move {
+            let path = req.uri().path().to_owned();
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            kept.lock().push((path, auth, body));
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
+        }
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(listen::serve(listener, None, handler, async {
+        let _ = stopped.await;
+    }));
+    (url, exports, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_of_requests_polls_and_commits_reach_the_otlp_collector() {
+    let db = TestDb::postgres().await;
+    let hs = FakeHomeserver::with_devices(&[(TOKEN, ALICE, "ALICEDEV")]);
+    let http = hs.serve_http().await;
+    hs.append_log(
+        TOKEN,
+        rooms_join(vec![(ROOM, new_room(ALICE, Some("Traced"), 1_000))]),
+    );
+    let (otlp, exports, _stop) = collector().await;
+    let binary = Binary::start_with(
+        &http.url(),
+        &db.url,
+        &[
+            ("SYNCV3_OTLP_URL", &otlp),
+            ("SYNCV3_OTLP_USERNAME", "ops"),
+            ("SYNCV3_OTLP_PASSWORD", "hunter2"),
+            // Traces do not depend on the log level.
+            ("SYNCV3_LOG_LEVEL", "error"),
+        ],
+        None,
+    )
+    .await;
+    // The caller's trace: the request's span must join it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = HttpClient::new()
+        .request_with_headers(
+            Method::POST,
+            &format!("{}{}", binary.url, crate::support::proxy::MSC3575),
+            Some(TOKEN),
+            Some(&request()),
+            &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    // SIGTERM flushes the batch of spans still held.
+    binary.stop();
+
+    let exports = exports.lock().clone();
+    assert!(!exports.is_empty(), "nothing was exported");
+    let mut all = Vec::new();
+    for (path, auth, body) in &exports {
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(auth.as_deref(), Some("Basic b3BzOmh1bnRlcjI="));
+        all.extend_from_slice(body);
+    }
+    // The protobuf carries names as plain bytes and the trace ID as its 16 raw bytes.
+    let holds = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    for name in ["sliding-sync", "request", "poll", "commit"] {
+        assert!(holds(name.as_bytes()), "no {name:?} in the exported spans");
+    }
+    assert!(
+        holds(&hex::decode(trace_id).unwrap()),
+        "the request span did not join the caller's trace"
+    );
+}

@@ -57,6 +57,22 @@ impl HttpClient {
         }
     }
 
+    /// [`Self::request`] with more headers.
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&sonic_rs::Value>,
+        headers: &[(&str, &str)],
+    ) -> TestResponse {
+        let what = format!("{method} {url}");
+        match self.send(method, url, token, body, headers).await {
+            Ok(response) => response,
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+
     /// Like [`Self::request`], but a transport failure or timeout is an `Err` (for
     /// polling a server that is still starting).
     pub async fn try_request(
@@ -66,10 +82,24 @@ impl HttpClient {
         token: Option<&str>,
         body: Option<&sonic_rs::Value>,
     ) -> Result<TestResponse, String> {
+        self.send(method, url, token, body, &[]).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&sonic_rs::Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<TestResponse, String> {
         let mut builder = Request::builder()
             .method(method)
             .uri(url)
             .header(header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
