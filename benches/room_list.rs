@@ -4,6 +4,10 @@
 //! - `new_connection_window_0_19`: a new connection asks for one list, range [0,19],
 //!   `by_recency`, `timeline_limit` 1, two `required_state` entries: `msc3575::parse`,
 //!   `Connection::step`, `msc3575::serialize`. A client's first request minus HTTP.
+//! - `new_msc4186_connection_window_0_19`: the same request through the MSC4186
+//!   dialect: `msc4186::parse`, `Connection::step` and `finish` (each range whole),
+//!   `msc4186::serialize`. The list's order (which keeps rooms the user was kicked
+//!   from) is built once beforehand, as a user's first request builds it.
 //! - `live_event_moves_room_to_top`: a message in the room that is last of 10,000
 //!   (`Store::apply_room`), then the next response of a connection holding [0,19]
 //!   (`Connection::step`), which moves that room in with a DELETE/INSERT pair.
@@ -24,9 +28,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use sonic_rs::{json, JsonContainerTrait, JsonValueTrait};
 
-use slidesync::api::msc3575;
+use slidesync::api::{msc3575, msc4186};
 use slidesync::conn::connection::{Connection, View};
-use slidesync::conn::request::{Op, SyncRequest, SyncResponse};
+use slidesync::conn::request::{Dialect, Op, SyncRequest, SyncResponse};
 use slidesync::ingest::metrics::PollerMetrics;
 use slidesync::ingest::v2::process;
 use slidesync::store::persist::{Persist, Write};
@@ -184,6 +188,16 @@ fn new_connection(body: &[u8], fx: &Fixture) -> Vec<u8> {
     msc3575::serialize(&resp)
 }
 
+/// The same through the MSC4186 dialect.
+fn new_simplified_connection(body: &[u8], fx: &Fixture) -> Vec<u8> {
+    let req = msc4186::parse(body).expect("valid request").request;
+    let mut conn = Connection::new(Dialect::Msc4186);
+    let mut resp = step(&mut conn, Some(&req), fx);
+    conn.finish(&mut resp);
+    resp.pos = "1".into();
+    msc4186::serialize(&resp)
+}
+
 fn top_rooms(fx: &Fixture, n: usize) -> Vec<String> {
     let data = fx.user.read();
     data.index.range(0, n - 1).map(|r| r.to_string()).collect()
@@ -273,6 +287,16 @@ fn benches(c: &mut Criterion) {
     check_new_connection(&new_connection(&body, &fx));
     c.bench_function("new_connection_window_0_19", |b| {
         b.iter(|| new_connection(std::hint::black_box(&body), &fx))
+    });
+
+    let simplified = msc4186::parse(&body).expect("valid request").request;
+    let orders = Connection::new(Dialect::Msc4186).orders(Some(&simplified));
+    fx.store
+        .use_orders(&fx.user, &orders)
+        .expect("one order for the list");
+    check_new_connection(&new_simplified_connection(&body, &fx));
+    c.bench_function("new_msc4186_connection_window_0_19", |b| {
+        b.iter(|| new_simplified_connection(std::hint::black_box(&body), &fx))
     });
 
     // A connection that already holds [0,19].

@@ -367,13 +367,12 @@ static OTLP_PASSWORD: Setting = Setting {
     fix: "set both SYNCV3_OTLP_USERNAME and SYNCV3_OTLP_PASSWORD, or neither",
 };
 
-/// Every setting, in the order `--help` lists them.
 static PUBLIC_URL: Setting = Setting {
     env: "SYNCV3_PUBLIC_URL",
     flag: "public-url",
     value_name: "URL",
     default: Fallback::Unset,
-    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client. Unset: the scheme slidesync serves and the request's Host.",
+    meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client as the sliding sync proxy. Unset: the scheme slidesync serves and the request's Host.",
     fix: "set it to the http:// or https:// URL clients reach slidesync at, like https://matrix.example.org, or leave it unset to use each request's Host",
 };
 

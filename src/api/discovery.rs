@@ -1,12 +1,11 @@
-//! One URL for everything: what a client learns about where its homeserver is, rewritten
-//! so that slidesync stays its homeserver URL.
+//! One URL for everything: what a client learns about where its homeserver is.
 //!
 //! matrix-rust-sdk replaces its homeserver URL with `well_known.m.homeserver.base_url`
-//! from a `/login` answer, and clients discovering a server read
-//! `/.well-known/matrix/client`: both would lead past the proxy to the homeserver,
-//! which may not serve sliding sync at all. Both name slidesync's public URL instead
-//! (`SYNCV3_PUBLIC_URL`, else the scheme it serves and the request's `Host`), and the
-//! well-known also names it as the sliding sync proxy.
+//! from a `/login` answer, which would lead it past the proxy to a homeserver that may
+//! not serve sliding sync at all: that field names slidesync's public URL instead
+//! (`SYNCV3_PUBLIC_URL`, else the scheme it serves and the request's `Host`).
+//! `/.well-known/matrix/client` is the homeserver's, naming slidesync as its sliding
+//! sync proxy (and as the homeserver when the homeserver publishes none).
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -53,8 +52,8 @@ impl Api {
     }
 }
 
-/// `GET /.well-known/matrix/client`: the homeserver's, with slidesync as the
-/// homeserver and as the sliding sync proxy.
+/// `GET /.well-known/matrix/client`: the homeserver's, with slidesync as the sliding
+/// sync proxy; and as the homeserver, when the homeserver names none.
 pub(super) async fn well_known(
     upstream: Arc<dyn Homeserver>,
     url: Option<String>,
@@ -62,7 +61,6 @@ pub(super) async fn well_known(
     let request = Request::get(WELL_KNOWN_PATH)
         .body(full(Bytes::new()))
         .map_err(|e| MatrixError::upstream(e.to_string()))?;
-    // The homeserver may serve none: then it is slidesync's alone.
     // Bound first: a temporary in the `match` would live across the read below.
     let fetched = upstream.forward(request).await;
     let mut value = match fetched {
@@ -78,7 +76,13 @@ pub(super) async fn well_known(
         }
     };
     if let Some(url) = url {
-        set_base_url(&mut value, &url);
+        let names_one = value
+            .get("m.homeserver")
+            .and_then(|h| h.get("base_url"))
+            .is_some_and(|u| u.is_str());
+        if !names_one {
+            set_base_url(&mut value, &url);
+        }
         if let Some(obj) = value.as_object_mut() {
             let mut proxy = Value::new_object();
             if let Some(p) = proxy.as_object_mut() {

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use slidesync::app::Settings;
 use slidesync::upstream::http::{HttpHomeserver, Target};
-use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
+use sonic_rs::{json, JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, Value};
 
 use crate::support::db::{Backend, TestDb};
 use crate::support::fake::FakeHomeserver;
@@ -400,9 +400,15 @@ async fn send_bytes(
     (parts.status, parts.headers, body)
 }
 
-/// Logs in through the proxy at `proxy_url`; the answer's `well_known` and the proxy's
-/// `/.well-known/matrix/client` both name `expected`. Returns the login answer.
-async fn discovery_points_at(proxy_url: &str, expected: &str, login: &Value) -> Value {
+/// Logs in through the proxy at `proxy_url`: the answer's `well_known` names `expected`.
+/// The proxy's `/.well-known/matrix/client` is the homeserver's, with `expected` as the
+/// sliding sync proxy. Returns the login answer.
+async fn discovery_points_at(
+    hs: &Synapse,
+    proxy_url: &str,
+    expected: &str,
+    login: &Value,
+) -> Value {
     let client = HttpClient::new();
     let resp = client
         .request(
@@ -428,15 +434,25 @@ async fn discovery_points_at(proxy_url: &str, expected: &str, login: &Value) -> 
         )
         .await;
     assert_eq!(well_known.status, 200, "{}", well_known.text());
-    let well_known = well_known.json();
-    assert_eq!(
-        well_known["m.homeserver"]["base_url"].as_str(),
-        Some(expected)
-    );
+    let mut well_known = well_known.json();
     assert_eq!(
         well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
         Some(expected)
     );
+    let own = client
+        .request(
+            Method::GET,
+            &format!("{}/.well-known/matrix/client", hs.base_url),
+            None,
+            None,
+        )
+        .await
+        .json();
+    assert!(own["m.homeserver"]["base_url"].is_str(), "{own:?}");
+    if let Some(obj) = well_known.as_object_mut() {
+        obj.remove(&"org.matrix.msc3575.proxy");
+    }
+    assert_eq!(well_known, own, "the rest is the homeserver's");
     answer
 }
 
@@ -448,14 +464,14 @@ async fn one_url_serves_login_messages_media_and_discovery() {
     let proxy = Proxy::start(&db.url, homeserver(hs)).await;
     let client = HttpClient::new();
 
-    // Login through the proxy: the answer points the client back at the proxy, and so
-    // does the well-known.
+    // Login through the proxy: the answer points the client back at the proxy; the
+    // well-known names it as the sliding sync proxy.
     let login = json!({
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": alice.user_id},
         "password": crate::support::synapse::TEST_PASSWORD,
     });
-    let answer = discovery_points_at(&proxy.url, &proxy.url, &login).await;
+    let answer = discovery_points_at(hs, &proxy.url, &proxy.url, &login).await;
     let token = answer["access_token"].as_str().unwrap().to_owned();
 
     // A message sent through the proxy.
@@ -533,7 +549,7 @@ async fn one_url_serves_login_messages_media_and_discovery() {
         ..settings()
     };
     let proxy = Proxy::start_with(&db.url, homeserver(hs), public).await;
-    discovery_points_at(&proxy.url, "https://chat.example.org", &login).await;
+    discovery_points_at(hs, &proxy.url, "https://chat.example.org", &login).await;
     proxy.stop().await;
 }
 
@@ -599,5 +615,31 @@ async fn a_kicked_room_stays_listed_after_a_restart(backend: Backend) {
         "{after:?}"
     );
     hs.release("alice_token");
+    proxy.stop().await;
+}
+
+/// A homeserver that serves no well-known of its own (the scripted one answers every
+/// pass-through with a 201 echo): slidesync is the homeserver too.
+#[tokio::test]
+async fn a_well_known_without_a_homeserver_names_slidesync() {
+    let (_db, _hs, proxy) = crate::support::proxy::scripted(&[]).await;
+    let resp = HttpClient::new()
+        .request(
+            Method::GET,
+            &format!("{}/.well-known/matrix/client", proxy.url),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let well_known = resp.json();
+    assert_eq!(
+        well_known["m.homeserver"]["base_url"].as_str(),
+        Some(proxy.url.as_str())
+    );
+    assert_eq!(
+        well_known["org.matrix.msc3575.proxy"]["url"].as_str(),
+        Some(proxy.url.as_str())
+    );
     proxy.stop().await;
 }
