@@ -21,19 +21,23 @@ fn main() -> ExitCode {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
 
-    let config = match config::parse(&args, &env) {
-        Ok(Parsed::Run(config)) => config,
+    let parsed = match config::parse(&args, &env) {
         Ok(Parsed::Help(text) | Parsed::Version(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-
-    slidesync::ops::logging::init(config.log_level, config.log_format);
+    let (level, format) = match &parsed {
+        Parsed::Run(config) => (config.log_level, config.log_format),
+        Parsed::ImportGo(config) => (config.log_level, config.log_format),
+        Parsed::Help(_) | Parsed::Version(_) => return ExitCode::SUCCESS,
+    };
+    slidesync::ops::logging::init(level, format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,7 +49,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(slidesync::app::run(*config)) {
+    let done = match parsed {
+        Parsed::ImportGo(config) => runtime
+            .block_on(slidesync::ops::import_go::run(&config))
+            .map(|summary| println!("{summary}"))
+            .map_err(|e| e.to_string()),
+        Parsed::Run(config) => runtime
+            .block_on(slidesync::app::run(*config))
+            .map_err(|e| e.to_string()),
+        Parsed::Help(_) | Parsed::Version(_) => Ok(()),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

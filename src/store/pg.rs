@@ -33,7 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/postgres");
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// How long startup waits for the database. Short, so a wrong `SYNCV3_DB` is reported at
 /// once instead of looking like a hang.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rooms loaded per round of queries at startup: bounds the rows one query returns and
 /// sets how often progress is reported.
 const ROOMS_PER_CHUNK: usize = 1000;
@@ -789,6 +789,26 @@ impl BatchRows<'_> {
             .execute(&mut **tx)
             .await?;
         }
+        if !rows.to_device_delivered.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &position) in &rows.to_device_delivered {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(position);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_device_data (user_id, device_id, to_device_delivered) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_delivered = \
+                     GREATEST(slidesync_device_data.to_device_delivered, \
+                              excluded.to_device_delivered)",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
         if !rows.device_keys.is_empty() {
             let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (&(user_id, device_id), &(otk, fallback)) in &rows.device_keys {
@@ -886,7 +906,7 @@ fn query_error(e: sqlx::Error) -> PersistError {
 /// `message` with every form of the password in `url` replaced by `***`. sqlx does not
 /// echo the URL today; this keeps a future error message from putting the password in
 /// the log.
-fn redact(message: &str, url: &str) -> String {
+pub(super) fn redact(message: &str, url: &str) -> String {
     let mut out = message.to_owned();
     for secret in passwords_in(url) {
         let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy();

@@ -768,6 +768,19 @@ async fn insert_device_data(
         .execute(&mut *tx)
         .await?;
     }
+    for (&(user_id, device_id), &position) in &rows.to_device_delivered {
+        sqlx::query(
+            "INSERT INTO slidesync_device_data (user_id, device_id, to_device_delivered) \
+             VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_delivered = \
+                 MAX(slidesync_device_data.to_device_delivered, excluded.to_device_delivered)",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(position)
+        .execute(&mut *tx)
+        .await?;
+    }
     for (&(user_id, device_id), &(otk, fallback)) in &rows.device_keys {
         sqlx::query(
             "INSERT INTO slidesync_device_data \

@@ -6,6 +6,7 @@ mod e2e_devices;
 mod errors;
 mod extensions;
 mod faults;
+mod import_go;
 mod ops;
 mod pollers;
 mod room_list;
