@@ -10,16 +10,15 @@
 //! reads as empty, and [`GoDb::missing`] names it so the caller can say so.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Row};
+use sqlx::postgres::PgConnection;
+use sqlx::Row;
 
 use super::devices::ListChange;
-use super::pg::{redact, CONNECT_TIMEOUT};
+use super::pg::{connect_once, redact};
 use crate::types::{DeviceKey, Position, UserId};
 
 /// Tables without which the database is not a Go proxy's.
@@ -90,20 +89,7 @@ pub struct GoDb {
 
 impl GoDb {
     pub async fn connect(url: &str) -> Result<GoDb, GoError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| GoError::Connect(redact(&e.to_string(), url)))?;
-        let mut conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(GoError::Connect(redact(&e.to_string(), url))),
-                Err(_) => {
-                    return Err(GoError::Connect(format!(
-                        "no answer within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    )))
-                }
-            };
+        let (_, mut conn) = connect_once(url).await.map_err(GoError::Connect)?;
         let mut missing = Vec::new();
         for table in REQUIRED.into_iter().chain(OPTIONAL) {
             let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

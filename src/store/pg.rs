@@ -33,7 +33,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./schema/postgres");
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// How long startup waits for the database. Short, so a wrong `SYNCV3_DB` is reported at
 /// once instead of looking like a hang.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rooms loaded per round of queries at startup: bounds the rows one query returns and
 /// sets how often progress is reported.
 const ROOMS_PER_CHUNK: usize = 1000;
@@ -51,24 +51,7 @@ impl PgStore {
     /// `max_connections` (0 means a default of 16). Error messages never contain the
     /// password from `url`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, PersistError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| PersistError::Connect(redact(&e.to_string(), url)))?;
-
-        // One plain connection first, rather than the pool's own check: the pool retries a
-        // refused connection until its timeout and then reports only "timed out", losing
-        // the reason an operator needs.
-        let mut conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(PersistError::Connect(redact(&e.to_string(), url))),
-                Err(_) => {
-                    return Err(PersistError::Connect(format!(
-                        "no answer within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    )))
-                }
-            };
+        let (options, mut conn) = connect_once(url).await.map_err(PersistError::Connect)?;
         // Not under the timeout: a migration on a big database may rightly take minutes.
         // The migrator takes an advisory lock, so two proxies starting together are safe.
         MIGRATOR
@@ -900,6 +883,19 @@ fn query_error(e: sqlx::Error) -> PersistError {
         PersistError::Rejected(e.to_string())
     } else {
         PersistError::Query(e.to_string())
+    }
+}
+
+/// The settings in `url` and one plain connection with them, made within
+/// [`CONNECT_TIMEOUT`]. One plain connection, rather than a pool's own check: a pool
+/// retries a refused connection until its timeout and then reports only "timed out",
+/// losing the reason an operator needs. The error never contains the password.
+pub(super) async fn connect_once(url: &str) -> Result<(PgConnectOptions, PgConnection), String> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| redact(&e.to_string(), url))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => Ok((options, conn)),
+        Ok(Err(e)) => Err(redact(&e.to_string(), url)),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
     }
 }
 
