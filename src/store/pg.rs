@@ -760,35 +760,29 @@ impl BatchRows<'_> {
             .bind(&cols.2)
             .execute(&mut **tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO slidesync_device_data (user_id, device_id, to_device_acked) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_acked = \
-                     GREATEST(slidesync_device_data.to_device_acked, excluded.to_device_acked)",
-            )
-            .bind(cols.0)
-            .bind(cols.1)
-            .bind(cols.2)
-            .execute(&mut **tx)
-            .await?;
         }
-        if !rows.to_device_delivered.is_empty() {
-            let mut cols = (Vec::new(), Vec::new(), Vec::new());
-            for (&(user_id, device_id), &position) in &rows.to_device_delivered {
+        if !rows.to_device_marks.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &(acked, delivered)) in &rows.to_device_marks {
                 cols.0.push(user_id);
                 cols.1.push(device_id);
-                cols.2.push(position);
+                cols.2.push(acked);
+                cols.3.push(delivered);
             }
             sqlx::query(
-                "INSERT INTO slidesync_device_data (user_id, device_id, to_device_delivered) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_delivered = \
-                     GREATEST(slidesync_device_data.to_device_delivered, \
-                              excluded.to_device_delivered)",
+                "INSERT INTO slidesync_device_data \
+                     (user_id, device_id, to_device_acked, to_device_delivered) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                     to_device_acked = GREATEST(slidesync_device_data.to_device_acked, \
+                                                excluded.to_device_acked), \
+                     to_device_delivered = GREATEST(slidesync_device_data.to_device_delivered, \
+                                                    excluded.to_device_delivered)",
             )
             .bind(cols.0)
             .bind(cols.1)
             .bind(cols.2)
+            .bind(cols.3)
             .execute(&mut **tx)
             .await?;
         }

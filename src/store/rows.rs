@@ -38,8 +38,9 @@ pub(super) struct Grouped<'a> {
     /// The highest acknowledged position per device; applied after `to_device` (a
     /// client acknowledges only messages queued before).
     pub to_device_acks: BTreeMap<UserDevice<'a>, i64>,
-    /// The highest position handed out before the device was stored here, per device.
-    pub to_device_delivered: BTreeMap<UserDevice<'a>, i64>,
+    /// Per device, the positions `slidesync_device_data` keeps, each only ever raised:
+    /// (acknowledged, handed out before the device was stored here); 0 leaves one as is.
+    pub to_device_marks: BTreeMap<UserDevice<'a>, (i64, i64)>,
     /// (one-time-key counts, fallback key types); the last per device wins.
     pub device_keys: BTreeMap<UserDevice<'a>, KeysRow<'a>>,
     /// Device-list changes and deliveries, in batch order: a delivery moves only the
@@ -164,14 +165,13 @@ impl<'a> Grouped<'a> {
                     let position = position_to_db(*position)?;
                     let acked = rows.to_device_acks.entry(user_device(device)).or_default();
                     *acked = (*acked).max(position);
+                    let marks = rows.to_device_marks.entry(user_device(device)).or_default();
+                    marks.0 = marks.0.max(position);
                 }
                 Write::ToDeviceDelivered { device, position } => {
                     let position = position_to_db(*position)?;
-                    let delivered = rows
-                        .to_device_delivered
-                        .entry(user_device(device))
-                        .or_default();
-                    *delivered = (*delivered).max(position);
+                    let marks = rows.to_device_marks.entry(user_device(device)).or_default();
+                    marks.1 = marks.1.max(position);
                 }
                 Write::DeviceKeys {
                     device,
