@@ -216,17 +216,22 @@ impl GoDb {
             .fetch_optional(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
-            if let Some(data) = data {
-                let decoded = decode_device_data(&data).map_err(|e| {
-                    GoError::Corrupt(format!("device data of {device} that is not CBOR: {e}"))
-                })?;
-                out.keys = decoded.keys;
-                // Only a Go version without the table kept the changes in the blob.
-                if !self.has("syncv3_device_list_updates") {
-                    out.lists_new = decoded.lists_new;
-                    out.lists_sent = decoded.lists_sent;
-                    out.unknown_list_states = decoded.unknown_list_states;
+            // Key counts come again with the device's next sync; a blob that does not
+            // decode must not stop everyone else's import.
+            match data.map(|data| decode_device_data(&data)) {
+                Some(Err(e)) => {
+                    tracing::warn!(%device, error = %e, "device data that is not the Go proxy's CBOR; importing the device without its key data");
                 }
+                Some(Ok(decoded)) => {
+                    out.keys = decoded.keys;
+                    // Only a Go version without the table kept the changes in the blob.
+                    if !self.has("syncv3_device_list_updates") {
+                        out.lists_new = decoded.lists_new;
+                        out.lists_sent = decoded.lists_sent;
+                        out.unknown_list_states = decoded.unknown_list_states;
+                    }
+                }
+                None => {}
             }
         }
         if self.has("syncv3_device_list_updates") {

@@ -173,7 +173,8 @@ async fn insert_device_data(conn: &mut PgConnection, user: &str, device: &str, d
 
 /// A Go database as a running Go proxy leaves it: Alice's device was handed messages up
 /// to position 7 and holds 5, 7 and 9 unacknowledged; Bob's device holds 12 (positions
-/// are global in Go); Carol's token was stored under another secret.
+/// are global in Go); Carol's token was stored under another secret, and her device data
+/// is broken.
 async fn filled_go_db() -> TestDb {
     let (db, mut conn) = go_db(true).await;
     let c = &mut conn;
@@ -215,6 +216,8 @@ async fn filled_go_db() -> TestDb {
     insert_device_data(c, ALICE, "ALICEDEV", alice).await;
     let bob = device_data(&[("signed_curve25519", 3)], None, Vec::new());
     insert_device_data(c, BOB, "BOBDEV", bob).await;
+    // A blob that is not CBOR costs Carol's key data, not the import.
+    insert_device_data(c, "@carol:test", "CAROLDEV", b"not cbor".to_vec()).await;
     conn.close().await.unwrap();
     db
 }
