@@ -921,11 +921,12 @@ fn import_help_text() -> String {
         "slidesync {} import-go: switch from the Go sliding sync proxy\n\n\
          Usage: slidesync import-go --from URL [--FLAG VALUE | --FLAG=VALUE]...\n\n\
          Reads the Go proxy's database (never writes it) and stores into slidesync's store:\n\
-         every device's newest access token (kept encrypted; SYNCV3_SECRET must be the Go\n\
-         proxy's), its unacknowledged to-device messages at their Go positions, its\n\
-         device-list changes, one-time-key counts and fallback key types. Rooms are not\n\
-         imported: every device starts with an initial /sync. Stop the Go proxy first, run\n\
-         this before slidesync starts on the store; running it again changes nothing.\n\n\
+         every device's newest access token (kept encrypted; SYNCV3_SECRET is required\n\
+         here and must be the Go proxy's), its unacknowledged to-device messages at their\n\
+         Go positions, its device-list changes, one-time-key counts and fallback key\n\
+         types. Rooms are not imported: every device starts with an initial /sync. Stop\n\
+         the Go proxy first, and run this while slidesync is not running on the store;\n\
+         running it again changes nothing.\n\n\
          Settings:\n",
         env!("CARGO_PKG_VERSION"),
     );

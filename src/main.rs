@@ -21,24 +21,35 @@ fn main() -> ExitCode {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
 
-    let parsed = match config::parse(&args, &env) {
+    match config::parse(&args, &env) {
         Ok(Parsed::Help(text) | Parsed::Version(text)) => {
             print!("{text}");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
-        Ok(parsed) => parsed,
+        Ok(Parsed::Run(config)) => run(
+            config.log_level,
+            config.log_format,
+            slidesync::app::run(*config),
+        ),
+        Ok(Parsed::ImportGo(config)) => run(config.log_level, config.log_format, async move {
+            let summary = slidesync::ops::import_go::run(&config).await?;
+            println!("{summary}");
+            Ok::<_, slidesync::ops::import_go::ImportError>(())
+        }),
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    let (level, format) = match &parsed {
-        Parsed::Run(config) => (config.log_level, config.log_format),
-        Parsed::ImportGo(config) => (config.log_level, config.log_format),
-        Parsed::Help(_) | Parsed::Version(_) => return ExitCode::SUCCESS,
-    };
-    slidesync::ops::logging::init(level, format);
+    }
+}
 
+/// Sets up logging and the runtime, and runs `work` to its end.
+fn run<E: std::fmt::Display>(
+    level: tracing::Level,
+    format: config::LogFormat,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    slidesync::ops::logging::init(level, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,17 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let done = match parsed {
-        Parsed::ImportGo(config) => runtime
-            .block_on(slidesync::ops::import_go::run(&config))
-            .map(|summary| println!("{summary}"))
-            .map_err(|e| e.to_string()),
-        Parsed::Run(config) => runtime
-            .block_on(slidesync::app::run(*config))
-            .map_err(|e| e.to_string()),
-        Parsed::Help(_) | Parsed::Version(_) => Ok(()),
-    };
-    match done {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

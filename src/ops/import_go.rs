@@ -50,7 +50,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Why the import stopped. Nothing is half-written: a device is imported whole or not.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("--from (SYNCV3_IMPORT_FROM) is {url:?}: {error}")]
+    #[error("SYNCV3_IMPORT_FROM (--from) is {url:?}: {error}")]
     Go { url: String, error: GoError },
     #[error(transparent)]
     Store(StartupError),

@@ -434,6 +434,25 @@ async fn a_wrong_secret_imports_nothing_and_says_so() {
     assert!(persist.load_device_data().await.unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn a_database_that_is_not_the_go_proxys_is_refused() {
+    let empty = TestDb::postgres().await;
+    let db = TestDb::sqlite();
+    let out = import(&empty.url, &db.url, SECRET);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "the database has no table syncv3_sync2_tokens: it is not a Go sliding sync proxy's"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.starts_with("SYNCV3_IMPORT_FROM (--from) is "),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn import_needs_the_go_secret_and_a_postgres_source() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
