@@ -280,6 +280,20 @@ pub async fn open_store(db: &Db, max_connections: u32) -> Result<Arc<dyn Persist
     })
 }
 
+/// A failure of the store `SYNCV3_DB` names, as the operator is told about it.
+pub fn store_error(db: &Db, error: PersistError) -> StartupError {
+    match db {
+        Db::Postgres(url) => StartupError::Database {
+            url: redact_db_url(url),
+            error,
+        },
+        Db::Sqlite(path) => StartupError::Embedded {
+            path: path.clone(),
+            error,
+        },
+    }
+}
+
 /// Where a generated secret is kept: beside the SQLite file, or in the data directory when
 /// the database is elsewhere.
 fn secret_path(db: &Db, data_dir: &Path) -> PathBuf {
@@ -291,16 +305,7 @@ fn secret_path(db: &Db, data_dir: &Path) -> PathBuf {
 
 /// Runs the proxy until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartupError> {
-    let db_error = |error| match &config.db {
-        Db::Postgres(url) => StartupError::Database {
-            url: redact_db_url(url),
-            error,
-        },
-        Db::Sqlite(path) => StartupError::Embedded {
-            path: path.clone(),
-            error,
-        },
-    };
+    let db_error = |error| store_error(&config.db, error);
     let (tls, certificate) = match &config.tls {
         Some(files) => {
             let (tls, certificate) = tls::server_config(files)?;

@@ -175,10 +175,43 @@ impl fmt::Debug for Db {
     }
 }
 
+/// What `slidesync import-go` needs: the Go proxy's database, and slidesync's store.
+#[derive(Clone)]
+pub struct ImportConfig {
+    /// The Go proxy's Postgres URL; may hold a password, so print it through
+    /// [`redact_db_url`].
+    pub from: String,
+    pub db: Db,
+    /// The Go proxy's `SYNCV3_SECRET`: its tokens are re-stored under it, so slidesync
+    /// must run with it too.
+    pub secret: String,
+    pub log_level: tracing::Level,
+    pub log_format: LogFormat,
+    pub max_db_conn: u32,
+}
+
+impl fmt::Debug for ImportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportConfig")
+            .field("from", &redact_db_url(&self.from))
+            .field("db", &self.db)
+            .field("secret", &"***")
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("max_db_conn", &self.max_db_conn)
+            .finish()
+    }
+}
+
+/// The subcommand that imports a Go proxy's database.
+pub const IMPORT_GO: &str = "import-go";
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Parsed {
     Run(Box<Config>),
+    /// `slidesync import-go ...`.
+    ImportGo(Box<ImportConfig>),
     /// `--help`: the text to print on stdout.
     Help(String),
     /// `--version`: the text to print on stdout.
@@ -375,6 +408,25 @@ static PUBLIC_URL: Setting = Setting {
     meaning: "The URL clients use to reach slidesync as their homeserver: put in the well_known of /login and /register answers and in /.well-known/matrix/client as the sliding sync proxy. Unset: the scheme slidesync serves and the request's Host.",
     fix: "set it to the http:// or https:// URL clients reach slidesync at, like https://matrix.example.org, or leave it unset to use each request's Host",
 };
+static FROM: Setting = Setting {
+    env: "SYNCV3_IMPORT_FROM",
+    flag: "from",
+    value_name: "URL",
+    default: Fallback::Required,
+    meaning: "The Go proxy's Postgres database (postgres:// or postgresql://) to import from; only read.",
+    fix: "set it to the Go proxy's SYNCV3_DB, a Postgres URL like postgresql://user:password@localhost/syncv3",
+};
+
+/// The settings of `slidesync import-go`, in the order its `--help` lists them.
+pub static IMPORT_SETTINGS: [&Setting; 7] = [
+    &FROM,
+    &DB,
+    &DATA_DIR,
+    &SECRET,
+    &LOG_LEVEL,
+    &MAX_DB_CONN,
+    &LOG_FORMAT,
+];
 
 /// Every setting, in the order `--help` lists them.
 pub static SETTINGS: [&Setting; 18] = [
@@ -428,40 +480,63 @@ pub enum ConfigError {
     #[error("{setting} was given as a flag without a value: write --{} VALUE or --{}=VALUE", .setting.flag, .setting.flag)]
     FlagWithoutValue { setting: &'static Setting },
     /// A flag that is not in the settings table.
-    #[error("unknown flag {flag:?}: run slidesync --help to list the settings")]
-    UnknownFlag { flag: String },
+    #[error("unknown flag {flag:?}: run {command} --help to list the settings")]
+    UnknownFlag { flag: String, command: &'static str },
     /// A bare word where a flag was expected. Not echoed: it may be a misplaced secret.
-    #[error("unexpected argument at position {position}: give settings as --flag VALUE, --flag=VALUE or SYNCV3_* environment variables; run slidesync --help to list them")]
-    UnexpectedArgument { position: usize },
+    #[error("unexpected argument at position {position}: give settings as --flag VALUE, --flag=VALUE or SYNCV3_* environment variables; run {command} --help to list them")]
+    UnexpectedArgument {
+        position: usize,
+        command: &'static str,
+    },
+    /// `import-go` without the Go proxy's secret: nothing it imports could be read.
+    #[error("{secret} is not set: import-go needs the Go proxy's secret to decrypt its tokens; set it to the value the Go proxy ran with, and keep it set when slidesync runs on the imported database")]
+    ImportSecretRequired { secret: &'static Setting },
 }
 
-/// Reads the settings from `args` (without the program name) and `env`; a flag wins over
-/// its environment variable.
-pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Parsed, ConfigError> {
+/// The command line's flags, or a request for help or the version.
+enum Flags {
+    Given(HashMap<&'static str, String>),
+    Help,
+    Version,
+}
+
+/// Reads `--flag VALUE` and `--flag=VALUE` pairs of the given settings. `skipped` is the
+/// number of arguments before `args`, so positions in errors count from the program name.
+fn read_flags(
+    args: &[String],
+    settings: &[&'static Setting],
+    command: &'static str,
+    skipped: usize,
+) -> Result<Flags, ConfigError> {
     let mut flags: HashMap<&'static str, String> = HashMap::new();
     let mut args = args.iter().enumerate();
     while let Some((index, arg)) = args.next() {
         match arg.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help(help_text())),
-            "-V" | "--version" => return Ok(Parsed::Version(version_text())),
+            "-h" | "--help" => return Ok(Flags::Help),
+            "-V" | "--version" => return Ok(Flags::Version),
             _ => {}
         }
         let Some(body) = arg.strip_prefix("--") else {
             if arg.starts_with('-') {
-                return Err(ConfigError::UnknownFlag { flag: arg.clone() });
+                return Err(ConfigError::UnknownFlag {
+                    flag: arg.clone(),
+                    command,
+                });
             }
             return Err(ConfigError::UnexpectedArgument {
-                position: index + 1,
+                position: skipped + index + 1,
+                command,
             });
         };
         let (name, inline) = match body.split_once('=') {
             Some((name, value)) => (name, Some(value)),
             None => (body, None),
         };
-        let Some(setting) = SETTINGS.iter().copied().find(|s| s.flag == name) else {
+        let Some(setting) = settings.iter().copied().find(|s| s.flag == name) else {
             // Only the name: a misspelt `--secrt=...` must not echo the secret.
             return Err(ConfigError::UnknownFlag {
                 flag: format!("--{name}"),
+                command,
             });
         };
         let value = match inline {
@@ -473,8 +548,29 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Parsed, C
         };
         flags.insert(setting.flag, value);
     }
-    let values = Values { flags, env };
-    Ok(Parsed::Run(Box::new(values.config()?)))
+    Ok(Flags::Given(flags))
+}
+
+/// Reads the settings from `args` (without the program name) and `env`; a flag wins over
+/// its environment variable.
+pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Parsed, ConfigError> {
+    if let Some((first, rest)) = args.split_first() {
+        if first == IMPORT_GO {
+            let command = "slidesync import-go";
+            return Ok(match read_flags(rest, &IMPORT_SETTINGS, command, 1)? {
+                Flags::Given(flags) => {
+                    Parsed::ImportGo(Box::new(Values { flags, env }.import_config()?))
+                }
+                Flags::Help => Parsed::Help(import_help_text()),
+                Flags::Version => Parsed::Version(version_text()),
+            });
+        }
+    }
+    Ok(match read_flags(args, &SETTINGS, "slidesync", 0)? {
+        Flags::Given(flags) => Parsed::Run(Box::new(Values { flags, env }.config()?)),
+        Flags::Help => Parsed::Help(help_text()),
+        Flags::Version => Parsed::Version(version_text()),
+    })
 }
 
 /// The raw values: flags first, then the environment. Empty means unset, as in the Go
@@ -506,15 +602,7 @@ impl Values<'_> {
         let server = self.get_or_default(&SERVER)?;
         let server = parse_server(server).map_err(|problem| invalid(&SERVER, server, problem))?;
 
-        let data_dir = PathBuf::from(self.get_or_default(&DATA_DIR)?);
-        let db = match self.get(&DB) {
-            Some(db) => Db::parse(db).map_err(|problem| ConfigError::Invalid {
-                setting: &DB,
-                shown: redact_db_url(db),
-                problem,
-            })?,
-            None => Db::Sqlite(data_dir.join(SQLITE_FILE)),
-        };
+        let (data_dir, db) = self.store()?;
 
         let secret = self.get(&SECRET).map(str::to_owned);
         if secret.is_none() && matches!(db, Db::Postgres(_)) {
@@ -547,14 +635,8 @@ impl Values<'_> {
             }),
         };
 
-        let level = self.get_or_default(&LOG_LEVEL)?;
-        let log_level =
-            parse_level(level).ok_or_else(|| invalid(&LOG_LEVEL, level, "unknown log level"))?;
-
-        let max = self.get_or_default(&MAX_DB_CONN)?;
-        let max_db_conn = max
-            .parse::<u32>()
-            .map_err(|_| invalid(&MAX_DB_CONN, max, "not a non-negative whole number"))?;
+        let (log_level, log_format) = self.logging()?;
+        let max_db_conn = self.max_db_conn()?;
 
         let http_timeout = self.seconds(&HTTP_TIMEOUT_SECS)?;
         let http_initial_timeout = self.seconds(&HTTP_INITIAL_TIMEOUT_SECS)?;
@@ -570,13 +652,6 @@ impl Values<'_> {
                 ));
             }
         }
-
-        let format = self.get_or_default(&LOG_FORMAT)?;
-        let log_format = match format.to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(invalid(&LOG_FORMAT, format, "unknown log format")),
-        };
 
         let otlp = match self.get(&OTLP_URL) {
             None => None,
@@ -632,6 +707,67 @@ impl Values<'_> {
             otlp,
             public_url,
         })
+    }
+
+    fn import_config(&self) -> Result<ImportConfig, ConfigError> {
+        let from = self.get_or_default(&FROM)?;
+        let from = match Db::parse(from) {
+            Ok(Db::Postgres(url)) => url,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: &FROM,
+                    shown: redact_db_url(from),
+                    problem: "not a Postgres URL (the Go proxy ran only on Postgres)".to_owned(),
+                })
+            }
+        };
+        let (_, db) = self.store()?;
+        let secret = self
+            .get(&SECRET)
+            .ok_or(ConfigError::ImportSecretRequired { secret: &SECRET })?
+            .to_owned();
+        let (log_level, log_format) = self.logging()?;
+        Ok(ImportConfig {
+            from,
+            db,
+            secret,
+            log_level,
+            log_format,
+            max_db_conn: self.max_db_conn()?,
+        })
+    }
+
+    /// `SYNCV3_DATA_DIR` and the store `SYNCV3_DB` names in it or elsewhere.
+    fn store(&self) -> Result<(PathBuf, Db), ConfigError> {
+        let data_dir = PathBuf::from(self.get_or_default(&DATA_DIR)?);
+        let db = match self.get(&DB) {
+            Some(db) => Db::parse(db).map_err(|problem| ConfigError::Invalid {
+                setting: &DB,
+                shown: redact_db_url(db),
+                problem,
+            })?,
+            None => Db::Sqlite(data_dir.join(SQLITE_FILE)),
+        };
+        Ok((data_dir, db))
+    }
+
+    fn logging(&self) -> Result<(tracing::Level, LogFormat), ConfigError> {
+        let level = self.get_or_default(&LOG_LEVEL)?;
+        let log_level =
+            parse_level(level).ok_or_else(|| invalid(&LOG_LEVEL, level, "unknown log level"))?;
+        let format = self.get_or_default(&LOG_FORMAT)?;
+        let log_format = match format.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(invalid(&LOG_FORMAT, format, "unknown log format")),
+        };
+        Ok((log_level, log_format))
+    }
+
+    fn max_db_conn(&self) -> Result<u32, ConfigError> {
+        let max = self.get_or_default(&MAX_DB_CONN)?;
+        max.parse::<u32>()
+            .map_err(|_| invalid(&MAX_DB_CONN, max, "not a non-negative whole number"))
     }
 
     /// An optional host:port; a unix socket path is refused (these listeners are for
@@ -868,7 +1004,37 @@ fn help_text() -> String {
         env!("CARGO_PKG_VERSION"),
         env!("CARGO_PKG_DESCRIPTION"),
     );
-    for setting in SETTINGS {
+    push_settings(&mut out, &SETTINGS);
+    out.push_str(
+        "\nCommands:\n  import-go                            Import a Go proxy's database \
+         (see slidesync import-go --help)\n\
+         \nOther flags:\n  -h, --help                           Print this help\n  \
+         -V, --version                        Print the version\n",
+    );
+    out
+}
+
+fn import_help_text() -> String {
+    let mut out = format!(
+        "slidesync {} import-go: switch from the Go sliding sync proxy\n\n\
+         Usage: slidesync import-go --from URL [--FLAG VALUE | --FLAG=VALUE]...\n\n\
+         Reads the Go proxy's database (never writes it) and stores into slidesync's store:\n\
+         every device's newest access token (kept encrypted; SYNCV3_SECRET is required\n\
+         here and must be the Go proxy's), its unacknowledged to-device messages at their\n\
+         Go positions, its device-list changes, one-time-key counts and fallback key\n\
+         types. Rooms are not imported: every device starts with an initial /sync. Stop\n\
+         the Go proxy first, and run this while slidesync is not running on the store;\n\
+         running it again changes nothing.\n\n\
+         Settings:\n",
+        env!("CARGO_PKG_VERSION"),
+    );
+    push_settings(&mut out, &IMPORT_SETTINGS);
+    out.push_str("\nOther flags:\n  -h, --help                           Print this help\n");
+    out
+}
+
+fn push_settings(out: &mut String, settings: &[&Setting]) {
+    for setting in settings {
         let flag = format!("--{} <{}>", setting.flag, setting.value_name);
         let default = match setting.default {
             Fallback::Required => "required".to_owned(),
@@ -880,11 +1046,6 @@ fn help_text() -> String {
             setting.env, setting.meaning
         ));
     }
-    out.push_str(
-        "\nOther flags:\n  -h, --help                           Print this help\n  \
-         -V, --version                        Print the version\n",
-    );
-    out
 }
 
 #[cfg(test)]
@@ -1299,6 +1460,53 @@ mod tests {
         .unwrap();
         assert_eq!(config.tls, Some(TlsFiles { cert, key }));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn import_go_takes_the_store_settings_and_needs_no_homeserver() {
+        let from = "postgres://go:gopass@old-host/syncv3";
+        let env = env(&[
+            ("SYNCV3_SECRET", SECRET_VALUE),
+            ("SYNCV3_IMPORT_FROM", from),
+        ]);
+        let Parsed::ImportGo(config) =
+            parse(&args(&["import-go", "--db=sqlite:///srv/s.db"]), &env).unwrap()
+        else {
+            panic!("expected import-go")
+        };
+        assert_eq!(config.from, from);
+        assert_eq!(config.db, Db::Sqlite(PathBuf::from("/srv/s.db")));
+        assert_eq!(config.secret, SECRET_VALUE);
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains(SECRET_VALUE) && !debug.contains("gopass"),
+            "{debug}"
+        );
+
+        let Parsed::ImportGo(config) =
+            parse(&args(&["import-go", "--from", "postgres://new/db"]), &env).unwrap()
+        else {
+            panic!("expected import-go")
+        };
+        assert_eq!(config.from, "postgres://new/db", "the flag wins");
+        assert_eq!(
+            config.db,
+            Db::Sqlite(PathBuf::from("./slidesync-data").join(SQLITE_FILE))
+        );
+
+        let stray = parse(&args(&["import-go", "--bindaddr", ":8008"]), &env).unwrap_err();
+        assert_eq!(
+            stray.to_string(),
+            "unknown flag \"--bindaddr\": run slidesync import-go --help to list the settings"
+        );
+        let Parsed::Help(text) = parse(&args(&["import-go", "--help"]), &HashMap::new()).unwrap()
+        else {
+            panic!("expected help")
+        };
+        for setting in IMPORT_SETTINGS {
+            assert!(text.contains(setting.env), "{} missing", setting.env);
+        }
+        assert!(!text.contains("SYNCV3_SERVER"));
     }
 
     #[test]

@@ -21,18 +21,39 @@ fn main() -> ExitCode {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
 
-    let config = match config::parse(&args, &env) {
-        Ok(Parsed::Run(config)) => config,
+    match config::parse(&args, &env) {
         Ok(Parsed::Help(text) | Parsed::Version(text)) => {
             print!("{text}");
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
+        }
+        Ok(Parsed::Run(config)) => run(
+            config.log_level,
+            config.log_format,
+            config.otlp.clone().as_ref(),
+            slidesync::app::run(*config),
+        ),
+        Ok(Parsed::ImportGo(config)) => {
+            run(config.log_level, config.log_format, None, async move {
+                let summary = slidesync::ops::import_go::run(&config).await?;
+                println!("{summary}");
+                Ok::<_, slidesync::ops::import_go::ImportError>(())
+            })
         }
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
 
+/// Sets up logging (and traces, when configured) and the runtime, and runs `work` to
+/// its end.
+fn run<E: std::fmt::Display>(
+    level: tracing::Level,
+    format: config::LogFormat,
+    otlp: Option<&slidesync::ops::otlp::OtlpTarget>,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let traces = match &config.otlp {
+    let traces = match otlp {
         None => None,
         Some(target) => match slidesync::ops::otlp::provider(target, runtime.handle().clone()) {
             Ok(provider) => Some(provider),
@@ -53,8 +74,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    slidesync::ops::logging::init(config.log_level, config.log_format, traces.as_ref());
-    let result = runtime.block_on(slidesync::app::run(*config));
+    slidesync::ops::logging::init(level, format, traces.as_ref());
+    let result = runtime.block_on(work);
     // The last spans (the shutdown's commits) are still in the batch; the runtime is kept
     // until they are sent, since the exporter sends on it.
     if let Some(provider) = traces {

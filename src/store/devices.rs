@@ -88,7 +88,8 @@ pub struct DeviceData {
     pub acked: Position,
     /// The newest message handed to a client (at least `acked`): a client's `since`
     /// acknowledges no further, so a `since` from before a restart or from another
-    /// database never deletes what this device was not sent.
+    /// database never deletes what this device was not sent. Storage keeps it only when
+    /// the device came from the Go proxy (see [`Write::ToDeviceDelivered`]).
     pub delivered: Position,
     /// The newest `device_one_time_keys_count` (a JSON object as the homeserver sent it).
     pub otk_counts: Option<Bytes>,
@@ -121,7 +122,7 @@ impl DeviceData {
                 0
             },
             acked: loaded.acked,
-            delivered: loaded.acked,
+            delivered: loaded.acked.max(loaded.delivered),
             otk_counts: loaded.otk_counts.clone(),
             fallback_types: loaded.fallback_types.clone(),
             ..DeviceData::default()

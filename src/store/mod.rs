@@ -10,6 +10,7 @@
 pub mod account;
 pub mod devices;
 pub mod ephemeral;
+pub mod go;
 pub mod metrics;
 pub mod persist;
 pub mod pg;
@@ -963,7 +964,10 @@ impl Store {
         let devices = persist.load_device_data().await?;
         let device_count = devices.len();
         for loaded in devices {
-            last_to_device = last_to_device.max(loaded.acked).max(loaded.to_device_max);
+            last_to_device = last_to_device
+                .max(loaded.acked)
+                .max(loaded.delivered)
+                .max(loaded.to_device_max);
             let data = devices::DeviceData::from_loaded(&loaded);
             let state = devices::DeviceState::new(loaded.device.clone(), data);
             store.devices.insert(loaded.device, Arc::new(state));

@@ -152,6 +152,13 @@ pub enum Write {
         device: DeviceKey,
         position: Position,
     },
+    /// The device's client was handed messages up to `position` before this database
+    /// held the device (written by `slidesync import-go`): a `since` acknowledges up to
+    /// it, and no later message takes a position at or below it.
+    ToDeviceDelivered {
+        device: DeviceKey,
+        position: Position,
+    },
     /// One message dropped before delivery (a cancelled room key request).
     ToDeviceDrop {
         device: DeviceKey,
@@ -231,6 +238,8 @@ pub struct LoadedDevice {
     pub device: DeviceKey,
     /// The highest acknowledged to-device position.
     pub acked: Position,
+    /// What [`Write::ToDeviceDelivered`] recorded (0: nothing).
+    pub delivered: Position,
     /// The newest stored to-device message (0: none); memory reads them back on demand.
     pub to_device_max: Position,
     pub otk_counts: Option<Bytes>,

@@ -53,24 +53,7 @@ impl PgStore {
     /// `max_connections` (0 means a default of 16). Error messages never contain the
     /// password from `url`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, PersistError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| PersistError::Connect(redact(&e.to_string(), url)))?;
-
-        // One plain connection first, rather than the pool's own check: the pool retries a
-        // refused connection until its timeout and then reports only "timed out", losing
-        // the reason an operator needs.
-        let mut conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(PersistError::Connect(redact(&e.to_string(), url))),
-                Err(_) => {
-                    return Err(PersistError::Connect(format!(
-                        "no answer within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    )))
-                }
-            };
+        let (options, mut conn) = connect_once(url).await.map_err(PersistError::Connect)?;
         // Not under the timeout: a migration on a big database may rightly take minutes.
         // The migrator takes an advisory lock, so two proxies starting together are safe.
         MIGRATOR
@@ -890,15 +873,29 @@ impl BatchRows<'_> {
             .bind(&cols.2)
             .execute(&mut **tx)
             .await?;
+        }
+        if !rows.to_device_marks.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &(acked, delivered)) in &rows.to_device_marks {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(acked);
+                cols.3.push(delivered);
+            }
             sqlx::query(
-                "INSERT INTO slidesync_device_data (user_id, device_id, to_device_acked) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) \
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_acked = \
-                     GREATEST(slidesync_device_data.to_device_acked, excluded.to_device_acked)",
+                "INSERT INTO slidesync_device_data \
+                     (user_id, device_id, to_device_acked, to_device_delivered) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                     to_device_acked = GREATEST(slidesync_device_data.to_device_acked, \
+                                                excluded.to_device_acked), \
+                     to_device_delivered = GREATEST(slidesync_device_data.to_device_delivered, \
+                                                    excluded.to_device_delivered)",
             )
             .bind(cols.0)
             .bind(cols.1)
             .bind(cols.2)
+            .bind(cols.3)
             .execute(&mut **tx)
             .await?;
         }
@@ -996,10 +993,23 @@ fn query_error(e: sqlx::Error) -> PersistError {
     }
 }
 
+/// The settings in `url` and one plain connection with them, made within
+/// [`CONNECT_TIMEOUT`]. One plain connection, rather than a pool's own check: a pool
+/// retries a refused connection until its timeout and then reports only "timed out",
+/// losing the reason an operator needs. The error never contains the password.
+pub(super) async fn connect_once(url: &str) -> Result<(PgConnectOptions, PgConnection), String> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| redact(&e.to_string(), url))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => Ok((options, conn)),
+        Ok(Err(e)) => Err(redact(&e.to_string(), url)),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
 /// `message` with every form of the password in `url` replaced by `***`. sqlx does not
 /// echo the URL today; this keeps a future error message from putting the password in
 /// the log.
-fn redact(message: &str, url: &str) -> String {
+pub(super) fn redact(message: &str, url: &str) -> String {
     let mut out = message.to_owned();
     for secret in passwords_in(url) {
         let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy();

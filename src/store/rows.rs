@@ -44,6 +44,9 @@ pub(super) struct Grouped<'a> {
     /// The highest acknowledged position per device; applied after `to_device` (a
     /// client acknowledges only messages queued before).
     pub to_device_acks: BTreeMap<UserDevice<'a>, i64>,
+    /// Per device, the positions `slidesync_device_data` keeps, each only ever raised:
+    /// (acknowledged, handed out before the device was stored here); 0 leaves one as is.
+    pub to_device_marks: BTreeMap<UserDevice<'a>, (i64, i64)>,
     /// (one-time-key counts, fallback key types); the last per device wins.
     pub device_keys: BTreeMap<UserDevice<'a>, KeysRow<'a>>,
     /// Device-list changes and deliveries, in batch order: a delivery moves only the
@@ -185,6 +188,13 @@ impl<'a> Grouped<'a> {
                     let position = position_to_db(*position)?;
                     let acked = rows.to_device_acks.entry(user_device(device)).or_default();
                     *acked = (*acked).max(position);
+                    let marks = rows.to_device_marks.entry(user_device(device)).or_default();
+                    marks.0 = marks.0.max(position);
+                }
+                Write::ToDeviceDelivered { device, position } => {
+                    let position = position_to_db(*position)?;
+                    let marks = rows.to_device_marks.entry(user_device(device)).or_default();
+                    marks.1 = marks.1.max(position);
                 }
                 Write::DeviceKeys {
                     device,
@@ -329,8 +339,9 @@ where
     ))
 }
 
-/// A `slidesync_device_data` row: (user, device, acknowledged, otk counts, fallback types).
-pub(super) type DeviceDataRow = (String, String, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// A `slidesync_device_data` row: (user, device, acknowledged, delivered, otk counts,
+/// fallback types).
+pub(super) type DeviceDataRow = (String, String, i64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
 /// (user, device, newest stored to-device position).
 pub(super) type ToDeviceMaxRow = (String, String, i64);
 /// A `slidesync_device_lists` row: (user, device, target user, change, sent).
@@ -351,7 +362,8 @@ where
     for<'r> DeviceListRow: sqlx::FromRow<'r, DB::Row>,
 {
     let data: Vec<DeviceDataRow> = sqlx::query_as(
-        "SELECT user_id, device_id, to_device_acked, otk_counts, fallback_types \
+        "SELECT user_id, device_id, to_device_acked, to_device_delivered, otk_counts, \
+                fallback_types \
          FROM slidesync_device_data",
     )
     .fetch_all(&mut *conn)
@@ -381,9 +393,10 @@ fn loaded_devices(
 ) -> Result<Vec<LoadedDevice>, PersistError> {
     let mut ids = Interner::default();
     let mut out: BTreeMap<DeviceKey, LoadedDevice> = BTreeMap::new();
-    for (user, device, acked, otk, fallback) in data {
+    for (user, device, acked, delivered, otk, fallback) in data {
         let d = device_entry(&mut out, &mut ids, &user, &device);
         d.acked = position_from_db(acked)?;
+        d.delivered = position_from_db(delivered)?;
         d.otk_counts = otk.map(Bytes::from);
         d.fallback_types = fallback.map(Bytes::from);
     }
@@ -411,6 +424,7 @@ fn device_entry<'m>(
     out.entry(key.clone()).or_insert_with(|| LoadedDevice {
         device: key,
         acked: 0,
+        delivered: 0,
         to_device_max: 0,
         otk_counts: None,
         fallback_types: None,

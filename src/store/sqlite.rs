@@ -845,15 +845,22 @@ async fn insert_device_data(
         .bind(position)
         .execute(&mut *tx)
         .await?;
+    }
+    for (&(user_id, device_id), &(acked, delivered)) in &rows.to_device_marks {
         sqlx::query(
-            "INSERT INTO slidesync_device_data (user_id, device_id, to_device_acked) \
-             VALUES (?1, ?2, ?3) \
-             ON CONFLICT (user_id, device_id) DO UPDATE SET to_device_acked = \
-                 MAX(slidesync_device_data.to_device_acked, excluded.to_device_acked)",
+            "INSERT INTO slidesync_device_data \
+                 (user_id, device_id, to_device_acked, to_device_delivered) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                 to_device_acked = MAX(slidesync_device_data.to_device_acked, \
+                                       excluded.to_device_acked), \
+                 to_device_delivered = MAX(slidesync_device_data.to_device_delivered, \
+                                           excluded.to_device_delivered)",
         )
         .bind(user_id)
         .bind(device_id)
-        .bind(position)
+        .bind(acked)
+        .bind(delivered)
         .execute(&mut *tx)
         .await?;
     }

@@ -409,6 +409,9 @@ fn log_rejected(row: &Write, error: &PersistError) {
         Write::ToDeviceAck { device, position } | Write::ToDeviceDrop { device, position } => {
             tracing::error!(user = ?device.user_id, device = ?device.device_id, to_device_position = position, kind = "to-device deletion", %error, "{what}")
         }
+        Write::ToDeviceDelivered { device, position } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, to_device_position = position, kind = "to-device delivered", %error, "{what}")
+        }
         Write::DeviceKeys { device, .. } => {
             tracing::error!(user = ?device.user_id, device = ?device.device_id, kind = "device keys", %error, "{what}")
         }

@@ -8,7 +8,7 @@ use sonic_rs::{json, JsonContainerTrait, JsonValueTrait, Value};
 use crate::support::db::{Backend, TestDb};
 use crate::support::fake::{FakeHomeserver, Reply};
 use crate::support::on_both_stores;
-use crate::support::proxy::{pos, scripted, Proxy};
+use crate::support::proxy::{message_numbers, next_batch, pos, scripted, Proxy};
 use crate::support::v2::*;
 
 const ALICE: &str = "@alice:test";
@@ -31,26 +31,6 @@ fn to_device_request(since: Option<&str>, limit: Option<u64>) -> Value {
 
 fn e2ee_request() -> Value {
     json!({"extensions": {"e2ee": {"enabled": true}}})
-}
-
-/// Message bodies (`content.n`) of a response's to-device events, in order.
-fn message_numbers(resp: &Value) -> Vec<u64> {
-    resp["extensions"]["to_device"]["events"]
-        .as_array()
-        .map(|events| {
-            events
-                .iter()
-                .map(|e| e["content"]["n"].as_u64().expect("a numbered message"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn next_batch(resp: &Value) -> String {
-    resp["extensions"]["to_device"]["next_batch"]
-        .as_str()
-        .expect("next_batch is always sent")
-        .to_owned()
 }
 
 fn numbered(from: u64, to: u64) -> Vec<Value> {

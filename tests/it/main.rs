@@ -8,6 +8,7 @@ mod e2e_devices;
 mod errors;
 mod extensions;
 mod faults;
+mod import_go;
 mod msc4186;
 mod ops;
 mod pollers;

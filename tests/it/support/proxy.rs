@@ -297,3 +297,26 @@ pub fn timeline_ids(resp: &Value, room_id: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Message bodies (`content.n`) of a response's to-device events, in order.
+pub fn message_numbers(resp: &Value) -> Vec<u64> {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    resp["extensions"]["to_device"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| e["content"]["n"].as_u64().expect("a numbered message"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The to-device `next_batch` of a response.
+pub fn next_batch(resp: &Value) -> String {
+    use sonic_rs::JsonValueTrait;
+    resp["extensions"]["to_device"]["next_batch"]
+        .as_str()
+        .expect("next_batch is always sent")
+        .to_owned()
+}
