@@ -24,7 +24,7 @@ pub struct ListParams {
     pub include_heroes: Option<bool>,
     /// What to send of the rooms the list's rooms replaced, as far back as the user is
     /// joined to them.
-    pub include_old_rooms: Option<RoomSubscription>,
+    pub include_old_rooms: Option<Arc<RoomSubscription>>,
 }
 
 impl ListParams {
@@ -68,6 +68,9 @@ pub struct RoomSubscription {
     pub timeline_limit: usize,
     pub required_state: Vec<(String, String)>,
     pub include_heroes: bool,
+    /// What to send of the rooms this one replaced, as far back as the user is joined
+    /// to them.
+    pub include_old_rooms: Option<Arc<RoomSubscription>>,
 }
 
 /// One request, after the dialect validated it.
