@@ -118,8 +118,16 @@ pub struct InviteFacts {
     /// The invitee's member event says `is_direct`.
     pub is_direct: bool,
     /// Members of the stripped state other than the invitee (the inviter, usually), in
-    /// the order given: (user ID, display name, avatar URL).
-    pub members: Vec<(Box<str>, Option<Box<str>>, Option<Box<str>>)>,
+    /// the order given.
+    pub members: Vec<Member>,
+}
+
+/// A room member as names, heroes and avatars show them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub user_id: Box<str>,
+    pub displayname: Option<Box<str>>,
+    pub avatar_url: Option<Box<str>>,
 }
 
 /// One account data event (`{type, content}`, global or of a room), kept as the

@@ -6,6 +6,7 @@
 //! back into JSON.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -42,6 +43,8 @@ struct WireSubscription {
     required_state: Option<Vec<Vec<String>>>,
     #[serde(default)]
     include_heroes: Option<bool>,
+    #[serde(default)]
+    include_old_rooms: Option<Box<Object<WireSubscription>>>,
 }
 
 #[derive(Deserialize)]
@@ -99,7 +102,22 @@ fn subscription(field: &str, sub: WireSubscription) -> Result<RoomSubscription, 
         timeline_limit: body::timeline_limit(sub.timeline_limit).unwrap_or(0),
         required_state: body::required_state(field, sub.required_state)?.unwrap_or_default(),
         include_heroes: sub.include_heroes.unwrap_or(false),
+        include_old_rooms: old_rooms(field, sub.include_old_rooms.map(|o| o.0))?,
     })
+}
+
+/// `include_old_rooms` of the list or subscription named by `field`. The old rooms
+/// are a whole chain already, so an `include_old_rooms` inside it means nothing.
+fn old_rooms(
+    field: &str,
+    old: Option<WireSubscription>,
+) -> Result<Option<Arc<RoomSubscription>>, MatrixError> {
+    let Some(mut old) = old else {
+        return Ok(None);
+    };
+    old.include_old_rooms = None;
+    let field = format!("{field}.include_old_rooms");
+    Ok(Some(Arc::new(subscription(&field, old)?)))
 }
 
 fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
@@ -138,7 +156,7 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
     let required_state = body::required_state(&format!("lists.{name}"), list.required_state)?;
     let filters = match list.filters {
         None => None,
-        Some(Object(f)) => Some(std::sync::Arc::new(body::filters(name, f)?)),
+        Some(Object(f)) => Some(Arc::new(body::filters(name, f)?)),
     };
     let bump_event_types = match list.bump_event_types {
         None => None,
@@ -162,13 +180,10 @@ fn list_params(name: &str, list: WireList) -> Result<ListParams, MatrixError> {
             Some((!types.is_empty()).then(|| BumpTypes::from(types)))
         }
     };
-    let include_old_rooms = match list.include_old_rooms {
-        None => None,
-        Some(Object(old)) => Some(subscription(
-            &format!("lists.{name}.include_old_rooms"),
-            old,
-        )?),
-    };
+    let include_old_rooms = old_rooms(
+        &format!("lists.{name}"),
+        list.include_old_rooms.map(|o| o.0),
+    )?;
     Ok(ListParams {
         filters,
         include_old_rooms,
@@ -312,6 +327,19 @@ mod tests {
             "an empty list bumps on everything"
         );
         assert!(req.room_subscriptions["!r:x"].include_heroes);
+        let nested = parse(
+            br#"{"room_subscriptions":{"!r:x":{"include_old_rooms":{"timeline_limit":1,"include_old_rooms":{}}}}}"#,
+        )
+        .unwrap();
+        let old = nested.room_subscriptions["!r:x"]
+            .include_old_rooms
+            .clone()
+            .unwrap();
+        assert_eq!(old.timeline_limit, 1);
+        assert!(
+            old.include_old_rooms.is_none(),
+            "one chain, not chains of chains"
+        );
         let many = format!(
             r#"{{"lists":{{"a":{{"bump_event_types":{}}}}}}}"#,
             sonic_rs::to_string(&vec!["t"; MAX_BUMP_TYPES + 1]).unwrap()

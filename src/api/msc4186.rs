@@ -110,6 +110,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, MatrixError> {
             required_state: required_state(field, sub.required_state)?,
             // Synapse sends heroes with every room named after its members.
             include_heroes: true,
+            include_old_rooms: None,
         })
     })?;
     request.extensions = super::extensions::parse(wire.extensions.unwrap_or_default())?;

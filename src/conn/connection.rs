@@ -57,7 +57,7 @@ struct ListState {
     required_state: Vec<(String, String)>,
     include_heroes: bool,
     /// What to send of the rooms the list's rooms replaced (`include_old_rooms`).
-    include_old_rooms: Option<RoomSubscription>,
+    include_old_rooms: Option<Arc<RoomSubscription>>,
     /// Index → room, for every index the client holds.
     have: BTreeMap<usize, RoomId>,
     /// The `count` last sent.
@@ -569,41 +569,51 @@ impl Connection {
             p.include_heroes |= include_heroes;
             p.bump.merge(bump);
         };
-        for list in self.lists.values() {
-            for room in list.have.values() {
-                show(
-                    room,
+        // Each shown room with what its list or subscription asks for it and its old
+        // rooms.
+        let listed = self.lists.values().flat_map(|list| {
+            list.have.values().map(move |room| {
+                let asks = (
                     list.timeline_limit,
-                    &list.required_state,
+                    &list.required_state[..],
                     list.include_heroes,
-                    list.order.bump.as_ref(),
                 );
-                if let Some(old) = &list.include_old_rooms {
-                    for pred in predecessors(room, view) {
-                        show(
-                            &pred,
-                            old.timeline_limit,
-                            &old.required_state,
-                            old.include_heroes,
-                            None,
-                        );
-                    }
-                }
-            }
-        }
-        let removed_too = self.dialect.keeps_removed();
-        for (room, sub) in &self.subscriptions {
-            if data
-                .membership(room)
-                .is_some_and(|m| m.is_member() || (removed_too && m.is_removed()))
-            {
-                show(
+                (
                     room,
+                    asks,
+                    list.order.bump.as_ref(),
+                    &list.include_old_rooms,
+                )
+            })
+        });
+        let removed_too = self.dialect.keeps_removed();
+        let subscribed = self
+            .subscriptions
+            .iter()
+            .filter(|(room, _)| {
+                data.membership(room)
+                    .is_some_and(|m| m.is_member() || (removed_too && m.is_removed()))
+            })
+            .map(|(room, sub)| {
+                let asks = (
                     sub.timeline_limit,
-                    &sub.required_state,
+                    &sub.required_state[..],
                     sub.include_heroes,
-                    None,
                 );
+                (room, asks, None, &sub.include_old_rooms)
+            });
+        for (room, (limit, required_state, heroes), bump, old) in listed.chain(subscribed) {
+            show(room, limit, required_state, heroes, bump);
+            if let Some(old) = old {
+                for pred in predecessors(room, view) {
+                    show(
+                        &pred,
+                        old.timeline_limit,
+                        &old.required_state,
+                        old.include_heroes,
+                        None,
+                    );
+                }
             }
         }
         visible

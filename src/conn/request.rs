@@ -25,7 +25,7 @@ pub struct ListParams {
     pub include_heroes: Option<bool>,
     /// What to send of the rooms the list's rooms replaced, as far back as the user is
     /// joined to them.
-    pub include_old_rooms: Option<RoomSubscription>,
+    pub include_old_rooms: Option<Arc<RoomSubscription>>,
     /// Every room of the list in one `SYNC`, whatever the ranges; live changes move no
     /// index (MSC3575, as the Go proxy served it).
     pub slow_get_all_rooms: Option<bool>,
@@ -74,6 +74,9 @@ pub struct RoomSubscription {
     pub timeline_limit: usize,
     pub required_state: Vec<(String, String)>,
     pub include_heroes: bool,
+    /// What to send of the rooms this one replaced, as far back as the user is joined
+    /// to them.
+    pub include_old_rooms: Option<Arc<RoomSubscription>>,
 }
 
 /// Which sliding sync a connection speaks: the engine rules that differ between the

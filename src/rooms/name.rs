@@ -51,16 +51,7 @@ pub fn display_name(meta: &RoomMeta, reader: &str) -> RoomName {
 
 /// The heroes of an invite: the members its stripped state shows.
 pub fn invite_heroes(facts: &InviteFacts) -> Vec<Hero> {
-    facts
-        .members
-        .iter()
-        .take(MAX_HEROES)
-        .map(|(user, name, avatar)| Hero {
-            user_id: user.clone(),
-            displayname: name.clone(),
-            avatar_url: avatar.clone(),
-        })
-        .collect()
+    facts.members.iter().take(MAX_HEROES).cloned().collect()
 }
 
 /// The name of a room the reader is invited to, from its stripped state alone. As in
@@ -96,7 +87,7 @@ pub fn invite_avatar(facts: &InviteFacts) -> Option<Box<str>> {
         return facts.avatar.clone();
     }
     match facts.members.as_slice() {
-        [(_, _, avatar)] if facts.is_direct => avatar.clone(),
+        [other] if facts.is_direct => other.avatar_url.clone(),
         _ => None,
     }
 }
@@ -272,11 +263,11 @@ mod tests {
     #[test]
     fn an_invite_is_named_from_its_stripped_state_only() {
         let mut facts = InviteFacts {
-            members: vec![(
-                "@inviter:x".into(),
-                Some("Ines".into()),
-                Some("mxc://x/i".into()),
-            )],
+            members: vec![Hero {
+                user_id: "@inviter:x".into(),
+                displayname: Some("Ines".into()),
+                avatar_url: Some("mxc://x/i".into()),
+            }],
             ..InviteFacts::default()
         };
         assert_eq!(invite_name(&facts).name, "Ines");

@@ -1016,8 +1016,9 @@ impl Store {
     /// Puts a membership into the user's data and index and the room's local users.
     /// Callers hold the room's writer lock.
     ///
-    /// A join also settles upgrades: a room whose successor the user joined leaves the
-    /// lists, whichever of the two joins comes first (at startup, in any order).
+    /// A membership also settles upgrades: a room whose successor the user joined leaves
+    /// the lists, whichever of the two joins comes first (at startup, in any order), and
+    /// comes back when the user leaves the successor.
     fn install_membership(
         &self,
         user: &UserState,
@@ -1042,12 +1043,12 @@ impl Store {
             writer.locals.remove(&user.user_id);
         }
         let joining = matches!(membership, UserMembership::Join { .. });
-        // The room this one replaced, if its tombstone points here.
+        // The room this one replaced, if its tombstone points here: joining this one puts
+        // it out of the lists, leaving this one brings it back.
         let replaced_here = snapshot
             .meta
             .predecessor
             .as_deref()
-            .filter(|_| joining)
             .and_then(|p| self.room(p))
             .filter(|p| p.meta.tombstone.as_deref() == Some(&**room_id));
         user.update(|d| {
@@ -1074,8 +1075,8 @@ impl Store {
             d.touch(room_id);
             if let Some(old) = &replaced_here {
                 if let Some(r) = d.rooms.get_mut(&old.room_id) {
-                    if !r.replaced {
-                        r.replaced = true;
+                    if r.replaced != joining {
+                        r.replaced = joining;
                         d.place(&old.room_id, || self.looks(old, &user.user_id));
                         d.touch(&old.room_id);
                     }

@@ -39,12 +39,8 @@ pub const MAX_FORMER: usize = MAX_HEROES + 1;
 /// places the room as of the user's join.
 pub const BUMP_TYPES: usize = 32;
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hero {
-    pub user_id: Box<str>,
-    pub displayname: Option<Box<str>>,
-    pub avatar_url: Option<Box<str>>,
-}
+/// A member a room is named after.
+pub use crate::event::Member as Hero;
 
 /// Where a room's newest event of one type sits: its position and timestamp.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

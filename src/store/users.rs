@@ -62,8 +62,8 @@ pub struct UserRoom {
     pub highlight_count: u64,
     /// Recency: the newest event's timestamp while joined, the invite's while invited.
     pub stamp: u64,
-    /// The room was upgraded and the user joined its successor: it leaves every list,
-    /// as in the Go proxy (a list's `include_old_rooms` still shows it).
+    /// The room was upgraded and the user is joined to its successor: it leaves every
+    /// list, as in the Go proxy (a list's `include_old_rooms` still shows it).
     pub replaced: bool,
 }
 
@@ -148,7 +148,7 @@ impl UserData {
         self.rooms.get(room).map(|r| &r.membership)
     }
 
-    /// Whether the user joined `successor`, the room a tombstone points to.
+    /// Whether the user is joined to the room.
     pub fn joined(&self, room: &str) -> bool {
         matches!(self.membership(room), Some(UserMembership::Join { .. }))
     }

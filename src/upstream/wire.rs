@@ -9,7 +9,8 @@ use serde::Deserialize;
 use sonic_rs::{JsonContainerTrait, JsonValueMutTrait, JsonValueTrait, LazyValue};
 
 use crate::event::{
-    AccountEvent, AccountMeaning, Decoder, Event, EventError, InviteFacts, Membership, Receipt,
+    AccountEvent, AccountMeaning, Decoder, Event, EventError, InviteFacts, Member, Membership,
+    Receipt,
 };
 use crate::store::devices::{IncomingToDevice, KeyRequest};
 use crate::types::{RoomId, UserId};
@@ -542,12 +543,14 @@ pub fn invite_facts(invite_state: &[u8], user_id: &str) -> InviteFacts {
                     .as_deref()
                     .and_then(Membership::parse)
                     .is_some_and(Membership::is_member)
-                    && !facts.members.iter().any(|m| &*m.0 == user)
+                    && !facts.members.iter().any(|m| &*m.user_id == user)
                     && facts.members.len() < crate::event::INVITE_MEMBERS
                 {
-                    facts
-                        .members
-                        .push((user.into(), field("displayname"), field("avatar_url")));
+                    facts.members.push(Member {
+                        user_id: user.into(),
+                        displayname: field("displayname"),
+                        avatar_url: field("avatar_url"),
+                    });
                 }
             }
             ("m.room.name", Some("")) => facts.name = field("name"),

@@ -389,7 +389,8 @@ fn upgraded_room(old: &str, ts: u64) -> Value {
 }
 
 /// Once the user joins the room an old one was upgraded to, the old one leaves the
-/// list; `include_old_rooms` still sends it, with its own parameters.
+/// list, until the user leaves the new one; `include_old_rooms` (of a list or a
+/// subscription) still sends it, with its own parameters.
 #[tokio::test]
 async fn an_upgraded_room_gives_way_to_its_successor_and_old_rooms_can_be_included() {
     let (_db, hs, proxy) = setup().await;
@@ -451,5 +452,41 @@ async fn an_upgraded_room_gives_way_to_its_successor_and_old_rooms_can_be_includ
         old["required_state"][0]["type"].as_str(),
         Some("m.room.tombstone")
     );
+
+    // A subscription to the new room brings the old one along too.
+    let subscribed = proxy
+        .sync_ok(
+            "alice_token",
+            None,
+            0,
+            &json!({"room_subscriptions": {"!new:test": {
+                "timeline_limit": 1,
+                "include_old_rooms": {"timeline_limit": 0, "required_state": [["m.room.create", ""]]}
+            }}}),
+        )
+        .await;
+    for room in ["!old:test", "!new:test"] {
+        assert_eq!(
+            subscribed["rooms"][room]["initial"].as_bool(),
+            Some(true),
+            "{subscribed:?}"
+        );
+    }
+
+    // Leaving the new room puts the old one back in the list.
+    hs.push_rooms(
+        "alice_token",
+        rooms_leave("!new:test", vec![member(ALICE, "leave", 4_000)]),
+    );
+    for _ in 0..100 {
+        fresh = proxy
+            .sync_ok("alice_token", None, 0, &list(json!({})))
+            .await;
+        if synced_ids(&fresh, "all") == ["!old:test", "!other:test"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(synced_ids(&fresh, "all"), ["!old:test", "!other:test"]);
     proxy.stop().await;
 }

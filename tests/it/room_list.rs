@@ -586,6 +586,25 @@ async fn filters_pick_the_rooms_and_a_room_that_starts_matching_enters_live() {
     proxy.stop().await;
 }
 
+/// A message in `room` from Alice's poller, and the live response it wakes.
+async fn live_message(
+    hs: &FakeHomeserver,
+    proxy: &Proxy,
+    room: &str,
+    since: &sonic_rs::Value,
+) -> sonic_rs::Value {
+    hs.push_rooms(
+        "alice_token",
+        rooms_join(vec![(
+            room,
+            joined(vec![], vec![message(ALICE, "up", 200_000)]),
+        )]),
+    );
+    proxy
+        .sync_ok("alice_token", Some(&pos(since)), 5_000, &json!({}))
+        .await
+}
+
 /// `n` rooms, `!r0` newest: `!r{i}` is at index i.
 fn numbered_rooms(hs: &FakeHomeserver, n: u64) {
     let rooms: Vec<(String, sonic_rs::Value)> = (0..n)
@@ -626,16 +645,7 @@ async fn a_move_across_three_windows_is_one_pair_per_window() {
         )
         .await;
     assert_eq!(ops(&first, "all"), ["SYNC 0-2", "SYNC 10-12", "SYNC 17-19"]);
-    hs.push_rooms(
-        "alice_token",
-        rooms_join(vec![(
-            "!r18:test",
-            joined(vec![], vec![message(ALICE, "up", 200_000)]),
-        )]),
-    );
-    let live = proxy
-        .sync_ok("alice_token", Some(&pos(&first)), 5_000, &json!({}))
-        .await;
+    let live = live_message(&hs, &proxy, "!r18:test", &first).await;
     assert_eq!(
         ops(&live, "all"),
         [
@@ -673,22 +683,13 @@ async fn a_room_entering_a_window_live_comes_whole_with_its_live_events_counted(
             &json!({"lists": {"all": {"ranges": [[0, 1]], "timeline_limit": 3}}}),
         )
         .await;
-    hs.push_rooms(
-        "alice_token",
-        rooms_join(vec![(
-            "!r2:test",
-            joined(vec![], vec![message(ALICE, "in", 200_000)]),
-        )]),
-    );
-    let live = proxy
-        .sync_ok("alice_token", Some(&pos(&first)), 5_000, &json!({}))
-        .await;
+    let live = live_message(&hs, &proxy, "!r2:test", &first).await;
     assert_eq!(ops(&live, "all"), ["DELETE 1", "INSERT 0 !r2:test"]);
     let room = &live["rooms"]["!r2:test"];
     assert_eq!(room["initial"].as_bool(), Some(true));
     let timeline = room["timeline"].as_array().unwrap();
     assert_eq!(timeline.len(), 2, "the first message and the live one");
-    assert_eq!(timeline[1]["content"]["body"].as_str(), Some("in"));
+    assert_eq!(timeline[1]["content"]["body"].as_str(), Some("up"));
     assert_eq!(room["num_live"].as_u64(), Some(1));
     proxy.stop().await;
 }
@@ -739,16 +740,7 @@ async fn a_list_left_out_of_a_request_keeps_its_windows_live() {
     assert_eq!(ops(&only_top, "top"), ["SYNC 2-2"]);
     assert!(ops(&only_top, "all").is_empty());
     assert_eq!(only_top["lists"]["all"]["count"].as_u64(), Some(4));
-    hs.push_rooms(
-        "alice_token",
-        rooms_join(vec![(
-            "!r3:test",
-            joined(vec![], vec![message(ALICE, "up", 200_000)]),
-        )]),
-    );
-    let live = proxy
-        .sync_ok("alice_token", Some(&pos(&only_top)), 5_000, &json!({}))
-        .await;
+    let live = live_message(&hs, &proxy, "!r3:test", &only_top).await;
     assert_eq!(ops(&live, "all"), ["DELETE 3", "INSERT 0 !r3:test"]);
     assert_eq!(ops(&live, "top"), ["DELETE 2", "INSERT 0 !r3:test"]);
     proxy.stop().await;

@@ -854,15 +854,9 @@ async fn room_fields_survive_a_restart(backend: Backend) {
     let before = {
         let (queue, writer) = WriteQueue::spawn(Arc::clone(&persist), 1024);
         let hot = Store::new(queue, 1);
-        hot.apply_room(slidesync::store::RoomDelta {
-            room_id: room.into(),
-            state,
-            timeline,
-            prev_batch: None,
-            limited: false,
-            stored: Default::default(),
-            redacted: Vec::new(),
-        });
+        let mut delta = chunk(room, &timeline, false);
+        delta.state = state;
+        hot.apply_room(delta);
         hot.queue().flush().await;
         let meta = hot.room(room).expect("the room").meta.clone();
         drop(hot);
