@@ -234,18 +234,7 @@ fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     if let Some(ts) = room.timestamp {
         w.key("timestamp").u64(ts);
     }
-    if let Some(n) = room.joined_count {
-        w.key("joined_count").u64(n.into());
-    }
-    if let Some(n) = room.invited_count {
-        w.key("invited_count").u64(n.into());
-    }
-    if let Some(n) = room.notification_count {
-        w.key("notification_count").u64(n);
-    }
-    if let Some(n) = room.highlight_count {
-        w.key("highlight_count").u64(n);
-    }
+    response::counts(w, room);
     if room.num_live > 0 {
         w.key("num_live").u64(room.num_live as u64);
     }

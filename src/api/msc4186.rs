@@ -203,21 +203,10 @@ pub fn serialize(resp: &SyncResponse) -> Vec<u8> {
 
 fn write_room(w: &mut JsonWriter, room: &RoomResult) {
     w.begin_object();
-    if let Some(n) = room.notification_count {
-        w.key("notification_count").u64(n);
-    }
-    if let Some(n) = room.highlight_count {
-        w.key("highlight_count").u64(n);
-    }
     if let Some(stamp) = room.bump_stamp {
         w.key("bump_stamp").u64(stamp);
     }
-    if let Some(n) = room.joined_count {
-        w.key("joined_count").u64(n.into());
-    }
-    if let Some(n) = room.invited_count {
-        w.key("invited_count").u64(n.into());
-    }
+    response::counts(w, room);
     if let Some(name) = &room.name {
         w.key("name").str(name);
     }

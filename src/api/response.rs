@@ -78,6 +78,22 @@ pub fn timeline(w: &mut JsonWriter, room: &RoomResult) {
     w.end_array();
 }
 
+/// The member and unread counts that are known or changed.
+pub fn counts(w: &mut JsonWriter, room: &RoomResult) {
+    if let Some(n) = room.joined_count {
+        w.key("joined_count").u64(n.into());
+    }
+    if let Some(n) = room.invited_count {
+        w.key("invited_count").u64(n.into());
+    }
+    if let Some(n) = room.notification_count {
+        w.key("notification_count").u64(n);
+    }
+    if let Some(n) = room.highlight_count {
+        w.key("highlight_count").u64(n);
+    }
+}
+
 /// `heroes` when sent, and `avatar` in its three states: absent (unchanged), `null`
 /// (none) or a URL.
 pub fn heroes_and_avatar(w: &mut JsonWriter, room: &RoomResult) {
