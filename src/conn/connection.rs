@@ -663,8 +663,11 @@ impl Connection {
                         position,
                         ..
                     }),
-                    None,
-                ) => {
+                    sent,
+                    // New to the client, or held as joined by a client that missed the
+                    // leave (kicked and invited again between two requests): sent as
+                    // the invite it is now.
+                ) if sent.is_none_or(|s| !s.invite) => {
                     // All from the stripped state: the room's own name, members and
                     // counts are not the invitee's to see. As in the Go proxy, the counts
                     // are those of a room of the inviter and the invitee.
@@ -2226,5 +2229,37 @@ mod tests {
         let mut old = Connection::new(Dialect::Msc3575);
         let resp = full_step(&mut old, &store, Some(&list(vec![(0, 19)], 1)));
         assert_eq!(resp.rooms["!unnamed:x"].name.as_deref(), Some("Empty Room"));
+    }
+
+    /// Kicked and invited again between two requests: the client, which still holds
+    /// the room as joined, gets the invite.
+    #[tokio::test]
+    async fn a_room_held_as_joined_that_is_now_an_invite_is_sent_as_one() {
+        use crate::store::testing::with_membership;
+        let store = store();
+        let user = store.user_or_insert(&ME.into());
+        joined_room(&store, "!r:x", 1, 100);
+        let mut conn = Connection::default();
+        let first = step(&mut conn, &store, Some(&list(vec![(0, 9)], 5)));
+        assert!(first.rooms["!r:x"].invite_state.is_none());
+        let kick = with_membership(
+            event("m.room.member", Some(ME), "@mod:x", 200),
+            Membership::Leave,
+        );
+        store.apply_room(delta("!r:x", vec![], vec![kick]));
+        store.set_invite(
+            &user,
+            &"!r:x".into(),
+            bytes::Bytes::from_static(b"[]"),
+            Default::default(),
+            300,
+        );
+        let resp = step(&mut conn, &store, None);
+        let room = &resp.rooms["!r:x"];
+        assert!(room.initial && room.invite_state.is_some(), "{resp:?}");
+        assert!(
+            room.timeline.is_empty(),
+            "nothing of the room itself: {resp:?}"
+        );
     }
 }

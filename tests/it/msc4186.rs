@@ -643,3 +643,78 @@ async fn a_well_known_without_a_homeserver_names_slidesync() {
     );
     proxy.stop().await;
 }
+
+/// What Element X reads beside the room list comes through the MSC4186 endpoint from
+/// the same engine: a DM's flag and heroes, `$LAZY` members, and the extensions.
+#[tokio::test]
+async fn room_fields_lazy_members_and_extensions_come_through_msc4186() {
+    const ALICE: &str = "@alice:test";
+    const BOB: &str = "@bob:test";
+    let (_db, hs, proxy) =
+        crate::support::proxy::scripted(&[("alice_token", ALICE, "ALICEDEV")]).await;
+    let dm = crate::support::v2::joined(
+        vec![
+            crate::support::v2::create(BOB, 1_000),
+            crate::support::v2::member(BOB, "join", 1_001),
+            crate::support::v2::member(ALICE, "join", 1_002),
+        ],
+        vec![crate::support::v2::message(BOB, "hi", 1_003)],
+    );
+    hs.push_sync(
+        "alice_token",
+        json!({
+            "rooms": rooms_join(vec![("!dm:test", dm)]),
+            "account_data": {"events": [{"type": "m.direct", "content": {BOB: ["!dm:test"]}}]},
+            "to_device": {"events": [{"type": "m.room_key", "sender": BOB, "content": {"k": 1}}]},
+            "device_one_time_keys_count": {"signed_curve25519": 50},
+        }),
+    );
+    let body = json!({
+        "lists": {"all_rooms": {
+            "ranges": [[0, 9]], "timeline_limit": 1,
+            "required_state": [["m.room.member", "$LAZY"]],
+        }},
+        "extensions": {
+            "to_device": {"enabled": true},
+            "e2ee": {"enabled": true},
+            "account_data": {"enabled": true},
+        },
+    });
+    let resp = Proxy::simplified_at(&proxy.url, "alice_token", None, 0, &body).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = resp.json();
+    let room = &resp["rooms"]["!dm:test"];
+    assert_eq!(room["is_dm"].as_bool(), Some(true), "{resp:?}");
+    assert!(
+        room["name"].is_null(),
+        "MSC4186 names no unnamed room: {resp:?}"
+    );
+    assert_eq!(room["heroes"][0]["user_id"].as_str(), Some(BOB), "{resp:?}");
+    let members: Vec<&str> = room["required_state"]
+        .as_array()
+        .expect("required_state")
+        .iter()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(members, [BOB], "the timeline's sender, lazily");
+    let ext = &resp["extensions"];
+    assert_eq!(
+        ext["to_device"]["events"][0]["type"].as_str(),
+        Some("m.room_key"),
+        "{ext:?}"
+    );
+    assert!(ext["to_device"]["next_batch"].as_str().is_some(), "{ext:?}");
+    assert_eq!(
+        ext["e2ee"]["device_one_time_keys_count"]["signed_curve25519"].as_u64(),
+        Some(50),
+        "{ext:?}"
+    );
+    let global = ext["account_data"]["global"].as_array().expect("global");
+    assert!(
+        global
+            .iter()
+            .any(|e| e["type"].as_str() == Some("m.direct")),
+        "{ext:?}"
+    );
+    proxy.stop().await;
+}
