@@ -324,9 +324,13 @@ impl Conns {
             if slot.extensions.wants_to_device() {
                 store.refill_to_device(&device).await;
             }
-            // The device's own message must not go out before its poller has reported
-            // its transaction ID, when another poller delivered it first.
-            store.txn_ids.settle(&key.device).await;
+            // The device's own message must not go out live before its poller has
+            // reported its transaction ID, when another poller delivered it first. A
+            // connection's first answer does not wait: it is what a new device, whose
+            // first poll may take minutes, gets from memory at once.
+            if !first {
+                store.txn_ids.settle(&key.device).await;
+            }
             let mut resp = with_view(user, store, key, |view| {
                 slot.conn.step(request.take().as_ref(), view)
             });
