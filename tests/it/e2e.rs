@@ -640,3 +640,146 @@ async fn only_the_sending_device_gets_the_transaction_id_from_synapse() {
     }
     proxy.stop().await;
 }
+
+/// Waits, through `proxy`, for Bob's connection at `p` to get a response `done` accepts.
+async fn until(
+    proxy: &Proxy,
+    token: &str,
+    p: &mut String,
+    body: &Value,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..20 {
+        let resp = proxy.sync_ok(token, Some(p), 10_000, body).await;
+        *p = pos(&resp);
+        if done(&resp) {
+            return resp;
+        }
+    }
+    panic!("never got the awaited response");
+}
+
+/// A redacted room name stops naming the room, and an upgraded room gives way to its
+/// successor once the user joins it, with `include_old_rooms` still reaching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacted_name_and_an_upgraded_room_against_synapse() {
+    let hs = synapse().await;
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let room = hs
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "Secret name"}),
+        )
+        .await;
+    hs.join(&bob, &room).await;
+    hs.send_text(&alice, &room, "hello").await;
+
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(&db.url, homeserver(hs)).await;
+    let body = json!({"lists": {"all": {
+        "ranges": [[0, 9]], "timeline_limit": 5,
+        "required_state": [["m.room.name", ""], ["m.room.create", ""]],
+        "include_old_rooms": {"timeline_limit": 1, "required_state": [["m.room.tombstone", ""]]},
+    }}});
+    let first = proxy.sync_ok(&bob.access_token, None, 0, &body).await;
+    assert_eq!(
+        first["rooms"][room.as_str()]["name"].as_str(),
+        Some("Secret name"),
+        "{first:?}"
+    );
+
+    // Alice redacts the name event.
+    let name_event = hs
+        .call(
+            "read the name event",
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                crate::support::http::encode(&room)
+            ),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(name_event["name"].as_str(), Some("Secret name"));
+    let state = hs
+        .call(
+            "read the state",
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state",
+                crate::support::http::encode(&room)
+            ),
+            Some(&alice),
+            None,
+        )
+        .await;
+    let name_id = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"].as_str() == Some("m.room.name"))
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap()
+        .to_owned();
+    hs.call(
+        "redact the name",
+        Method::PUT,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+            crate::support::http::encode(&room),
+            crate::support::http::encode(&name_id)
+        ),
+        Some(&alice),
+        Some(&json!({"reason": "oops"})),
+    )
+    .await;
+    let mut p = pos(&first);
+    let renamed = until(&proxy, &bob.access_token, &mut p, &json!({}), |r| {
+        r["rooms"][room.as_str()]["name"]
+            .as_str()
+            .is_some_and(|n| n != "Secret name")
+    })
+    .await;
+    let name = renamed["rooms"][room.as_str()]["name"].as_str().unwrap();
+    assert!(!name.contains("Secret"), "{name}");
+
+    // Alice names it again (Synapse cannot upgrade a room whose name is redacted),
+    // upgrades it, and Bob follows the tombstone.
+    hs.set_room_name(&alice, &room, "Book club").await;
+    let upgraded = hs
+        .call(
+            "upgrade the room",
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/upgrade",
+                crate::support::http::encode(&room)
+            ),
+            Some(&alice),
+            Some(&json!({"new_version": "10"})),
+        )
+        .await;
+    let successor = upgraded["replacement_room"].as_str().unwrap().to_owned();
+    hs.join(&bob, &successor).await;
+    let moved = until(&proxy, &bob.access_token, &mut p, &json!({}), |r| {
+        r["lists"]["all"]["count"].as_u64() == Some(1)
+            && r["rooms"].get(successor.as_str()).is_some()
+    })
+    .await;
+    // The old room is out of the list, and sent beside its successor as an old room.
+    let fresh = proxy.sync_ok(&bob.access_token, None, 0, &body).await;
+    assert_eq!(synced_ids(&fresh, "all"), [successor.clone()], "{moved:?}");
+    let old = &fresh["rooms"][room.as_str()];
+    let tombstone = old["required_state"]
+        .as_array()
+        .expect("the old room's state")
+        .iter()
+        .find(|e| e["type"].as_str() == Some("m.room.tombstone"))
+        .expect("its tombstone");
+    assert_eq!(
+        tombstone["content"]["replacement_room"].as_str(),
+        Some(successor.as_str())
+    );
+    proxy.stop().await;
+}
