@@ -447,7 +447,7 @@ mod tests {
     async fn account_data_receipts_and_typing_are_kept_and_typing_has_one_source() {
         let store = store();
         let user = store.user_or_insert(&"@a:x".into());
-        let body = br#"{"next_batch":"s1","account_data":{"events":[{"type":"m.direct","content":{"@b:x":["!r:x"]}}]},"rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}}]},"account_data":{"events":[{"type":"m.tag","content":{"tags":{"u.x":{}}}}]},"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@b:x"]}},{"type":"m.receipt","content":{"$j":{"m.read":{"@b:x":{"ts":1}},"m.read.private":{"@a:x":{"ts":2},"@b:x":{"ts":3}}}}}]}}}}}"#;
+        let body = br#"{"next_batch":"s1","account_data":{"events":[{"type":"m.direct","content":{"@b:x":["!r:x"]}}]},"rooms":{"join":{"!r:x":{"timeline":{"events":[{"type":"m.room.member","state_key":"@b:x","event_id":"$jb","sender":"@b:x","content":{"membership":"join"}},{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}}]},"account_data":{"events":[{"type":"m.tag","content":{"tags":{"u.x":{}}}}]},"ephemeral":{"events":[{"type":"m.typing","content":{"user_ids":["@b:x"]}},{"type":"m.receipt","content":{"$j":{"m.read":{"@b:x":{"ts":1}},"m.read.private":{"@a:x":{"ts":2},"@b:x":{"ts":3}}},"$j2":{"m.read":{"@stranger:x":{"ts":4}}}}}]}}}}}"#;
         process(
             &store,
             &user,
@@ -478,6 +478,10 @@ mod tests {
             "another user's private receipt in a's response is not kept"
         );
         assert_eq!(seen("@c:x"), [("@b:x".into(), false)]);
+        assert!(
+            room.receipts.initial(["$j2"], "@c:x").is_empty(),
+            "a receipt of someone not in the room is not kept"
+        );
 
         // Another poller in the room reports no typing: it is not the room's source.
         let other = store.device(&DeviceKey::new("@c:x", "C"));

@@ -436,10 +436,16 @@ impl Store {
         };
         let writer = blocking_lock(&room.writer);
         let mut next = RoomEphemeral::clone(&room.ephemeral.load());
+        let snapshot = room.snapshot.load();
         let mut writes = Vec::new();
         let mut public = false;
         for receipt in receipts {
             if receipt.private && receipt.user_id != user.user_id {
+                continue;
+            }
+            // Only members' receipts are kept: a server could name any number of users
+            // who are not in the room, and the receipts are kept for good.
+            if snapshot.membership_of(&receipt.user_id) != Some(Membership::Join) {
                 continue;
             }
             if next.set_receipt(receipt.clone()) {
