@@ -1193,7 +1193,8 @@ fn farewell(room_id: &str, sent: &SentRoom, ev: &Event, view: &View<'_>) -> Room
                 view.data,
                 sent.position,
                 ev.position,
-                (sent.since, 0),
+                // History filled in behind what the client holds is not live news.
+                (sent.since, 0).max((sent.newest.0, sent.newest.1.saturating_add(1))),
                 TIMELINE_RING,
             )
             .0
