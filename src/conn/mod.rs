@@ -49,11 +49,6 @@ pub trait Backfill: Send + Sync {
     async fn fill(&self, gaps: Vec<HistoryGap>);
 }
 
-/// The longest a request waits for to-device messages kept in storage.
-const STORAGE_WAIT: Duration = Duration::from_secs(5);
-/// The longest a request waits for the history of the rooms it sends.
-const HISTORY_WAIT: Duration = Duration::from_secs(10);
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub device: DeviceKey,
@@ -326,13 +321,8 @@ impl Conns {
             .extensions
             .apply(request.as_ref().map(|r| &r.extensions));
         let mut resp = loop {
-            // Storage that is slow or down must not hold the request: what memory holds
-            // is served, in order, and the rest comes with a later request.
             if slot.extensions.wants_to_device() {
-                let refill = store.refill_to_device(&device);
-                if tokio::time::timeout(STORAGE_WAIT, refill).await.is_err() {
-                    tracing::warn!(device = %key.device, "to-device messages kept in storage could not be read in time; serving those in memory");
-                }
+                store.refill_to_device(&device).await;
             }
             // The device's own message must not go out live before its poller has
             // reported its transaction ID, when another poller delivered it first. A
@@ -349,16 +339,10 @@ impl Conns {
                 // No lock is held here but the connection's own: its next request
                 // waits for this one anyway.
                 let rooms: Vec<RoomId> = gaps.iter().map(|g| g.room_id.clone()).collect();
-                // A slow homeserver delays this answer by [`HISTORY_WAIT`] at most; the
-                // rooms then go out with what is held.
-                if tokio::time::timeout(HISTORY_WAIT, backfill.fill(gaps))
-                    .await
-                    .is_ok()
-                {
-                    with_view(user, store, key, |view| {
-                        slot.conn.resend_whole(&rooms, view, &mut resp)
-                    });
-                }
+                backfill.fill(gaps).await;
+                with_view(user, store, key, |view| {
+                    slot.conn.resend_whole(&rooms, view, &mut resp)
+                });
             }
             // The extensions step over the response's final rooms.
             let extensions = with_view(user, store, key, |view| {
