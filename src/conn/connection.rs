@@ -275,6 +275,9 @@ impl Connection {
             ) else {
                 continue;
             };
+            if left_meanwhile(&room, view.user_id) {
+                continue;
+            }
             if sent.invite || !Selection::new(&params.required_state, view.user_id).wants_lazy() {
                 continue;
             }
@@ -984,7 +987,9 @@ impl Connection {
         let selection = Selection::new(&params.required_state, view.user_id);
         if selection.wants_lazy() {
             let limit = params.timeline_limit.min(TIMELINE_RING);
-            let (timeline, _) = room.timeline_between(
+            let (timeline, _) = visible_timeline(
+                &room,
+                view.data,
                 since.saturating_sub(1),
                 sent.position.saturating_add(1),
                 (since, 0),

@@ -54,6 +54,7 @@ fn shown_events(room: &RoomId, ctx: &Context<'_>) -> Vec<Box<str>> {
     else {
         return Vec::new();
     };
+    let shares = snapshot.shares_history();
     snapshot
         .timeline_between(
             since.saturating_sub(1),
@@ -63,6 +64,9 @@ fn shown_events(room: &RoomId, ctx: &Context<'_>) -> Vec<Box<str>> {
         )
         .0
         .iter()
+        // The events the user may be shown (see `conn::connection::visible_timeline`).
+        .filter(|e| shares || e.filled_order.is_none())
+        .filter(|e| e.is_state() || !ctx.data.account.ignores(&e.sender))
         .map(|e| e.event_id.clone())
         .collect()
 }

@@ -589,4 +589,23 @@ mod tests {
             .await;
         }
     }
+
+    /// Redaction keeps a room's history visibility (every room version does): a room
+    /// that shows members only what happened since they joined stays one.
+    #[tokio::test]
+    async fn a_redacted_history_visibility_still_hides_history() {
+        let store = store();
+        let user = store.user_or_insert(&"@a:x".into());
+        let body = br#"{"next_batch":"s1","rooms":{"join":{"!r:x":{"state":{"events":[{"type":"m.room.create","state_key":"","event_id":"$c","sender":"@a:x","content":{"room_version":"10"}}]},"timeline":{"events":[{"type":"m.room.history_visibility","state_key":"","event_id":"$hv","sender":"@a:x","content":{"history_visibility":"joined"}},{"type":"m.room.member","state_key":"@a:x","event_id":"$j","sender":"@a:x","content":{"membership":"join"}},{"type":"m.room.redaction","redacts":"$hv","event_id":"$r","sender":"@a:x","content":{}}]}}}}}"#;
+        process(
+            &store,
+            &user,
+            &device(&store),
+            body,
+            &PollerMetrics::default(),
+        )
+        .await
+        .unwrap();
+        assert!(!store.room("!r:x").unwrap().shares_history());
+    }
 }

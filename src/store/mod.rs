@@ -1259,8 +1259,9 @@ impl Applying<'_> {
         let mut ev = Event::clone(&old);
         ev.json = json.clone();
         // What the summary read from the content is gone; a create event's type stays
-        // (room version 11 keeps its content, and a room does not change its type).
-        if &*ev.kind != "m.room.create" {
+        // (room version 11 keeps its content, and a room does not change its type), and
+        // so does a history visibility (every room version keeps it).
+        if !matches!(&*ev.kind, "m.room.create" | "m.room.history_visibility") {
             ev.text = None;
         }
         let ev = Arc::new(ev);
@@ -1303,6 +1304,12 @@ impl Applying<'_> {
         limited: bool,
         prev_batch: &mut Option<Box<str>>,
     ) {
+        // Where members see only what happened since they joined, history filled in
+        // here may predate a reader's join, which positions cannot tell: it is not kept,
+        // so no later change of visibility can show it either.
+        if !self.next.shares_history() {
+            return;
+        }
         let Some(at) = self
             .next
             .timeline

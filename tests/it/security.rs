@@ -757,6 +757,33 @@ async fn history_filled_in_by_another_member_follows_the_rooms_history_visibilit
             "{visibility}: {bodies:?}"
         );
         assert!(bodies.contains(&"after bob joined"), "{bodies:?}");
+        if !shown {
+            // Sharing history later does not show what was never kept.
+            let shared = json!({"type": "m.room.history_visibility", "state_key": "",
+                "sender": ALICE, "event_id": "$hv_now_shared", "origin_server_ts": 2_100,
+                "content": {"history_visibility": "shared"}});
+            hs.push_rooms(
+                "bob_token",
+                rooms_join(vec![(room_id.as_str(), joined(vec![], vec![shared]))]),
+            );
+            let mut later = Vec::new();
+            for _ in 0..20 {
+                let resp = proxy.sync_ok("bob_token", None, 0, &list_request(10)).await;
+                later = resp["rooms"][room_id.as_str()]["timeline"]
+                    .as_array()
+                    .expect("a timeline")
+                    .iter()
+                    .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                    .collect();
+                if later.iter().any(|id| id == "$hv_now_shared") {
+                    break;
+                }
+            }
+            assert!(later.iter().any(|id| id == "$hv_now_shared"), "{later:?}");
+            let resp = proxy.sync_ok("bob_token", None, 0, &list_request(10)).await;
+            let text = resp["rooms"][room_id.as_str()].to_string();
+            assert!(!text.contains("before bob joined"), "{text}");
+        }
         proxy.stop().await;
     }
 }
