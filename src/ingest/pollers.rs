@@ -15,11 +15,13 @@ use tokio_metrics::TaskMonitor;
 use super::metrics::{PollerCollector, PollerMetrics};
 use super::v2;
 use crate::ops::metrics::{flag, Held};
+use crate::store::devices::DeviceState;
 use crate::store::persist::{Persist, StoredDevice, Write};
 use crate::store::sessions::Sessions;
 use crate::store::tokens::{token_hash, TokenCipher};
 use crate::store::Store;
 use crate::types::{now_ms, DeviceKey};
+use crate::upstream::wire::DeviceLists;
 use crate::upstream::{Homeserver, SyncCall, UpstreamError};
 
 /// The first poll of a device without `since` asks for one event per room: the room list
@@ -273,6 +275,7 @@ impl Pollers {
         let mut failures: u32 = 0;
         let mut failing_since = None;
         let mut first = true;
+        let mut catch_up: Option<tokio::task::JoinHandle<()>> = None;
         tracing::info!(user = %device.user_id, device = %device.device_id, resumed, has_since = since.is_some(), "poller started");
         loop {
             let token_now = token.lock().clone();
@@ -369,6 +372,21 @@ impl Pollers {
                         }
                         since = Some(next_batch);
                     }
+                    // Beside polling, never in its way: a failure is tried again after
+                    // the next poll.
+                    let from = device_state.read().lists_catch_up.clone();
+                    if let (Some(from), Some(to)) = (from, since.clone()) {
+                        if catch_up.as_ref().is_none_or(|t| t.is_finished()) {
+                            catch_up = Some(tokio::spawn(catch_up_lists(
+                                Arc::clone(&self.store),
+                                Arc::clone(&self.upstream),
+                                Arc::clone(&device_state),
+                                token_now,
+                                from,
+                                to,
+                            )));
+                        }
+                    }
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -407,6 +425,42 @@ impl Pollers {
         }
         stop
     }
+}
+
+/// Asks the homeserver which users' devices changed between a device's catch-up point
+/// (the Go proxy's `since`) and `to`, a `since` its poller reached here, and adds them
+/// to the device's device-list changes as a poll's would be. The device's first poll
+/// here was an initial sync, which reports no such changes.
+async fn catch_up_lists(
+    store: Arc<Store>,
+    upstream: Arc<dyn Homeserver>,
+    device: Arc<DeviceState>,
+    token: String,
+    from: Box<str>,
+    to: String,
+) {
+    let answer = upstream
+        .keys_changes(&token, &from, &to)
+        .await
+        .and_then(|body| {
+            sonic_rs::from_slice::<DeviceLists<'_>>(&body)
+                .map(|lists| lists.users())
+                .map_err(|e| UpstreamError::Invalid(e.to_string()))
+        });
+    let (changed, left) = match answer {
+        Ok(users) => users,
+        Err(error) => {
+            tracing::warn!(device = %device.key, %error, "cannot ask the homeserver for the device-list changes since the Go proxy's last poll; asking again after the next poll");
+            return;
+        }
+    };
+    tracing::info!(device = %device.key, changed = changed.len(), left = left.len(), "device lists caught up with the Go proxy's last poll");
+    let queue = store.queue();
+    let reservation = queue
+        .reserve(changed.len().saturating_add(left.len()).saturating_add(1))
+        .await;
+    store.caught_up_device_lists(&device, changed, left);
+    queue.release(reservation);
 }
 
 /// Logs how many resumed pollers have caught up (first poll done or token expired), at

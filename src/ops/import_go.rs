@@ -6,7 +6,7 @@
 //! at their Go positions, the position the client was handed last, the device-list
 //! changes in both buckets, and the one-time-key counts and fallback key types.
 //!
-//! # Why a device's `since` is not imported
+//! # Why a device's `since` is not resumed
 //!
 //! Rooms are not imported (slidesync keeps them in its own form), so a device's first
 //! poll must be an initial `/sync`, or its rooms would be those changed since the switch
@@ -19,6 +19,13 @@
 //! `/sync`. Messages Synapse had not deleted yet arrive twice (once imported, once
 //! again), which clients tolerate (Olm rejects a replayed message, room keys are
 //! idempotent); a lost one would mean an undecryptable room.
+//!
+//! An initial `/sync` reports no device-list changes, though, so a user whose devices
+//! changed after the Go proxy's last poll would never be reported to the device. The Go
+//! `since` is therefore kept as the device's device-list catch-up point
+//! ([`Write::DeviceListsCatchUp`]): after the device's first poll, its poller asks the
+//! homeserver's `/keys/changes` from there to its new `since`, adds the answer to the
+//! device's device-list changes, and then forgets the point (see `ingest::pollers`).
 //!
 //! # Positions
 //!
@@ -166,7 +173,7 @@ pub async fn run(config: &ImportConfig) -> Result<Summary, ImportError> {
     summary.devices = devices.len();
     tracing::info!(devices = devices.len(), "importing devices");
     let mut logged = Instant::now();
-    for (done, (device, polled)) in devices.into_iter().enumerate() {
+    for (done, (device, since)) in devices.into_iter().enumerate() {
         if logged.elapsed() >= PROGRESS_EVERY {
             tracing::info!(done, of = summary.devices, "importing devices");
             logged = Instant::now();
@@ -175,9 +182,15 @@ pub async fn run(config: &ImportConfig) -> Result<Summary, ImportError> {
             summary.devices_present += 1;
             continue;
         }
-        summary.initial_syncs += usize::from(polled);
+        summary.initial_syncs += usize::from(since.is_some());
         let data = go.device(&device).await.map_err(go_error)?;
-        let writes = device_writes(&device, data, &mut summary);
+        let mut writes = device_writes(&device, data, &mut summary);
+        if let Some(from) = since {
+            writes.push(Write::DeviceListsCatchUp {
+                device: device.clone(),
+                from: Some(from),
+            });
+        }
         if writes.is_empty() {
             continue;
         }

@@ -105,6 +105,10 @@ pub struct DeviceData {
     /// The changes delivered last: sent again to a new connection (its client may not
     /// have processed them), dropped at the next read.
     pub lists_sent: OrdMap<UserId, ListChange>,
+    /// The Go proxy's `since` of a device imported from it: the device-list changes
+    /// after it are still to be asked of the homeserver (see
+    /// [`Write::DeviceListsCatchUp`]).
+    pub lists_catch_up: Option<Box<str>>,
     version: u64,
 }
 
@@ -125,6 +129,7 @@ impl DeviceData {
             delivered: loaded.acked.max(loaded.delivered),
             otk_counts: loaded.otk_counts.clone(),
             fallback_types: loaded.fallback_types.clone(),
+            lists_catch_up: loaded.lists_catch_up.clone(),
             ..DeviceData::default()
         };
         for (user, change, sent) in &loaded.lists {
@@ -420,6 +425,27 @@ impl super::Store {
             let wake = !writes.is_empty();
             self.queue.push(writes);
             ((), wake)
+        });
+    }
+
+    /// The device-list changes the homeserver reported since the device's catch-up
+    /// point, added as a poller's are; the point is then forgotten, queued after them,
+    /// so a crash in between asks again rather than loses them.
+    pub fn caught_up_device_lists(
+        &self,
+        device: &DeviceState,
+        changed: Vec<UserId>,
+        left: Vec<UserId>,
+    ) {
+        self.add_device_lists(device, changed, left);
+        device.update(|d| {
+            if d.lists_catch_up.take().is_some() {
+                self.queue.push([Write::DeviceListsCatchUp {
+                    device: device.key.clone(),
+                    from: None,
+                }]);
+            }
+            ((), false)
         });
     }
 

@@ -152,27 +152,27 @@ impl GoDb {
         Ok(())
     }
 
-    /// Every device any per-device table (or `syncv3_sync2_devices`) names, and whether
-    /// it had a `since` (it had been polled).
-    pub async fn devices(&mut self) -> Result<Vec<(DeviceKey, bool)>, GoError> {
+    /// Every device any per-device table (or `syncv3_sync2_devices`) names, with its
+    /// `since` if it had one (it had been polled).
+    pub async fn devices(&mut self) -> Result<Vec<(DeviceKey, Option<String>)>, GoError> {
         let mut sql = String::from(
-            "SELECT user_id, device_id, bool_or(polled) AS polled FROM ( \
-             SELECT user_id, device_id, COALESCE(since, '') <> '' AS polled \
+            "SELECT user_id, device_id, MAX(since) AS since FROM ( \
+             SELECT user_id, device_id, NULLIF(since, '') AS since \
              FROM syncv3_sync2_devices",
         );
         for table in OPTIONAL.into_iter().filter(|t| self.has(t)) {
             sql.push_str(&format!(
-                " UNION ALL SELECT DISTINCT user_id, device_id, FALSE FROM {table}"
+                " UNION ALL SELECT DISTINCT user_id, device_id, NULL FROM {table}"
             ));
         }
         sql.push_str(") d GROUP BY user_id, device_id ORDER BY user_id, device_id");
-        let rows: Vec<(String, String, bool)> = sqlx::query_as(&sql)
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(&sql)
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
         Ok(rows
             .into_iter()
-            .map(|(user, device, polled)| (DeviceKey::new(user, device), polled))
+            .map(|(user, device, since)| (DeviceKey::new(user, device), since))
             .collect())
     }
 

@@ -177,6 +177,13 @@ pub enum Write {
         user_id: UserId,
         change: crate::store::devices::ListChange,
     },
+    /// Where the device's device lists catch up from: the Go proxy's `since` of a device
+    /// imported by `slidesync import-go` (`Some`), or caught up (`None`, queued after
+    /// the changes since it).
+    DeviceListsCatchUp {
+        device: DeviceKey,
+        from: Option<String>,
+    },
     /// The device's undelivered device-list changes were delivered: they replace the
     /// ones delivered before.
     DeviceListsDelivered { device: DeviceKey },
@@ -246,6 +253,8 @@ pub struct LoadedDevice {
     pub fallback_types: Option<Bytes>,
     /// Device-list changes: (user, change, whether it was delivered last).
     pub lists: Vec<(UserId, crate::store::devices::ListChange, bool)>,
+    /// See [`Write::DeviceListsCatchUp`].
+    pub lists_catch_up: Option<Box<str>>,
 }
 
 /// A stored to-device message.

@@ -922,6 +922,25 @@ impl BatchRows<'_> {
             .execute(&mut **tx)
             .await?;
         }
+        if !rows.lists_catch_up.is_empty() {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new());
+            for (&(user_id, device_id), &from) in &rows.lists_catch_up {
+                cols.0.push(user_id);
+                cols.1.push(device_id);
+                cols.2.push(from);
+            }
+            sqlx::query(
+                "INSERT INTO slidesync_device_data (user_id, device_id, device_lists_from) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                     device_lists_from = excluded.device_lists_from",
+            )
+            .bind(cols.0)
+            .bind(cols.1)
+            .bind(cols.2)
+            .execute(&mut **tx)
+            .await?;
+        }
         for step in &rows.device_lists {
             match step {
                 ListStep::Changes(changes) => {

@@ -49,6 +49,8 @@ pub(super) struct Grouped<'a> {
     pub to_device_marks: BTreeMap<UserDevice<'a>, (i64, i64)>,
     /// (one-time-key counts, fallback key types); the last per device wins.
     pub device_keys: BTreeMap<UserDevice<'a>, KeysRow<'a>>,
+    /// Where each device's device lists catch up from (`None` clears); the last wins.
+    pub lists_catch_up: BTreeMap<UserDevice<'a>, Option<&'a str>>,
     /// Device-list changes and deliveries, in batch order: a delivery moves only the
     /// changes before it.
     pub device_lists: Vec<ListStep<'a>>,
@@ -218,6 +220,10 @@ impl<'a> Grouped<'a> {
                         changes.insert((user_device(device), user_id), change.as_str());
                     }
                 }
+                Write::DeviceListsCatchUp { device, from } => {
+                    rows.lists_catch_up
+                        .insert(user_device(device), from.as_deref());
+                }
                 Write::DeviceListsDelivered { device } => rows
                     .device_lists
                     .push(ListStep::Delivered(user_device(device))),
@@ -340,8 +346,16 @@ where
 }
 
 /// A `slidesync_device_data` row: (user, device, acknowledged, delivered, otk counts,
-/// fallback types).
-pub(super) type DeviceDataRow = (String, String, i64, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// fallback types, device lists' catch-up point).
+pub(super) type DeviceDataRow = (
+    String,
+    String,
+    i64,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<String>,
+);
 /// (user, device, newest stored to-device position).
 pub(super) type ToDeviceMaxRow = (String, String, i64);
 /// A `slidesync_device_lists` row: (user, device, target user, change, sent).
@@ -363,7 +377,7 @@ where
 {
     let data: Vec<DeviceDataRow> = sqlx::query_as(
         "SELECT user_id, device_id, to_device_acked, to_device_delivered, otk_counts, \
-                fallback_types \
+                fallback_types, device_lists_from \
          FROM slidesync_device_data",
     )
     .fetch_all(&mut *conn)
@@ -393,12 +407,13 @@ fn loaded_devices(
 ) -> Result<Vec<LoadedDevice>, PersistError> {
     let mut ids = Interner::default();
     let mut out: BTreeMap<DeviceKey, LoadedDevice> = BTreeMap::new();
-    for (user, device, acked, delivered, otk, fallback) in data {
+    for (user, device, acked, delivered, otk, fallback, lists_from) in data {
         let d = device_entry(&mut out, &mut ids, &user, &device);
         d.acked = position_from_db(acked)?;
         d.delivered = position_from_db(delivered)?;
         d.otk_counts = otk.map(Bytes::from);
         d.fallback_types = fallback.map(Bytes::from);
+        d.lists_catch_up = lists_from.map(String::into_boxed_str);
     }
     for (user, device, max) in maxes {
         device_entry(&mut out, &mut ids, &user, &device).to_device_max = position_from_db(max)?;
@@ -429,6 +444,7 @@ fn device_entry<'m>(
         otk_counts: None,
         fallback_types: None,
         lists: Vec::new(),
+        lists_catch_up: None,
     })
 }
 

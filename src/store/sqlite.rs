@@ -878,6 +878,19 @@ async fn insert_device_data(
         .execute(&mut *tx)
         .await?;
     }
+    for (&(user_id, device_id), &from) in &rows.lists_catch_up {
+        sqlx::query(
+            "INSERT INTO slidesync_device_data (user_id, device_id, device_lists_from) \
+             VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user_id, device_id) DO UPDATE SET \
+                 device_lists_from = excluded.device_lists_from",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(from)
+        .execute(&mut *tx)
+        .await?;
+    }
     for step in &rows.device_lists {
         match step {
             ListStep::Changes(changes) => {

@@ -420,6 +420,9 @@ fn log_rejected(row: &Write, error: &PersistError) {
         } => {
             tracing::error!(user = ?device.user_id, device = ?device.device_id, target = ?user_id, kind = "device list", %error, "{what}")
         }
+        Write::DeviceListsCatchUp { device, .. } => {
+            tracing::error!(user = ?device.user_id, device = ?device.device_id, kind = "device lists catch-up", %error, "{what}")
+        }
         Write::DeviceListsDelivered { device } => {
             tracing::error!(user = ?device.user_id, device = ?device.device_id, kind = "device lists delivered", %error, "{what}")
         }

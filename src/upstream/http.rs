@@ -241,6 +241,21 @@ impl Homeserver for HttpHomeserver {
             .await
     }
 
+    async fn keys_changes(
+        &self,
+        token: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Bytes, UpstreamError> {
+        let path = format!(
+            "/_matrix/client/v3/keys/changes?from={}&to={}",
+            encode_query(from),
+            encode_query(to)
+        );
+        self.call(Method::GET, &path, Some(token), self.timeout)
+            .await
+    }
+
     async fn forward(&self, req: Request<Body>) -> Result<http::Response<Body>, UpstreamError> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

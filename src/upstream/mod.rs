@@ -84,6 +84,10 @@ pub trait Homeserver: Send + Sync + 'static {
     async fn versions(&self) -> Result<Bytes, UpstreamError>;
     /// `GET /_matrix/client/v3/rooms/{room_id}/messages` backwards: the raw JSON body.
     async fn messages(&self, call: MessagesCall<'_>) -> Result<Bytes, UpstreamError>;
+    /// `GET /_matrix/client/v3/keys/changes?from=&to=`: the raw JSON body (`changed`
+    /// and `left`, as a `/sync` `device_lists`).
+    async fn keys_changes(&self, token: &str, from: &str, to: &str)
+        -> Result<Bytes, UpstreamError>;
     /// Passes a client request through unchanged (but for hop-by-hop headers) and
     /// streams the answer back.
     async fn forward(

@@ -20,6 +20,8 @@ const ALICE: &str = "@alice:test";
 const BOB: &str = "@bob:test";
 const ALICE_TOKEN: &str = "syt_alice_newest";
 const BOB_TOKEN: &str = "syt_bob";
+/// Alice's `since` in the Go database.
+const ALICE_GO_SINCE: &str = "s72594_4483_1934";
 
 /// The Go proxy's tables as its code creates them (go-proxy reference, section 2).
 const GO_SCHEMA: &str = "
@@ -284,6 +286,13 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
         (ALICE_TOKEN, ALICE, "ALICEDEV"),
         (BOB_TOKEN, BOB, "BOBDEV"),
     ]);
+    // Between the Go proxy's last poll and slidesync's first: asked after that first
+    // poll (an initial sync reports none), again once the first answer fails.
+    hs.script_keys_changes(ALICE_GO_SINCE, Reply::Status(502));
+    hs.script_keys_changes(
+        ALICE_GO_SINCE,
+        Reply::Body(r#"{"changed":["@caught:test"],"left":["@away:test"]}"#.into()),
+    );
     let proxy = Proxy::start(&db.url, hs.clone()).await;
     // The imported token is polled at once, from scratch: rooms were not imported.
     let polled = hs
@@ -328,24 +337,48 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
     );
     let mut resp = resp;
     let mut got = Vec::new();
-    let mut lists_seen = false;
+    let (mut changed, mut left) = (Vec::new(), Vec::new());
+    let all_changed = ["@caught:test", "@new:test"];
+    let all_left = ["@away:test", "@gone:test"];
     for _ in 0..100 {
+        let since = next_batch(&resp);
         resp = proxy
-            .sync_ok(ALICE_TOKEN, Some(&pos(&resp)), 2_000, &request(Some("9")))
+            .sync_ok(
+                ALICE_TOKEN,
+                Some(&pos(&resp)),
+                2_000,
+                &request(Some(&since)),
+            )
             .await;
+        // The imported changes and the caught-up ones may come in one response or two.
         let e2ee = &resp["extensions"]["e2ee"];
-        if e2ee.get("device_lists").is_some() {
-            assert!(!lists_seen, "bucket 1 is delivered once");
-            assert_eq!(users(e2ee, "changed"), ["@new:test"]);
-            assert_eq!(users(e2ee, "left"), ["@gone:test"]);
-            lists_seen = true;
-        }
+        changed.extend(users(e2ee, "changed"));
+        left.extend(users(e2ee, "left"));
+        changed.sort();
+        left.sort();
         got.extend(numbers(&resp));
-        if !got.is_empty() && lists_seen {
+        if !got.is_empty() && changed == all_changed && left == all_left {
             break;
         }
     }
-    assert!(lists_seen, "the undelivered device-list changes came");
+    assert_eq!(changed, all_changed, "each delivered once, none missing");
+    assert_eq!(left, all_left, "each delivered once, none missing");
+    let asked = hs.keys_changes_calls();
+    let alice_asked: Vec<_> = asked.iter().filter(|c| c.0 == ALICE_TOKEN).collect();
+    assert_eq!(
+        alice_asked.len(),
+        2,
+        "asked again after a failure, then no more"
+    );
+    for (_, from, to) in &alice_asked {
+        assert_eq!(from, ALICE_GO_SINCE);
+        assert!(
+            hs.calls_for(ALICE_TOKEN)
+                .iter()
+                .any(|c| c.since.as_deref() == Some(to.as_str())),
+            "up to a since slidesync's poller reached: {to}"
+        );
+    }
     assert_eq!(
         got,
         [5],
@@ -369,6 +402,21 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
         e2ee.get("device_unused_fallback_key_types").is_none(),
         "{bob:?}"
     );
+    proxy.stop().await;
+
+    // Caught up: a restart does not ask again, however many polls it makes.
+    let alice_asked = || {
+        hs.keys_changes_calls()
+            .iter()
+            .filter(|c| c.0 == ALICE_TOKEN)
+            .count()
+    };
+    let asked = alice_asked();
+    let proxy = Proxy::start(&db.url, hs.clone()).await;
+    let polls = hs.calls_for(ALICE_TOKEN).len();
+    let again = proxy.sync_ok(ALICE_TOKEN, None, 0, &request(None)).await;
+    hs.wait_for_calls(ALICE_TOKEN, polls + 3).await;
+    assert_eq!(alice_asked(), asked, "{again:?}");
     proxy.stop().await;
 }
 

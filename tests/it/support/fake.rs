@@ -54,6 +54,10 @@ pub struct FakeHomeserver {
     pages: Mutex<HashMap<(String, String), Page>>,
     /// `/messages` calls as (token, room, from, limit).
     messages_calls: Mutex<Vec<(String, String, String, usize)>>,
+    /// `/keys/changes` answers by `from`, in turn; unscripted, nothing changed.
+    key_changes: Mutex<HashMap<String, VecDeque<Reply>>>,
+    /// `/keys/changes` calls as (token, from, to).
+    key_changes_calls: Mutex<Vec<(String, String, String)>>,
 }
 
 /// A scripted `/messages` page: the `chunk` (newest first) and `end`.
@@ -112,6 +116,20 @@ impl FakeHomeserver {
     /// The `/messages` calls made, as (token, room, from, limit).
     pub fn messages_calls(&self) -> Vec<(String, String, String, usize)> {
         self.messages_calls.lock().clone()
+    }
+
+    /// Scripts the next `/keys/changes?from={from}` answer.
+    pub fn script_keys_changes(&self, from: &str, reply: Reply) {
+        self.key_changes
+            .lock()
+            .entry(from.to_owned())
+            .or_default()
+            .push_back(reply);
+    }
+
+    /// The `/keys/changes` calls made, as (token, from, to).
+    pub fn keys_changes_calls(&self) -> Vec<(String, String, String)> {
+        self.key_changes_calls.lock().clone()
     }
 
     /// Makes the homeserver forget the token (logout): whoami and sync answer 401.
@@ -466,6 +484,33 @@ impl Homeserver for FakeHomeserver {
             None => sonic_rs::json!({"chunk": chunk, "start": call.from}),
         };
         Ok(Bytes::from(body.to_string()))
+    }
+
+    async fn keys_changes(
+        &self,
+        token: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Bytes, UpstreamError> {
+        self.key_changes_calls
+            .lock()
+            .push((token.to_owned(), from.to_owned(), to.to_owned()));
+        if !self.devices.lock().contains_key(token) {
+            return Err(UpstreamError::Unauthorized);
+        }
+        let reply = self
+            .key_changes
+            .lock()
+            .get_mut(from)
+            .and_then(VecDeque::pop_front);
+        match reply {
+            Some(Reply::Body(body)) => Ok(Bytes::from(body)),
+            Some(Reply::Status(status)) => Err(UpstreamError::Status {
+                status,
+                body: "scripted failure".into(),
+            }),
+            None => Ok(Bytes::from_static(br#"{"changed":[],"left":[]}"#)),
+        }
     }
 
     /// Echoes what arrived: method, path and query, Authorization, Connection, body.
