@@ -85,6 +85,10 @@ pub struct GoDb {
     url: String,
     /// Optional tables this database does not have.
     missing: Vec<&'static str>,
+    /// The highest to-device position the Go proxy ever gave out (its sequence's last
+    /// value): a device's `unack_pos` is the client's own `since`, which a client can
+    /// set to anything, so it is trusted only up to this.
+    handed_out: Position,
 }
 
 impl GoDb {
@@ -104,10 +108,33 @@ impl GoDb {
                 missing.push(table);
             }
         }
+        let handed_out = if missing.contains(&"syncv3_to_device_messages") {
+            0
+        } else {
+            // The sequence may be gone in a hand-made database: the highest stored
+            // position is then the best known bound.
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT last_value FROM syncv3_to_device_messages_seq")
+                    .fetch_optional(&mut conn)
+                    .await
+                    .ok()
+                    .flatten();
+            let last = match last {
+                Some(last) => last,
+                None => sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(position), 0) FROM syncv3_to_device_messages",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| GoError::Query(redact(&e.to_string(), url)))?,
+            };
+            Position::try_from(last).unwrap_or(0)
+        };
         Ok(GoDb {
             conn,
             url: url.to_owned(),
             missing,
+            handed_out,
         })
     }
 
@@ -191,8 +218,12 @@ impl GoDb {
             .await
             .map_err(|e| self.error(e))?;
             for (position, message) in rows {
-                out.to_device
-                    .push((go_position(position)?, Bytes::from(message)));
+                match go_position(position) {
+                    Ok(position) => out.to_device.push((position, Bytes::from(message))),
+                    Err(e) => {
+                        tracing::warn!(%device, error = %e, "skipping a to-device message the Go proxy could not have stored");
+                    }
+                }
             }
         }
         if self.has("syncv3_to_device_ack_pos") {
@@ -205,7 +236,14 @@ impl GoDb {
             .fetch_optional(&mut self.conn)
             .await
             .map_err(|e| self.error(e))?;
-            out.unack_pos = pos.map(go_position).transpose()?.unwrap_or(0);
+            // What the client sent as its `since`, as Go stored it: within what was
+            // handed out, or it could let a `since` acknowledge messages never sent, or
+            // push every later position out of range.
+            let newest = out.to_device.last().map_or(0, |m| m.0);
+            out.unack_pos = pos
+                .and_then(|p| Position::try_from(p).ok())
+                .unwrap_or(0)
+                .min(self.handed_out.max(newest));
         }
         if self.has("syncv3_device_data") {
             let data: Option<Vec<u8>> = sqlx::query_scalar(

@@ -175,7 +175,7 @@ async fn insert_device_data(conn: &mut PgConnection, user: &str, device: &str, d
 
 /// A Go database as a running Go proxy leaves it: Alice's device was handed messages up
 /// to position 7 and holds 5, 7 and 9 unacknowledged; Bob's device holds 12 (positions
-/// are global in Go); Carol's token was stored under another secret, and her device data
+/// are global in Go) and its client once sent an absurd `since`; Carol's token was stored under another secret, and her device data
 /// is broken.
 async fn filled_go_db() -> TestDb {
     let (db, mut conn) = go_db(true).await;
@@ -197,7 +197,9 @@ async fn filled_go_db() -> TestDb {
              ('@alice:test', 'ALICEDEV', 's72594_4483_1934'),
              ('@bob:test', 'BOBDEV', 's72594_4483_1935'),
              ('@carol:test', 'CAROLDEV', '');
-         INSERT INTO syncv3_to_device_ack_pos VALUES ('@alice:test', 'ALICEDEV', 7);
+         INSERT INTO syncv3_to_device_ack_pos VALUES ('@alice:test', 'ALICEDEV', 7),
+             -- Go stored whatever `since` a client sent.
+             ('@bob:test', 'BOBDEV', 9223372036854775807);
          INSERT INTO syncv3_device_list_updates VALUES
              ('@alice:test', 'ALICEDEV', '@new:test', 1, 1),
              ('@alice:test', 'ALICEDEV', '@gone:test', 2, 1),
@@ -281,6 +283,17 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
          undecryptable; 0 devices start with an initial sync",
         "a second run changes nothing"
     );
+    // A client's absurd Go `since` is trusted only as far as Go handed messages out.
+    let persist = db.open().await;
+    let bob = persist
+        .load_device_data()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| &*d.device.user_id == BOB)
+        .expect("bob's device");
+    assert_eq!(bob.delivered, 12);
+    drop(persist);
 
     let hs = FakeHomeserver::with_devices(&[
         (ALICE_TOKEN, ALICE, "ALICEDEV"),
