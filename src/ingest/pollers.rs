@@ -449,6 +449,19 @@ async fn catch_up_lists(
         });
     let (changed, left) = match answer {
         Ok(users) => users,
+        // The homeserver refuses the question itself (an old or unknown `from`), or
+        // answers what is no answer: asking again would only repeat that after every
+        // poll. Given up, with the one thing an operator can do about it.
+        Err(
+            error @ (UpstreamError::Status {
+                status: 400..=428 | 430..=499,
+                ..
+            }
+            | UpstreamError::Invalid(_)),
+        ) => {
+            tracing::error!(device = %device.key, %error, "the homeserver will not say which devices changed since the Go proxy's last poll; giving up: the device learns of them at their next change, or when its user logs in again");
+            (Vec::new(), Vec::new())
+        }
         Err(error) => {
             tracing::warn!(device = %device.key, %error, "cannot ask the homeserver for the device-list changes since the Go proxy's last poll; asking again after the next poll");
             return;

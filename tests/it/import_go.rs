@@ -22,6 +22,7 @@ const ALICE_TOKEN: &str = "syt_alice_newest";
 const BOB_TOKEN: &str = "syt_bob";
 /// Alice's `since` in the Go database.
 const ALICE_GO_SINCE: &str = "s72594_4483_1934";
+const BOB_GO_SINCE: &str = "s72594_4483_1935";
 
 /// The Go proxy's tables as its code creates them (go-proxy reference, section 2).
 const GO_SCHEMA: &str = "
@@ -302,6 +303,8 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
     // Between the Go proxy's last poll and slidesync's first: asked after that first
     // poll (an initial sync reports none), again once the first answer fails.
     hs.script_keys_changes(ALICE_GO_SINCE, Reply::Status(502));
+    // Bob's is refused for good: asked once, never again.
+    hs.script_keys_changes(BOB_GO_SINCE, Reply::Status(400));
     hs.script_keys_changes(
         ALICE_GO_SINCE,
         Reply::Body(r#"{"changed":["@caught:test"],"left":["@away:test"]}"#.into()),
@@ -430,6 +433,16 @@ async fn a_go_database_is_imported_and_its_devices_carry_on(backend: Backend) {
     let again = proxy.sync_ok(ALICE_TOKEN, None, 0, &request(None)).await;
     hs.wait_for_calls(ALICE_TOKEN, polls + 3).await;
     assert_eq!(alice_asked(), asked, "{again:?}");
+    // Bob's catch-up, refused for good, was given up after one try.
+    let bob_polls = hs.calls_for(BOB_TOKEN).len();
+    proxy.sync_ok(BOB_TOKEN, None, 0, &request(None)).await;
+    hs.wait_for_calls(BOB_TOKEN, bob_polls + 2).await;
+    let bob_asked = hs
+        .keys_changes_calls()
+        .iter()
+        .filter(|c| c.0 == BOB_TOKEN)
+        .count();
+    assert_eq!(bob_asked, 1);
     proxy.stop().await;
 }
 
